@@ -1,0 +1,41 @@
+"""Exceptions with messages that say what went wrong and what to do about it.
+
+Every error a user can cause derives from VprError, so the CLI and the node can
+report it in one line without a traceback.
+"""
+
+
+class VprError(Exception):
+    """Base class: the message names the problem and the fix."""
+
+
+class ImageDecodeError(VprError):
+    """An image could not be decoded or has an unsupported encoding or size."""
+
+
+class MapError(VprError):
+    """A map directory is missing, incomplete, corrupt or from another model."""
+
+
+class MapNotFoundError(MapError):
+    """No map at the given path."""
+
+
+class MapIntegrityError(MapError):
+    """A map file is missing or its checksum does not match the manifest."""
+
+
+class MapModelMismatchError(MapError):
+    """The map was built with another model or other weights than the running extractor."""
+
+
+class BagError(VprError):
+    """A rosbag cannot be read, is truncated, or lacks the requested topic."""
+
+
+class WeightsError(VprError):
+    """Model weights are missing or do not fit the model."""
+
+
+class BackendUnavailableError(VprError):
+    """The requested inference backend is not installed or has no device."""

@@ -1,0 +1,74 @@
+"""One interface for every descriptor backend.
+
+A ``DescriptorExtractor`` turns RGB uint8 images into L2-normalised float32
+descriptors.  Backends differ only in ``_run`` (preprocessed batch -> descriptors).
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+
+import numpy as np
+import torch
+
+from vpr_ros.inference.preprocess import preprocess_batch
+from vpr_ros.models.registry import ModelSpec
+
+
+class DescriptorExtractor(abc.ABC):
+    """Images in, descriptors out.
+
+    Attributes:
+        spec: the model preset (input size, normalisation, descriptor size).
+        backend: "torch", "onnxruntime" or "tensorrt".
+        precision: "fp32", "fp16", "bf16" or "int8".
+        fingerprint: identifies model + weights; a map records it and refuses other ones.
+    """
+
+    backend: str = ""
+
+    def __init__(self, spec: ModelSpec, fingerprint: str, precision: str = "fp32"):
+        self.spec = spec
+        self.fingerprint = fingerprint
+        self.precision = precision
+
+    @property
+    def dim(self) -> int:
+        return self.spec.dim
+
+    def describe(self) -> dict:
+        """What a map manifest records about the model."""
+        s = self.spec
+        return {
+            "name": s.name,
+            "fingerprint": self.fingerprint,
+            "input_size": list(s.input_size),
+            "dim": s.dim,
+            "preprocessing": {"resize": list(s.input_size), "mean": list(s.mean), "std": list(s.std)},
+        }
+
+    def extract(self, images: list[np.ndarray]) -> np.ndarray:
+        """RGB uint8 images (any size) -> [N, dim] float32, L2-normalised rows."""
+        return self.extract_preprocessed(preprocess_batch(images, self.spec))
+
+    def extract_preprocessed(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        out = np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    @abc.abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed [N, 3, H, W] float32 -> [N, dim] descriptors."""
+
+
+def state_dict_fingerprint(model_name: str, state_dict: dict) -> str:
+    """sha256 over the model name and every tensor's name, shape, dtype and bytes (sorted by name)."""
+    h = hashlib.sha256(model_name.encode())
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
