@@ -39,3 +39,7 @@ class WeightsError(VprError):
 
 class BackendUnavailableError(VprError):
     """The requested inference backend is not installed or has no device."""
+
+
+class ConfigError(VprError):
+    """A parameter or command-line option has an invalid value."""

@@ -1,0 +1,37 @@
+# vpr_ros: `make setup` once (idempotent), then `make demo`, `make test`, `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# DDS stays on this machine; each run gets its own domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/vpr-ros demo --out demo_out
+
+test: setup
+	$(PY) -m pytest -q test
+
+bench: setup
+	$(PY) bench/bench_node.py
+	$(PY) bench/bench_build_map.py
+	$(PY) bench/bench_backends.py
+
+clean:
+	rm -rf demo_out eval_out .pytest_cache

@@ -1,0 +1,226 @@
+"""The `vpr-ros` command: build maps, localize and evaluate offline, inspect maps, export models, run the demo.
+
+Thin: every subcommand parses its options and calls one pipeline function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vpr_ros.errors import VprError
+
+log = logging.getLogger("vpr_ros")
+
+
+def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "baseline") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help="descriptor model (default: %(default)s)" if default_model else "descriptor model (default: the map's model)")
+    g.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
+    g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="default: %(default)s")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
+    g.add_argument("--engine-cache-dir", default="~/.cache/vpr_ros", help="exported ONNX / TensorRT engines (default: %(default)s)")
+
+
+def _add_source_args(p: argparse.ArgumentParser, keyframes: bool) -> None:
+    g = p.add_argument_group("images (a rosbag2 or a folder)")
+    g.add_argument("--bag", action="append", type=Path, help="rosbag2 directory (sqlite3 or mcap); repeat for several")
+    g.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic in the bag")
+    g.add_argument("--pose-topic", help="NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped topic")
+    g.add_argument("--images", type=Path, help="image folder (VPR layout @east@north@zone@letter@lat@lon@.jpg, or with --poses-csv)")
+    g.add_argument("--poses-csv", type=Path, help="CSV of file name and x,y (or lat,lon) for --images")
+    if keyframes:
+        g.add_argument("--min-distance", type=float, default=2.0,
+                       help="keep a frame every this many metres of travel (default: %(default)s); 0 keeps every frame")
+        g.add_argument("--every-n", type=int, default=1, help="without poses, keep every Nth frame (default: %(default)s)")
+
+
+def _open_source(a: argparse.Namespace, keyframes: bool):
+    from vpr_ros.maps.sources import BagSource, FolderSource
+
+    if bool(a.bag) == bool(a.images):
+        raise VprError("give either --bag (with --image-topic) or --images")
+    min_distance = a.min_distance if keyframes else 0.0
+    every_n = a.every_n if keyframes else 1
+    if a.bag:
+        if not a.image_topic:
+            raise VprError("--bag needs --image-topic (run with a wrong topic to see the bag's topics)")
+        return BagSource(a.bag, a.image_topic, a.pose_topic, min_distance_m=min_distance, every_n=every_n)
+    return FolderSource(a.images, poses_csv=a.poses_csv, min_distance_m=min_distance, every_n=every_n)
+
+
+def _extractor(a: argparse.Namespace, model: str | None = None):
+    from vpr_ros.inference.factory import create_extractor
+
+    return create_extractor(model or a.model, a.weights, a.backend, a.precision, Path(a.engine_cache_dir).expanduser())
+
+
+def _map_and_extractor(a: argparse.Namespace):
+    from vpr_ros.maps.mapdir import load_map, read_manifest
+
+    extractor = _extractor(a, a.model or read_manifest(a.map)["model"]["name"])
+    return load_map(a.map, extractor.describe()), extractor
+
+
+def cmd_build_map(a: argparse.Namespace) -> int:
+    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.maps.build import build_map
+
+    source = _open_source(a, keyframes=True)
+    path = build_map(source, _extractor(a), a.out, IndexConfig(a.index), a.batch_size)
+    print(f"map written to {path}")
+    return 0
+
+
+def cmd_localize(a: argparse.Namespace) -> int:
+    from vpr_ros.localizer import Localizer
+
+    vpr_map, extractor = _map_and_extractor(a)
+    localizer = Localizer(vpr_map, extractor, top_k=a.top_k)
+    out = open(a.out, "w") if a.out else sys.stdout
+    try:
+        for frame in _open_source(a, keyframes=False):
+            out.write(localizer.localize(frame.image, frame.stamp_ns, frame.topic or "camera").to_json() + "\n")
+    finally:
+        if a.out:
+            out.close()
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from vpr_ros.evaluation.evaluate import evaluate, format_table, ground_truth, write_report
+    from vpr_ros.index.sequence import SequenceConfig
+    from vpr_ros.maps.build import extract_frames
+
+    vpr_map, extractor = _map_and_extractor(a)
+    source = _open_source(a, keyframes=False)
+    descriptors, frames = extract_frames(source, extractor, total=len(source), desc="queries")
+    positives, gt = ground_truth(vpr_map, frames, a.threshold_m, a.frame_tolerance)
+    result = evaluate(vpr_map, descriptors, positives, gt)
+    rows = {extractor.spec.name: result.recalls}
+    if a.sequence_length > 1:
+        seq = evaluate(vpr_map, descriptors, positives, gt, SequenceConfig(length=a.sequence_length))
+        rows[f"{extractor.spec.name} + sequence {a.sequence_length}"] = seq.recalls
+    print(format_table(rows))
+    json_path, png = write_report(result, Path(a.out), extractor.spec.name, {"map": str(a.map), "rows": {k: {f"R@{n}": v for n, v in r.items()} for k, r in rows.items()}})
+    print(f"wrote {json_path} and {png}")
+    return 0
+
+
+def cmd_inspect_map(a: argparse.Namespace) -> int:
+    from vpr_ros.maps.mapdir import read_manifest, verify_files
+
+    manifest = read_manifest(a.map)
+    problems = verify_files(a.map, manifest)
+    m = manifest["model"]
+    print(f"map        {a.map}\nid         {manifest['map_id']}\ncreated    {manifest['created']}\n"
+          f"places     {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']}, {m['dim']}-D, input {m['input_size']})\n"
+          f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}")
+    for s in manifest["sources"]:
+        print(f"source     {json.dumps(s)}")
+    print("verifies   yes" if not problems else "verifies   NO: " + "; ".join(problems))
+    return 0 if not problems else 1
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from vpr_ros.inference.onnx_export import export
+
+    path = export(a.model, a.weights, a.format, a.precision, a.out, calib_dir=a.calib_images, check_images=a.check_images)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from vpr_ros.demo.run import run_demo
+
+    return run_demo(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpr-ros", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build-map", help="build a map from rosbags or an image folder", description="Build a map directory "
+                       "(faiss index, places, descriptors, manifest) from rosbag2 files or an image folder. Written atomically.")
+    _add_source_args(p, keyframes=True)
+    _add_model_args(p)
+    p.add_argument("--out", required=True, type=Path, help="map directory to write (replaced only when the build succeeds)")
+    p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], help="faiss index (default: %(default)s: flat up to 50k places, else hnsw)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
+    p.set_defaults(func=cmd_build_map)
+
+    p = sub.add_parser("localize", help="match query images against a map, without ROS",
+                       description="Match every image of a bag topic or folder against a map; one PlaceMatch JSON per line.")
+    p.add_argument("--map", required=True, type=Path, help="map directory")
+    _add_source_args(p, keyframes=False)
+    _add_model_args(p, default_model=None)
+    p.add_argument("--top-k", type=int, default=5, help="candidates per query (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="JSON-lines file (default: standard output)")
+    p.set_defaults(func=cmd_localize)
+
+    p = sub.add_parser("eval", help="Recall@1/5/10/20 of queries against a map",
+                       description="Recall@N of query images against a map; prints a table, writes results.json and recall.png.")
+    p.add_argument("--map", required=True, type=Path, help="map directory (the database)")
+    _add_source_args(p, keyframes=False)
+    _add_model_args(p, default_model=None)
+    p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
+    p.add_argument("--frame-tolerance", type=int, help="instead of metres: right within this many frames (aligned sequences)")
+    p.add_argument("--sequence-length", type=int, default=0, help="also report recall with sequence filtering over this many frames")
+    p.add_argument("--out", type=Path, default=Path("eval_out"), help="report directory (default: %(default)s)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect-map", help="what a map holds and whether it verifies", description="Print a map's manifest "
+                       "and check every file's sha256. Exit status 1 when it does not verify.")
+    p.add_argument("map", type=Path, help="map directory")
+    p.set_defaults(func=cmd_inspect_map)
+
+    p = sub.add_parser("export", help="export a model to ONNX or a TensorRT engine",
+                       description="Export a model to ONNX (checked against torch) or build a TensorRT engine from it.")
+    p.add_argument("--model", required=True, help="model name, e.g. scicevpr-b")
+    p.add_argument("--weights", help="official checkpoint file")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="default: %(default)s")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
+    p.add_argument("--out", required=True, type=Path, help="output file")
+    p.add_argument("--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)")
+    p.add_argument("--check-images", type=Path, help="folder of images for the parity check against torch")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="the whole job end to end: bags -> map -> ROS 2 node -> matches -> report",
+                       description="With no bags, renders a synthetic route twice (different light and appearance), writes both as "
+                       "rosbag2, builds a map from the first, starts the localize node, replays the second at camera rate "
+                       "and reports recall, latency, drops and a trajectory plot.")
+    p.add_argument("--bag", type=Path, help="map bag (default: synthetic route)")
+    p.add_argument("--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)")
+    p.add_argument("--image-topic", default="/camera/image_raw", help="default: %(default)s")
+    p.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
+    p.add_argument("--model", default="baseline", help="default: %(default)s")
+    p.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
+    p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
+    p.add_argument("--min-distance", type=float, default=2.0, help="map keyframe spacing, metres (default: %(default)s)")
+    p.add_argument("--frames", type=int, default=400, help="synthetic frames per traversal (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)")
+    p.add_argument("--out", type=Path, default=Path("demo_out"), help="where bags, map and report go (default: %(default)s)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return a.func(a)
+    except VprError as e:
+        print(f"vpr-ros {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vpr-ros {a.command}: interrupted; nothing was left half-written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

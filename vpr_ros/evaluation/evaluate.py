@@ -1,0 +1,75 @@
+"""Recall of query frames against a map: ground truth, ranking, sequence filter, report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
+from vpr_ros.index.sequence import SequenceConfig, filter_sequence
+from vpr_ros.maps.mapdir import VprMap
+
+RECALL_NS = (1, 5, 10, 20)
+
+
+@dataclass
+class EvalResult:
+    recalls: dict[int, float]
+    ranked: np.ndarray  # [Q, K] place indices, best first
+    positives: list[np.ndarray]
+    ground_truth: str  # how positives were defined
+
+    def to_dict(self) -> dict:
+        return {"ground_truth": self.ground_truth, "queries": len(self.ranked),
+                "recall": {f"R@{n}": round(r, 4) for n, r in self.recalls.items()}}
+
+
+def ground_truth(vpr_map: VprMap, query_frames: list, threshold_m: float, frame_tolerance: int | None) -> tuple[list[np.ndarray], str]:
+    """Positives per query: map places within ``threshold_m`` (UTM metres), or within ``frame_tolerance``
+    frames when given (place ids then count as frame indices: build such maps with --every-n 1)."""
+    if frame_tolerance is not None:
+        q = np.array([f.index for f in query_frames])
+        db = np.array([p.place_id for p in vpr_map.places])
+        return positives_by_frame(q, db, frame_tolerance), f"within {frame_tolerance} frames"
+    missing = sum(f.position is None for f in query_frames)
+    db_xy = np.array([p.position[:2] if p.position else (np.nan, np.nan) for p in vpr_map.places])
+    if missing or np.isnan(db_xy).any():
+        raise ValueError(f"{missing} query frames and {int(np.isnan(db_xy).any(1).sum())} map places have no position; "
+                         "give a pose topic / poses CSV, or use --frame-tolerance for aligned sequences")
+    q_xy = np.array([f.position[:2] for f in query_frames])
+    # UTM coordinates are ~1e6: subtract a common origin so float32 keeps centimetres.
+    origin = db_xy.mean(0)
+    return positives_by_distance(q_xy - origin, db_xy - origin, threshold_m), f"within {threshold_m:g} m"
+
+
+def evaluate(vpr_map: VprMap, query_descriptors: np.ndarray, positives: list[np.ndarray], gt: str,
+             sequence: SequenceConfig | None = None) -> EvalResult:
+    k = min(max(RECALL_NS), len(vpr_map))
+    if sequence is not None and sequence.length > 1:
+        sims = np.asarray(query_descriptors @ np.asarray(vpr_map.descriptors).T, dtype=np.float32)
+        ranked, _ = filter_sequence(sims, sequence, k)
+    else:
+        _, ranked = vpr_map.index.search(query_descriptors, k)
+    return EvalResult(recall_at_n(ranked, positives, RECALL_NS), ranked, positives, gt)
+
+
+def write_report(result: EvalResult, out_dir: Path, title: str, extra: dict | None = None) -> tuple[Path, Path]:
+    """results.json and recall.png in ``out_dir``."""
+    from vpr_ros.evaluation.plots import plot_recall_curve
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    json_path.write_text(json.dumps({**result.to_dict(), **(extra or {})}, indent=2) + "\n")
+    png = plot_recall_curve({title: result.recalls}, out_dir / "recall.png", result.ground_truth)
+    return json_path, png
+
+
+def format_table(rows: dict[str, dict[int, float]]) -> str:
+    ns = sorted({n for r in rows.values() for n in r})
+    header = "| method | " + " | ".join(f"R@{n}" for n in ns) + " |"
+    lines = [header, "|" + "---|" * (len(ns) + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{r[n]:.3f}" for n in ns) + " |" for name, r in rows.items()]
+    return "\n".join(lines)

@@ -1,0 +1,100 @@
+"""Build a map: frames from a source -> descriptors -> map directory (atomically)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.inference.preprocess import preprocess
+from vpr_ros.maps.mapdir import write_map
+from vpr_ros.maps.places import Place
+
+log = logging.getLogger(__name__)
+
+
+def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
+    """Iterate ``items`` on a background thread so decoding overlaps inference."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer, raised there
+            q.put(e)
+        q.put(done)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+def _place(i: int, frame) -> Place:
+    nan = math.nan
+    x, y, z = frame.position if frame.position is not None else (nan, nan, nan)
+    qx, qy, qz, qw = frame.orientation if frame.orientation is not None else (nan, nan, nan, nan)
+    lat, lon = frame.latlon if frame.latlon is not None else (nan, nan)
+    return Place(i, int(frame.stamp_ns), float(x), float(y), float(z), float(qx), float(qy), float(qz), float(qw),
+                 float(lat), float(lon), frame.utm_zone or "", str(frame.source), frame.topic or "")
+
+
+def extract_frames(frames: Iterable, extractor: DescriptorExtractor, batch_size: int = 8, total: int | None = None,
+                   desc: str = "extracting") -> tuple[np.ndarray, list]:
+    """Descriptors for every frame, in batches, with a progress bar. Returns (descriptors, frames)."""
+    descriptors, kept, batch, batch_frames = [], [], [], []
+    spec = extractor.spec
+
+    def flush():
+        descriptors.append(extractor.extract_preprocessed(np.stack(batch)))
+        kept.extend(batch_frames)
+        batch.clear()
+        batch_frames.clear()
+
+    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
+        for frame in _prefetch((f, preprocess(f.image, spec)) for f in frames):
+            f, x = frame
+            f.image = None  # the descriptor is all we keep; bounded memory on long bags
+            batch.append(x)
+            batch_frames.append(f)
+            if len(batch) == batch_size:
+                flush()
+            bar.update(1)
+        if batch:
+            flush()
+    dim = extractor.dim
+    return (np.concatenate(descriptors) if descriptors else np.zeros((0, dim), np.float32)), kept
+
+
+def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_config: IndexConfig | None = None,
+              batch_size: int = 8) -> Path:
+    """Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success)."""
+    descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
+    places = [_place(i, f) for i, f in enumerate(frames)]
+    sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
+    path = write_map(out, descriptors, places, extractor.describe(), index_config or IndexConfig(), sources)
+    log.info("wrote map %s with %d places", path, len(places))
+    return path
