@@ -63,6 +63,9 @@ def _stamp_ns(stamp) -> int:
 class LocalizerNode(Node):
     def __init__(self) -> None:
         super().__init__("vpr_localizer")
+        self.slot = LatestSlot()
+        self._running = True
+        self.worker: threading.Thread | None = None
         for name, (default, description) in PARAMETERS.items():
             self.declare_parameter(name, default, ParameterDescriptor(description=description))
         p = {name: self.get_parameter(name).value for name in PARAMETERS}
@@ -75,8 +78,7 @@ class LocalizerNode(Node):
                                           Path(p["engine_cache_dir"]).expanduser())
         self.get_logger().info(f"model {p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
                                f"fingerprint {self.extractor.fingerprint}")
-        ok, message = self._load_map()
-        (self.get_logger().info if ok else self.get_logger().error)(message)
+        self._log_map_result(*self._load_map())
 
         self.match_pub = self.create_publisher(String, "/vpr/match", 10)
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/vpr/pose_prior", 10)
@@ -96,8 +98,6 @@ class LocalizerNode(Node):
         self.create_service(Trigger, "~/reload_map", self._on_reload, callback_group=MutuallyExclusiveCallbackGroup())
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
-        self.slot = LatestSlot()
-        self._running = True
         self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
         self.worker.start()
 
@@ -119,8 +119,15 @@ class LocalizerNode(Node):
     def _on_reload(self, request, response):
         self.p["map_path"] = self.get_parameter("map_path").value
         response.success, response.message = self._load_map()
-        (self.get_logger().info if response.success else self.get_logger().error)(response.message)
+        self._log_map_result(response.success, response.message)
         return response
+
+    def _log_map_result(self, ok: bool, message: str) -> None:
+        # rclpy binds one severity to each logging call site, so the two cases need two calls.
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().error(message)
 
     # -- frames --------------------------------------------------------------
     def _on_image(self, msg) -> None:
@@ -218,7 +225,8 @@ class LocalizerNode(Node):
     def destroy_node(self) -> None:
         self._running = False
         self.slot.close()
-        self.worker.join(timeout=5.0)
+        if self.worker is not None:
+            self.worker.join(timeout=5.0)
         super().destroy_node()
 
 

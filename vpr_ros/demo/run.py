@@ -1,0 +1,198 @@
+"""`vpr-ros demo`: the whole job for real, in separate processes talking over DDS.
+
+1. bags: the user's, or a synthetic route rendered twice (map / query traversal);
+2. a map from the first bag (`build_map`, the same code as `vpr-ros build-map`);
+3. the `localize` node started from its entry point with config/localize.yaml;
+4. the second bag replayed onto the camera topic at camera rate by another process;
+5. /vpr/match and /vpr/pose_prior collected here; a report with recall, latency,
+   drops and a trajectory plot, plus offline recall of the default and of raw pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.evaluation.plots import plot_trajectory_matches
+
+CONFIG = Path(__file__).resolve().parents[2] / "config" / "localize.yaml"
+
+
+def _params_file() -> Path:
+    if CONFIG.is_file():
+        return CONFIG
+    from ament_index_python.packages import get_package_share_directory  # installed with colcon
+
+    return Path(get_package_share_directory("vpr_ros")) / "config" / "localize.yaml"
+
+
+def _ros_env() -> dict:
+    env = dict(os.environ)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _bin(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else shutil.which(name) or name
+
+
+def start_node(map_path: Path, model: str, image_topic: str, log_path: Path, weights: str | None = None,
+               extra: list[str] | None = None) -> subprocess.Popen:
+    """The localize node as its own process, configured like a user would."""
+    cmd = [_bin("localize"), "--ros-args", "--params-file", str(_params_file()),
+           "-p", f"map_path:={map_path}", "-p", f"model:={model}",
+           "-r", f"image:={image_topic}", "-r", f"image/compressed:={image_topic}/compressed"]
+    if weights:
+        cmd += ["-p", f"weights:={weights}"]
+    cmd += extra or []
+    return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=_ros_env(), start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def replay(bag: Path, topic: str, sent_log: Path, rate: float = 0.0, limit: int = 0) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "vpr_ros.ros.player", "--bag", str(bag), "--topic", topic, "--sent-log", str(sent_log)]
+    cmd += ["--rate", str(rate)] if rate else []
+    cmd += ["--limit", str(limit)] if limit else []
+    return subprocess.run(cmd, env=_ros_env(), capture_output=True, text=True, timeout=3600)
+
+
+def summarize(matches: list[tuple[int, dict]], sent: list, query_xy: np.ndarray, threshold_m: float) -> dict:
+    """Join matches to sent frames by stamp; recall@1 and end-to-end latency."""
+    frame_of_stamp = {s: i for i, s, _ in sent}
+    rows = []
+    for received_ns, m in matches:
+        stamp = m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]
+        i = frame_of_stamp.get(stamp)
+        if i is None or not m["candidates"] or m["candidates"][0]["position"] is None:
+            continue
+        best = np.array(m["candidates"][0]["position"][:2])
+        rows.append((i, best, (received_ns - stamp) * 1e-6, m["latency_ms"]["total"], m["confidence"]))
+    if not rows:
+        return {"frames_sent": len(sent), "frames_matched": 0}
+    idx = np.array([r[0] for r in rows])
+    best = np.stack([r[1] for r in rows])
+    err = np.linalg.norm(best - query_xy[idx], axis=1)
+    e2e = np.array([r[2] for r in rows])
+    node = np.array([r[3] for r in rows])
+    return {
+        "frames_sent": len(sent),
+        "frames_matched": len(rows),
+        "recall_at_1": float(np.mean(err <= threshold_m)),
+        "threshold_m": threshold_m,
+        "median_error_m": float(np.median(err)),
+        "latency_end_to_end_ms": {"p50": float(np.percentile(e2e, 50)), "p95": float(np.percentile(e2e, 95))},
+        "latency_node_pipeline_ms": {"p50": float(np.percentile(node, 50)), "p95": float(np.percentile(node, 95))},
+        "_idx": idx, "_best": best, "_correct": err <= threshold_m,
+    }
+
+
+def _map_and_offline_recall(model: str, weights: str | None, map_bag: Path, query_bag: Path, a, map_dir: Path):
+    """Build a map with ``model`` and score every query frame against it offline (no ROS)."""
+    from vpr_ros.evaluation.evaluate import evaluate, ground_truth
+    from vpr_ros.inference.factory import create_extractor
+    from vpr_ros.maps.build import build_map, extract_frames
+    from vpr_ros.maps.mapdir import load_map
+    from vpr_ros.maps.sources import BagSource
+
+    extractor = create_extractor(model, weights)
+    build_map(BagSource([map_bag], a.image_topic, a.pose_topic, min_distance_m=a.min_distance), extractor, map_dir)
+    vpr_map = load_map(map_dir, extractor.describe())
+    source = BagSource([query_bag], a.image_topic, a.pose_topic, min_distance_m=0.0)
+    descriptors, frames = extract_frames(source, extractor, total=len(source), desc=f"queries ({model})")
+    positives, gt = ground_truth(vpr_map, frames, a.threshold_m, None)
+    return vpr_map, frames, evaluate(vpr_map, descriptors, positives, gt).recalls, gt
+
+
+def run_demo(a) -> int:
+    from vpr_ros.evaluation.evaluate import format_table
+    from vpr_ros.ros.collector import OutputCollector
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if bool(a.bag) != bool(a.query_bag):
+        raise SystemExit("vpr-ros demo: give both --bag and --query-bag, or neither for the synthetic route")
+    if a.bag:
+        map_bag, query_bag = a.bag, a.query_bag
+    else:
+        from vpr_ros.demo.route import write_demo_bags
+
+        print(f"[1/5] rendering the synthetic route: 2 traversals x {a.frames} frames", flush=True)
+        map_bag, query_bag = write_demo_bags(out / "bags", frames=a.frames)
+
+    print(f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw pixels)", flush=True)
+    vpr_map, q_frames, recalls, gt = _map_and_offline_recall(a.model, a.weights, map_bag, query_bag, a, out / "map")
+    offline = {a.model: recalls}
+    offline["raw pixels"] = _map_and_offline_recall("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2]
+    print(format_table(offline), flush=True)
+    query_xy = np.array([f.position[:2] for f in q_frames])
+
+    print("[3/5] starting the localize node", flush=True)
+    collector = OutputCollector()
+    node = start_node(vpr_map.path, a.model, a.image_topic, out / "node.log", a.weights)
+    try:
+        print("[4/5] replaying the query bag onto the camera topic at camera rate", flush=True)
+        played = replay(query_bag, a.image_topic, out / "sent.json", a.rate)
+        if played.returncode != 0:
+            raise SystemExit(f"vpr-ros demo: the player failed: {played.stdout}{played.stderr}\nnode log: {out / 'node.log'}")
+        sent = json.loads((out / "sent.json").read_text())["frames"]
+        collector.wait_for(lambda: len(collector.matches) >= len(sent), timeout=10.0)
+        time.sleep(1.5)  # one more diagnostics period
+    finally:
+        code = stop_process(node)
+        collector.close()
+
+    print("[5/5] report", flush=True)
+    s = summarize(collector.matches, sent, query_xy, a.threshold_m)
+    diag = collector.diagnostics[-1] if collector.diagnostics else {}
+    report = {k: v for k, v in s.items() if not k.startswith("_")}
+    report.update({
+        "frames_dropped_by_node": int(diag.get("frames_dropped", -1)),
+        "frames_bad": int(diag.get("frames_bad", -1)),
+        "pose_priors": len(collector.pose_priors),
+        "node_exit_code": code,
+        "offline_recall": {k: {f"R@{n}": round(r, 4) for n, r in v.items()} for k, v in offline.items()},
+        "ground_truth": gt,
+        "map_places": len(vpr_map),
+    })
+    if "_idx" in s:
+        png = plot_trajectory_matches(np.array([p.position[:2] for p in vpr_map.places]), query_xy[s["_idx"]], s["_best"], s["_correct"],
+                                      out / "trajectory.png", f"{a.model}: R@1 {s['recall_at_1']:.2f} within {a.threshold_m:g} m")
+        report["trajectory_png"] = str(png)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report)
+    return 0 if s.get("frames_matched") else 1
+
+
+def _print_report(r: dict) -> None:
+    lat, node = r.get("latency_end_to_end_ms", {}), r.get("latency_node_pipeline_ms", {})
+    print("\n=== vpr_ros demo ===")
+    print(f"frames sent {r['frames_sent']}, matched {r.get('frames_matched', 0)}, dropped by the node {r['frames_dropped_by_node']}, "
+          f"bad {r['frames_bad']}, pose priors {r['pose_priors']}")
+    if "recall_at_1" in r:
+        print(f"Recall@1 over DDS: {r['recall_at_1']:.3f} (within {r['threshold_m']:g} m; median error {r['median_error_m']:.1f} m)")
+        print(f"latency publish->match p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; node pipeline p50 {node['p50']:.1f} ms, p95 {node['p95']:.1f} ms")
+    for name, rec in r["offline_recall"].items():
+        print(f"offline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rec.items()))
+    if "trajectory_png" in r:
+        print(f"trajectory plot: {r['trajectory_png']}")

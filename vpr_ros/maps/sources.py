@@ -1,0 +1,414 @@
+"""Frames for map building and offline queries, from rosbag2 recordings or image folders.
+
+Every source has `len()` (candidate frames, for progress bars), lazy iteration yielding
+`Frame`s (an image is decoded only once its frame is chosen as a keyframe, so memory stays
+bounded), `stats` for the last pass and `describe()` for the map manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import struct
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import apsw
+import numpy as np
+import utm
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.rosbag2 import ReaderError
+from rosbags.typesys import Stores, get_typestore
+
+from vpr_ros.errors import BagError, ImageDecodeError, VprError
+from vpr_ros.imaging import DEFAULT_MAX_PIXELS, decode_image_bytes, image_msg_to_rgb
+from vpr_ros.maps.poses import (
+    DEFAULT_MAX_GAP_S,
+    KeyframeSelector,
+    PoseTrack,
+    PoseTrackBuilder,
+    UtmProjector,
+    UtmZone,
+    header_stamp_ns,
+    yaw_to_quaternion,
+)
+
+log = logging.getLogger(__name__)
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+POSE_TYPES = (
+    "sensor_msgs/msg/NavSatFix",
+    "nav_msgs/msg/Odometry",
+    "geometry_msgs/msg/PoseStamped",
+    "geometry_msgs/msg/PoseWithCovarianceStamped",
+)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class Frame:
+    """One camera frame with whatever pose is known. Mutable: consumers drop `image` once used.
+
+    `topic` is the bag topic, or the file name for a folder; `stamp_ns` is 0 where a folder
+    gives no time. Positions are metres (UTM easting, northing, altitude for GPS).
+    """
+
+    index: int
+    stamp_ns: int
+    image: np.ndarray | None
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    latlon: tuple[float, float] | None
+    utm_zone: str | None
+    source: str
+    topic: str
+
+
+@dataclass
+class SourceStats:
+    """Counts of the last iteration, for logs and the map manifest."""
+
+    yielded: int = 0
+    corrupt_skipped: int = 0
+    without_pose: int = 0
+
+
+def _default_typestore():
+    # Used only for bags that do not embed their message definitions.
+    return get_typestore(Stores.ROS2_KILTED)
+
+
+_BAG_READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, struct.error, EOFError)  # apsw: rosbags' sqlite3
+_MSG_DECODE_ERRORS = (ValueError, IndexError, struct.error, UnicodeDecodeError)
+
+
+@contextmanager
+def _bag_errors(path: Path) -> Iterator[None]:
+    """Turn the bag library's exceptions into BagError naming the bag and the repair."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise BagError(_not_a_bag_message(path, err)) from err
+    except _BAG_READ_ERRORS as err:
+        raise BagError(
+            f"rosbag {path} is damaged or truncated ({err}); a recording cut short by a crash or full disk "
+            f"can often be repaired with `ros2 bag reindex {path}`, otherwise re-record it"
+        ) from err
+
+
+def _not_a_bag_message(path: Path, err: Exception) -> str:
+    if not path.exists():
+        return f"bag {path} does not exist: check the path"
+    if path.is_file() and path.suffix in (".db3", ".mcap"):
+        return f"{path} is a storage file, not a bag: pass its directory {path.parent} (the one with metadata.yaml)"
+    if path.is_dir() and (any(path.glob("*.db3")) or any(path.glob("*.mcap"))):
+        return (
+            f"bag {path} has no metadata.yaml (the recording probably crashed): "
+            f"run `ros2 bag reindex {path}` to regenerate it"
+        )
+    return f"{path} is not a rosbag2 directory ({err}): pass a directory recorded by `ros2 bag record`"
+
+
+@dataclass(frozen=True)
+class _BagInfo:
+    path: Path
+    image_type: str
+    pose_type: str | None
+    image_count: int
+
+
+class BagSource:
+    """Frames of `image_topic` from one or more rosbag2 directories (sqlite3 or mcap).
+
+    With `pose_topic` (NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped), the
+    pose topic of each bag is read first and interpolated at every image stamp (header
+    stamps; the bag time where a header stamp is 0). GPS positions are UTM in the zone of
+    the first fix of the first bag, so several bags share one metric frame. Keyframes are
+    chosen per bag: every `min_distance_m` of travel, or every `every_n`-th frame without poses.
+    A corrupt image is skipped with a warning and counted in `stats`; a damaged bag raises BagError.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path] | str | Path,
+        image_topic: str,
+        pose_topic: str | None = None,
+        min_distance_m: float = 0.0,
+        every_n: int = 1,
+        max_gap_s: float = DEFAULT_MAX_GAP_S,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+        if not self.paths:
+            raise BagError("no bag given: pass at least one rosbag2 directory")
+        self.image_topic, self.pose_topic = image_topic, pose_topic
+        self.min_distance_m, self.every_n = min_distance_m, every_n
+        KeyframeSelector(min_distance_m, every_n)  # validate now, not on first iteration
+        self.max_gap_s, self.max_pixels = max_gap_s, max_pixels
+        self.stats = SourceStats()
+        self._bags = [self._inspect(path) for path in self.paths]
+
+    def __len__(self) -> int:
+        return sum(bag.image_count for bag in self._bags)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "source": str(bag.path),
+                "image_topic": self.image_topic,
+                "image_type": bag.image_type,
+                "pose_topic": self.pose_topic,
+                "pose_type": bag.pose_type,
+                "frames": bag.image_count,
+                "min_distance_m": self.min_distance_m,
+                "every_n": self.every_n,
+            }
+            for bag in self._bags
+        ]
+
+    def _open(self, path: Path) -> AnyReader:
+        with _bag_errors(path):
+            reader = AnyReader([path], default_typestore=_default_typestore())
+            reader.open()
+        return reader
+
+    def _inspect(self, path: Path) -> _BagInfo:
+        reader = self._open(path)
+        try:
+            types = {c.topic: c.msgtype for c in reader.connections}
+            image_type = types.get(self.image_topic)
+            pose_type = types.get(self.pose_topic) if self.pose_topic else None
+            missing = [t for t, ty in ((self.image_topic, image_type), (self.pose_topic, pose_type)) if t and ty is None]
+            if missing:
+                raise BagError(f"bag {path} has no topic {', '.join(missing)}; {_topics_summary(types)}")
+            if image_type not in IMAGE_TYPES:
+                raise BagError(
+                    f"topic {self.image_topic} in {path} is {image_type}, not an image; {_topics_summary(types)}"
+                )
+            if self.pose_topic and pose_type not in POSE_TYPES:
+                raise BagError(
+                    f"topic {self.pose_topic} in {path} is {pose_type}, not a pose; {_topics_summary(types)}"
+                )
+            count = sum(c.msgcount for c in reader.connections if c.topic == self.image_topic)
+            return _BagInfo(path, image_type, pose_type, count)
+        finally:
+            reader.close()
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.stats = SourceStats()
+        projector = UtmProjector()  # shared by all bags: one UTM zone for the whole map
+        index = 0
+        for bag in self._bags:
+            reader = self._open(bag.path)
+            try:
+                with _bag_errors(bag.path):
+                    track = self._read_track(reader, projector) if self.pose_topic else None
+                    yield from self._frames(reader, bag, track, index)
+            finally:
+                reader.close()
+            index += bag.image_count
+
+    def _read_track(self, reader: AnyReader, projector: UtmProjector) -> PoseTrack:
+        builder = PoseTrackBuilder(projector)
+        connections = [c for c in reader.connections if c.topic == self.pose_topic]
+        for connection, bag_ns, raw in reader.messages(connections=connections):
+            msg = reader.deserialize(raw, connection.msgtype)
+            builder.add(header_stamp_ns(msg, bag_ns), msg)
+        if builder.skipped:
+            log.warning("%s: skipped %d pose messages without a fix or with NaN", reader.paths[0], builder.skipped)
+        return builder.build()
+
+    def _frames(self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int) -> Iterator[Frame]:
+        selector = KeyframeSelector(self.min_distance_m, self.every_n)
+        connections = [c for c in reader.connections if c.topic == self.image_topic]
+        for offset, (connection, bag_ns, raw) in enumerate(reader.messages(connections=connections)):
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except _MSG_DECODE_ERRORS as err:
+                self._skip_corrupt(bag.path, offset, err)
+                continue
+            stamp = header_stamp_ns(msg, bag_ns)
+            position = orientation = latlon = None
+            if track is not None:
+                sample = track.interpolate([stamp], self.max_gap_s)
+                if sample.valid[0]:
+                    position = sample.positions[0]
+                    orientation = sample.orientations[0] if sample.orientations is not None else None
+                    latlon = tuple(sample.latlons[0].tolist()) if sample.latlons is not None else None
+            if not selector.keep(position):
+                continue
+            try:
+                image = image_msg_to_rgb(msg, self.max_pixels)
+            except ImageDecodeError as err:
+                selector.forget_last()
+                self._skip_corrupt(bag.path, offset, err)
+                continue
+            self.stats.without_pose += track is not None and position is None
+            self.stats.yielded += 1
+            yield Frame(
+                first_index + offset, stamp, image, position, orientation, latlon,
+                track.utm_zone if track is not None and position is not None else None,
+                str(bag.path), self.image_topic,
+            )
+
+    def _skip_corrupt(self, path: Path, offset: int, err: Exception) -> None:
+        self.stats.corrupt_skipped += 1
+        log.warning("skipping corrupt image (%s %s message %d): %s", path, self.image_topic, offset, err)
+
+
+def _topics_summary(types: dict[str, str]) -> str:
+    images = sorted(t for t, ty in types.items() if ty in IMAGE_TYPES)
+    poses = sorted(t for t, ty in types.items() if ty in POSE_TYPES)
+    return (
+        f"image topics in the bag: {', '.join(images) or 'none'}; "
+        f"pose topics: {', '.join(poses) or 'none'} (all topics: {', '.join(sorted(types)) or 'none'})"
+    )
+
+
+@dataclass(frozen=True)
+class _Pose:
+    position: np.ndarray
+    orientation: np.ndarray | None = None
+    latlon: tuple[float, float] | None = None
+    utm_zone: str | None = None
+
+
+def parse_vpr_filename(name: str) -> _Pose | None:
+    """Pose from the standard VPR dataset file name (gmberton's VPR-datasets-downloader):
+    @utm_east@utm_north@zone_number@zone_letter@lat@lon@pano_id@tile_num@heading@pitch@roll@height@timestamp@note@.jpg
+
+    Only easting and northing are required. `heading` is a compass bearing (0 = north,
+    clockwise) and becomes an ENU yaw. None when the name does not follow the layout.
+    """
+    fields = Path(name).stem.split("@") if name.count("@") >= 3 else []
+
+    def number(i: int) -> float | None:
+        return float(fields[i]) if len(fields) > i and fields[i] else None
+
+    try:
+        easting, northing = number(1), number(2)
+        lat, lon, heading = number(5), number(6), number(9)
+    except ValueError:
+        return None
+    if easting is None or northing is None:
+        return None
+    latlon = (lat, lon) if lat is not None and lon is not None else None
+    zone = None
+    if len(fields) > 4 and fields[3] and fields[4]:
+        zone = f"{int(float(fields[3]))}{fields[4]}"
+    elif latlon is not None:
+        zone = str(UtmZone(*utm.from_latlon(*latlon)[2:]))
+    orientation = yaw_to_quaternion(np.array(math.radians(90.0 - heading))) if heading is not None else None
+    return _Pose(np.array([easting, northing, 0.0]), orientation, latlon, zone)
+
+
+def read_poses_csv(path: Path) -> dict[str, _Pose]:
+    """file name -> pose from a CSV with a header: filename,x,y[,z][,qx,qy,qz,qw] or filename,lat,lon.
+
+    The first column is the file name (matched by base name). lat/lon become UTM in the
+    first row's zone.
+    """
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise VprError(f"poses CSV {path} is empty: it needs a header row such as filename,x,y or filename,lat,lon")
+    header = [h.strip().lower() for h in rows[0]]
+    columns = {name: i for i, name in enumerate(header)}
+    is_gps = {"lat", "lon"} <= columns.keys()
+    if not is_gps and not {"x", "y"} <= columns.keys():
+        raise VprError(
+            f"poses CSV {path} has columns {rows[0]}: need a header filename,x,y[,z][,qx,qy,qz,qw] or filename,lat,lon"
+        )
+    has_quaternion = {"qx", "qy", "qz", "qw"} <= columns.keys()
+    projector = UtmProjector()
+    poses: dict[str, _Pose] = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+
+        def value(name: str) -> float:
+            return float(row[columns[name]])
+
+        try:
+            if is_gps:
+                lat, lon = value("lat"), value("lon")
+                easting, northing = projector.project(lat, lon)
+                pose = _Pose(np.array([easting, northing, 0.0]), None, (lat, lon), str(projector.zone))
+            else:
+                z = value("z") if "z" in columns else 0.0
+                quaternion = np.array([value(k) for k in ("qx", "qy", "qz", "qw")]) if has_quaternion else None
+                pose = _Pose(np.array([value("x"), value("y"), z]), quaternion)
+        except (ValueError, IndexError) as err:
+            raise VprError(f"poses CSV {path} line {line} {row}: {err}; fix or remove that row") from err
+        poses[Path(row[0].strip()).name] = pose
+    return poses
+
+
+class FolderSource:
+    """Image files of one folder (not recursive), in sorted file-name order.
+
+    Poses from `poses_csv` when given, else from VPR-layout file names where they follow it
+    (see parse_vpr_filename); frames without either have no pose. Non-image files are
+    ignored; an unreadable image is skipped with a warning and counted in `stats`.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        poses_csv: str | Path | None = None,
+        min_distance_m: float = 0.0,
+        every_n: int = 1,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise VprError(f"image folder {self.folder} does not exist or is not a directory: check the path")
+        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not self.files:
+            raise VprError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}: check the path")
+        self.poses_csv = Path(poses_csv) if poses_csv else None
+        self._csv_poses = read_poses_csv(self.poses_csv) if self.poses_csv else None
+        self.min_distance_m, self.every_n = min_distance_m, every_n
+        KeyframeSelector(min_distance_m, every_n)
+        self.max_pixels = max_pixels
+        self.stats = SourceStats()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def describe(self) -> list[dict[str, Any]]:
+        poses = f"csv:{self.poses_csv}" if self.poses_csv else "file names"
+        return [{"source": str(self.folder), "poses": poses, "frames": len(self.files),
+                 "min_distance_m": self.min_distance_m, "every_n": self.every_n}]
+
+    def pose_of(self, path: Path) -> _Pose | None:
+        if self._csv_poses is not None:
+            return self._csv_poses.get(path.name)
+        return parse_vpr_filename(path.name)
+
+    def __iter__(self) -> Iterator[Frame]:
+        self.stats = SourceStats()
+        selector = KeyframeSelector(self.min_distance_m, self.every_n)
+        for index, path in enumerate(self.files):
+            pose = self.pose_of(path)
+            if not selector.keep(pose.position if pose else None):
+                continue
+            try:
+                image = decode_image_bytes(path.read_bytes(), f"image file {path}", self.max_pixels)
+            except (ImageDecodeError, OSError) as err:
+                selector.forget_last()
+                self.stats.corrupt_skipped += 1
+                log.warning("skipping unreadable image %s: %s", path, err)
+                continue
+            self.stats.without_pose += pose is None
+            self.stats.yielded += 1
+            yield Frame(
+                index, 0, image,
+                pose.position if pose else None, pose.orientation if pose else None,
+                pose.latlon if pose else None, pose.utm_zone if pose else None,
+                str(self.folder), path.name,
+            )
