@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
     p.add_argument("--model", default="baseline", help="default: %(default)s")
     p.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
-    p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
+    p.add_argument("--threshold-m", type=float, help="a match is right within this many metres "
+                   "(default: 10 on the synthetic route, 25 on your bags)")
     p.add_argument("--min-distance", type=float, default=2.0, help="map keyframe spacing, metres (default: %(default)s)")
     p.add_argument("--frames", type=int, default=400, help="synthetic frames per traversal (default: %(default)s)")
     p.add_argument("--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)")

@@ -135,10 +135,13 @@ def run_demo(a) -> int:
     if a.bag:
         map_bag, query_bag = a.bag, a.query_bag
     else:
-        from vpr_ros.demo.route import write_demo_bags
+        from vpr_ros.demo.route import RECOMMENDED_MATCH_RADIUS_M, write_demo_bags
 
         print(f"[1/5] rendering the synthetic route: 2 traversals x {a.frames} frames", flush=True)
+        shutil.rmtree(out / "bags", ignore_errors=True)  # the demo owns its output directory
         map_bag, query_bag = write_demo_bags(out / "bags", frames=a.frames)
+        a.threshold_m = a.threshold_m or RECOMMENDED_MATCH_RADIUS_M
+    a.threshold_m = a.threshold_m or 25.0
 
     print(f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw pixels)", flush=True)
     vpr_map, q_frames, recalls, gt = _map_and_offline_recall(a.model, a.weights, map_bag, query_bag, a, out / "map")

@@ -1,0 +1,75 @@
+"""Node overhead: publish -> /vpr/match latency over DDS, divided by bare descriptor + search latency.
+
+Both are measured in this run on the same query frames: the bare one by calling
+Localizer.localize in this process, the node one by replaying the query bag to
+the `localize` node (its own process) slowly enough that no frame queues.
+Goal (issue 2): ratio <= 1.10 at p50 with the baseline model.
+
+    python bench/bench_node.py [--model baseline] [--frames 150] [--rate 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from common import IMAGE_TOPIC, POSE_TOPIC, demo_bags, percentiles
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="baseline")
+    ap.add_argument("--frames", type=int, default=150, help="frames per traversal")
+    ap.add_argument("--rate", type=float, default=4.0, help="replay rate, Hz (slow enough that nothing queues)")
+    a = ap.parse_args()
+
+    from vpr_ros.demo.run import replay, start_node, stop_process
+    from vpr_ros.inference.factory import create_extractor
+    from vpr_ros.localizer import Localizer
+    from vpr_ros.maps.build import build_map
+    from vpr_ros.maps.mapdir import load_map
+    from vpr_ros.maps.sources import BagSource
+    from vpr_ros.ros.collector import OutputCollector
+
+    work, map_bag, query_bag = demo_bags(a.frames)
+    extractor = create_extractor(a.model)
+    map_dir = build_map(BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=2.0), extractor, work / "map")
+    localizer = Localizer(load_map(map_dir, extractor.describe()), extractor)
+
+    frames = [f.image for f in BagSource([query_bag], IMAGE_TOPIC)]
+    localizer.localize(frames[0])  # warm-up
+    bare = []
+    for img in frames:
+        t0 = time.perf_counter()
+        localizer.localize(img)
+        bare.append((time.perf_counter() - t0) * 1e3)
+
+    collector = OutputCollector()
+    node = start_node(map_dir, a.model, IMAGE_TOPIC, work / "node.log")
+    try:
+        played = replay(query_bag, IMAGE_TOPIC, work / "sent.json", rate=a.rate)
+        assert played.returncode == 0, played.stdout + played.stderr
+        sent = json.loads((work / "sent.json").read_text())["frames"]
+        collector.wait_for(lambda: len(collector.matches) >= len(sent), 10)
+    finally:
+        stop_process(node)
+        collector.close()
+    stamps = {s for _, s, _ in sent}
+    e2e = [(t - (m["stamp"]["sec"] * 10**9 + m["stamp"]["nanosec"])) * 1e-6 for t, m in collector.matches
+           if m["stamp"]["sec"] * 10**9 + m["stamp"]["nanosec"] in stamps][1:]  # first frame warms the node
+    node_pipeline = [m["latency_ms"]["total"] for _, m in collector.matches][1:]
+    b, n, p = percentiles(bare), percentiles(e2e), percentiles(node_pipeline)
+    print(f"model {a.model} ({extractor.backend}/{extractor.precision}), {len(frames)} query frames, replay {a.rate} Hz, "
+          f"{len(e2e) + 1}/{len(sent)} matched")
+    print("| latency (ms) | p50 | p95 |\n|---|---|---|")
+    print(f"| bare descriptor + search (this process) | {b['p50']:.2f} | {b['p95']:.2f} |")
+    print(f"| node pipeline (decode + descriptor + search) | {p['p50']:.2f} | {p['p95']:.2f} |")
+    print(f"| publish -> /vpr/match received (DDS) | {n['p50']:.2f} | {n['p95']:.2f} |")
+    print(f"ratio node / bare: p50 {n['p50'] / b['p50']:.3f}, p95 {n['p95'] / b['p95']:.3f} (goal p50 <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""Shared benchmark setup: loopback-only DDS, the demo route's bags, a map built from the first."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+IMAGE_TOPIC = "/camera/image_raw"
+POSE_TOPIC = "/gps/fix"
+
+
+def demo_bags(frames: int, workdir: Path | None = None) -> tuple[Path, Path, Path]:
+    """(workdir, map bag, query bag) of the synthetic route."""
+    from vpr_ros.demo.route import write_demo_bags
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="vpr_bench_"))
+    map_bag, query_bag = write_demo_bags(workdir / "bags", frames=frames)
+    return workdir, Path(map_bag), Path(query_bag)
+
+
+def percentiles(values, ps=(50, 95)) -> dict:
+    import numpy as np
+
+    return {f"p{p}": float(np.percentile(values, p)) for p in ps}
