@@ -1,0 +1,221 @@
+"""Export a model to ONNX, convert its precision, and check it against torch.
+
+The exported graph takes ``images`` [batch, 3, H, W] float32 (preprocessed) and gives
+``descriptors`` [batch, dim]; the batch axis is dynamic.  Precisions:
+
+- fp32: the plain export.
+- int8: dynamic quantization (weights int8 per output channel, activations quantized
+  at run time), MatMul only: on a ViT the MatMuls are ~all of the time; the
+  patch-embedding Conv becomes a slow ConvInteger and gains nothing.
+- fp16: float16 weights and compute with float32 inputs/outputs, for GPU execution
+  providers (ONNX Runtime's CPU provider has almost no float16 kernels).
+- bf16: not offered. ONNX Runtime's x86 CPU provider has no bfloat16 compute
+  (its bf16 fast-math GEMM exists only on ARM64), so a bf16 graph would only add
+  casts; use torch bf16 autocast on CPU, or TensorRT BF16 on a GPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from vpr_ros.errors import BackendUnavailableError, ImageDecodeError
+from vpr_ros.inference.engine_cache import atomic_output, default_cache_dir
+from vpr_ros.inference.preprocess import preprocess_batch
+from vpr_ros.models.registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "descriptors"
+DEFAULT_OPSET = 17
+ONNX_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def export_onnx(model: nn.Module, spec: ModelSpec, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+    """Trace ``model`` (fp32, CPU) into an ONNX file with a dynamic batch axis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float().cpu()
+    dummy = torch.zeros(2, 3, *spec.input_size)
+    # The TorchScript exporter: no onnxscript dependency, and it handles every model
+    # here (SDPA, interpolated position embeddings) with a dynamic batch axis.
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul",)) -> Path:
+    """Dynamic int8 quantization of ``op_types`` (weights int8, activations uint8 at run time)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        op_types_to_quantize=list(op_types),
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},  # activation x activation (attention) stays fp32
+    )
+    return Path(dst)
+
+
+def convert_fp16(src: str | Path, dst: str | Path) -> Path:
+    """float16 weights and compute, float32 graph inputs and outputs."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+    return Path(dst)
+
+
+def convert_precision(fp32_path: str | Path, dst: str | Path, precision: str) -> Path:
+    """Write the fp32 ONNX file at ``precision`` (one of ONNX_PRECISIONS) to ``dst``."""
+    if precision == "int8":
+        return quantize_int8(fp32_path, dst)
+    if precision == "fp16":
+        return convert_fp16(fp32_path, dst)
+    shutil.copyfile(fp32_path, dst)
+    return Path(dst)
+
+
+def onnx_cache_path(cache_dir: str | Path, spec: ModelSpec, fingerprint: str, precision: str, opset: int) -> Path:
+    return Path(cache_dir) / f"{spec.name}-{fingerprint}-{precision}-opset{opset}.onnx"
+
+
+def cached_onnx(
+    model: nn.Module,
+    spec: ModelSpec,
+    fingerprint: str,
+    precision: str = "fp32",
+    cache_dir: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+) -> Path:
+    """The ONNX file for this model + weights + precision, exported on first use and reused.
+
+    Keyed by the weights fingerprint, so new weights never reuse an old export.
+    """
+    if precision not in ONNX_PRECISIONS:
+        raise BackendUnavailableError(
+            f"ONNX precision {precision!r} is not supported; choose one of {', '.join(ONNX_PRECISIONS)} "
+            "(for bf16 on CPU use backend torch; ONNX Runtime has no x86 bf16 kernels)"
+        )
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    path = onnx_cache_path(cache_dir, spec, fingerprint, precision, opset)
+    if path.exists():
+        log.info("reusing ONNX export %s", path)
+        return path
+    if precision == "fp32":
+        log.info("exporting %s to ONNX (opset %d): %s", spec.name, opset, path)
+        with atomic_output(path) as tmp:
+            export_onnx(model, spec, tmp, opset)
+        return path
+    fp32 = cached_onnx(model, spec, fingerprint, "fp32", cache_dir, opset)
+    log.info("converting %s to %s: %s", fp32.name, precision, path)
+    with atomic_output(path) as tmp:
+        convert_precision(fp32, tmp, precision)
+    return path
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    import cv2
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageDecodeError(f"cannot read image {path}; check the path and that it is a PNG/JPEG file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+@dataclasses.dataclass(frozen=True)
+class ParityReport:
+    images: int
+    max_abs_diff: float
+    min_cosine: float
+
+    def __str__(self) -> str:
+        return f"{self.images} images: max abs diff {self.max_abs_diff:.3g}, min cosine {self.min_cosine:.6f}"
+
+
+def compare_descriptors(reference: np.ndarray, other: np.ndarray) -> ParityReport:
+    """Row-wise agreement of two [N, dim] descriptor sets (cosine on L2-normalised rows)."""
+    a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    b = other / np.linalg.norm(other, axis=1, keepdims=True)
+    return ParityReport(len(a), float(np.abs(reference - other).max()), float((a * b).sum(1).min()))
+
+
+def parity_check(model: nn.Module, spec: ModelSpec, onnx_path: str | Path, images: list[np.ndarray]) -> ParityReport:
+    """Torch fp32 vs the ONNX file (ONNX Runtime, CPU) on the same preprocessed images."""
+    import onnxruntime as ort
+
+    batch = preprocess_batch(images, spec)
+    with torch.no_grad():
+        expected = model.eval().float().cpu()(torch.from_numpy(batch)).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {INPUT_NAME: x[None]})[0] for x in batch])
+    report = compare_descriptors(expected, got)
+    print(f"parity torch fp32 vs {Path(onnx_path).name}: {report}")
+    return report
+
+
+def export(
+    model: str,
+    weights: str | Path | None,
+    fmt: str,
+    precision: str,
+    out: str | Path,
+    calib_dir: str | Path | None = None,
+    check_images: list[str | Path] | None = None,
+) -> Path:
+    """Write ``model`` (+ ``weights``) as ``fmt`` ("onnx" or "tensorrt") at ``precision`` to ``out``.
+
+    ``check_images``: image files to compare the ONNX export with torch on (printed).
+    ``calib_dir``: folder of representative images for TensorRT int8 calibration.
+    """
+    from tqdm import tqdm
+
+    from vpr_ros.inference.factory import load_model
+
+    net, spec, fingerprint = load_model(model, weights)
+    out = Path(out)
+    if fmt == "onnx":
+        if precision not in ONNX_PRECISIONS:
+            raise BackendUnavailableError(
+                f"cannot export ONNX at {precision!r}; choose {', '.join(ONNX_PRECISIONS)} "
+                "(bf16 runs through backend torch on CPU or a TensorRT engine on GPU)"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmpdir, atomic_output(out) as tmp:
+            convert_precision(export_onnx(net, spec, Path(tmpdir) / "fp32.onnx"), tmp, precision)
+        if check_images and precision != "fp16":  # fp16 graphs need a GPU provider to run
+            images = [read_rgb(p) for p in tqdm(check_images, desc="reading check images")]
+            parity_check(net, spec, out, images)
+        print(f"wrote {out} ({spec.name}, {precision}, fingerprint {fingerprint})")
+        return out
+    if fmt == "tensorrt":
+        from vpr_ros.inference.tensorrt_backend import build_engine_file
+
+        onnx_path = cached_onnx(net, spec, fingerprint, "fp32")
+        path = build_engine_file(onnx_path, spec, precision, out, calib_dir=calib_dir)
+        print(f"wrote {path} ({spec.name}, {precision}, fingerprint {fingerprint})")
+        return path
+    raise ValueError(f"unknown export format {fmt!r}; choose onnx or tensorrt")
