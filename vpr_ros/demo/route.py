@@ -1,0 +1,263 @@
+"""Two drives around one loop of the demo city, written as real rosbag2 files.
+
+The map drive is a sunny summer day in the right lane at constant speed; the
+query drive is an autumn dusk a month later: other light, haze, bare-ish trees,
+lit windows, other parked cars, about a metre further left with a wandering lane
+position and yaw, a lower camera, and another, varying speed, so no query frame
+sits exactly on a map frame. GPS (5 Hz) and odometry (10 Hz) are stamped between
+camera frames, so a reader has to interpolate poses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import utm
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+from tqdm import tqdm
+
+from vpr_ros.demo.world import Appearance, CameraPose, StreetWorld
+from vpr_ros.evaluation.recall import positives_by_distance
+
+CAMERA_TOPIC = "/camera/image_raw"
+COMPRESSED_CAMERA_TOPIC = "/camera/image_raw/compressed"
+GPS_TOPIC = "/gps/fix"
+ODOM_TOPIC = "/odom"
+CAMERA_HZ = 10.0
+GPS_HZ = 5.0
+# Local metres (x east, y north) are offsets from this point (Trondheim, UTM zone 32V).
+ORIGIN_LATLON = (63.4305, 10.3951)
+# Street intersections the loop passes, in local metres (the city's street grid has a 60 m pitch).
+DEMO_LOOP = ((60, 60), (240, 60), (240, 120), (180, 120), (180, 180), (60, 180))
+MAP_EPOCH_NS = 1_750_000_000 * 10**9
+QUERY_EPOCH_NS = MAP_EPOCH_NS + 30 * 86_400 * 10**9  # a month later
+RECOMMENDED_MATCH_RADIUS_M = 10.0
+
+
+class LoopRoute:
+    """A closed street centreline through `waypoints` with rounded corners, parametrised by arc length."""
+
+    def __init__(self, waypoints, corner_radius_m: float = 8.0, step_m: float = 0.05) -> None:
+        corners = np.asarray(waypoints, np.float64)
+        arcs = []
+        for k in range(len(corners)):
+            prev, here, nxt = corners[k - 1], corners[k], corners[(k + 1) % len(corners)]
+            d_in = (here - prev) / np.linalg.norm(here - prev)
+            d_out = (nxt - here) / np.linalg.norm(nxt - here)
+            turn = math.atan2(d_in[0] * d_out[1] - d_in[1] * d_out[0], d_in @ d_out)
+            start = here - d_in * corner_radius_m * math.tan(abs(turn) / 2)
+            centre = start + np.array([-d_in[1], d_in[0]]) * corner_radius_m * np.sign(turn)
+            angles = np.linspace(0.0, turn, max(int(abs(turn) * corner_radius_m / step_m), 2))
+            rot = np.stack([np.cos(angles), -np.sin(angles), np.sin(angles), np.cos(angles)], 1).reshape(-1, 2, 2)
+            arcs.append(centre + rot @ (start - centre))
+        # Consecutive arcs are joined by the straight streets; close the loop and resample evenly.
+        points = np.concatenate(arcs + [arcs[0][:1]])
+        along = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+        self.length_m = float(along[-1])
+        self._s = np.arange(0.0, self.length_m, step_m)
+        self._xy = np.stack([np.interp(self._s, along, points[:, 0]), np.interp(self._s, along, points[:, 1])], 1)
+        self._tangent = np.roll(self._xy, -1, 0) - np.roll(self._xy, 1, 0)  # interpolated as a vector: no wrap
+
+    def at(self, s_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Centreline positions [N, 2] and headings [N] (radians) at arc lengths `s_m` (wrapping around)."""
+        s = np.asarray(s_m, np.float64)
+        xy, tangent = ([np.interp(s, self._s, table[:, axis], period=self.length_m) for axis in (0, 1)]
+                       for table in (self._xy, self._tangent))
+        return np.stack(xy, -1), np.arctan2(tangent[1], tangent[0])
+
+
+@dataclass(frozen=True)
+class Drive:
+    """Where the camera is at time t (seconds from the start) on a route: speed, lane and yaw profiles."""
+
+    route: LoopRoute
+    start_m: float
+    mean_speed_mps: float
+    speed_variation: float  # relative amplitude of a slow speed oscillation
+    lane_offset_m: float  # from the centreline, positive to the left (right-hand traffic: negative)
+    lane_wander_m: float
+    yaw_wander_rad: float
+    camera_height_m: float
+    phase: float  # de-correlates the wander of two drives
+
+    def arc_length(self, t: np.ndarray) -> np.ndarray:
+        omega = 2 * math.pi / 23.0  # one speed cycle every 23 s
+        surge = self.speed_variation * (1 - np.cos(omega * t + self.phase)) / omega  # integral of the oscillation
+        return self.start_m + self.mean_speed_mps * (t + surge)
+
+    def poses(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Camera positions [N, 2] (local metres) and yaws [N] at times `t` [N] seconds."""
+        s = self.arc_length(np.asarray(t, np.float64))
+        centre, heading = self.route.at(s)
+        lateral = self.lane_offset_m + self.lane_wander_m * np.sin(2 * math.pi * s / 170.0 + self.phase)
+        left = np.stack([-np.sin(heading), np.cos(heading)], -1)
+        yaw = heading + self.yaw_wander_rad * np.sin(2 * math.pi * s / 65.0 + 2 * self.phase)
+        return centre + lateral[:, None] * left, yaw
+
+
+@dataclass(frozen=True)
+class Traversal:
+    """One drive under one appearance: camera frames at 10 Hz from `epoch_ns`."""
+
+    drive: Drive
+    appearance: Appearance
+    frames: int
+    epoch_ns: int
+
+    @property
+    def frame_times_s(self) -> np.ndarray:
+        return np.arange(self.frames) / CAMERA_HZ
+
+    def frame_stamps_ns(self) -> np.ndarray:
+        return self.epoch_ns + np.round(self.frame_times_s * 1e9).astype(np.int64)
+
+    def frame_positions(self) -> np.ndarray:
+        """Ground-truth camera positions [frames, 2] in local metres."""
+        return self.drive.poses(self.frame_times_s)[0]
+
+    def camera_poses(self) -> list[CameraPose]:
+        xy, yaw = self.drive.poses(self.frame_times_s)
+        height = self.drive.camera_height_m
+        return [CameraPose(float(x), float(y), float(a), height=height) for (x, y), a in zip(xy, yaw)]
+
+
+def demo_traversals(frames: int = 400, route: LoopRoute | None = None) -> tuple[Traversal, Traversal]:
+    """The map traversal (`frames` frames, once around the loop) and the query traversal (faster, fewer frames)."""
+    route = route or LoopRoute(DEMO_LOOP)
+    map_speed = route.length_m / (frames / CAMERA_HZ)
+    map_drive = Drive(route, start_m=0.0, mean_speed_mps=map_speed, speed_variation=0.03, lane_offset_m=-2.5,
+                      lane_wander_m=0.15, yaw_wander_rad=math.radians(0.5), camera_height_m=1.6, phase=0.0)
+    query_speedup = 1.12
+    query_drive = Drive(route, start_m=7.3, mean_speed_mps=map_speed * query_speedup, speed_variation=0.15,
+                        lane_offset_m=-1.5, lane_wander_m=0.6, yaw_wander_rad=math.radians(3.0),
+                        camera_height_m=1.45, phase=1.7)
+    query_frames = int(frames / query_speedup)
+    return (Traversal(map_drive, Appearance.sunny_summer(), frames, MAP_EPOCH_NS),
+            Traversal(query_drive, Appearance.autumn_dusk(), query_frames, QUERY_EPOCH_NS))
+
+
+def ground_truth(query: Traversal, reference: Traversal,
+                 radius_m: float = RECOMMENDED_MATCH_RADIUS_M) -> list[np.ndarray]:
+    """For each query frame, the reference frame indices whose camera was within `radius_m` metres."""
+    return positives_by_distance(query.frame_positions(), reference.frame_positions(), radius_m)
+
+
+def local_to_latlon(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Local metres (east, north) around ORIGIN_LATLON -> (latitude, longitude) degrees."""
+    east0, north0, zone, letter = utm.from_latlon(*ORIGIN_LATLON)
+    return utm.to_latlon(east0 + xy[:, 0], north0 + xy[:, 1], zone, letter)
+
+
+class _BagMessages:
+    """Builds and serialises the demo's messages (camera, GPS fix, odometry) with the ROS 2 Kilted types."""
+
+    def __init__(self, compressed: bool) -> None:
+        self.store = get_typestore(Stores.ROS2_KILTED)
+        self.compressed = compressed
+        self.types = self.store.types
+
+    def _header(self, stamp_ns: int, frame_id: str):
+        sec, nanosec = divmod(int(stamp_ns), 10**9)
+        return self.types["std_msgs/msg/Header"](
+            stamp=self.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+
+    def image(self, rgb: np.ndarray, stamp_ns: int) -> bytes:
+        if self.compressed:
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            assert ok, "OpenCV failed to encode a rendered frame as JPEG"
+            msg = self.types["sensor_msgs/msg/CompressedImage"](
+                header=self._header(stamp_ns, "camera"), format="rgb8; jpeg compressed bgr8", data=jpeg.ravel())
+        else:
+            h, w, _ = rgb.shape
+            msg = self.types["sensor_msgs/msg/Image"](
+                header=self._header(stamp_ns, "camera"), height=h, width=w, encoding="rgb8", is_bigendian=0,
+                step=w * 3, data=rgb.reshape(-1))
+        return self.store.serialize_cdr(msg, msg.__msgtype__)
+
+    def fix(self, lat: float, lon: float, stamp_ns: int) -> bytes:
+        status = self.types["sensor_msgs/msg/NavSatStatus"](status=0, service=1)  # STATUS_FIX, SERVICE_GPS
+        msg = self.types["sensor_msgs/msg/NavSatFix"](
+            header=self._header(stamp_ns, "gps"), status=status, latitude=float(lat), longitude=float(lon),
+            altitude=12.0, position_covariance=np.diag([0.05, 0.05, 0.2]).ravel(), position_covariance_type=2)
+        return self.store.serialize_cdr(msg, msg.__msgtype__)
+
+    def odometry(self, xy: np.ndarray, yaw: float, speed: float, stamp_ns: int) -> bytes:
+        t = self.types
+        pose = t["geometry_msgs/msg/Pose"](
+            position=t["geometry_msgs/msg/Point"](x=float(xy[0]), y=float(xy[1]), z=0.0),
+            orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
+        twist = t["geometry_msgs/msg/Twist"](
+            linear=t["geometry_msgs/msg/Vector3"](x=float(speed), y=0.0, z=0.0),
+            angular=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0))
+        msg = t["nav_msgs/msg/Odometry"](
+            header=self._header(stamp_ns, "odom"), child_frame_id="base_link",
+            pose=t["geometry_msgs/msg/PoseWithCovariance"](pose=pose, covariance=np.zeros(36)),
+            twist=t["geometry_msgs/msg/TwistWithCovariance"](twist=twist, covariance=np.zeros(36)))
+        return self.store.serialize_cdr(msg, msg.__msgtype__)
+
+
+_STORAGE = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
+
+
+def write_traversal_bag(path: Path, traversal: Traversal, world: StreetWorld, storage: str = "sqlite3",
+                        compressed: bool = False, odometry: bool = True, progress: bool = True) -> Path:
+    """Render `traversal` and write it as a rosbag2 directory at `path` (which must not exist)."""
+    if storage not in _STORAGE:
+        raise ValueError(f"storage {storage!r} is not supported; use one of {sorted(_STORAGE)}")
+    messages = _BagMessages(compressed)
+    duration_s = traversal.frames / CAMERA_HZ
+    # GPS and odometry are stamped between camera frames, so poses must be interpolated.
+    gps_t = np.arange(0.05, duration_s, 1 / GPS_HZ)
+    odom_t = np.arange(0.03, duration_s, 1 / CAMERA_HZ)
+    gps_xy, _ = traversal.drive.poses(gps_t)
+    lat, lon = local_to_latlon(gps_xy)
+    odom_xy, odom_yaw = traversal.drive.poses(odom_t)
+    odom_speed = np.gradient(traversal.drive.arc_length(odom_t), odom_t)
+    camera_topic, camera_type = ((COMPRESSED_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage") if compressed
+                                 else (CAMERA_TOPIC, "sensor_msgs/msg/Image"))
+    events = [(int(s), 0, k) for k, s in enumerate(traversal.frame_stamps_ns())]
+    events += [(traversal.epoch_ns + int(round(t * 1e9)), 1, k) for k, t in enumerate(gps_t)]
+    if odometry:
+        events += [(traversal.epoch_ns + int(round(t * 1e9)), 2, k) for k, t in enumerate(odom_t)]
+    events.sort()
+    poses = traversal.camera_poses()
+    with Writer(path, version=9, storage_plugin=_STORAGE[storage]) as writer:
+        conns = [writer.add_connection(camera_topic, camera_type, typestore=messages.store),
+                 writer.add_connection(GPS_TOPIC, "sensor_msgs/msg/NavSatFix", typestore=messages.store)]
+        if odometry:
+            conns.append(writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=messages.store))
+        bar = tqdm(total=traversal.frames, desc=f"rendering {Path(path).name}", unit="frame", disable=not progress)
+        for stamp, kind, k in events:
+            if kind == 0:
+                data = messages.image(world.render(poses[k], traversal.appearance), stamp)
+                bar.update()
+            elif kind == 1:
+                data = messages.fix(lat[k], lon[k], stamp)
+            else:
+                data = messages.odometry(odom_xy[k], float(odom_yaw[k]), float(odom_speed[k]), stamp)
+            writer.write(conns[kind], stamp, data)
+        bar.close()
+    return Path(path)
+
+
+def write_demo_bags(out_dir: str | Path, frames: int = 400, seed: int = 0, storage: str = "sqlite3",
+                    compressed: bool = False) -> tuple[Path, Path]:
+    """Render the demo city twice and write `map` and `query` rosbag2 directories under `out_dir`.
+
+    Existing bags there are left alone: remove them to regenerate.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world = StreetWorld(seed=seed)
+    reference, query = demo_traversals(frames)
+    paths = out_dir / "map", out_dir / "query"
+    for path, traversal in zip(paths, (reference, query)):
+        if path.exists():
+            raise FileExistsError(f"{path} already exists; delete it to write the demo bags again")
+        write_traversal_bag(path, traversal, world, storage, compressed)
+    return paths
