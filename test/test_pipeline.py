@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vpr_ros.cli import main
-from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
+from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC as CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
 from vpr_ros.maps.mapdir import read_manifest
 
 FRAMES = 120
@@ -20,7 +20,7 @@ FRAMES = 120
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=FRAMES, storage="mcap")
+    return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=FRAMES, storage="mcap", compressed=True)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "bas
     g.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
     g.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="default: %(default)s")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
-    g.add_argument("--engine-cache-dir", default="~/.cache/vpr_ros", help="exported ONNX / TensorRT engines (default: %(default)s)")
+    g.add_argument("--engine-cache-dir", type=Path, help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)")
 
 
 def _add_source_args(p: argparse.ArgumentParser, keyframes: bool) -> None:
@@ -56,7 +56,7 @@ def _open_source(a: argparse.Namespace, keyframes: bool):
 def _extractor(a: argparse.Namespace, model: str | None = None):
     from vpr_ros.inference.factory import create_extractor
 
-    return create_extractor(model or a.model, a.weights, a.backend, a.precision, Path(a.engine_cache_dir).expanduser())
+    return create_extractor(model or a.model, a.weights, a.backend, a.precision, a.engine_cache_dir)
 
 
 def _map_and_extractor(a: argparse.Namespace):
@@ -196,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and reports recall, latency, drops and a trajectory plot.")
     p.add_argument("--bag", type=Path, help="map bag (default: synthetic route)")
     p.add_argument("--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)")
-    p.add_argument("--image-topic", default="/camera/image_raw", help="default: %(default)s")
+    p.add_argument("--image-topic", default="/camera/image_raw",
+                   help="Image topic, or a CompressedImage topic ending in /compressed (default: %(default)s)")
     p.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
     p.add_argument("--model", default="baseline", help="default: %(default)s")
     p.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")

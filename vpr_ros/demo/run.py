@@ -49,10 +49,15 @@ def _bin(name: str) -> str:
 
 def start_node(map_path: Path, model: str, image_topic: str, log_path: Path, weights: str | None = None,
                extra: list[str] | None = None) -> subprocess.Popen:
-    """The localize node as its own process, configured like a user would."""
+    """The localize node as its own process, configured like a user would.
+
+    ``image_topic`` is the camera topic; one ending in /compressed selects the compressed transport.
+    """
+    base, compressed = (image_topic[: -len("/compressed")], True) if image_topic.endswith("/compressed") else (image_topic, False)
     cmd = [_bin("localize"), "--ros-args", "--params-file", str(_params_file()),
            "-p", f"map_path:={map_path}", "-p", f"model:={model}",
-           "-r", f"image:={image_topic}", "-r", f"image/compressed:={image_topic}/compressed"]
+           "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
+           "-r", f"image:={base}", "-r", f"image/compressed:={base}/compressed"]
     if weights:
         cmd += ["-p", f"weights:={weights}"]
     cmd += extra or []
@@ -135,11 +140,13 @@ def run_demo(a) -> int:
     if a.bag:
         map_bag, query_bag = a.bag, a.query_bag
     else:
-        from vpr_ros.demo.route import RECOMMENDED_MATCH_RADIUS_M, write_demo_bags
+        from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, RECOMMENDED_MATCH_RADIUS_M, write_demo_bags
 
         print(f"[1/5] rendering the synthetic route: 2 traversals x {a.frames} frames", flush=True)
         shutil.rmtree(out / "bags", ignore_errors=True)  # the demo owns its output directory
-        map_bag, query_bag = write_demo_bags(out / "bags", frames=a.frames)
+        # JPEG, as robots usually record: 38 MB instead of 700 MB of raw frames.
+        map_bag, query_bag = write_demo_bags(out / "bags", frames=a.frames, compressed=True)
+        a.image_topic = COMPRESSED_CAMERA_TOPIC
         a.threshold_m = a.threshold_m or RECOMMENDED_MATCH_RADIUS_M
     a.threshold_m = a.threshold_m or 25.0
 

@@ -6,7 +6,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from vpr_ros.errors import BackendUnavailableError, WeightsError
+from vpr_ros.errors import BackendUnavailableError, ConfigError, WeightsError
 from vpr_ros.inference.engine_cache import default_cache_dir
 from vpr_ros.inference.extractor import DescriptorExtractor, state_dict_fingerprint
 from vpr_ros.models import registry
@@ -88,9 +88,9 @@ def create_extractor(
     ``calib_dir``: representative images for TensorRT int8 calibration.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if backend == "auto":
         backend, why = choose_backend(precision)
         log.info("descriptor backend auto -> %s (%s): %s", backend, precision, why)

