@@ -84,7 +84,7 @@ def cmd_localize(a: argparse.Namespace) -> int:
     out = open(a.out, "w") if a.out else sys.stdout
     try:
         for frame in _open_source(a, keyframes=False):
-            out.write(localizer.localize(frame.image, frame.stamp_ns, frame.topic or "camera").to_json() + "\n")
+            out.write(localizer.localize(frame.image, frame.stamp_ns, frame.frame_id or "camera").to_json() + "\n")
     finally:
         if a.out:
             out.close()

@@ -66,6 +66,7 @@ class Frame:
     utm_zone: str | None
     source: str
     topic: str
+    frame_id: str = ""  # the image header's frame_id (bags); empty for folders
 
 
 @dataclass
@@ -252,7 +253,7 @@ class BagSource:
             yield Frame(
                 first_index + offset, stamp, image, position, orientation, latlon,
                 track.utm_zone if track is not None and position is not None else None,
-                str(bag.path), self.image_topic,
+                str(bag.path), self.image_topic, msg.header.frame_id,
             )
 
     def _skip_corrupt(self, path: Path, offset: int, err: Exception) -> None:
