@@ -7,9 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vpr_ros.ros.dds_env import apply_loopback_dds_env  # noqa: E402
+
+apply_loopback_dds_env()
 
 IMAGE_TOPIC = "/camera/image_raw"
 POSE_TOPIC = "/gps/fix"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from vpr_ros.ros.dds_env import apply_loopback_dds_env
+
 # Before anything imports rclpy: discovery on this machine only, a domain of our own.
-os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
+apply_loopback_dds_env()
 # Exported ONNX files go to a directory of this run, not the user's cache (child processes inherit it).
 os.environ["VPR_ROS_CACHE_DIR"] = tempfile.mkdtemp(prefix="vpr_ros_test_cache_")
 

@@ -98,7 +98,7 @@ class Localizer:
         match = self.match_descriptor(descriptor[0], stamp_ns, frame_id)
         latency["descriptor"] = (t1 - t0) * 1e3
         latency.update(match.latency_ms)
-        latency["total"] = sum(v for k, v in latency.items() if k != "total")
+        latency["total"] = sum(latency.values())
         match.latency_ms = latency
         return match
 

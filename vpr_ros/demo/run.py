@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.evaluation.plots import plot_trajectory_matches
+from vpr_ros.ros.dds_env import apply_loopback_dds_env, loopback_dds_env
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "localize.yaml"
 
@@ -35,11 +35,7 @@ def _params_file() -> Path:
 
 
 def _ros_env() -> dict:
-    env = dict(os.environ)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return {**loopback_dds_env(), "PYTHONUNBUFFERED": "1"}
 
 
 def _bin(name: str) -> str:
@@ -133,6 +129,7 @@ def run_demo(a) -> int:
     from vpr_ros.evaluation.evaluate import format_table
     from vpr_ros.ros.collector import OutputCollector
 
+    apply_loopback_dds_env()  # before this process's collector starts rclpy
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if bool(a.bag) != bool(a.query_bag):
@@ -173,6 +170,8 @@ def run_demo(a) -> int:
         collector.close()
 
     print("[5/5] report", flush=True)
+    with open(out / "matches.jsonl", "w") as f:
+        f.writelines(json.dumps(m) + "\n" for _, m in collector.matches)
     s = summarize(collector.matches, sent, query_xy, a.threshold_m)
     diag = collector.diagnostics[-1] if collector.diagnostics else {}
     report = {k: v for k, v in s.items() if not k.startswith("_")}

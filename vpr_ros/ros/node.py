@@ -17,8 +17,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy, HistoryPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -95,7 +94,8 @@ class LocalizerNode(Node):
         else:
             raise ConfigError(f"image_transport must be raw or compressed, not {p['image_transport']!r}")
 
-        self.create_service(Trigger, "~/reload_map", self._on_reload, callback_group=MutuallyExclusiveCallbackGroup())
+        # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while the map loads.
+        self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
 
         self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
@@ -132,15 +132,15 @@ class LocalizerNode(Node):
     # -- frames --------------------------------------------------------------
     def _on_image(self, msg) -> None:
         self.stats.count("received")
-        self.slot.put(msg)
+        self.slot.put((time.perf_counter(), self.get_clock().now().nanoseconds, msg))
 
     def _work(self) -> None:
         while self._running:
-            msg = self.slot.take(timeout=0.5)
-            if msg is None:
+            item = self.slot.take(timeout=0.5)
+            if item is None:
                 continue
             try:
-                self._process(msg)
+                self._process(*item)
             except ImageDecodeError as e:
                 self.stats.error("bad_frames", str(e))
                 self.get_logger().warning(f"skipped a bad frame: {e}", throttle_duration_sec=self.p["log_throttle_s"])
@@ -148,7 +148,7 @@ class LocalizerNode(Node):
                 self.stats.error("errors", f"{type(e).__name__}: {e}")
                 self.get_logger().error(f"frame failed: {traceback.format_exc()}", throttle_duration_sec=self.p["log_throttle_s"])
 
-    def _process(self, msg) -> None:
+    def _process(self, received: float, received_ns: int, msg) -> None:
         with self._map_lock:
             localizer = self.localizer
         if localizer is None:
@@ -158,9 +158,13 @@ class LocalizerNode(Node):
             return
         t0 = time.perf_counter()
         rgb = image_msg_to_rgb(msg, max_pixels=self.p["max_image_pixels"])
-        decode_ms = (time.perf_counter() - t0) * 1e3
+        t1 = time.perf_counter()
         frame_id = msg.header.frame_id or self.p["camera_frame"]
-        match = localizer.localize(rgb, _stamp_ns(msg.header.stamp), frame_id, {"decode": decode_ms})
+        stamp_ns = _stamp_ns(msg.header.stamp)
+        # queue: waiting in the slot for the worker; decode: message -> RGB.
+        match = localizer.localize(rgb, stamp_ns, frame_id, {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3})
+        # How old the image was when it arrived (camera + transport delay); not part of the node's total.
+        match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
         self.match_pub.publish(String(data=match.to_json()))
         if match.confidence >= self.p["min_confidence"] and match.covariance_xy is not None:
             self.pose_pub.publish(self._pose_prior(match, msg.header.stamp))
@@ -235,7 +239,7 @@ def main(args=None) -> None:
     node = None
     try:
         node = LocalizerNode()
-        executor = MultiThreadedExecutor(num_threads=2)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
