@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.mapdir import VprMap
 
@@ -73,6 +74,11 @@ class Localizer:
     ``ambiguity_radius_m`` from it (or the last candidate when all are close).
     The pose covariance grows with ambiguity: candidates that score almost as
     well but lie elsewhere spread it (see ``pose_covariance``).
+
+    With ``sequence`` (length > 1) candidates are ranked by SeqSLAM-style path
+    scores over the last frames (``rerank_score``) instead of by the single
+    frame; that needs every place's similarity per frame, so it suits maps of
+    up to a few tens of thousands of places.
     """
 
     def __init__(
@@ -82,12 +88,14 @@ class Localizer:
         top_k: int = 5,
         ambiguity_radius_m: float = 25.0,
         base_sigma_m: float = 5.0,
+        sequence: SequenceConfig | None = None,
     ):
         self.map = vpr_map
         self.extractor = extractor
         self.top_k = top_k
         self.ambiguity_radius_m = ambiguity_radius_m
         self.base_sigma_m = base_sigma_m
+        self.sequence = SequenceMatcher(len(vpr_map), sequence) if sequence and sequence.length > 1 else None
         self._positions = np.array([p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64)
 
     def localize(self, rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "", latency_ms: dict | None = None) -> Match:
@@ -104,12 +112,19 @@ class Localizer:
 
     def match_descriptor(self, descriptor: np.ndarray, stamp_ns: int = 0, frame_id: str = "") -> Match:
         t0 = time.perf_counter()
-        scores, ids = self.map.index.search(descriptor[None], max(self.top_k, 2))
+        k = max(self.top_k, 2)
+        if self.sequence is None:
+            scores, ids = self.map.index.search(descriptor[None], k)
+            scores, ids = scores[0], ids[0]
+            keep = ids >= 0
+            scores, ids, path_scores = scores[keep], ids[keep], [None] * int(keep.sum())
+        else:
+            similarity = np.asarray(self.map.descriptors) @ descriptor
+            ids, path_scores = self.sequence.push(similarity, k)
+            scores = similarity[ids]
         t1 = time.perf_counter()
-        scores, ids = scores[0], ids[0]
-        keep = ids >= 0
-        scores, ids = scores[keep], ids[keep]
-        candidates = [self._candidate(int(i), float(s)) for i, s in zip(ids[: self.top_k], scores[: self.top_k])]
+        candidates = [self._candidate(int(i), float(s), None if r is None else float(r))
+                      for i, s, r in zip(ids[: self.top_k], scores[: self.top_k], path_scores[: self.top_k])]
         return Match(
             stamp_ns=stamp_ns,
             frame_id=frame_id,
@@ -121,12 +136,12 @@ class Localizer:
             covariance_xy=self.pose_covariance(scores, ids),
         )
 
-    def _candidate(self, i: int, score: float) -> Candidate:
+    def _candidate(self, i: int, score: float, rerank_score: float | None) -> Candidate:
         p = self.map.places[i]
         return Candidate(
             place_id=p.place_id,
             score=score,
-            rerank_score=None,
+            rerank_score=rerank_score,
             position=list(p.position) if p.position else None,
             orientation=list(p.orientation) if p.orientation else None,
             stamp_ns=p.stamp_ns,

@@ -21,8 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.evaluation.plots import plot_trajectory_matches
+from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.ros.dds_env import apply_loopback_dds_env, loopback_dds_env
 
+SEQUENCE_LENGTH = 10  # frames, for the offline temporal-filtering row of the report
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "localize.yaml"
 
 
@@ -122,7 +124,17 @@ def _map_and_offline_recall(model: str, weights: str | None, map_bag: Path, quer
     source = BagSource([query_bag], a.image_topic, a.pose_topic, min_distance_m=0.0)
     descriptors, frames = extract_frames(source, extractor, total=len(source), desc=f"queries ({model})")
     positives, gt = ground_truth(vpr_map, frames, a.threshold_m, None)
-    return vpr_map, frames, evaluate(vpr_map, descriptors, positives, gt).recalls, gt
+    sequence = _sequence_config([f.position for f in frames], [p.position for p in vpr_map.places])
+    recalls = {model: evaluate(vpr_map, descriptors, positives, gt).recalls,
+               f"{model} + sequence {SEQUENCE_LENGTH}": evaluate(vpr_map, descriptors, positives, gt, sequence).recalls}
+    return vpr_map, frames, recalls, gt
+
+
+def _sequence_config(query_positions, map_positions) -> SequenceConfig:
+    """Velocities (map places per query frame) around the routes' typical ratio of steps, +-30 %."""
+    step = lambda p: float(np.median(np.linalg.norm(np.diff(np.asarray(p)[:, :2], axis=0), axis=1)))  # noqa: E731
+    v = step(query_positions) / step(map_positions)
+    return SequenceConfig(length=SEQUENCE_LENGTH, min_velocity=0.7 * v, max_velocity=1.3 * v)
 
 
 def run_demo(a) -> int:
@@ -148,9 +160,8 @@ def run_demo(a) -> int:
     a.threshold_m = a.threshold_m or 25.0
 
     print(f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw pixels)", flush=True)
-    vpr_map, q_frames, recalls, gt = _map_and_offline_recall(a.model, a.weights, map_bag, query_bag, a, out / "map")
-    offline = {a.model: recalls}
-    offline["raw pixels"] = _map_and_offline_recall("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2]
+    vpr_map, q_frames, offline, gt = _map_and_offline_recall(a.model, a.weights, map_bag, query_bag, a, out / "map")
+    offline.update(_map_and_offline_recall("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2])
     print(format_table(offline), flush=True)
     query_xy = np.array([f.position[:2] for f in q_frames])
 

@@ -26,6 +26,7 @@ from std_srvs.srv import Trigger
 
 from vpr_ros.errors import ConfigError, ImageDecodeError, VprError
 from vpr_ros.imaging import image_msg_to_rgb
+from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer, Match
 from vpr_ros.maps.mapdir import load_map
@@ -45,9 +46,12 @@ PARAMETERS = {
     "camera_frame": ("camera", "frame_id used when an incoming image has an empty one."),
     "map_frame": ("map", "frame_id of /vpr/pose_prior; the map's positions are in this frame."),
     "top_k": (5, "Candidates reported per frame."),
-    "min_confidence": (0.15, "Publish /vpr/pose_prior only at or above this confidence (0..1)."),
+    "min_confidence": (0.05, "Publish /vpr/pose_prior only at or above this confidence (0..1)."),
     "ambiguity_radius_m": (25.0, "Candidates farther than this from the best one count as alternative places."),
     "base_sigma_m": (5.0, "Position standard deviation of an unambiguous match, metres."),
+    "sequence_length": (0, "Frames of SeqSLAM-style temporal filtering; 0 or 1: off (each frame on its own)."),
+    "sequence_min_velocity": (0.8, "Slowest travel the sequence filter tries, in map places per camera frame."),
+    "sequence_max_velocity": (1.25, "Fastest travel the sequence filter tries, in map places per camera frame."),
     "max_image_pixels": (50_000_000, "Larger images are rejected as bad input."),
     "diagnostics_period_s": (1.0, "Period of /diagnostics."),
     "log_throttle_s": (5.0, "Minimum seconds between repeated warnings of the same kind."),
@@ -111,7 +115,9 @@ class LocalizerNode(Node):
         except VprError as e:
             self.stats.error("map_errors", str(e))
             return False, f"map not loaded: {e}"
-        localizer = Localizer(vpr_map, self.extractor, self.p["top_k"], self.p["ambiguity_radius_m"], self.p["base_sigma_m"])
+        sequence = SequenceConfig(length=max(self.p["sequence_length"], 1), min_velocity=self.p["sequence_min_velocity"],
+                                  max_velocity=self.p["sequence_max_velocity"])
+        localizer = Localizer(vpr_map, self.extractor, self.p["top_k"], self.p["ambiguity_radius_m"], self.p["base_sigma_m"], sequence)
         with self._map_lock:
             self.localizer = localizer
         return True, f"map {vpr_map.map_id} loaded from {path}: {len(vpr_map)} places"
