@@ -74,7 +74,8 @@ def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, caps
     assert "| baseline |" in table and "R@20" in table
     results = json.loads((out / "results.json").read_text())
     assert results["queries"] == QUERY_FRAMES and results["ground_truth"] == "within 10 m"
-    r = results["recall"]
+    r = results["recall"]["baseline"]
+    assert set(results["recall"]) == {"baseline", "baseline + sequence 5"}
     assert r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@20"]
     assert r["R@1"] >= 0.5  # measured ~0.9 on this route; raw pixels score far lower (see README)
     assert (out / "recall.png").stat().st_size > 10_000

@@ -39,6 +39,13 @@ def _add_source_args(p: argparse.ArgumentParser, keyframes: bool) -> None:
         g.add_argument("--every-n", type=int, default=1, help="without poses, keep every Nth frame (default: %(default)s)")
 
 
+def _add_query_args(p: argparse.ArgumentParser) -> None:
+    """A map and query images, with the map's model unless --model says otherwise."""
+    p.add_argument("--map", required=True, type=Path, help="map directory")
+    _add_source_args(p, keyframes=False)
+    _add_model_args(p, default_model=None)
+
+
 def _open_source(a: argparse.Namespace, keyframes: bool):
     from vpr_ros.maps.sources import BagSource, FolderSource
 
@@ -106,7 +113,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         seq = evaluate(vpr_map, descriptors, positives, gt, SequenceConfig(length=a.sequence_length))
         rows[f"{extractor.spec.name} + sequence {a.sequence_length}"] = seq.recalls
     print(format_table(rows))
-    json_path, png = write_report(result, Path(a.out), extractor.spec.name, {"map": str(a.map), "rows": {k: {f"R@{n}": v for n, v in r.items()} for k, r in rows.items()}})
+    json_path, png = write_report(rows, gt, len(frames), Path(a.out), {"map": str(a.map)})
     print(f"wrote {json_path} and {png}")
     return 0
 
@@ -156,18 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("localize", help="match query images against a map, without ROS",
                        description="Match every image of a bag topic or folder against a map; one PlaceMatch JSON per line.")
-    p.add_argument("--map", required=True, type=Path, help="map directory")
-    _add_source_args(p, keyframes=False)
-    _add_model_args(p, default_model=None)
+    _add_query_args(p)
     p.add_argument("--top-k", type=int, default=5, help="candidates per query (default: %(default)s)")
     p.add_argument("--out", type=Path, help="JSON-lines file (default: standard output)")
     p.set_defaults(func=cmd_localize)
 
     p = sub.add_parser("eval", help="Recall@1/5/10/20 of queries against a map",
                        description="Recall@N of query images against a map; prints a table, writes results.json and recall.png.")
-    p.add_argument("--map", required=True, type=Path, help="map directory (the database)")
-    _add_source_args(p, keyframes=False)
-    _add_model_args(p, default_model=None)
+    _add_query_args(p)
     p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
     p.add_argument("--frame-tolerance", type=int, help="instead of metres: right within this many frames (aligned sequences)")
     p.add_argument("--sequence-length", type=int, default=0, help="also report recall with sequence filtering over this many frames")

@@ -22,10 +22,6 @@ class EvalResult:
     positives: list[np.ndarray]
     ground_truth: str  # how positives were defined
 
-    def to_dict(self) -> dict:
-        return {"ground_truth": self.ground_truth, "queries": len(self.ranked),
-                "recall": {f"R@{n}": round(r, 4) for n, r in self.recalls.items()}}
-
 
 def ground_truth(vpr_map: VprMap, query_frames: list, threshold_m: float, frame_tolerance: int | None) -> tuple[list[np.ndarray], str]:
     """Positives per query: map places within ``threshold_m`` (UTM metres), or within ``frame_tolerance``
@@ -56,14 +52,16 @@ def evaluate(vpr_map: VprMap, query_descriptors: np.ndarray, positives: list[np.
     return EvalResult(recall_at_n(ranked, positives, RECALL_NS), ranked, positives, gt)
 
 
-def write_report(result: EvalResult, out_dir: Path, title: str, extra: dict | None = None) -> tuple[Path, Path]:
-    """results.json and recall.png in ``out_dir``."""
+def write_report(curves: dict[str, dict[int, float]], ground_truth: str, queries: int, out_dir: Path,
+                 extra: dict | None = None) -> tuple[Path, Path]:
+    """results.json and recall.png (one curve per method) in ``out_dir``."""
     from vpr_ros.evaluation.plots import plot_recall_curve
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
-    json_path.write_text(json.dumps({**result.to_dict(), **(extra or {})}, indent=2) + "\n")
-    png = plot_recall_curve({title: result.recalls}, out_dir / "recall.png", result.ground_truth)
+    recall = {name: {f"R@{n}": round(r, 4) for n, r in rs.items()} for name, rs in curves.items()}
+    json_path.write_text(json.dumps({"ground_truth": ground_truth, "queries": queries, "recall": recall, **(extra or {})}, indent=2) + "\n")
+    png = plot_recall_curve(curves, out_dir / "recall.png", ground_truth)
     return json_path, png
 
 

@@ -1,0 +1,24 @@
+"""`vpr-ros demo` end to end on a short synthetic route: node, player and collector in their own processes."""
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_runs_end_to_end_and_reports(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "vpr_ros.cli", "demo", "--frames", "80", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "=== vpr_ros demo ===" in r.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_sent"] >= 60 and report["frames_matched"] == report["frames_sent"]
+    assert report["frames_bad"] == 0 and report["node_exit_code"] == 0
+    assert report["ground_truth"] == "within 10 m"
+    # the default model must clearly beat the naive yardstick on the same queries
+    offline = report["offline_recall"]
+    assert offline["baseline"]["R@1"] > offline["raw-pixels"]["R@1"] + 0.15
+    assert abs(report["recall_at_1"] - offline["baseline"]["R@1"]) < 0.05  # over DDS as offline
+    assert report["latency_end_to_end_ms"]["p50"] > 0
+    assert (out / "trajectory.png").stat().st_size > 20_000
+    assert len((out / "matches.jsonl").read_text().splitlines()) == report["frames_matched"]
