@@ -235,3 +235,9 @@ def test_latest_slot_keeps_only_the_newest_and_counts_the_rest():
     assert slot.take(0.01) is None
     slot.close()
     assert slot.take(None) is None  # closed: no waiting forever
+
+
+def test_bad_parameter_ends_the_node_with_one_clear_line(tmp_path, map_dir):
+    node = NodeUnderTest(tmp_path, map_dir, ["-p", "image_transport:=theora"])
+    assert node.proc.wait(60) == 2
+    assert "image_transport must be raw or compressed, not 'theora'" in node.log_text()

@@ -76,6 +76,11 @@ class LocalizerNode(Node):
         self.stats = PipelineStats()
         self._map_lock = threading.Lock()
         self.localizer: Localizer | None = None
+        # Parameter mistakes end the node before the (slow) model load.
+        if p["image_qos"] not in ("sensor_data", "reliable"):
+            raise ConfigError(f"image_qos must be sensor_data or reliable, not {p['image_qos']!r}")
+        if p["image_transport"] not in ("raw", "compressed"):
+            raise ConfigError(f"image_transport must be raw or compressed, not {p['image_transport']!r}")
 
         self.extractor = create_extractor(p["model"], p["weights"] or None, p["backend"], p["precision"],
                                           Path(p["engine_cache_dir"]).expanduser() if p["engine_cache_dir"] else None)
@@ -87,16 +92,12 @@ class LocalizerNode(Node):
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/vpr/pose_prior", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        if p["image_qos"] not in ("sensor_data", "reliable"):
-            raise ConfigError(f"image_qos must be sensor_data or reliable, not {p['image_qos']!r}")
         qos = qos_profile_sensor_data if p["image_qos"] == "sensor_data" else QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         if p["image_transport"] == "raw":
             self.create_subscription(Image, "image", self._on_image, qos)
-        elif p["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         else:
-            raise ConfigError(f"image_transport must be raw or compressed, not {p['image_transport']!r}")
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
 
         # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while the map loads.
         self.create_service(Trigger, "~/reload_map", self._on_reload)
