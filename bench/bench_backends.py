@@ -23,7 +23,7 @@ from vpr_ros.inference.factory import load_model, tensorrt_problem
 from vpr_ros.inference.onnx_export import cached_onnx, compare_descriptors, read_rgb
 from vpr_ros.inference.onnxruntime_backend import OrtExtractor
 from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.inference.torch_backend import TorchExtractor
+from vpr_ros.inference.torch_backend import CompiledTorchExtractor, TorchExtractor
 from vpr_ros.models import registry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -50,6 +50,7 @@ def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
     found: dict[str, DescriptorExtractor] = {
         "torch fp32": TorchExtractor(model, spec, fingerprint, "fp32", device="cpu"),
         "torch bf16": TorchExtractor(model, spec, fingerprint, "bf16", device="cpu"),
+        "torch-compile bf16": CompiledTorchExtractor(model, spec, fingerprint, "bf16"),
     }
     for precision in ("fp32", "int8"):
         found[f"onnxruntime {precision}"] = OrtExtractor(spec, fingerprint, cached_onnx(model, spec, fingerprint, precision, cache_dir), precision)

@@ -23,6 +23,7 @@ from vpr_ros.inference.factory import create_extractor, tensorrt_problem
 from vpr_ros.inference.onnx_export import cached_onnx, compare_descriptors, export, read_rgb
 from vpr_ros.inference.onnxruntime_backend import OrtExtractor, physical_core_count
 from vpr_ros.inference.preprocess import preprocess_batch
+from vpr_ros.inference.torch_backend import CompiledTorchExtractor
 from vpr_ros.models import registry
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -154,6 +155,27 @@ def test_tensorrt_unavailable_is_reported_with_a_fix(tmp_path):
         pytest.skip("TensorRT runs here")
     with pytest.raises(BackendUnavailableError, match="use backend onnxruntime"):
         create_extractor("raw-pixels", backend="tensorrt", engine_cache_dir=tmp_path)
+
+
+def test_dinov2_s_torch_compile_bf16_stays_within_cosine_099_of_fp32(dinov2_s, dinov2_s_fp32, real_images):
+    model, spec, fingerprint, _ = dinov2_s
+    compiled = CompiledTorchExtractor(model, spec, fingerprint, "bf16")
+    assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+    got = compiled.extract(real_images)  # several images through the batch-1 graph
+    assert got.shape == (len(real_images), spec.dim)
+    report = compare_descriptors(dinov2_s_fp32[1], got)
+    assert report.max_abs_diff > 1e-5, "bf16 gave fp32 results: nothing ran in bf16"
+    assert report.min_cosine >= 0.99, report
+
+
+def test_torch_compile_backend_is_selected_and_refuses_other_precisions(tmp_path, real_images):
+    extractor = create_extractor("raw-pixels", backend="torch-compile", precision="bf16")
+    assert isinstance(extractor, CompiledTorchExtractor) and extractor.backend == "torch-compile"
+    expected = create_extractor("raw-pixels", backend="torch").extract(real_images)
+    np.testing.assert_allclose(extractor.extract(real_images), expected, atol=1e-2)  # bf16 rounding only
+    with pytest.raises(BackendUnavailableError, match="bf16 only.*use precision bf16"):
+        create_extractor("raw-pixels", backend="torch-compile", precision="fp32")
 
 
 def test_fingerprint_and_descriptors_identical_across_backends(tmp_path, real_images):

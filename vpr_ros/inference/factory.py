@@ -13,7 +13,7 @@ from vpr_ros.models import registry
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -85,6 +85,8 @@ def create_extractor(
     ``auto`` takes TensorRT where it imports and a CUDA GPU is present, else ONNX Runtime,
     else torch (bf16 goes to torch: ONNX Runtime has no bf16 CPU path). ONNX files and
     TensorRT engines are built on first use into ``engine_cache_dir`` and reused.
+    ``torch-compile`` (bf16 only) is the fastest CPU path on bf16-capable x86 CPUs; it
+    compiles for up to a minute at start-up, so ``auto`` never picks it.
     ``calib_dir``: representative images for TensorRT int8 calibration.
     """
     if backend not in BACKENDS:
@@ -101,6 +103,11 @@ def create_extractor(
 
         log.info("descriptor backend: torch (%s) for %s", precision, model)
         return TorchExtractor(net, spec, fingerprint, precision)
+    if backend == "torch-compile":
+        from vpr_ros.inference.torch_backend import CompiledTorchExtractor
+
+        log.info("descriptor backend: torch-compile (%s) for %s; compiling", precision, model)
+        return CompiledTorchExtractor(net, spec, fingerprint, precision)
     if backend == "onnxruntime":
         try:
             from vpr_ros.inference.onnxruntime_backend import OrtExtractor
