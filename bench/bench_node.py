@@ -26,13 +26,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=4.0, help="replay rate, Hz (slow enough that nothing queues)")
     a = ap.parse_args()
 
-    from vpr_ros.demo.run import replay, start_node, stop_process
+    from vpr_ros.replay.processes import replay, start_node, stop_process
     from vpr_ros.inference.factory import create_extractor
     from vpr_ros.localizer import Localizer
     from vpr_ros.maps.build import build_map
     from vpr_ros.maps.mapdir import load_map
     from vpr_ros.maps.sources import BagSource
-    from vpr_ros.ros.collector import OutputCollector
+    from vpr_ros.replay.collector import OutputCollector
 
     work, map_bag, query_bag = demo_bags(a.frames)
     extractor = create_extractor(a.model)

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vpr_ros.ros.dds_env import apply_loopback_dds_env  # noqa: E402
+from vpr_ros.replay.dds_env import apply_loopback_dds_env  # noqa: E402
 
 apply_loopback_dds_env()
 

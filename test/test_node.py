@@ -16,9 +16,9 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from rosutil import build_test_map, perturb, place_images  # noqa: E402
-from vpr_ros.demo.run import start_node, stop_process  # noqa: E402
+from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
 from vpr_ros.imaging import rgb_to_compressed, rgb_to_image_fields  # noqa: E402
-from vpr_ros.ros.collector import OutputCollector  # noqa: E402
+from vpr_ros.replay.collector import OutputCollector  # noqa: E402
 
 N_PLACES = 12
 MODEL = "baseline"
