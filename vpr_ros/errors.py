@@ -29,6 +29,10 @@ class MapModelMismatchError(MapError):
     """The map was built with another model or other weights than the running extractor."""
 
 
+class LocalFeaturesMissingError(MapError):
+    """The map holds no local features (``local/``) for the requested re-ranker."""
+
+
 class BagError(VprError):
     """A rosbag cannot be read, is truncated, or lacks the requested topic."""
 
