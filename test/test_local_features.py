@@ -8,7 +8,7 @@ import pytest
 
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
 from vpr_ros.index.rerank.base import LocalFeatures
-from vpr_ros.maps.atomic import atomic_directory
+from vpr_ros.fileio import atomic_directory
 from vpr_ros.maps.local_features import LOCAL_DIR, LocalFeatureStore, LocalFeatureWriter
 
 DESCRIPTION = {"reranker": "fol", "dim": 8, "model_fingerprint": "abc123"}

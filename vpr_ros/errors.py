@@ -25,6 +25,10 @@ class MapIntegrityError(MapError):
     """A map file is missing or its checksum does not match the manifest."""
 
 
+class MapManifestError(MapIntegrityError):
+    """manifest.json is unreadable, altered (checksum) or breaks the manifest schema."""
+
+
 class MapModelMismatchError(MapError):
     """The map was built with another model or other weights than the running extractor."""
 

@@ -13,7 +13,7 @@ meta.json gives dtype and shape. Reading memory-maps the files: a place is
 two offsets and a slice, O(1), and untouched places never leave the disk.
 
 The writer writes into a map directory it is given (the temporary one of
-``maps.atomic.atomic_directory``) and returns the sha256 of every file, named
+``fileio.atomic_directory``) and returns the sha256 of every file, named
 relative to the map directory, for the manifest's ``files``.
 """
 

@@ -6,40 +6,54 @@
       places.csv
       descriptors.npy  memory-mapped on load; the index can be rebuilt from it
 
-Written through ``atomic_directory``; loading verifies the format version,
-every checksum and the model fingerprint before anything is used.
+Written through ``atomic_directory``.  Loading is all-or-nothing: the manifest is
+checked against its own checksum and a schema, every file against the manifest's
+sha256, the model against the running extractor, and every file's content against
+the manifest (shape, dtype, counts, index type) before a ``VprMap`` is returned; any
+damage is a ``MapError`` naming the file or field and the fix, never another exception.
+
+The manifest protects itself with ``manifest_sha256``: the sha256 of its own body
+(every other key) as canonical JSON.  Kept inside the manifest rather than in a
+sidecar file so a map stays one self-describing manifest that cannot be copied
+without its checksum; canonical JSON makes it independent of indentation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+import re
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
+import faiss
 import numpy as np
 
-from vpr_ros.errors import MapError, MapIntegrityError, MapModelMismatchError, MapNotFoundError
+from vpr_ros.errors import MapError, MapIntegrityError, MapManifestError, MapModelMismatchError, MapNotFoundError
+from vpr_ros.fileio import atomic_directory, file_sha256, is_out_of_space
 from vpr_ros.index.faiss_index import IndexConfig, PlaceIndex
-from vpr_ros.maps.atomic import atomic_directory
 from vpr_ros.maps.places import Place, read_places, write_places
 
 FORMAT = "vpr_ros/map"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest checksum (manifest_sha256) and schema
 MANIFEST = "manifest.json"
+MANIFEST_CHECKSUM = "manifest_sha256"
 INDEX_FILE = "index.faiss"
 PLACES_FILE = "places.csv"
 DESCRIPTORS_FILE = "descriptors.npy"
+REQUIRED_FILES = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE)
+# The faiss class each manifest index type must load as (METRIC_INNER_PRODUCT throughout).
+FAISS_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
+INDEX_PARAMS = {"flat": (), "hnsw": ("M", "efConstruction", "efSearch"), "ivfpq": ("nlist", "m", "nbits", "nprobe", "rescore")}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _rebuild(path: Path) -> str:
+    return f"rebuild it with `vpr-ros build-map --out {path} ...` (or restore it from a backup)"
 
 
 @dataclass
@@ -70,31 +84,121 @@ def write_map(
     index_config: IndexConfig,
     sources: list[dict],
 ) -> Path:
-    """Write a complete map to ``target`` atomically (an existing map there is replaced only on success)."""
+    """Write a complete map to ``target`` atomically (an existing map there is replaced only on success).
+
+    A full disk (or any other write failure) is a ``MapError``; the temporary directory is
+    removed and the previous map at ``target`` is untouched.
+    """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if len(descriptors) != len(places) or len(places) == 0:
         raise MapError(f"cannot write a map with {len(places)} places and {len(descriptors)} descriptors: "
                        "the sources gave no usable frames; check the image topic and --min-distance")
     index = PlaceIndex.build(descriptors, index_config)
     target = Path(target)
-    with atomic_directory(target) as tmp:
-        np.save(tmp / DESCRIPTORS_FILE, descriptors)
-        write_places(tmp / PLACES_FILE, places)
-        index.save(tmp / INDEX_FILE)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "map_id": uuid.uuid4().hex,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "model": model,
-            "index": {"type": index.config.type, "params": index.config.params},
-            "place_count": len(places),
-            "dim": int(descriptors.shape[1]),
-            "sources": sources,
-            "files": {name: _sha256(tmp / name) for name in (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE)},
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        with atomic_directory(target) as tmp:
+            np.save(tmp / DESCRIPTORS_FILE, descriptors)
+            write_places(tmp / PLACES_FILE, places)
+            index.save(tmp / INDEX_FILE)
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "map_id": uuid.uuid4().hex,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "model": model,
+                "index": {"type": index.config.type, "params": index.config.params},
+                "place_count": len(places),
+                "dim": int(descriptors.shape[1]),
+                "sources": sources,
+                "files": {name: file_sha256(tmp / name) for name in REQUIRED_FILES},
+            }
+            manifest = with_checksum(manifest)
+            validate_manifest(manifest, tmp / MANIFEST)  # a writer bug must not produce a map that never loads
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    except (OSError, RuntimeError) as e:  # faiss reports its write errors as RuntimeError
+        reason = "the disk is full" if is_out_of_space(e) else "writing failed"
+        raise MapError(f"cannot write the map to {target}: {reason} ({e}). Nothing was written; the previous map "
+                       f"there (if any) is unchanged. Free space on {target.parent} or choose another --out") from None
     return target
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest's body (every key but the checksum) as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def with_checksum(manifest: dict) -> dict:
+    return {**manifest, MANIFEST_CHECKSUM: manifest_checksum(manifest)}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_relative_file(name: str) -> bool:
+    p = PurePosixPath(name)
+    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
+
+
+def validate_manifest(manifest: Any, where: Path) -> None:
+    """Check types and ranges of every field the loader uses; MapManifestError names the first bad one."""
+
+    def need(ok: bool, field: str, want: str) -> None:
+        if not ok:
+            raise MapManifestError(f"{where}: field {field!r} must be {want}; the manifest is damaged: {_rebuild(where.parent)}")
+
+    def obj(parent: dict, key: str, field: str) -> dict:
+        need(key in parent, field, "present")
+        need(isinstance(parent[key], dict), field, "an object")
+        return parent[key]
+
+    def value(parent: dict, key: str, field: str, ok: Callable[[Any], bool], want: str) -> Any:
+        need(key in parent, field, "present")
+        need(ok(parent[key]), field, want)
+        return parent[key]
+
+    need(isinstance(manifest, dict), "(top level)", "an object")
+    text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
+    positive = lambda v: _is_int(v) and v > 0  # noqa: E731
+    value(manifest, "format", "format", lambda v: v == FORMAT, repr(FORMAT))
+    value(manifest, "format_version", "format_version", lambda v: v == FORMAT_VERSION, str(FORMAT_VERSION))
+    value(manifest, MANIFEST_CHECKSUM, MANIFEST_CHECKSUM, lambda v: isinstance(v, str) and _SHA256.fullmatch(v), "a sha256 hex digest")
+    value(manifest, "map_id", "map_id", text, "a non-empty string")
+    value(manifest, "created", "created", lambda v: isinstance(v, str) and _iso_time(v), "an ISO 8601 time")
+    model = obj(manifest, "model", "model")
+    value(model, "name", "model.name", text, "a non-empty string")
+    value(model, "fingerprint", "model.fingerprint", text, "a non-empty string")
+    value(model, "input_size", "model.input_size", lambda v: isinstance(v, list) and len(v) == 2 and all(map(positive, v)),
+          "[height, width] in positive pixels")
+    dim = value(model, "dim", "model.dim", positive, "a positive integer")
+    obj(model, "preprocessing", "model.preprocessing")
+    index = obj(manifest, "index", "index")
+    kind = value(index, "type", "index.type", lambda v: v in INDEX_PARAMS, f"one of {', '.join(INDEX_PARAMS)}")
+    params = obj(index, "params", "index.params")
+    for name in INDEX_PARAMS[kind]:
+        value(params, name, f"index.params.{name}", positive, f"a positive integer (index type {kind})")
+    value(manifest, "place_count", "place_count", positive, "a positive integer")
+    value(manifest, "dim", "dim", lambda v: v == dim, f"the model's dim ({dim})")
+    value(manifest, "sources", "sources", lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v),
+          "a list of objects")
+    files = obj(manifest, "files", "files")
+    for name in REQUIRED_FILES:
+        need(name in files, f"files.{name}", "present")
+    for name, digest in files.items():
+        need(isinstance(name, str) and _is_relative_file(name), f"files.{name}", "a path inside the map directory")
+        need(isinstance(digest, str) and _SHA256.fullmatch(digest) is not None, f"files.{name}", "a sha256 hex digest")
+
+
+def _iso_time(text: str) -> bool:
+    try:
+        dt.datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -105,15 +209,22 @@ def read_manifest(path: str | Path) -> dict:
     if not mf.is_file():
         raise MapNotFoundError(f"{path} is not a vpr_ros map (no {MANIFEST}); point the map path at a directory written by `vpr-ros build-map`")
     try:
-        manifest = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise MapIntegrityError(f"{mf} is not valid JSON ({e}); the map is damaged: rebuild it with `vpr-ros build-map`") from None
-    if manifest.get("format") != FORMAT or not isinstance(manifest.get("format_version"), int):
-        raise MapError(f"{mf} is not a vpr_ros map manifest; rebuild the map with `vpr-ros build-map`")
+        manifest = json.loads(mf.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise MapManifestError(f"{mf} is not valid JSON ({e}); the map is damaged: {_rebuild(path)}") from None
+    except OSError as e:
+        raise MapManifestError(f"{mf} cannot be read ({e}); {_rebuild(path)}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not _is_int(manifest.get("format_version")):
+        raise MapManifestError(f"{mf} is not a vpr_ros map manifest (no format {FORMAT!r} with an integer format_version); "
+                               f"{_rebuild(path)}")
     if manifest["format_version"] > FORMAT_VERSION:
         raise MapError(f"{path} has map format {manifest['format_version']}, newer than this vpr_ros reads ({FORMAT_VERSION}); upgrade vpr_ros")
     if manifest["format_version"] < FORMAT_VERSION:
-        raise MapError(f"{path} has old map format {manifest['format_version']}; rebuild it with `vpr-ros build-map`")
+        raise MapError(f"{path} has old map format {manifest['format_version']} (this vpr_ros reads {FORMAT_VERSION}, "
+                       f"which checksums and validates the manifest): {_rebuild(path)}")
+    if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
+        raise MapManifestError(f"{mf} was altered: its content does not match its {MANIFEST_CHECKSUM}; {_rebuild(path)}")
+    validate_manifest(manifest, mf)
     return manifest
 
 
@@ -125,7 +236,7 @@ def verify_files(path: str | Path, manifest: dict) -> list[str]:
         f = path / name
         if not f.is_file():
             problems.append(f"{name} is missing")
-        elif _sha256(f) != digest:
+        elif file_sha256(f) != digest:
             problems.append(f"{name} was altered (sha256 differs from the manifest)")
     return problems
 
@@ -135,22 +246,52 @@ def model_differences(map_model: dict, running: dict) -> list[str]:
     return [f"{k}: map has {map_model.get(k)!r}, running extractor has {running.get(k)!r}" for k in keys if map_model.get(k) != running.get(k)]
 
 
+@contextlib.contextmanager
+def _reading(path: Path, name: str) -> Iterator[None]:
+    """Any failure while reading ``name`` means the file is damaged: say so, naming it."""
+    try:
+        yield
+    except MapError:
+        raise
+    except Exception as e:  # numpy, csv and faiss each raise their own types for a bad file
+        raise MapIntegrityError(f"map {path}: {name} cannot be read ({type(e).__name__}: {e}); {_rebuild(path)}") from None
+
+
+def _consistent(ok: bool, path: Path, problem: str) -> None:
+    if not ok:
+        raise MapIntegrityError(f"map {path}: {problem}; {_rebuild(path)}")
+
+
 def load_map(path: str | Path, expected_model: dict | None = None, verify: bool = True) -> VprMap:
-    """Load and check a map. ``expected_model`` is the running extractor's ``describe()``."""
+    """Load and check a map, all or nothing. ``expected_model`` is the running extractor's ``describe()``.
+
+    ``verify`` checks every file's sha256 (slow for huge maps); without it, structure and
+    counts are still checked, so a truncated or foreign file is refused all the same.
+    """
     path = Path(path)
     manifest = read_manifest(path)
     if verify and (problems := verify_files(path, manifest)):
-        raise MapIntegrityError(f"map {path} does not verify: {'; '.join(problems)}. Rebuild it with `vpr-ros build-map`"
-                                " (or restore it from a backup)")
+        raise MapIntegrityError(f"map {path} does not verify: {'; '.join(problems)}. {_rebuild(path)}")
     if expected_model is not None and (diff := model_differences(manifest["model"], expected_model)):
         raise MapModelMismatchError(
             f"map {path} was built with another model or weights ({'; '.join(diff)}). Run with the map's model "
             f"({manifest['model'].get('name')}) and the same weights, or rebuild the map with the current model")
-    descriptors = np.load(path / DESCRIPTORS_FILE, mmap_mode="r")
-    places = read_places(path / PLACES_FILE)
-    if len(places) != len(descriptors) or len(places) != manifest["place_count"]:
-        raise MapIntegrityError(f"map {path}: {len(places)} places, {len(descriptors)} descriptors, manifest says "
-                                f"{manifest['place_count']}; rebuild it with `vpr-ros build-map`")
+    n, dim = manifest["place_count"], manifest["dim"]
+    with _reading(path, DESCRIPTORS_FILE):
+        descriptors = np.load(path / DESCRIPTORS_FILE, mmap_mode="r", allow_pickle=False)
+    _consistent(isinstance(descriptors, np.ndarray) and descriptors.dtype == np.float32 and descriptors.shape == (n, dim),
+                path, f"{DESCRIPTORS_FILE} holds {getattr(descriptors, 'dtype', '?')} {getattr(descriptors, 'shape', '?')}, "
+                f"the manifest says float32 ({n}, {dim})")
+    with _reading(path, PLACES_FILE):
+        places = read_places(path / PLACES_FILE)
+    _consistent(len(places) == n, path, f"{PLACES_FILE} has {len(places)} places, the manifest says {n}")
+    _consistent(all(p.place_id == i for i, p in enumerate(places)), path, f"{PLACES_FILE} place ids are not 0..{n - 1} in order")
     config = IndexConfig(manifest["index"]["type"], manifest["index"]["params"])
-    index = PlaceIndex.load(path / INDEX_FILE, config, descriptors)
+    with _reading(path, INDEX_FILE):
+        index = PlaceIndex.load(path / INDEX_FILE, config, descriptors)
+    raw = index.index
+    _consistent(isinstance(raw, FAISS_CLASSES[config.type]) and raw.metric_type == faiss.METRIC_INNER_PRODUCT, path,
+                f"{INDEX_FILE} is a {type(raw).__name__} (metric {raw.metric_type}), the manifest says {config.type} (inner product)")
+    _consistent(raw.ntotal == n and raw.d == dim, path,
+                f"{INDEX_FILE} holds {raw.ntotal} vectors of {raw.d}-D, the manifest says {n} of {dim}-D")
     return VprMap(path, manifest, places, descriptors, index)
