@@ -12,8 +12,14 @@ import hashlib
 import numpy as np
 import torch
 
+from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models.registry import ModelSpec
+
+
+def _l2_normalised(descriptors: np.ndarray) -> np.ndarray:
+    out = np.asarray(descriptors, dtype=np.float32)
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 class DescriptorExtractor(abc.ABC):
@@ -55,9 +61,31 @@ class DescriptorExtractor(abc.ABC):
     def extract_preprocessed(self, batch: np.ndarray) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
-        out = np.asarray(self._run(np.ascontiguousarray(batch, dtype=np.float32)), dtype=np.float32)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.maximum(norms, 1e-12)
+        return _l2_normalised(self._run(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    @property
+    def supports_local_features(self) -> bool:
+        """Whether ``extract_with_local`` works: the model has a local head and this backend runs it (FoL on torch)."""
+        return False
+
+    def extract_with_local(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """RGB uint8 images -> ([N, dim] L2-normalised global descriptors, per image its local rows [n_i, d] float32).
+
+        Both come from ONE forward pass (FoL: the rows of the official top-225 token selection, unpadded).
+        """
+        if not self.supports_local_features:
+            raise BackendUnavailableError(
+                f"model {self.spec.name} on backend {self.backend} gives no local features; FoL re-ranking needs a FoL "
+                "model on backend torch (the ONNX and TensorRT graphs hold the global descriptor only)")
+        batch = np.ascontiguousarray(preprocess_batch(images, self.spec), dtype=np.float32)
+        if len(batch) == 0:
+            return np.zeros((0, self.dim), np.float32), []
+        descriptors, rows = self._run_with_local(batch)
+        return _l2_normalised(descriptors), rows
+
+    def _run_with_local(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Preprocessed batch -> (raw global descriptors, local rows per image); only where ``supports_local_features``."""
+        raise NotImplementedError(f"backend {self.backend} gives no local features")
 
     @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:

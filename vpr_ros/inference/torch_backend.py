@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,13 +32,24 @@ class TorchExtractor(DescriptorExtractor):
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self._forward(self.model, batch).float().cpu().numpy()
+
+    @property
+    def supports_local_features(self) -> bool:
+        return hasattr(self.model, "global_and_local")  # FoLNet
+
+    @torch.inference_mode()
+    def _run_with_local(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        descriptors, rows = self._forward(self.model.global_and_local, batch)
+        return descriptors.float().cpu().numpy(), [r.float().cpu().numpy() for r in rows]
+
+    def _forward(self, method: Callable[[torch.Tensor], Any], batch: np.ndarray) -> Any:
+        """``method`` applied to the batch on this extractor's device, at its precision."""
         x = torch.from_numpy(batch).to(self.device)
-        if self.precision == "bf16":
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(x).float().cpu().numpy()
         if self.precision == "fp16" and self.device.type == "cuda":
             x = x.half()
-        return self.model(x).float().cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return method(x)
 
 
 class CompiledTorchExtractor(DescriptorExtractor):

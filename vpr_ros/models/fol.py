@@ -22,6 +22,7 @@ SINKHORN_ITERS = 3
 ATTENTION_FLOOR = 0.01
 NUM_SELECTED = 225  # tokens kept for the local branch (official constant)
 NUM_TOP_CLIPPED = 3  # largest confidences clipped before the softmax
+LOCAL_DIM = 128  # channels of the local head (upconv2)
 CLIP_QUANTILE = 0.05  # ... down to the value at this sorted position
 
 
@@ -73,6 +74,26 @@ def clip_top_values(values: torch.Tensor) -> torch.Tensor:
     _, top_indices = torch.topk(values, NUM_TOP_CLIPPED, dim=1)
     kth = values.sort(dim=1, descending=True).values[:, int(CLIP_QUANTILE * values.shape[1])]
     return values.scatter(1, top_indices, kth.unsqueeze(1).expand(-1, NUM_TOP_CLIPPED))
+
+
+def local_confidence(assignment: torch.Tensor) -> torch.Tensor:
+    """Per-token confidence [B, N]: mean transport mass over clusters, top values clipped, softmaxed."""
+    return clip_top_values(assignment.mean(dim=1)).softmax(dim=-1)
+
+
+def top_token_mask(confidence: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, h, w] float, 1 at the NUM_SELECTED most confident tokens (the discriminative regions)."""
+    top = torch.topk(confidence, NUM_SELECTED, dim=-1).indices
+    return torch.zeros_like(confidence).scatter(1, top, 1.0).reshape(confidence.shape[0], h, w)
+
+
+def selected_rows(local_map: torch.Tensor, selection: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Pixels of the local map [B, H', W', d] under the nearest-upsampled token mask, row-major, unpadded.
+
+    Returns (pixel mask [B, H'*W'] bool, per image its rows [n_i, d]).
+    """
+    pixels = F.interpolate(selection.unsqueeze(1), size=local_map.shape[1:3], mode="nearest").flatten(1) > 0
+    return pixels, [local_map[i].flatten(0, 1)[pixels[i]] for i in range(len(local_map))]
 
 
 def kl_divergence(log_q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -149,7 +170,7 @@ class FoLNet(nn.Module):
         self.backbone = backbone if backbone is not None else nn.Identity()
         self.aggregator = FoLAggregator(num_channels)
         self.upconv = nn.ConvTranspose2d(num_channels, 256, kernel_size=3, stride=2, padding=1)
-        self.upconv2 = nn.ConvTranspose2d(256, 128, kernel_size=3, stride=2, padding=1)
+        self.upconv2 = nn.ConvTranspose2d(256, LOCAL_DIM, kernel_size=3, stride=2, padding=1)
 
     @staticmethod
     def mask_guide(att: torch.Tensor) -> torch.Tensor:
@@ -164,6 +185,24 @@ class FoLNet(nn.Module):
     def local_outputs(self, x: torch.Tensor) -> FoLLocalOutput:
         return self.head(*self.backbone(x))
 
+    def global_and_local(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """One backbone pass -> (global descriptors [B, 8448], per image its selected local rows [n_i, 128]).
+
+        The rows are ``head``'s ``local_features[i, :num_local[i]]`` (the official selection) without the
+        padding and without the training-only outputs: what re-ranking stores and matches.
+        """
+        return self.global_and_local_head(*self.backbone(x))
+
+    def global_and_local_head(self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        assignment = self.aggregator.assignment(f, self.mask_guide(att))
+        selection = top_token_mask(local_confidence(assignment), f.shape[2], f.shape[3])
+        _, rows = selected_rows(self.local_map(f), selection)
+        return self.aggregator.descriptor(f, t, assignment), rows
+
+    def local_map(self, f: torch.Tensor) -> torch.Tensor:
+        """Up-convolved local features [B, 4h-3, 4w-3, 128], L2-normalised per pixel."""
+        return F.normalize(self.upconv2(F.relu(self.upconv(f))).permute(0, 2, 3, 1), p=2.0, dim=-1)
+
     def head(self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor) -> FoLLocalOutput:
         """Official ``FoLNet.forward(x, test=True)`` from the backbone outputs."""
         b, _, h, w = f.shape
@@ -171,20 +210,18 @@ class FoLNet(nn.Module):
         assignment = self.aggregator.assignment(f, mask_guide)
         global_descriptor = self.aggregator.descriptor(f, t, assignment)
 
-        confidence = clip_top_values(assignment.mean(dim=1)).softmax(dim=-1)
+        confidence = local_confidence(assignment)
         attention = clip_top_values(att).softmax(dim=-1)
         loss_kl_1 = kl_divergence(confidence.log(), attention)
         loss_kl_2 = kl_divergence(attention.log(), confidence)
-        top = torch.topk(confidence, NUM_SELECTED, dim=-1).indices
-        selection = torch.zeros_like(confidence).scatter(1, top, 1.0).reshape(b, h, w)
+        selection = top_token_mask(confidence, h, w)
 
-        local_map = F.normalize(self.upconv2(F.relu(self.upconv(f))).permute(0, 2, 3, 1), p=2.0, dim=-1)
+        local_map = self.local_map(f)
         size = local_map.shape[1:3]
         mask_separate = F.interpolate(
             confidence.reshape(b, 1, h, w), size=size, mode="bilinear", align_corners=True
         ).squeeze(1)
-        selected_pixels = F.interpolate(selection.unsqueeze(1), size=size, mode="nearest").flatten(1) > 0
-        rows = [local_map[i].flatten(0, 1)[selected_pixels[i]] for i in range(b)]
+        selected_pixels, rows = selected_rows(local_map, selection)
         length = max([padded_length(size[0])] + [len(r) for r in rows])
         local_features = local_map.new_zeros(b, length, local_map.shape[-1])
         for i, r in enumerate(rows):
