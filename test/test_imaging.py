@@ -182,3 +182,125 @@ def test_reverse_conversion_rejects_bad_arguments() -> None:
         rgb_to_image_fields(np.zeros((4, 4), np.uint8), "rgb8")
     with pytest.raises(ImageDecodeError, match="supported"):
         rgb_to_compressed(_random_rgb(), "webp")
+
+
+# --- issue 9, defect 4: each of these failed on the OpenCV-only decoder ---------------------------
+
+def _jpeg(h: int = 120, w: int = 160) -> bytes:
+    return rgb_to_compressed(_random_rgb(h, w, seed=3), "jpeg", quality=90)[1]
+
+
+@pytest.mark.parametrize("encoding", sorted(YUV))
+def test_odd_width_yuv422_is_a_bad_frame_not_a_cv2_error(encoding: str) -> None:
+    fields = {"height": 4, "width": 5, "encoding": encoding, "is_bigendian": 0, "step": 10, "data": np.zeros(40, np.uint8)}
+    with pytest.raises(ImageDecodeError, match="odd width 5") as err:
+        image_msg_to_rgb(_bag_image(fields))
+    assert err.value.reason == "odd width for YUV 4:2:2"
+
+
+def test_jpeg_cut_at_40_percent_with_an_end_marker_is_refused() -> None:
+    # The old check only looked for FF D9 at the end; OpenCV then decoded the rest as grey.
+    data = _jpeg()
+    cut = data[: int(len(data) * 0.4)] + b"\xff\xd9"
+    with pytest.raises(ImageDecodeError, match="Corrupt JPEG data") as err:
+        image_msg_to_rgb(_make_compressed("rosbags", "jpeg", cut))
+    assert err.value.reason == "truncated JPEG"  # libjpeg: "premature end of data segment"
+    with pytest.raises(ImageDecodeError, match="truncated JPEG") as err:
+        image_msg_to_rgb(_make_compressed("rclpy", "jpeg", data[: int(len(data) * 0.4)]))
+    assert err.value.reason == "truncated JPEG"
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+def test_valid_image_followed_by_padding_decodes(fmt: str) -> None:
+    rgb = _random_rgb(40, 56, seed=4)
+    _, data = rgb_to_compressed(rgb, fmt)
+    expected = image_msg_to_rgb(_make_compressed("rclpy", fmt, data))
+    for padding in (b"\x00" * 64, b"\xff" * 7, bytes(range(256))):
+        assert np.array_equal(image_msg_to_rgb(_make_compressed("rosbags", fmt, data + padding)), expected)
+
+
+def _huge_png(side: int) -> bytes:
+    """A real gray PNG of side x side zeros (about 220 KB for 15000), written row by row."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor, row, parts = zlib.compressobj(9), bytes(side + 1), []
+    for _ in range(side):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+_CHILD = """
+import resource, sys
+import numpy as np
+from vpr_ros.errors import ImageDecodeError
+from vpr_ros.imaging import decode_image_bytes
+data = np.fromfile(sys.argv[1], np.uint8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    decode_image_bytes(data, "test image")
+    print("decoded")
+except ImageDecodeError as err:
+    print("refused:", getattr(err, "reason", "(no reason)"), "|", err)
+print("grew_mb", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def _decode_in_child(tmp_path, data: bytes):
+    import subprocess
+    import sys
+
+    path = tmp_path / "image.bin"
+    path.write_bytes(data)
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout, done.stderr
+
+
+def test_png_declaring_15000x15000_is_refused_from_its_header(tmp_path) -> None:
+    stdout, _ = _decode_in_child(tmp_path, _huge_png(15000))
+    grew_mb = float(stdout.split("grew_mb")[1])
+    assert grew_mb < 50, f"decoding grew the process by {grew_mb:.0f} MB: the pixels were allocated before the check"
+    assert "refused: too many pixels" in stdout and "15000x15000" in stdout
+
+
+def test_corrupt_jpeg_prints_nothing_on_stderr(tmp_path) -> None:
+    data = _jpeg()
+    stdout, stderr = _decode_in_child(tmp_path, data[: int(len(data) * 0.4)] + b"\xff\xd9")
+    assert "refused: truncated JPEG" in stdout
+    assert stderr == "", f"the decoder wrote to stderr: {stderr!r}"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\xff\xd8\xff" + bytes(30) + b"\xff\xd9", "corrupt JPEG header"),
+        (b"\xff\xd8\xff" + bytes(30), "truncated JPEG"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(30), "corrupt PNG header"),
+        (b"GIF89a" + bytes(30), "neither JPEG nor PNG"),
+    ],
+)
+def test_every_refusal_names_its_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageDecodeError) as err:
+        image_msg_to_rgb(_make_compressed("rclpy", "jpeg", data))
+    assert err.value.reason == reason and reason in str(err.value)
+
+
+def test_read_rgb_and_image_files(tmp_path) -> None:
+    from vpr_ros.imaging import image_files, read_rgb
+
+    rgb = _random_rgb(20, 30, seed=5)
+    (tmp_path / "b.PNG").write_bytes(rgb_to_compressed(rgb, "png")[1])
+    (tmp_path / "a.txt").write_text("not an image")
+    (tmp_path / "c.jpg").write_bytes(b"\xff\xd8\xff junk")
+    assert [p.name for p in image_files(tmp_path)] == ["b.PNG", "c.jpg"]
+    assert np.array_equal(read_rgb(tmp_path / "b.PNG"), rgb)
+    with pytest.raises(ImageDecodeError, match="c.jpg"):
+        read_rgb(tmp_path / "c.jpg")
+    with pytest.raises(ImageDecodeError, match="cannot read image file"):
+        read_rgb(tmp_path / "missing.png")

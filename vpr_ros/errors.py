@@ -10,7 +10,15 @@ class VprError(Exception):
 
 
 class ImageDecodeError(VprError):
-    """An image could not be decoded or has an unsupported encoding or size."""
+    """An image could not be decoded or has an unsupported encoding or size.
+
+    `reason` is a short fixed phrase ("truncated JPEG", "odd width for YUV 4:2:2", ...) for
+    counting bad frames by kind; the message carries the details and the fix.
+    """
+
+    def __init__(self, message: str, reason: str = "bad image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class MapError(VprError):

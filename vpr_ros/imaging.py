@@ -7,19 +7,32 @@ A CompressedImage is recognised by its `format` field.
 Own implementation on numpy + OpenCV rather than rosbags-image, because that one
 ignores `step` (row padding), asserts on undecodable JPEGs and cannot turn
 grayscale or 16-bit generic encodings into RGB.
+
+Compressed data is decoded header first, so an image's size is checked before any
+pixel is allocated: JPEG with libjpeg-turbo through simplejpeg in strict mode (a
+libjpeg warning such as "Corrupt JPEG data" becomes the refusal's reason instead of
+a line on stderr and a half-grey image), PNG and the other file formats with Pillow
+(errors are exceptions, never stderr lines). OpenCV only converts colours here.
 """
 
 from __future__ import annotations
 
+import io
+import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
+from PIL import Image as PilImage
 
 from vpr_ros.errors import ImageDecodeError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+# Image files a folder source, the export parity check or int8 calibration read.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -97,12 +110,14 @@ def _check_size(width: int, height: int, max_pixels: int, what: str) -> None:
     if width <= 0 or height <= 0:
         raise ImageDecodeError(
             f"{what} has size {width}x{height}: the camera driver published an empty image; "
-            "check the driver (it may not have started streaming yet)"
+            "check the driver (it may not have started streaming yet)",
+            reason="empty image",
         )
     if width * height > max_pixels:
         raise ImageDecodeError(
             f"{what} is {width}x{height} = {width * height / 1e6:.1f} MP, over max_pixels "
-            f"{max_pixels / 1e6:.1f} MP: resize on the camera driver or raise max_pixels"
+            f"{max_pixels / 1e6:.1f} MP: resize on the camera driver or raise max_pixels",
+            reason="too many pixels",
         )
 
 
@@ -112,23 +127,33 @@ def _raw_to_rgb(msg: Any, max_pixels: int) -> np.ndarray:
     if layout is None:
         raise ImageDecodeError(
             f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)} "
-            "(or a CompressedImage in jpeg/png): set the camera driver to one of these"
+            "(or a CompressedImage in jpeg/png): set the camera driver to one of these",
+            reason="unsupported encoding",
         )
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
     _check_size(width, height, max_pixels, f"{encoding} image")
+    if layout.channels == 2 and width % 2:
+        # 4:2:2 shares one chroma pair between two pixels: an odd width has half a pair per row.
+        raise ImageDecodeError(
+            f"{encoding} image has odd width {width}: YUV 4:2:2 needs an even width; "
+            "fix the camera driver's width (or its encoding)",
+            reason="odd width for YUV 4:2:2",
+        )
     itemsize = np.dtype(layout.dtype).itemsize
     row_bytes = width * layout.channels * itemsize
     if step < row_bytes:
         raise ImageDecodeError(
             f"{encoding} image {width}x{height} has step {step} < {row_bytes} bytes per row: "
-            "the message header is inconsistent; fix the publisher's step field"
+            "the message header is inconsistent; fix the publisher's step field",
+            reason="step smaller than a row",
         )
     buf = _as_bytes_array(msg.data)
     if buf.size != step * height:
         raise ImageDecodeError(
             f"{encoding} image {width}x{height} carries {buf.size} bytes but step*height = "
             f"{step}*{height} = {step * height}: the message is truncated or its header is wrong; "
-            "fix the publisher (or the recording)"
+            "fix the publisher (or the recording)",
+            reason="data size differs from step*height",
         )
     dtype = np.dtype(layout.dtype).newbyteorder(">" if msg.is_bigendian else "<")
     # Views all the way: drop row padding, reinterpret bytes as pixels.
@@ -137,7 +162,13 @@ def _raw_to_rgb(msg: Any, max_pixels: int) -> np.ndarray:
         pixels = (pixels >> 8).astype(np.uint8)  # 16-bit -> 8-bit keeps the top byte
     if layout.channels == 1 or layout.to_rgb is not None:
         plane = pixels[..., 0] if layout.channels == 1 else pixels
-        return cv2.cvtColor(np.ascontiguousarray(plane), layout.to_rgb)
+        try:
+            return cv2.cvtColor(np.ascontiguousarray(plane), layout.to_rgb)
+        except cv2.error as err:  # the checks above should leave none; a frame must never escape as cv2.error
+            raise ImageDecodeError(
+                f"{encoding} image {width}x{height} could not be converted to RGB ({err}); check the camera driver",
+                reason="colour conversion failed",
+            ) from err
     return np.ascontiguousarray(pixels)
 
 
@@ -146,45 +177,101 @@ def _compressed_to_rgb(msg: Any, max_pixels: int) -> np.ndarray:
     if "compresseddepth" in fmt.lower():
         raise ImageDecodeError(
             f"CompressedImage format {fmt!r} is a depth image, not a camera image: "
-            "subscribe to the colour image topic instead"
+            "subscribe to the colour image topic instead",
+            reason="depth image",
         )
-    return decode_image_bytes(msg.data, f"CompressedImage ({fmt!r})", max_pixels)
+    return decode_image_bytes(msg.data, f"CompressedImage ({fmt!r})", max_pixels, any_format=False)
 
 
-def decode_image_bytes(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Encoded image bytes (JPEG, PNG, anything OpenCV reads) -> [H, W, 3] uint8 RGB.
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+_PNG_START = b"\x89PNG\r\n\x1a\n"
 
+
+def decode_image_bytes(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS, any_format: bool = True) -> np.ndarray:
+    """Encoded image bytes -> [H, W, 3] uint8 RGB, refusing anything truncated or corrupt.
+
+    JPEG and PNG always; with `any_format` also the other formats of IMAGE_SUFFIXES (image files;
+    a CompressedImage carries only JPEG or PNG). The declared size is checked against
+    `max_pixels` before decoding. Bytes after the end of a complete image are ignored.
     Shared by CompressedImage messages and image files; `what` names the source in errors.
     """
     buf = _as_bytes_array(data)
     if buf.size == 0:
-        raise ImageDecodeError(f"{what} has empty data: the publisher or file wrote nothing; check the camera driver")
-    _check_compressed_complete(buf, what)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
         raise ImageDecodeError(
-            f"{what} ({buf.size} bytes) could not be decoded: the data is corrupt or not one of "
-            f"{', '.join(COMPRESSED_FORMATS)}; check the publisher or re-record"
+            f"{what} has empty data: the publisher or file wrote nothing; check the camera driver", reason="empty data"
         )
-    _check_size(bgr.shape[1], bgr.shape[0], max_pixels, what)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    raw = buf.tobytes()
+    if raw.startswith(_JPEG_START):
+        return _decode_jpeg(raw, what, max_pixels)
+    if not (any_format or raw.startswith(_PNG_START)):
+        raise ImageDecodeError(
+            f"{what} ({len(raw)} bytes) could not be decoded: it is neither JPEG nor PNG (starts with {raw[:8].hex(' ')}); "
+            "the data is corrupt or in a format image_transport does not use; check the publisher or re-record",
+            reason="neither JPEG nor PNG",
+        )
+    return _decode_with_pillow(raw, what, max_pixels)
 
 
-_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
-_PNG_START, _PNG_END = b"\x89PNG", b"IEND"
+def _decode_jpeg(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
+    # No end-of-image marker anywhere: the data was cut (libjpeg itself may only see a bad header).
+    cut = _JPEG_END not in raw
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(raw)
+    except ValueError as err:
+        raise _undecodable(what, len(raw), "JPEG", err, "truncated JPEG" if cut else "corrupt JPEG header") from err
+    _check_size(width, height, max_pixels, what)
+    try:
+        # strict: libjpeg's warnings (data cut short, corrupt entropy data) are errors, not grey pixels.
+        return simplejpeg.decode_jpeg(raw, colorspace="RGB", strict=True)
+    except ValueError as err:
+        truncated = cut or "premature end" in str(err).lower()
+        raise _undecodable(what, len(raw), "JPEG", err, "truncated JPEG" if truncated else "corrupt JPEG data") from err
 
 
-def _check_compressed_complete(buf: np.ndarray, what: str) -> None:
-    """Reject truncated JPEG/PNG: OpenCV decodes a cut JPEG into a half-grey image without error."""
-    head, tail = buf[:4].tobytes(), buf[-16:].tobytes()
-    truncated = (head.startswith(_JPEG_START) and _JPEG_END not in tail) or (
-        head.startswith(_PNG_START) and _PNG_END not in tail
+def _decode_with_pillow(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
+    kind = "PNG" if raw.startswith(_PNG_START) else "image"
+    if kind == "PNG" and raw[12:16] == b"IHDR" and len(raw) >= 24:
+        # Pillow would stop a PNG bomb only at 179 MP: check its declared size against max_pixels first.
+        _check_size(*struct.unpack(">II", raw[16:24]), max_pixels, what)
+    try:
+        image = PilImage.open(io.BytesIO(raw))  # reads the header only
+    except PilImage.DecompressionBombError as err:
+        raise ImageDecodeError(f"{what} declares {err}: resize on the camera driver", reason="too many pixels") from err
+    except Exception as err:  # Pillow's format plugins raise many types (OSError, SyntaxError, ...) on bad headers
+        raise _undecodable(what, len(raw), kind, err, f"corrupt {kind} header") from err
+    _check_size(image.width, image.height, max_pixels, what)
+    try:
+        image.load()
+        if image.mode.startswith("I;16"):  # 16-bit gray: keep the top byte, as for raw 16-bit encodings
+            gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+            return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
+        return np.asarray(image.convert("RGB"))
+    except Exception as err:  # any failure of the decoder on these bytes is a bad image, never a crash
+        truncated = "truncated" in str(err).lower()
+        raise _undecodable(what, len(raw), kind, err, f"truncated {kind}" if truncated else f"corrupt {kind} data") from err
+
+
+def _undecodable(what: str, size: int, kind: str, err: Exception, reason: str) -> ImageDecodeError:
+    return ImageDecodeError(
+        f"{what} ({size} bytes) could not be decoded as {kind}: {reason} ({err}); "
+        "the data was damaged in transit or recording: check the publisher, network bandwidth, or re-record",
+        reason=reason,
     )
-    if truncated:
-        raise ImageDecodeError(
-            f"{what} ({buf.size} bytes) is truncated (no end-of-image marker): "
-            "the message was cut in transit or recording; check network/bandwidth or re-record"
-        )
+
+
+def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file -> [H, W, 3] uint8 RGB; ImageDecodeError names the file and the problem."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ImageDecodeError(f"cannot read image file {path} ({err}); check the path", reason="unreadable file") from err
+    return decode_image_bytes(data, f"image file {path}", max_pixels)
+
+
+def image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
+    """The image files (IMAGE_SUFFIXES, any case) in `folder`, sorted by path; empty when there are none."""
+    paths = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
+    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str) -> dict[str, Any]:

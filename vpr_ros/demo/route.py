@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import utm
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from vpr_ros.demo.world import Appearance, CameraPose, StreetWorld
 from vpr_ros.evaluation.recall import positives_by_distance
+from vpr_ros.imaging import rgb_to_compressed
 
 CAMERA_TOPIC = "/camera/image_raw"
 COMPRESSED_CAMERA_TOPIC = "/camera/image_raw/compressed"
@@ -168,10 +168,9 @@ class _BagMessages:
 
     def image(self, rgb: np.ndarray, stamp_ns: int) -> bytes:
         if self.compressed:
-            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
-            assert ok, "OpenCV failed to encode a rendered frame as JPEG"
+            fmt, jpeg = rgb_to_compressed(rgb, "jpeg", quality=90)
             msg = self.types["sensor_msgs/msg/CompressedImage"](
-                header=self._header(stamp_ns, "camera"), format="rgb8; jpeg compressed bgr8", data=jpeg.ravel())
+                header=self._header(stamp_ns, "camera"), format=fmt, data=np.frombuffer(jpeg, np.uint8))
         else:
             h, w, _ = rgb.shape
             msg = self.types["sensor_msgs/msg/Image"](

@@ -8,6 +8,7 @@ Yaw follows REP-103 (ENU: 0 = east, counter-clockwise); quaternions are (x, y, z
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,11 @@ import utm
 NAVSAT_STATUS_NO_FIX = -1
 DEFAULT_MAX_GAP_S = 1.0
 DEFAULT_MIN_MOTION_M = 2.0
+# A header stamp this far from the bag's recording time is a driver clock jump (or an unset clock):
+# the recording time is used instead, so a jump cannot pair an image with another moment's pose.
+DEFAULT_MAX_STAMP_SKEW_S = 5.0
+# UTM is defined from 80 S to 84 N; beyond that utm raises OutOfRangeError (polar regions use UPS).
+UTM_LATITUDE_RANGE = (-80.0, 84.0)
 
 
 @dataclass(frozen=True)
@@ -46,18 +52,35 @@ class UtmProjector:
         return float(easting), float(northing)
 
 
-def header_stamp_ns(msg: Any, fallback_ns: int) -> int:
-    """The message's header stamp in ns; `fallback_ns` (e.g. the bag's receive time) when the driver left it 0."""
+def header_stamp_ns(msg: Any, fallback_ns: int, max_skew_s: float | None = None) -> int:
+    """The message's header stamp in ns; `fallback_ns` (e.g. the bag's receive time) when the driver left
+    it 0, or, with `max_skew_s`, when it is further than that from `fallback_ns` (a clock jump)."""
     stamp = msg.header.stamp
     ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-    return ns if ns > 0 else int(fallback_ns)
+    if ns <= 0 or (max_skew_s is not None and abs(ns - int(fallback_ns)) > max_skew_s * 1e9):
+        return int(fallback_ns)
+    return ns
+
+
+def fix_problem(msg: Any) -> str | None:
+    """Why a NavSatFix gives no usable position (a short reason for counting), or None when it does."""
+    if int(msg.status.status) <= NAVSAT_STATUS_NO_FIX:
+        return "no fix (status -1)"
+    lat, lon = float(msg.latitude), float(msg.longitude)
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return "NaN or infinite coordinates"
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return "latitude/longitude out of range"
+    if not UTM_LATITUDE_RANGE[0] <= lat <= UTM_LATITUDE_RANGE[1]:
+        return "outside UTM (latitude beyond 84 N / 80 S)"
+    if lat == 0.0 and lon == 0.0:  # what many drivers publish before their first fix
+        return "(0, 0) placeholder"
+    return None
 
 
 def navsatfix_is_valid(msg: Any) -> bool:
-    """False for NO_FIX and for NaN/inf coordinates (drivers publish both while searching)."""
-    if int(msg.status.status) <= NAVSAT_STATUS_NO_FIX:
-        return False
-    return math.isfinite(msg.latitude) and math.isfinite(msg.longitude)
+    """False for NO_FIX, NaN/inf, impossible and (0, 0) coordinates (drivers publish these while searching)."""
+    return fix_problem(msg) is None
 
 
 def pose_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -175,10 +198,10 @@ class PoseTrack:
 class PoseTrackBuilder:
     """Collects pose messages of one recording (any supported type) and builds a PoseTrack.
 
-    NavSatFix: invalid fixes are skipped; positions are UTM in the first fix's zone, altitude
-    as z, and heading comes from motion. Odometry/PoseStamped/PoseWithCovarianceStamped: the
-    message's own position and orientation, in its frame. Pass a shared `projector` to keep
-    several recordings in one UTM zone.
+    NavSatFix: impossible fixes (fix_problem) are skipped; positions are UTM in the first fix's
+    zone, altitude as z, and heading comes from motion. Odometry/PoseStamped/PoseWithCovarianceStamped:
+    the message's own position and orientation, in its frame. Pass a shared `projector` to keep
+    several recordings in one UTM zone. `skipped` counts refused messages by reason.
     """
 
     def __init__(self, projector: UtmProjector | None = None) -> None:
@@ -187,25 +210,29 @@ class PoseTrackBuilder:
         self._positions: list[np.ndarray] = []
         self._orientations: list[np.ndarray] = []
         self._latlons: list[tuple[float, float]] = []
-        self.skipped = 0
+        self.skipped: Counter[str] = Counter()
 
     def add(self, stamp_ns: int, msg: Any) -> bool:
-        """Add one message; returns False (and counts it) when it carries no usable pose."""
+        """Add one message; returns False (and counts its reason) when it carries no usable pose."""
         if hasattr(msg, "latitude"):
-            if not navsatfix_is_valid(msg):
-                self.skipped += 1
-                return False
-            easting, northing = self._projector.project(msg.latitude, msg.longitude)
-            altitude = msg.altitude if math.isfinite(msg.altitude) else 0.0
-            self._positions.append(np.array([easting, northing, altitude]))
-            self._latlons.append((float(msg.latitude), float(msg.longitude)))
+            problem = fix_problem(msg)
+            if problem is None:
+                easting, northing = self._projector.project(msg.latitude, msg.longitude)
+                altitude = msg.altitude if math.isfinite(msg.altitude) else 0.0
+                self._positions.append(np.array([easting, northing, altitude]))
+                self._latlons.append((float(msg.latitude), float(msg.longitude)))
         else:
             position, orientation = pose_from_msg(msg)
-            if not (np.isfinite(position).all() and np.isfinite(orientation).all()):
-                self.skipped += 1
-                return False
-            self._positions.append(position)
-            self._orientations.append(orientation / (np.linalg.norm(orientation) or 1.0))
+            finite = np.isfinite(position).all() and np.isfinite(orientation).all()
+            problem = None if finite else "NaN or infinite pose"
+            if problem is None:
+                norm = float(np.linalg.norm(orientation))
+                self._positions.append(position)
+                # A zero quaternion (position-only publishers) keeps the position, with orientation unknown.
+                self._orientations.append(orientation / norm if norm > 1e-6 else np.full(4, np.nan))
+        if problem is not None:
+            self.skipped[problem] += 1
+            return False
         self._stamps.append(int(stamp_ns))
         return True
 
@@ -214,6 +241,8 @@ class PoseTrackBuilder:
         # Sort by stamp and keep the first of duplicate stamps, so interpolation spans are > 0.
         order = np.argsort(stamps, kind="stable")
         order = order[np.concatenate([[True], np.diff(stamps[order]) > 0])] if len(order) else order
+        if len(order) < len(stamps):
+            self.skipped["duplicate stamp"] += len(stamps) - len(order)
         positions = np.asarray(self._positions, np.float64).reshape(-1, 3)[order]
         if self._latlons:
             latlons = np.asarray(self._latlons, np.float64)[order]

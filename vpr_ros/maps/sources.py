@@ -11,9 +11,10 @@ import csv
 import logging
 import math
 import struct
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import BagError, ImageDecodeError, VprError
-from vpr_ros.imaging import DEFAULT_MAX_PIXELS, decode_image_bytes, image_msg_to_rgb
+from vpr_ros.imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_files, image_msg_to_rgb, read_rgb
 from vpr_ros.maps.poses import (
     DEFAULT_MAX_GAP_S,
+    DEFAULT_MAX_STAMP_SKEW_S,
     KeyframeSelector,
     PoseTrack,
     PoseTrackBuilder,
@@ -46,7 +48,6 @@ POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped",
     "geometry_msgs/msg/PoseWithCovarianceStamped",
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -71,11 +72,27 @@ class Frame:
 
 @dataclass
 class SourceStats:
-    """Counts of the last iteration, for logs and the map manifest."""
+    """Counts of the last iteration, for logs and the end-of-build report.
+
+    `skipped` counts what was left out by "kind: reason" (kind: image, pose, stamp), e.g.
+    "image: truncated JPEG" or "pose: no fix (status -1)"; `corrupt_skipped` is its image total.
+    """
 
     yielded: int = 0
     corrupt_skipped: int = 0
     without_pose: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def skip(self, kind: str, reason: str, n: int = 1) -> None:
+        self.skipped[f"{kind}: {reason}"] += n
+        self.corrupt_skipped += n if kind == "image" else 0
+
+    def report(self) -> str:
+        """One line per kind of skip, most frequent first; "nothing skipped" when clean."""
+        lines = [f"{n} x {what}" for what, n in self.skipped.most_common()]
+        if self.without_pose:
+            lines.append(f"{self.without_pose} x frame kept without a position (no pose within the allowed gap)")
+        return "\n".join(lines) or "nothing skipped"
 
 
 def _default_typestore():
@@ -85,6 +102,20 @@ def _default_typestore():
 
 _BAG_READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, struct.error, EOFError)  # apsw: rosbags' sqlite3
 _MSG_DECODE_ERRORS = (ValueError, IndexError, struct.error, UnicodeDecodeError)
+
+
+@contextmanager
+def open_bag(path: str | Path) -> Iterator[AnyReader]:
+    """One rosbag2 directory (sqlite3 or mcap) opened for reading; the bag library's errors while
+    opening or reading it become BagError naming the bag and the repair."""
+    path = Path(path)
+    with _bag_errors(path):
+        reader = AnyReader([path], default_typestore=_default_typestore())
+        reader.open()
+        try:
+            yield reader
+        finally:
+            reader.close()
 
 
 @contextmanager
@@ -127,10 +158,12 @@ class BagSource:
 
     With `pose_topic` (NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped), the
     pose topic of each bag is read first and interpolated at every image stamp (header
-    stamps; the bag time where a header stamp is 0). GPS positions are UTM in the zone of
-    the first fix of the first bag, so several bags share one metric frame. Keyframes are
-    chosen per bag: every `min_distance_m` of travel, or every `every_n`-th frame without poses.
-    A corrupt image is skipped with a warning and counted in `stats`; a damaged bag raises BagError.
+    stamps; the bag time where a header stamp is 0 or more than `max_stamp_skew_s` from it, i.e.
+    a driver clock jump). GPS positions are UTM in the zone of the first fix of the first bag, so
+    several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
+    travel, or every `every_n`-th frame without poses. A corrupt image, an image repeating an
+    earlier stamp and an impossible pose are skipped and counted by reason in `stats`; a damaged
+    bag raises BagError.
     """
 
     def __init__(
@@ -142,6 +175,7 @@ class BagSource:
         every_n: int = 1,
         max_gap_s: float = DEFAULT_MAX_GAP_S,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_stamp_skew_s: float = DEFAULT_MAX_STAMP_SKEW_S,
     ) -> None:
         self.paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
         if not self.paths:
@@ -149,7 +183,7 @@ class BagSource:
         self.image_topic, self.pose_topic = image_topic, pose_topic
         self.min_distance_m, self.every_n = min_distance_m, every_n
         KeyframeSelector(min_distance_m, every_n)  # validate now, not on first iteration
-        self.max_gap_s, self.max_pixels = max_gap_s, max_pixels
+        self.max_gap_s, self.max_pixels, self.max_stamp_skew_s = max_gap_s, max_pixels, max_stamp_skew_s
         self.stats = SourceStats()
         self._bags = [self._inspect(path) for path in self.paths]
 
@@ -171,15 +205,8 @@ class BagSource:
             for bag in self._bags
         ]
 
-    def _open(self, path: Path) -> AnyReader:
-        with _bag_errors(path):
-            reader = AnyReader([path], default_typestore=_default_typestore())
-            reader.open()
-        return reader
-
     def _inspect(self, path: Path) -> _BagInfo:
-        reader = self._open(path)
-        try:
+        with open_bag(path) as reader:
             types = {c.topic: c.msgtype for c in reader.connections}
             image_type = types.get(self.image_topic)
             pose_type = types.get(self.pose_topic) if self.pose_topic else None
@@ -196,43 +223,57 @@ class BagSource:
                 )
             count = sum(c.msgcount for c in reader.connections if c.topic == self.image_topic)
             return _BagInfo(path, image_type, pose_type, count)
-        finally:
-            reader.close()
 
     def __iter__(self) -> Iterator[Frame]:
         self.stats = SourceStats()
         projector = UtmProjector()  # shared by all bags: one UTM zone for the whole map
         index = 0
         for bag in self._bags:
-            reader = self._open(bag.path)
-            try:
-                with _bag_errors(bag.path):
-                    track = self._read_track(reader, projector) if self.pose_topic else None
-                    yield from self._frames(reader, bag, track, index)
-            finally:
-                reader.close()
+            with open_bag(bag.path) as reader:
+                track = self._read_track(reader, projector) if self.pose_topic else None
+                yield from self._frames(reader, bag, track, index)
             index += bag.image_count
+
+    def _stamp(self, msg: Any, bag_ns: int) -> int:
+        stamp = header_stamp_ns(msg, bag_ns, self.max_stamp_skew_s)
+        if stamp == bag_ns and header_stamp_ns(msg, bag_ns) != bag_ns:
+            self.stats.skip("stamp", f"header stamp over {self.max_stamp_skew_s:g} s from the recording time "
+                                     "(clock jump): used the recording time")
+        return stamp
 
     def _read_track(self, reader: AnyReader, projector: UtmProjector) -> PoseTrack:
         builder = PoseTrackBuilder(projector)
         connections = [c for c in reader.connections if c.topic == self.pose_topic]
         for connection, bag_ns, raw in reader.messages(connections=connections):
-            msg = reader.deserialize(raw, connection.msgtype)
-            builder.add(header_stamp_ns(msg, bag_ns), msg)
+            try:
+                msg = reader.deserialize(raw, connection.msgtype)
+            except _MSG_DECODE_ERRORS:
+                self.stats.skip("pose", "undeserialisable message")
+                continue
+            builder.add(self._stamp(msg, bag_ns), msg)
+        track = builder.build()
+        for reason, n in builder.skipped.items():
+            self.stats.skip("pose", reason, n)
         if builder.skipped:
-            log.warning("%s: skipped %d pose messages without a fix or with NaN", reader.paths[0], builder.skipped)
-        return builder.build()
+            log.warning("%s: skipped pose messages: %s", reader.paths[0],
+                        ", ".join(f"{n} x {reason}" for reason, n in builder.skipped.most_common()))
+        return track
 
     def _frames(self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int) -> Iterator[Frame]:
         selector = KeyframeSelector(self.min_distance_m, self.every_n)
         connections = [c for c in reader.connections if c.topic == self.image_topic]
+        seen_stamps: set[int] = set()
         for offset, (connection, bag_ns, raw) in enumerate(reader.messages(connections=connections)):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
             except _MSG_DECODE_ERRORS as err:
-                self._skip_corrupt(bag.path, offset, err)
+                self._skip_corrupt(bag.path, offset, "undeserialisable message", err)
                 continue
-            stamp = header_stamp_ns(msg, bag_ns)
+            stamp = self._stamp(msg, bag_ns)
+            if stamp in seen_stamps:  # a driver or recorder repeating a frame: one place, not two
+                self.stats.skip("image", "duplicate stamp")
+                continue
+            seen_stamps.add(stamp)
             position = orientation = latlon = None
             if track is not None:
                 sample = track.interpolate([stamp], self.max_gap_s)
@@ -246,7 +287,7 @@ class BagSource:
                 image = image_msg_to_rgb(msg, self.max_pixels)
             except ImageDecodeError as err:
                 selector.forget_last()
-                self._skip_corrupt(bag.path, offset, err)
+                self._skip_corrupt(bag.path, offset, err.reason, err)
                 continue
             self.stats.without_pose += track is not None and position is None
             self.stats.yielded += 1
@@ -256,8 +297,8 @@ class BagSource:
                 str(bag.path), self.image_topic, msg.header.frame_id,
             )
 
-    def _skip_corrupt(self, path: Path, offset: int, err: Exception) -> None:
-        self.stats.corrupt_skipped += 1
+    def _skip_corrupt(self, path: Path, offset: int, reason: str, err: Exception) -> None:
+        self.stats.skip("image", reason)
         log.warning("skipping corrupt image (%s %s message %d): %s", path, self.image_topic, offset, err)
 
 
@@ -368,7 +409,7 @@ class FolderSource:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise VprError(f"image folder {self.folder} does not exist or is not a directory: check the path")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        self.files = image_files(self.folder)
         if not self.files:
             raise VprError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}: check the path")
         self.poses_csv = Path(poses_csv) if poses_csv else None
@@ -399,10 +440,10 @@ class FolderSource:
             if not selector.keep(pose.position if pose else None):
                 continue
             try:
-                image = decode_image_bytes(path.read_bytes(), f"image file {path}", self.max_pixels)
-            except (ImageDecodeError, OSError) as err:
+                image = read_rgb(path, self.max_pixels)
+            except ImageDecodeError as err:
                 selector.forget_last()
-                self.stats.corrupt_skipped += 1
+                self.stats.skip("image", err.reason)
                 log.warning("skipping unreadable image %s: %s", path, err)
                 continue
             self.stats.without_pose += pose is None

@@ -16,16 +16,17 @@ from pathlib import Path
 
 import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosbags.highlevel import AnyReader
-from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image
+
+from vpr_ros.errors import VprError
+from vpr_ros.maps.sources import open_bag
 
 _TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
 
 
 def read_image_messages(bag: Path, topic: str) -> tuple[type, list]:
     """All messages of ``topic`` as rclpy messages, in bag order (bounded by the bag's size)."""
-    with AnyReader([Path(bag)], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+    with open_bag(bag) as reader:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns or conns[0].msgtype not in _TYPES:
             have = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections)
@@ -57,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=0, help="send at most this many frames (0: all)")
     a = ap.parse_args(argv)
 
-    cls, messages = read_image_messages(a.bag, a.topic)
+    try:
+        cls, messages = read_image_messages(a.bag, a.topic)
+    except VprError as err:
+        print(f"player: {err}", flush=True)
+        return 2
     if a.limit:
         messages = messages[: a.limit]
     rclpy.init()
