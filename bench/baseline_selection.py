@@ -25,9 +25,9 @@ import torch
 from vpr_ros.evaluation.recall import positives_by_frame, rank_database, recall_at_n
 from vpr_ros.index.sequence import SequenceConfig, filter_sequence
 from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.inference.shipped_weights import efficientnet_lite0_checkpoint
+from vpr_ros.models.shipped import efficientnet_lite0_checkpoint
 from vpr_ros.models.baseline import GridCNNDescriptor
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.models.spec import ModelSpec
 
 Describe = Callable[[list[np.ndarray]], np.ndarray]
 TOLERANCES = (1, 10)

@@ -18,9 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vpr_ros.inference.extractor import DescriptorExtractor, state_dict_fingerprint
-from vpr_ros.inference.factory import load_model, tensorrt_problem
-from vpr_ros.inference.onnx_export import cached_onnx, compare_descriptors, read_rgb
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.models.load import load_model, state_dict_fingerprint
+from vpr_ros.inference.factory import tensorrt_problem
+from vpr_ros.imaging import read_rgb
+from vpr_ros.inference.onnx_export import cached_onnx
+from vpr_ros.inference.parity import compare_descriptors
 from vpr_ros.inference.onnxruntime_backend import OrtExtractor
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.inference.torch_backend import CompiledTorchExtractor, TorchExtractor

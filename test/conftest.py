@@ -23,3 +23,9 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the shared data (../shared beside the repository) is not on this machine")
     return path
+
+
+def needs_shared(*parts: str) -> pytest.MarkDecorator:
+    """Skip the decorated test, saying why, when ``../shared/<parts>`` is absent."""
+    path = SHARED.joinpath(*parts)
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent: the shared data (../shared beside the repository) is not on this machine")

@@ -1,17 +1,17 @@
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED, needs_shared
 import torch
 
 from vpr_ros.evaluation.recall import positives_by_frame, rank_database, recall_at_n
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.inference.shipped_weights import efficientnet_lite0_checkpoint
+from vpr_ros.models.shipped import efficientnet_lite0_checkpoint
 from vpr_ros.models import registry
 from vpr_ros.models.baseline import EfficientNetLite0Trunk, GridCNNDescriptor, SameConv2d
 
-NORDLAND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nordland_trimmed"
+NORDLAND = SHARED / "data" / "nordland_trimmed"
 # Every 4th of the 3576 places keeps the test fast; the full set gives 0.545 (bench/baseline_selection.py).
 NORDLAND_STEP = 4
 MIN_RECALL_AT_1 = 0.55  # measured 0.615 on this subset
@@ -63,7 +63,7 @@ def load_season(season: str) -> list[np.ndarray]:
     return [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
 
 
-@pytest.mark.skipif(not NORDLAND.is_dir(), reason=f"Nordland images not found at {NORDLAND} (../shared is absent)")
+@needs_shared("data", "nordland_trimmed")
 def test_baseline_recognises_nordland_winter_against_summer():
     extractor = create_extractor("baseline", backend="torch")
     summer, winter = extractor.extract(load_season("summer")), extractor.extract(load_season("winter"))
@@ -76,7 +76,7 @@ def test_baseline_recognises_nordland_winter_against_summer():
 def test_baseline_exports_to_onnx_with_the_same_descriptors(tmp_path):
     import onnxruntime as ort
 
-    from vpr_ros.inference.factory import load_model
+    from vpr_ros.models.load import load_model
     from vpr_ros.inference.onnx_export import export_onnx
 
     model, spec, _ = load_model("baseline")

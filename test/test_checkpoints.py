@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-import vpr_ros.models as models
+from vpr_ros.models import registry as models
 from vpr_ros.errors import WeightsError
-from vpr_ros.models.checkpoints import guess_model, load_backbone_pretrain, load_official
+from vpr_ros.models.checkpoints import load_backbone_pretrain, load_official
+from vpr_ros.models.registry import guess_model
 from vpr_ros.models.dinov2 import Block, DinoVisionTransformer
 from vpr_ros.models.fol import DinoV2WithClsAttention, FoLNet
 from vpr_ros.models.mutualvpr import AdapterBlock, MutualVPR
@@ -131,7 +132,7 @@ def test_backbone_pretrain_rejects_incomplete_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        ("dinov2-b", "bare DINOv2 pretrain (dinov2-b)"),
+        ("dinov2-b", "dinov2-b"),
         ("scicevpr-b", "scicevpr-b"),
         ("scicevpr-l", "scicevpr-l"),
         ("scicevpr-teacher-b", "scicevpr-teacher-b"),

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import ast
-import functools
-from pathlib import Path
 
 import pytest
+from conftest import SHARED, needs_shared
 import torch
 
-import vpr_ros.models as models
+from vpr_ros.models import registry as models
 from vpr_ros.models.dinov2 import DinoVisionTransformer, interpolate_pos_embed
 from vpr_ros.models.fol import DinoV2WithClsAttention, FoLNet
 from vpr_ros.models.mutualvpr import AdapterBlock, gem_linear_head
 from vpr_ros.models.scicevpr import SciceVPR, SuperCricaVPR
 
-REFERENCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "README.md").is_file(), reason=f"golden vectors not found at {REFERENCE.resolve()}"
-)
+REFERENCE = SHARED / "reference"
+needs_reference = needs_shared("reference", "README.md")
 
 DESCRIPTOR_TOL = {"atol": 1e-5, "rtol": 1e-4}
 TOKEN_TOL = {"atol": 1e-4, "rtol": 1e-4}
@@ -185,27 +182,3 @@ def test_scicevpr_l_is_the_b_layout_at_vitl_width() -> None:
     assert shapes["backbone.dino_model.pos_embed"] == [1, 1370, 1024]
     assert "backbone.dino_model.blocks.23.ls2.gamma" in shapes
     assert "encoder.layers.1.norm1.weight" not in shapes
-
-
-@functools.cache
-def random_model(name: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return models.build(name)
-
-
-@pytest.mark.parametrize("name", ["scicevpr-b", "mutualvpr-b", "fol-b"])
-def test_full_models_give_unit_descriptors_of_preset_dim(name: str) -> None:
-    spec = models.spec(name)
-    with torch.no_grad():
-        out = random_model(name)(torch.randn(1, 3, *spec.input_size))
-    assert out.shape == (1, spec.dim)
-    torch.testing.assert_close(out.norm(dim=-1), torch.ones(1))
-
-
-def test_scicevpr_full_student_is_batch_independent() -> None:
-    model = random_model("scicevpr-b")
-    x = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        together = model(x)
-        apart = torch.cat([model(x[:1]), model(x[1:])])
-    torch.testing.assert_close(together, apart, **DESCRIPTOR_TOL)

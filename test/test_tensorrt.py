@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,23 +12,21 @@ trt = pytest.importorskip("tensorrt", reason="tensorrt is not installed (it cann
 if not torch.cuda.is_available():
     pytest.skip("TensorRT needs a CUDA GPU and torch sees none", allow_module_level=True)
 
+from conftest import shared_path  # noqa: E402
 from vpr_ros.inference.engine_cache import EngineCache  # noqa: E402
-from vpr_ros.inference.extractor import state_dict_fingerprint  # noqa: E402
+from vpr_ros.models.load import state_dict_fingerprint  # noqa: E402
 from vpr_ros.inference.factory import choose_backend  # noqa: E402
-from vpr_ros.inference.onnx_export import cached_onnx, compare_descriptors, read_rgb  # noqa: E402
+from vpr_ros.imaging import read_rgb  # noqa: E402
+from vpr_ros.inference.onnx_export import cached_onnx  # noqa: E402
+from vpr_ros.inference.parity import compare_descriptors  # noqa: E402
 from vpr_ros.inference.preprocess import preprocess_batch  # noqa: E402
 from vpr_ros.inference.tensorrt_backend import TrtExtractor, cached_engine, engine_key  # noqa: E402
 from vpr_ros.models import registry  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real images live in {SHARED_DATA}, absent here")
-    paths = sorted((SHARED_DATA / "nordland_trimmed" / "winter").glob("*.png"))[::300]
-    return [read_rgb(p) for p in paths] + [read_rgb(SHARED_DATA / "tokyo_pair" / "query.jpg")]
+    paths = sorted(shared_path("data", "nordland_trimmed", "winter").glob("*.png"))[::300]
+    return [read_rgb(p) for p in paths] + [read_rgb(shared_path("data", "tokyo_pair", "query.jpg"))]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +72,7 @@ def test_engine_matches_torch_and_is_reused(dinov2_s, images, precision, min_cos
 
 def test_int8_engine_with_calibration_folder(dinov2_s, images):
     model, spec, fingerprint, cache, onnx_path = dinov2_s
-    calib_dir = SHARED_DATA / "nordland_trimmed" / "summer"
+    calib_dir = shared_path("data", "nordland_trimmed", "summer")
     engine = cached_engine(onnx_path, spec, fingerprint, "int8", cache, calib_dir=calib_dir)
     assert list(cache.glob("calib-*.cache")), "calibration scales were not cached"
     report = compare_descriptors(expected(model, spec, images), TrtExtractor(spec, fingerprint, engine, "int8").extract(images))

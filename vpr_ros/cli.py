@@ -78,8 +78,9 @@ def cmd_build_map(a: argparse.Namespace) -> int:
     from vpr_ros.maps.build import build_map
 
     source = _open_source(a, keyframes=True)
-    path = build_map(source, _extractor(a), a.out, IndexConfig(a.index), a.batch_size)
+    path = build_map(source, _extractor(a), a.out, IndexConfig(a.index), a.batch_size, allow_no_poses=a.allow_no_poses)
     print(f"map written to {path}")
+    print("skipped while reading:\n" + "\n".join(f"  {line}" for line in source.stats.report().splitlines()))
     return 0
 
 
@@ -119,25 +120,49 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_inspect_map(a: argparse.Namespace) -> int:
-    from vpr_ros.maps.mapdir import read_manifest, verify_files
+    from vpr_ros.errors import MapError
+    from vpr_ros.maps.mapdir import load_map, read_manifest
 
-    manifest = read_manifest(a.map)
-    problems = verify_files(a.map, manifest)
-    m = manifest["model"]
-    print(f"map        {a.map}\nid         {manifest['map_id']}\ncreated    {manifest['created']}\n"
-          f"places     {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']}, {m['dim']}-D, input {m['input_size']})\n"
-          f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}")
-    for s in manifest["sources"]:
-        print(f"source     {json.dumps(s)}")
-    print("verifies   yes" if not problems else "verifies   NO: " + "; ".join(problems))
-    return 0 if not problems else 1
+    print(f"map        {a.map}")
+    try:
+        manifest = read_manifest(a.map)
+        m = manifest["model"]
+        print(f"id         {manifest['map_id']}\ncreated    {manifest['created']}\n"
+              f"places     {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']}, {m['dim']}-D, input {m['input_size']})\n"
+              f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}")
+        for s in manifest["sources"]:
+            print(f"source     {json.dumps(s)}")
+        load_map(a.map)  # "verifies" means exactly: the loader the node and localize use accepts it
+    except MapError as e:
+        print(f"verifies   NO: {e}")
+        return 1
+    print("verifies   yes")
+    return 0
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from vpr_ros.inference.onnx_export import export
+    from vpr_ros.models.load import load_model
 
-    path = export(a.model, a.weights, a.format, a.precision, a.out, calib_dir=a.calib_images, check_images=a.check_images)
-    print(f"wrote {path}")
+    net, spec, fingerprint = load_model(a.model, a.weights)
+    if a.format == "onnx":
+        from vpr_ros.inference.onnx_export import write_onnx
+
+        out = write_onnx(net, spec, a.precision, a.out)
+        if a.check_images and a.precision != "fp16":  # fp16 graphs need a GPU provider to run
+            from vpr_ros.imaging import image_files, read_rgb
+            from vpr_ros.inference.parity import parity_check
+
+            paths = image_files(a.check_images)
+            if not paths:
+                raise VprError(f"no images in {a.check_images} for the parity check; give a folder of camera images")
+            print(f"parity torch fp32 vs {out.name}: {parity_check(net, spec, out, [read_rgb(p) for p in paths])}")
+    else:
+        from vpr_ros.inference.onnx_export import cached_onnx
+        from vpr_ros.inference.tensorrt_backend import build_engine_file
+
+        onnx_path = cached_onnx(net, spec, fingerprint, "fp32", a.engine_cache_dir)
+        out = build_engine_file(onnx_path, spec, a.precision, a.out, calib_dir=a.calib_images)
+    print(f"wrote {out} ({spec.name}, {a.precision}, fingerprint {fingerprint})")
     return 0
 
 
@@ -159,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="map directory to write (replaced only when the build succeeds)")
     p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], help="faiss index (default: %(default)s: flat up to 50k places, else hnsw)")
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
+    p.add_argument("--allow-no-poses", action="store_true",
+                   help="write a map even when no place has a position (it can match places but never localize)")
     p.set_defaults(func=cmd_build_map)
 
     p = sub.add_parser("localize", help="match query images against a map, without ROS",
@@ -178,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("inspect-map", help="what a map holds and whether it verifies", description="Print a map's manifest "
-                       "and check every file's sha256. Exit status 1 when it does not verify.")
+                       "and load it the way the node does (manifest checksum and schema, every file's sha256, shapes and "
+                       "counts). Exit status 1 when it does not verify.")
     p.add_argument("map", type=Path, help="map directory")
     p.set_defaults(func=cmd_inspect_map)
 
@@ -190,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
     p.add_argument("--out", required=True, type=Path, help="output file")
     p.add_argument("--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)")
-    p.add_argument("--check-images", type=Path, help="folder of images for the parity check against torch")
+    p.add_argument("--check-images", type=Path, help="folder of images: compare the ONNX export with torch on them")
+    p.add_argument("--engine-cache-dir", type=Path, help="where the intermediate ONNX file for TensorRT is cached")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the whole job end to end: bags -> map -> ROS 2 node -> matches -> report",

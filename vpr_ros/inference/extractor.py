@@ -7,14 +7,16 @@ descriptors.  Backends differ only in ``_run`` (preprocessed batch -> descriptor
 from __future__ import annotations
 
 import abc
-import hashlib
 
 import numpy as np
-import torch
 
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.models.spec import ModelSpec
+
+# Tensor names of exported graphs and engines: preprocessed images in, descriptors out.
+INPUT_NAME = "images"
+OUTPUT_NAME = "descriptors"
 
 
 def _l2_normalised(descriptors: np.ndarray) -> np.ndarray:
@@ -90,13 +92,3 @@ class DescriptorExtractor(abc.ABC):
     @abc.abstractmethod
     def _run(self, batch: np.ndarray) -> np.ndarray:
         """Preprocessed [N, 3, H, W] float32 -> [N, dim] descriptors."""
-
-
-def state_dict_fingerprint(model_name: str, state_dict: dict) -> str:
-    """sha256 over the model name and every tensor's name, shape, dtype and bytes (sorted by name)."""
-    h = hashlib.sha256(model_name.encode())
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(f"{key}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]

@@ -2,44 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 from pathlib import Path
 
-from vpr_ros.errors import BackendUnavailableError, ConfigError, WeightsError
+from vpr_ros.errors import BackendUnavailableError, ConfigError
 from vpr_ros.inference.engine_cache import default_cache_dir
-from vpr_ros.inference.extractor import DescriptorExtractor, state_dict_fingerprint
-from vpr_ros.models import registry
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.models.load import load_model
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-
-
-def _call(ref: str, *args, **kwargs):
-    module_name, func_name = ref.split(":")
-    return getattr(importlib.import_module(module_name), func_name)(*args, **kwargs)
-
-
-def load_model(name: str, weights: str | Path | None = None):
-    """Build the named model and put its weights in. Returns (model, spec, fingerprint)."""
-    spec = registry.spec(name)
-    model = registry.build(name)
-    if weights:
-        from vpr_ros.models.checkpoints import load_official
-
-        load_official(model, weights)
-    elif spec.shipped_weights:
-        model.load_state_dict(_call(spec.shipped_weights), strict=True)
-    elif spec.needs_weights:
-        raise WeightsError(
-            f"model {name!r} needs its official weights and none were given. "
-            f"Download them from {spec.weights_source or 'the authors release page'} "
-            f"and pass the file with --weights (CLI) or the 'weights' parameter (node)."
-        )
-    model.eval()
-    return model, spec, state_dict_fingerprint(name, model.state_dict())
 
 
 def tensorrt_problem() -> str | None:

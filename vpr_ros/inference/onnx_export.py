@@ -1,4 +1,4 @@
-"""Export a model to ONNX, convert its precision, and check it against torch.
+"""Export a model to ONNX, convert its precision, and cache the exports by weights fingerprint.
 
 The exported graph takes ``images`` [batch, 3, H, W] float32 (preprocessed) and gives
 ``descriptors`` [batch, dim]; the batch axis is dynamic.  Precisions:
@@ -16,27 +16,24 @@ The exported graph takes ``images`` [batch, 3, H, W] float32 (preprocessed) and 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from torch import nn
 
-from vpr_ros.errors import BackendUnavailableError, ImageDecodeError
-from vpr_ros.inference.engine_cache import atomic_output, default_cache_dir
-from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.fileio import atomic_output
+from vpr_ros.inference.engine_cache import default_cache_dir
+from vpr_ros.inference.extractor import INPUT_NAME, OUTPUT_NAME
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAME = "descriptors"
 DEFAULT_OPSET = 17
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -137,85 +134,15 @@ def cached_onnx(
     return path
 
 
-def read_rgb(path: str | Path) -> np.ndarray:
-    import cv2
-
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ImageDecodeError(f"cannot read image {path}; check the path and that it is a PNG/JPEG file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-@dataclasses.dataclass(frozen=True)
-class ParityReport:
-    images: int
-    max_abs_diff: float
-    min_cosine: float
-
-    def __str__(self) -> str:
-        return f"{self.images} images: max abs diff {self.max_abs_diff:.3g}, min cosine {self.min_cosine:.6f}"
-
-
-def compare_descriptors(reference: np.ndarray, other: np.ndarray) -> ParityReport:
-    """Row-wise agreement of two [N, dim] descriptor sets (cosine on L2-normalised rows)."""
-    a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    b = other / np.linalg.norm(other, axis=1, keepdims=True)
-    return ParityReport(len(a), float(np.abs(reference - other).max()), float((a * b).sum(1).min()))
-
-
-def parity_check(model: nn.Module, spec: ModelSpec, onnx_path: str | Path, images: list[np.ndarray]) -> ParityReport:
-    """Torch fp32 vs the ONNX file (ONNX Runtime, CPU) on the same preprocessed images."""
-    import onnxruntime as ort
-
-    batch = preprocess_batch(images, spec)
-    with torch.no_grad():
-        expected = model.eval().float().cpu()(torch.from_numpy(batch)).numpy()
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    got = np.concatenate([session.run(None, {INPUT_NAME: x[None]})[0] for x in batch])
-    report = compare_descriptors(expected, got)
-    print(f"parity torch fp32 vs {Path(onnx_path).name}: {report}")
-    return report
-
-
-def export(
-    model: str,
-    weights: str | Path | None,
-    fmt: str,
-    precision: str,
-    out: str | Path,
-    calib_dir: str | Path | None = None,
-    check_images: list[str | Path] | None = None,
-) -> Path:
-    """Write ``model`` (+ ``weights``) as ``fmt`` ("onnx" or "tensorrt") at ``precision`` to ``out``.
-
-    ``check_images``: image files to compare the ONNX export with torch on (printed).
-    ``calib_dir``: folder of representative images for TensorRT int8 calibration.
-    """
-    from tqdm import tqdm
-
-    from vpr_ros.inference.factory import load_model
-
-    net, spec, fingerprint = load_model(model, weights)
+def write_onnx(model: nn.Module, spec: ModelSpec, precision: str, out: str | Path) -> Path:
+    """Export ``model`` at ``precision`` to the file ``out`` (replaced only when the export succeeds)."""
+    if precision not in ONNX_PRECISIONS:
+        raise BackendUnavailableError(
+            f"cannot export ONNX at {precision!r}; choose {', '.join(ONNX_PRECISIONS)} "
+            "(bf16 runs through backend torch on CPU or a TensorRT engine on GPU)"
+        )
     out = Path(out)
-    if fmt == "onnx":
-        if precision not in ONNX_PRECISIONS:
-            raise BackendUnavailableError(
-                f"cannot export ONNX at {precision!r}; choose {', '.join(ONNX_PRECISIONS)} "
-                "(bf16 runs through backend torch on CPU or a TensorRT engine on GPU)"
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmpdir, atomic_output(out) as tmp:
-            convert_precision(export_onnx(net, spec, Path(tmpdir) / "fp32.onnx"), tmp, precision)
-        if check_images and precision != "fp16":  # fp16 graphs need a GPU provider to run
-            images = [read_rgb(p) for p in tqdm(check_images, desc="reading check images")]
-            parity_check(net, spec, out, images)
-        print(f"wrote {out} ({spec.name}, {precision}, fingerprint {fingerprint})")
-        return out
-    if fmt == "tensorrt":
-        from vpr_ros.inference.tensorrt_backend import build_engine_file
-
-        onnx_path = cached_onnx(net, spec, fingerprint, "fp32")
-        path = build_engine_file(onnx_path, spec, precision, out, calib_dir=calib_dir)
-        print(f"wrote {path} ({spec.name}, {precision}, fingerprint {fingerprint})")
-        return path
-    raise ValueError(f"unknown export format {fmt!r}; choose onnx or tensorrt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmpdir, atomic_output(out) as tmp:
+        convert_precision(export_onnx(model, spec, Path(tmpdir) / "fp32.onnx"), tmp, precision)
+    return out

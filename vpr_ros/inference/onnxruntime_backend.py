@@ -10,8 +10,8 @@ import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.onnx_export import INPUT_NAME
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.inference.extractor import INPUT_NAME
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

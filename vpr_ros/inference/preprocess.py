@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.models.spec import ModelSpec
 
 
 def preprocess(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -18,11 +18,12 @@ import tensorrt as trt
 import torch
 
 from vpr_ros.errors import BackendUnavailableError, VprError
-from vpr_ros.inference.engine_cache import EngineCache, EngineKey, atomic_write_bytes, default_cache_dir, file_sha256
-from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.onnx_export import INPUT_NAME, OUTPUT_NAME, read_rgb
+from vpr_ros.fileio import atomic_write_bytes, file_sha256
+from vpr_ros.inference.engine_cache import EngineCache, EngineKey, default_cache_dir
+from vpr_ros.imaging import IMAGE_SUFFIXES, read_rgb
+from vpr_ros.inference.extractor import INPUT_NAME, OUTPUT_NAME, DescriptorExtractor
 from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,6 @@ MAX_BATCH = 8
 WORKSPACE_BYTES = 2 << 30
 CALIBRATION_BATCH = 8
 CALIBRATION_MAX_IMAGES = 512
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 TIMING_CACHE_NAME = "tensorrt.timing_cache"
 
 TRT_LOGGER = trt.Logger(trt.Logger.WARNING)

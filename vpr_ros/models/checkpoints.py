@@ -18,13 +18,12 @@ from torch import nn
 
 from vpr_ros.errors import WeightsError
 from vpr_ros.models.dinov2 import DinoVisionTransformer
-
-StateDict = dict[str, torch.Tensor]
+from vpr_ros.models.registry import guess_model
+from vpr_ros.models.spec import StateDict
 
 WRAPPER_KEYS = ("model_state_dict", "state_dict", "model")
 DATAPARALLEL_PREFIX = "module."
 SHOWN_KEYS = 10
-DINOV2_SIZES = {384: "dinov2-s", 768: "dinov2-b", 1024: "dinov2-l", 1536: "dinov2-g"}
 # Training checkpoints also pickle numpy recalls; allow those (and only those) beside tensors.
 _NUMPY_GLOBALS = [
     np._core.multiarray._reconstruct,
@@ -64,26 +63,6 @@ def read_state_dict(path: str | Path) -> StateDict:
             "check that the download is complete and is a .pth/.pt file"
         ) from exc
     return unwrap_state_dict(obj)
-
-
-def guess_model(state_dict: StateDict) -> str:
-    """Which preset a state_dict most likely belongs to ('' when unclear)."""
-    keys = set(state_dict)
-    if any(".adapter.D_fc1." in k for k in keys):
-        return "mutualvpr-b"
-    if "aggregator.token_features.0.weight" in keys:
-        width = state_dict["aggregator.token_features.0.weight"].shape[1]
-        return {768: "fol-b", 1024: "fol-l"}.get(width, f"FoL with a {width}-wide backbone")
-    if "conv.weight" in keys and "encoder.layers.0.norm1.weight" in keys:
-        if "encoder.layers.1.norm1.weight" in keys:
-            return "scicevpr-teacher-b (Super-CricaVPR teacher)"
-        width = state_dict["conv.weight"].shape[0]
-        return {768: "scicevpr-b", 1024: "scicevpr-l"}.get(width, f"SciceVPR with mix_in_dim {width}")
-    if "cls_token" in keys and "blocks.0.attn.qkv.weight" in keys:
-        width = state_dict["cls_token"].shape[-1]
-        name = DINOV2_SIZES.get(width, f"DINOv2 of width {width}")
-        return f"a bare DINOv2 pretrain ({name}); for a VPR model use load_backbone_pretrain"
-    return ""
 
 
 def _first(keys: list[str]) -> str:

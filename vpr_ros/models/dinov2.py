@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vpr_ros.models.spec import ModelSpec
+
 PATCH_SIZE = 14
 # The hub models were trained at 518 px: a 37x37 learned position grid.
 PRETRAIN_GRID = 37
@@ -235,3 +237,19 @@ def dinov2_b() -> DinoV2ClsDescriptor:
 
 def dinov2_l() -> DinoV2ClsDescriptor:
     return _descriptor("vitl14")
+
+WEIGHTS_SOURCE = "https://github.com/facebookresearch/dinov2"
+PRESETS = tuple(
+    ModelSpec(
+        name=f"dinov2-{size}",
+        family="DINOv2",
+        build=build,
+        input_size=(224, 224),
+        dim=VIT_CONFIGS[arch][0],
+        weights_source=WEIGHTS_SOURCE,
+        # A bare hub pretrain; for a VPR model's backbone use checkpoints.load_backbone_pretrain.
+        signature={"cls_token": (1, 1, VIT_CONFIGS[arch][0]), "blocks.0.attn.qkv.weight": None},
+        description=f"DINOv2 ViT-{size.upper()}/14, L2-normalised CLS token (dinov2_{arch}_pretrain.pth)",
+    )
+    for size, arch, build in (("s", "vits14", dinov2_s), ("b", "vitb14", dinov2_b), ("l", "vitl14", dinov2_l))
+)

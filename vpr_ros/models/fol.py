@@ -17,6 +17,8 @@ from torch import nn
 
 from vpr_ros.models.dinov2 import DinoVisionTransformer, dinov2_vit
 
+from vpr_ros.models.spec import ModelSpec
+
 SINKHORN_ITERS = 3
 # CLS attention below this is treated as background (dustbin logit 1 - 0 = 1).
 ATTENTION_FLOOR = 0.01
@@ -251,3 +253,17 @@ def fol_b() -> FoLNet:
 
 def fol_l() -> FoLNet:
     return _build("vitl14")
+
+PRESETS = tuple(
+    ModelSpec(
+        name=f"fol-{size}",
+        family="FoL",
+        build=build,
+        input_size=(322, 322),  # the paper's main results use 504; 322 is its training size and ~2.5x faster
+        dim=256 + 64 * 128,
+        weights_source="https://github.com/chenshunpeng/FoL",
+        signature={"aggregator.token_features.0.weight": (512, width), "upconv.weight": None},
+        description=f"FoL ViT-{size.upper()}/14 global descriptor ({release}.pth, huggingface.co/shunpeng/FoL)",
+    )
+    for size, width, build, release in (("b", 768, fol_b, "FoL_base"), ("l", 1024, fol_l, "FoL_large"))
+)

@@ -15,6 +15,8 @@ from torch import nn
 from vpr_ros.models.dinov2 import Block, DinoVisionTransformer, dinov2_vit
 from vpr_ros.models.pooling import GeM, L2Norm
 
+from vpr_ros.models.spec import ModelSpec
+
 # The adapter output is added to the MLP output with this fixed weight.
 ADAPTER_SCALE = 0.2
 
@@ -90,3 +92,16 @@ class MutualVPR(nn.Module):
 
 def mutualvpr_b() -> MutualVPR:
     return MutualVPR(dinov2_vit("vitb14", block=AdapterBlock), out_dim=512)
+
+PRESETS = (
+    ModelSpec(
+        name="mutualvpr-b",
+        family="MutualVPR",
+        build=mutualvpr_b,
+        input_size=(504, 504),
+        dim=512,
+        weights_source="https://github.com/Gucci233/MutualVPR",
+        signature={"backbone.blocks.0.adapter.D_fc1.weight": (384, 768), "aggregation.3.weight": (512, 768)},
+        description="MutualVPR: DINOv2-B with multi-conv adapters, GeM + Linear(768, 512)",
+    ),
+)

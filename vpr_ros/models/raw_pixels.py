@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vpr_ros.models.spec import ModelSpec
+
 
 class RawPixels(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -16,3 +18,16 @@ class RawPixels(nn.Module):
 
 def raw_pixels() -> RawPixels:
     return RawPixels()
+
+PRESETS = (
+    ModelSpec(
+        name="raw-pixels",
+        family="raw pixels",
+        build=raw_pixels,
+        input_size=(24, 32),
+        dim=3 * 24 * 32,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        description="naive yardstick: 32x24 RGB pixels, flattened and L2-normalised",
+    ),
+)

