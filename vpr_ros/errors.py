@@ -49,6 +49,10 @@ class BagError(VprError):
     """A rosbag cannot be read, is truncated, or lacks the requested topic."""
 
 
+class PoseError(VprError):
+    """The poses of a source give no usable position where one is required (e.g. for a map)."""
+
+
 class WeightsError(VprError):
     """Model weights are missing or do not fit the model."""
 

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from vpr_ros.errors import PoseError, VprError
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.preprocess import preprocess
@@ -90,11 +91,32 @@ def extract_frames(frames: Iterable, extractor: DescriptorExtractor, batch_size:
 
 
 def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_config: IndexConfig | None = None,
-              batch_size: int = 8) -> Path:
-    """Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success)."""
+              batch_size: int = 8, allow_no_poses: bool = False) -> Path:
+    """Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success).
+
+    Unreadable frames and impossible poses were already skipped and counted by the source (its
+    ``stats``). A map in which no place has a position is refused with PoseError unless
+    ``allow_no_poses``: such a map can match but never localize, which a user must ask for.
+    """
     descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
+    stats = getattr(source, "stats", None)
+    skipped = f" Skipped while reading:\n{stats.report()}" if stats is not None else ""
+    if not frames:
+        raise VprError(f"no usable frame in {_sources_text(source)}: nothing to build a map from; "
+                       f"check the image topic and the recording.{skipped}")
+    if not allow_no_poses and all(f.position is None for f in frames):
+        raise PoseError(
+            f"none of the {len(frames)} frames of {_sources_text(source)} has a usable position, so the map could "
+            "never localize: give a pose source (--pose-topic with fixes, --poses-csv, or VPR-layout file names), "
+            f"or pass --allow-no-poses to build a map that only matches places.{skipped}"
+        )
     places = [_place(i, f) for i, f in enumerate(frames)]
     sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
     path = write_map(out, descriptors, places, extractor.describe(), index_config or IndexConfig(), sources)
     log.info("wrote map %s with %d places", path, len(places))
     return path
+
+
+def _sources_text(source) -> str:
+    described = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
+    return ", ".join(str(d.get("source")) for d in described)

@@ -101,7 +101,8 @@ def _default_typestore():
 
 
 _BAG_READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, struct.error, EOFError)  # apsw: rosbags' sqlite3
-_MSG_DECODE_ERRORS = (ValueError, IndexError, struct.error, UnicodeDecodeError)
+# One message's CDR that does not parse (rosbags wraps most of these in AnyReaderError): skip it, not the bag.
+_MSG_DECODE_ERRORS = (AnyReaderError, ValueError, IndexError, struct.error, UnicodeDecodeError)
 
 
 @contextmanager
