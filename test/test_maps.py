@@ -156,8 +156,8 @@ def test_index_types_find_the_query_place(tmp_path, kind):
     scores, ids = index.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 5)
     assert (ids[:, 0] == np.arange(0, 2000, 100)).mean() >= 0.95
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
-    index.save(tmp_path / "i.faiss")
-    again = PlaceIndex.load(tmp_path / "i.faiss", index.config, db)
+    index.save(tmp_path)
+    again = PlaceIndex.load(tmp_path, index.describe(), db.shape[1])
     assert np.array_equal(again.search(queries, 5)[1], index.search(queries, 5)[1])
 
 

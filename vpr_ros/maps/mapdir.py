@@ -36,20 +36,19 @@ import numpy as np
 
 from vpr_ros.errors import MapError, MapIntegrityError, MapManifestError, MapModelMismatchError, MapNotFoundError
 from vpr_ros.fileio import atomic_directory, file_sha256, is_out_of_space
-from vpr_ros.index.faiss_index import IndexConfig, PlaceIndex
+from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
 from vpr_ros.maps.places import Place, read_places, write_places
 
 FORMAT = "vpr_ros/map"
 FORMAT_VERSION = 2  # 2: manifest checksum (manifest_sha256) and schema
 MANIFEST = "manifest.json"
 MANIFEST_CHECKSUM = "manifest_sha256"
-INDEX_FILE = "index.faiss"
 PLACES_FILE = "places.csv"
 DESCRIPTORS_FILE = "descriptors.npy"
 REQUIRED_FILES = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE)
 # The faiss class each manifest index type must load as (METRIC_INNER_PRODUCT throughout).
 FAISS_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
-INDEX_PARAMS = {"flat": (), "hnsw": ("M", "efConstruction", "efSearch"), "ivfpq": ("nlist", "m", "nbits", "nprobe", "rescore")}
+INDEX_PARAMS = {"flat": (), "hnsw": ("M", "efConstruction", "efSearch", "rescore"), "ivfpq": ("nlist", "m", "nbits", "nprobe", "rescore")}
 
 
 def _rebuild(path: Path) -> str:
@@ -99,18 +98,18 @@ def write_map(
         with atomic_directory(target) as tmp:
             np.save(tmp / DESCRIPTORS_FILE, descriptors)
             write_places(tmp / PLACES_FILE, places)
-            index.save(tmp / INDEX_FILE)
+            index_files = index.save(tmp)  # index.faiss, and pca.npz / rescore_f16.npy where used
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 "map_id": uuid.uuid4().hex,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "model": model,
-                "index": {"type": index.config.type, "params": index.config.params},
+                "index": index.describe(),
                 "place_count": len(places),
                 "dim": int(descriptors.shape[1]),
                 "sources": sources,
-                "files": {name: file_sha256(tmp / name) for name in REQUIRED_FILES},
+                "files": {name: file_sha256(tmp / name) for name in (DESCRIPTORS_FILE, PLACES_FILE, *index_files)},
             }
             manifest = with_checksum(manifest)
             validate_manifest(manifest, tmp / MANIFEST)  # a writer bug must not produce a map that never loads
@@ -181,12 +180,24 @@ def validate_manifest(manifest: Any, where: Path) -> None:
     params = obj(index, "params", "index.params")
     for name in INDEX_PARAMS[kind]:
         value(params, name, f"index.params.{name}", positive, f"a positive integer (index type {kind})")
+    search_dim = value(index, "dim", "index.dim", positive, "a positive integer")
+    index_files = []  # the search space: PCA into it (or the model's dims) and float16 vectors re-scoring shortlists
+    if index.get("pca") is not None:
+        pca = obj(index, "pca", "index.pca")
+        value(pca, "input_dim", "index.pca.input_dim", lambda v: v == dim, f"the model's dim ({dim})")
+        value(pca, "output_dim", "index.pca.output_dim", lambda v: v == search_dim, f"index.dim ({search_dim})")
+        value(pca, "whiten", "index.pca.whiten", lambda v: isinstance(v, bool), "true or false")
+        index_files.append(value(pca, "file", "index.pca.file", text, "a file name"))
+    else:
+        need(search_dim == dim, "index.dim", f"the model's dim ({dim}) when there is no PCA")
+    if index.get("rescore") is not None:
+        index_files.append(value(obj(index, "rescore", "index.rescore"), "file", "index.rescore.file", text, "a file name"))
     value(manifest, "place_count", "place_count", positive, "a positive integer")
     value(manifest, "dim", "dim", lambda v: v == dim, f"the model's dim ({dim})")
     value(manifest, "sources", "sources", lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v),
           "a list of objects")
     files = obj(manifest, "files", "files")
-    for name in REQUIRED_FILES:
+    for name in (*REQUIRED_FILES, *index_files):
         need(name in files, f"files.{name}", "present")
     for name, digest in files.items():
         need(isinstance(name, str) and _is_relative_file(name), f"files.{name}", "a path inside the map directory")
@@ -286,12 +297,19 @@ def load_map(path: str | Path, expected_model: dict | None = None, verify: bool 
         places = read_places(path / PLACES_FILE)
     _consistent(len(places) == n, path, f"{PLACES_FILE} has {len(places)} places, the manifest says {n}")
     _consistent(all(p.place_id == i for i, p in enumerate(places)), path, f"{PLACES_FILE} place ids are not 0..{n - 1} in order")
-    config = IndexConfig(manifest["index"]["type"], manifest["index"]["params"])
+    kind, search_dim = manifest["index"]["type"], manifest["index"]["dim"]
     with _reading(path, INDEX_FILE):
-        index = PlaceIndex.load(path / INDEX_FILE, config, descriptors)
+        index = PlaceIndex.load(path, manifest["index"], dim)
     raw = index.index
-    _consistent(isinstance(raw, FAISS_CLASSES[config.type]) and raw.metric_type == faiss.METRIC_INNER_PRODUCT, path,
-                f"{INDEX_FILE} is a {type(raw).__name__} (metric {raw.metric_type}), the manifest says {config.type} (inner product)")
-    _consistent(raw.ntotal == n and raw.d == dim, path,
-                f"{INDEX_FILE} holds {raw.ntotal} vectors of {raw.d}-D, the manifest says {n} of {dim}-D")
+    _consistent(isinstance(raw, FAISS_CLASSES[kind]) and raw.metric_type == faiss.METRIC_INNER_PRODUCT, path,
+                f"{INDEX_FILE} is a {type(raw).__name__} (metric {raw.metric_type}), the manifest says {kind} (inner product)")
+    _consistent(raw.ntotal == n and raw.d == search_dim, path,
+                f"{INDEX_FILE} holds {raw.ntotal} vectors of {raw.d}-D, the manifest says {n} of {search_dim}-D")
     return VprMap(path, manifest, places, descriptors, index)
+
+
+def rebuild_index(path: str | Path, index_config: IndexConfig) -> Path:
+    """Rebuild a map's index (and PCA) from its stored descriptors, without re-extracting; atomic like every
+    map write, so the map at ``path`` is replaced only when the new one is complete."""
+    m = load_map(path)
+    return write_map(path, m.descriptors, m.places, m.model, index_config, m.manifest["sources"])
