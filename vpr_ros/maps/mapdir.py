@@ -138,6 +138,10 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and np.isfinite(v)
+
+
 def _is_relative_file(name: str) -> bool:
     p = PurePosixPath(name)
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
@@ -174,9 +178,14 @@ def validate_manifest(manifest: Any, where: Path) -> None:
     value(model, "input_size", "model.input_size", lambda v: isinstance(v, list) and len(v) == 2 and all(map(positive, v)),
           "[height, width] in positive pixels")
     dim = value(model, "dim", "model.dim", positive, "a positive integer")
-    obj(model, "preprocessing", "model.preprocessing")
+    pre = obj(model, "preprocessing", "model.preprocessing")
+    value(pre, "resize", "model.preprocessing.resize", lambda v: isinstance(v, list) and len(v) == 2 and all(map(positive, v)),
+          "[height, width] in positive pixels")
+    for key in ("mean", "std"):
+        value(pre, key, f"model.preprocessing.{key}", lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)),
+              "3 numbers (one per RGB channel)")
     index = obj(manifest, "index", "index")
-    kind = value(index, "type", "index.type", lambda v: v in INDEX_PARAMS, f"one of {', '.join(INDEX_PARAMS)}")
+    kind = value(index, "type", "index.type", lambda v: isinstance(v, str) and v in INDEX_PARAMS, f"one of {', '.join(INDEX_PARAMS)}")
     params = obj(index, "params", "index.params")
     for name in INDEX_PARAMS[kind]:
         value(params, name, f"index.params.{name}", positive, f"a positive integer (index type {kind})")
@@ -191,7 +200,9 @@ def validate_manifest(manifest: Any, where: Path) -> None:
     else:
         need(search_dim == dim, "index.dim", f"the model's dim ({dim}) when there is no PCA")
     if index.get("rescore") is not None:
-        index_files.append(value(obj(index, "rescore", "index.rescore"), "file", "index.rescore.file", text, "a file name"))
+        rescore = obj(index, "rescore", "index.rescore")
+        value(rescore, "dtype", "index.rescore.dtype", lambda v: v == "float16", '"float16"')
+        index_files.append(value(rescore, "file", "index.rescore.file", text, "a file name"))
     value(manifest, "place_count", "place_count", positive, "a positive integer")
     value(manifest, "dim", "dim", lambda v: v == dim, f"the model's dim ({dim})")
     value(manifest, "sources", "sources", lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v),
