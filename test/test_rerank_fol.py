@@ -90,7 +90,7 @@ def test_golden_surviving_pairs(golden) -> None:
     ours = []
     for i, predictions in enumerate(golden["predictions"].tolist()):
         for k, j in enumerate(predictions):
-            q_rows, c_rows = mutual_matches(torch.from_numpy(queries[i]), torch.from_numpy(db[j]))
+            q_rows, c_rows = mutual_matches(queries[i], db[j])
             ours += [(i, k, q, c) for q, c in zip(q_rows.tolist(), c_rows.tolist())]
     assert sorted(ours) == sorted(map(tuple, golden["surviving_pairs"].tolist()))
 

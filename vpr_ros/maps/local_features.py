@@ -27,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
+from vpr_ros.fileio import file_sha256
 from vpr_ros.index.rerank.base import LocalFeatures
 
 FORMAT = "vpr_ros/local_features"
@@ -133,7 +134,7 @@ class LocalFeatureWriter:
         (self.directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         digests = {f.path.name: f.sha256.hexdigest() for f in files}
         for name in (OFFSETS_FILE, META_FILE):
-            digests[name] = hashlib.sha256((self.directory / name).read_bytes()).hexdigest()
+            digests[name] = file_sha256(self.directory / name)
         return {f"{LOCAL_DIR}/{name}": digest for name, digest in sorted(digests.items())}
 
     def __enter__(self) -> LocalFeatureWriter:
