@@ -1,0 +1,187 @@
+"""Overload: 640x480 frames at camera rates the node cannot keep up with, through a live node.
+
+    python -m vpr_ros.replay.overload --rate 60 --frames 5000 --rate 300 --frames 5000
+
+One localize node (its own process, DDS on loopback) is fed raw rgb8 640x480 frames by a
+publisher in this process, phase after phase (e.g. 60 Hz, then 300 Hz). Per phase it reports
+what the node counted (received, processed, dropped, bad, failed, from /diagnostics), whether
+received = processed + dropped, whether every match's stamp is a processed frame's stamp
+(sent, unique, in order), the node's RSS growth over the phase, and the node's latency p50 over
+the first and the last quarter of the processed frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vpr_ros.replay.dds_env import apply_loopback_dds_env
+
+WIDTH, HEIGHT = 640, 480
+PLACES = 8
+TOPIC = "/overload/camera"
+
+
+def _scenes(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Distinct 640x480 scenes: blocks of colour on a background, one per place."""
+    rng = np.random.default_rng(seed)
+    scenes = []
+    for _ in range(n):
+        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+        scenes.append(np.ascontiguousarray(np.kron(small, np.ones((40, 40, 1), np.uint8))))
+    return scenes
+
+
+def _build_map(workdir: Path, scenes: list[np.ndarray], model: str) -> Path:
+    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.inference.factory import create_extractor
+    from vpr_ros.maps.mapdir import write_map
+    from vpr_ros.maps.places import Place
+
+    extractor = create_extractor(model)
+    places = [Place(i, (i + 1) * 1_000_000_000, 10.0 * i, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.nan, math.nan, "",
+                    "overload scenes", TOPIC) for i in range(len(scenes))]
+    return write_map(workdir / "map", extractor.extract(scenes), places, extractor.describe(), IndexConfig("flat"),
+                     [{"source": "vpr_ros.replay.overload scenes"}])
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _totals(diagnostics: dict) -> dict[str, int]:
+    return {k: int(diagnostics[f"frames_{k}"]) for k in ("received", "processed", "dropped", "bad", "failed")}
+
+
+def _settled_totals(collector, timeout: float = 30.0) -> dict[str, int]:
+    """Node totals once it has finished with every frame it got: two diagnostics in a row agree."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        seen = len(collector.diagnostics)
+        collector.wait_for(lambda: len(collector.diagnostics) > seen, 3.0)
+        totals = _totals(collector.diagnostics[-1])
+        if totals == last:
+            return totals
+        last = totals
+    return last or {}
+
+
+def _p50(values: list[float]) -> float:
+    return float(np.percentile(values, 50)) if values else float("nan")
+
+
+def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((60.0, 5000), (300.0, 5000)),
+                 model: str = "baseline", extra_params: list[str] | None = None) -> list[dict]:
+    """One dict per (rate_hz, frames) phase, all through one node. Keys: rate_hz, frames (sent),
+    send_rate_hz (achieved), received, processed, dropped, bad, failed, accounted (received ==
+    processed + dropped), matches, stamps_ok, rss_start_mb, rss_end_mb, rss_growth_pct,
+    latency_p50_first_ms, latency_p50_last_ms, seconds."""
+    apply_loopback_dds_env()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    from vpr_ros.imaging import rgb_to_image_fields
+    from vpr_ros.replay.collector import OutputCollector
+    from vpr_ros.replay.processes import start_node, stop_process
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scenes = _scenes(PLACES)
+    map_dir = _build_map(workdir, scenes, model)
+    messages = []
+    for scene in scenes:
+        fields = rgb_to_image_fields(scene, "rgb8")
+        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0, step=fields["step"])
+        msg.data = fields["data"].tobytes()
+        msg.header.frame_id = "overload"
+        messages.append(msg)
+    collector = OutputCollector()
+    node = start_node(map_dir, model, TOPIC, workdir / "node.log", extra=extra_params)
+    results = []
+    try:
+        pub = collector.node.create_publisher(Image, TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        deadline = time.monotonic() + 120
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            if node.poll() is not None:
+                raise RuntimeError(f"the node exited: {(workdir / 'node.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        if pub.get_subscription_count() == 0:
+            raise RuntimeError(f"the node never subscribed to {TOPIC}: {(workdir / 'node.log').read_text()[-2000:]}")
+        time.sleep(1.0)
+        next_sec = 1_000_000
+        for rate_hz, frames in phases:
+            results.append(_phase(collector, pub, node.pid, messages, rate_hz, frames, next_sec))
+            next_sec += frames + 1000
+    finally:
+        stop_process(node)
+        collector.close()
+    return results
+
+
+def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int, first_sec: int) -> dict:
+    from tqdm import tqdm
+
+    before = _settled_totals(collector)
+    t_matches = len(collector.matches)
+    sent: list[int] = []
+    rss_start = None
+    start = time.monotonic()
+    for i in tqdm(range(frames), desc=f"overload {rate_hz:g} Hz", unit="frame", leave=False):
+        time.sleep(max(0.0, start + i / rate_hz - time.monotonic()))
+        msg = messages[i % len(messages)]
+        msg.header.stamp.sec, msg.header.stamp.nanosec = first_sec + i, 0
+        pub.publish(msg)
+        sent.append(first_sec + i)
+        if i == frames // 4:  # after warm-up: allocator pools and DDS buffers have grown to size
+            rss_start = _rss_mb(pid)
+    seconds = time.monotonic() - start
+    after = _settled_totals(collector)
+    rss_end = _rss_mb(pid)
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("received", "processed", "dropped", "bad", "failed")}
+    matches = [m for _, m in collector.matches[t_matches:]]
+    stamps = [m["stamp"]["sec"] for m in matches]
+    sent_set = set(sent)
+    totals_ms = [float(m["latency_ms"]["total"]) for m in matches]
+    quarter = max(1, len(totals_ms) // 4)
+    return {
+        "rate_hz": rate_hz, "frames": frames, "send_rate_hz": round(frames / seconds, 1), **delta,
+        "accounted": delta["received"] == delta["processed"] + delta["dropped"] + delta["bad"] + delta["failed"],
+        "matches": len(matches),
+        "stamps_ok": len(matches) == delta["processed"] and all(s in sent_set for s in stamps)
+        and all(a < b for a, b in zip(stamps, stamps[1:])),
+        "rss_start_mb": round(rss_start or rss_end, 1), "rss_end_mb": round(rss_end, 1),
+        "rss_growth_pct": round(100.0 * (rss_end - (rss_start or rss_end)) / (rss_start or rss_end), 2),
+        "latency_p50_first_ms": round(_p50(totals_ms[:quarter]), 2),
+        "latency_p50_last_ms": round(_p50(totals_ms[-quarter:]), 2),
+        "seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rate", type=float, action="append", help="frames per second of a phase (repeat; default: 60 and 300)")
+    ap.add_argument("--frames", type=int, action="append", help="frames of a phase (repeat, one per --rate; default: 5000)")
+    ap.add_argument("--model", default="baseline", help="default: %(default)s")
+    ap.add_argument("--workdir", type=Path, default=Path("overload_out"), help="map and node log (default: %(default)s)")
+    a = ap.parse_args(argv)
+    rates = a.rate or [60.0, 300.0]
+    frames = a.frames or [5000] * len(rates)
+    if len(frames) != len(rates):
+        ap.error("give one --frames per --rate")
+    results = run_overload(a.workdir, tuple(zip(rates, frames)), a.model)
+    for r in results:
+        print(json.dumps(r))
+    return 0 if all(r["accounted"] and r["stamps_ok"] and r["failed"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
