@@ -16,6 +16,7 @@ from vpr_ros.maps.poses import (
     PoseTrack,
     PoseTrackBuilder,
     UtmProjector,
+    fix_problem,
     header_stamp_ns,
     navsatfix_is_valid,
     pose_from_msg,
@@ -60,6 +61,54 @@ def test_invalid_fixes_are_skipped() -> None:
     assert not builder.add(S, _fix(37.7, -122.5, status=-1))
     assert not builder.add(2 * S, _fix(float("nan"), float("nan")))
     assert builder.skipped == {"no fix (status -1)": 1, "NaN or infinite coordinates": 1} and len(builder.build()) == 1
+
+
+@pytest.mark.parametrize(
+    ("lat", "lon", "status", "reason"),
+    [
+        (95.0, 10.0, 0, "latitude/longitude out of range"),  # utm raised OutOfRangeError and stopped build-map
+        (48.0, 181.0, 0, "latitude/longitude out of range"),
+        (85.0, 10.0, 0, "outside UTM (latitude beyond 84 N / 80 S)"),
+        (-80.5, 10.0, 0, "outside UTM (latitude beyond 84 N / 80 S)"),
+        (0.0, 0.0, 0, "(0, 0) placeholder"),
+        (float("inf"), 1.0, 0, "NaN or infinite coordinates"),
+        (48.0, 11.0, -1, "no fix (status -1)"),
+        (48.0, 11.0, -2, "no fix (status -1)"),
+    ],
+)
+def test_impossible_fixes_are_refused_with_their_reason(lat, lon, status, reason) -> None:
+    assert fix_problem(_fix(lat, lon, status=status)) == reason
+    builder = PoseTrackBuilder()
+    assert builder.add(S, _fix(48.0, 11.0))
+    assert not builder.add(2 * S, _fix(lat, lon, status=status))  # no exception, counted instead
+    assert builder.skipped == {reason: 1} and len(builder.build()) == 1
+
+
+def test_valid_edge_fixes_are_kept() -> None:
+    for lat, lon in ((84.0, 10.0), (-80.0, -179.9), (0.0, 0.0001), (1e-9, 0.0)):
+        assert fix_problem(_fix(lat, lon)) is None, (lat, lon)
+
+
+def test_duplicate_stamps_are_counted_and_a_clock_jump_falls_back_to_the_recording_time() -> None:
+    builder = PoseTrackBuilder()
+    for stamp in (0, S, S, 2 * S):
+        builder.add(stamp, _fix(48.0, 11.0 + stamp / S * 1e-4))
+    assert len(builder.build()) == 3 and builder.skipped == {"duplicate stamp": 1}
+    fix = _fix(48.0, 11.0)
+    fix.header.stamp.sec = 100
+    assert header_stamp_ns(fix, 100 * S + 20_000_000, max_skew_s=5.0) == 100 * S
+    assert header_stamp_ns(fix, 200 * S, max_skew_s=5.0) == 200 * S
+    assert header_stamp_ns(fix, 200 * S) == 100 * S
+
+
+def test_zero_quaternion_keeps_the_position_without_orientation() -> None:
+    stamped = PoseStamped()
+    stamped.pose.position.x = 4.0
+    stamped.pose.orientation.w = 0.0
+    builder = PoseTrackBuilder()
+    assert builder.add(S, stamped) and builder.add(2 * S, stamped)
+    track = builder.build()
+    assert track.positions[0, 0] == 4.0 and np.isnan(track.orientations).all()
 
 
 def test_pose_messages_of_every_type() -> None:
