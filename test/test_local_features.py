@@ -9,7 +9,7 @@ import pytest
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
 from vpr_ros.index.rerank.base import LocalFeatures
 from vpr_ros.fileio import atomic_directory
-from vpr_ros.maps.local_features import LOCAL_DIR, LocalFeatureStore, LocalFeatureWriter
+from vpr_ros.maps.local_features import LOCAL_DIR, LocalFeatureStore, LocalFeatureWriter, stored_reranker
 
 DESCRIPTION = {"reranker": "fol", "dim": 8, "model_fingerprint": "abc123"}
 
@@ -23,7 +23,7 @@ def write(map_dir, places: list[LocalFeatures], description=DESCRIPTION) -> dict
     with LocalFeatureWriter(map_dir, description) as writer:
         for features in places:
             writer.append(features)
-    return writer.close()
+    return writer.files
 
 
 @pytest.fixture
@@ -44,6 +44,7 @@ def test_round_trip_float_rows_are_fp16_without_padding(tmp_path, places) -> Non
         np.testing.assert_array_equal(got.descriptors, features.descriptors.astype(np.float16))
     assert store.bytes_per_place == (18 * 8 * 2 + 5 * 8) / 4  # rows + offsets, nothing else
     assert store.meta["rows"] == 18 and store.meta["dtype"] == "float16" and store.meta["reranker"] == "fol"
+    assert stored_reranker(tmp_path) == "fol"
     # every file the manifest must protect, with its real sha256, named relative to the map directory
     assert set(files) == {f"{LOCAL_DIR}/{n}" for n in ("descriptors.bin", "offsets.npy", "meta.json")}
     for name, digest in files.items():
@@ -93,6 +94,7 @@ def test_writer_refuses_features_it_cannot_store(tmp_path) -> None:
 
 
 def test_missing_local_features_say_how_to_rebuild(tmp_path) -> None:
+    assert stored_reranker(tmp_path) is None
     with pytest.raises(LocalFeaturesMissingError, match=r"vpr-ros build-map --rerank fol"):
         LocalFeatureStore.open(tmp_path, DESCRIPTION)
 

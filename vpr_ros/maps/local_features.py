@@ -74,9 +74,9 @@ class LocalFeatureWriter:
     """Streams places' local features into ``<map_dir>/local/``, one place per ``append``, in place order.
 
     ``description`` is the re-ranker's ``describe()`` (``reranker``, ``dim``, ``model_fingerprint``, ...).
-    Use as a context manager, or call ``close()``, which writes the offsets and meta.json and
-    returns {path relative to map_dir: sha256}. On an exception nothing is finalised: the caller's
-    atomic directory is discarded anyway.
+    Use as a context manager, or call ``close()``, which writes the offsets and meta.json; then
+    ``files`` (also close()'s result) is {path relative to map_dir: sha256} for the manifest. On an
+    exception nothing is finalised: the caller's atomic directory is discarded anyway.
     """
 
     def __init__(self, map_dir: str | Path, description: dict) -> None:
@@ -92,6 +92,7 @@ class LocalFeatureWriter:
         self._offsets = [0]
         self._dtype: np.dtype | None = None
         self._has_keypoints: bool | None = None
+        self.files: dict[str, str] = {}
 
     def append(self, features: LocalFeatures) -> None:
         d = features.descriptors
@@ -117,6 +118,8 @@ class LocalFeatureWriter:
         self._offsets.append(self._offsets[-1] + len(d))
 
     def close(self) -> dict[str, str]:
+        if self.files:
+            return self.files
         files = [self._descriptors] + ([self._keypoints] if self._keypoints else [])
         for f in files:
             f.close()
@@ -135,7 +138,8 @@ class LocalFeatureWriter:
         digests = {f.path.name: f.sha256.hexdigest() for f in files}
         for name in (OFFSETS_FILE, META_FILE):
             digests[name] = file_sha256(self.directory / name)
-        return {f"{LOCAL_DIR}/{name}": digest for name, digest in sorted(digests.items())}
+        self.files = {f"{LOCAL_DIR}/{name}": digest for name, digest in sorted(digests.items())}
+        return self.files
 
     def __enter__(self) -> LocalFeatureWriter:
         return self
@@ -147,6 +151,15 @@ class LocalFeatureWriter:
             self._descriptors.close()
             if self._keypoints:
                 self._keypoints.close()
+
+
+def stored_reranker(map_dir: str | Path) -> str | None:
+    """Name of the re-ranker whose local features the map holds (None without any): what ``rerank auto`` picks."""
+    try:
+        meta = json.loads((Path(map_dir) / LOCAL_DIR / META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("reranker") if isinstance(meta, dict) and isinstance(meta.get("reranker"), str) else None
 
 
 class LocalFeatureStore:
