@@ -24,7 +24,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "localize = vpr_ros.ros.node:main",
+            "localize = vpr_ros.ros.entry:main",
             "vpr-ros = vpr_ros.cli:main",
         ],
     },

@@ -18,6 +18,8 @@ import numpy as np
 
 from common import IMAGE_TOPIC, POSE_TOPIC, demo_bags, percentiles
 
+from vpr_ros.stamps import stamp_to_ns  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -65,8 +67,7 @@ def main() -> None:
         stop_process(node)
         collector.close()
     stamps = {s for _, s, _ in sent}
-    e2e = [(t - (m["stamp"]["sec"] * 10**9 + m["stamp"]["nanosec"])) * 1e-6 for t, m in collector.matches
-           if m["stamp"]["sec"] * 10**9 + m["stamp"]["nanosec"] in stamps][1:]  # first frame warms the node
+    e2e = [(t - stamp_to_ns(m["stamp"])) * 1e-6 for t, m in collector.matches if stamp_to_ns(m["stamp"]) in stamps][1:]  # first frame warms the node
     node_pipeline = [m["latency_ms"]["total"] for _, m in collector.matches][1:]
     w, b, n, p = percentiles(warm), percentiles(bare), percentiles(e2e), percentiles(node_pipeline)
     print(f"model {a.model} ({extractor.backend}/{extractor.precision}), {len(frames)} query frames, replay {a.rate} Hz, "

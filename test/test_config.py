@@ -1,39 +1,57 @@
 """config/localize.yaml, the node's declared parameters and the launch file agree."""
 
-import ast
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from vpr_ros import parameters
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _node_parameters() -> dict:
-    # Read PARAMETERS from the node's source so this test runs without rclpy too.
-    tree = ast.parse((REPO / "vpr_ros/ros/node.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PARAMETERS":
-            return ast.literal_eval(node.value)
-    raise AssertionError("PARAMETERS not found in vpr_ros/ros/node.py")
+def test_yaml_is_generated_from_the_parameter_table():
+    # One source: vpr_ros/parameters.py. Regenerate with: python -m vpr_ros.parameters > config/localize.yaml
+    assert (REPO / "config/localize.yaml").read_text() == parameters.render_yaml()
 
 
-def test_yaml_lists_every_parameter_with_its_default():
-    params = yaml.safe_load((REPO / "config/localize.yaml").read_text())["vpr_localizer"]["ros__parameters"]
-    declared = _node_parameters()
-    assert set(params) == set(declared)
-    for name, (default, description) in declared.items():
-        assert params[name] == default, name
-        assert type(params[name]) is type(default), name  # ROS parameter types are strict
-        assert description
-
-
-def test_yaml_documents_every_parameter_with_a_comment():
-    lines = (REPO / "config/localize.yaml").read_text().splitlines()
+def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
+    text = (REPO / "config/localize.yaml").read_text()
+    params = yaml.safe_load(text)[parameters.NODE_NAME]["ros__parameters"]
+    assert params == parameters.defaults()
+    assert all(type(params[p.name]) is type(p.default) for p in parameters.PARAMETERS)  # ROS types are strict
+    lines = text.splitlines()
     for i, line in enumerate(lines):
-        if line.startswith("    ") and not line.strip().startswith("#") and ":" in line:
+        if line.startswith("    ") and not line.strip().startswith("#"):
             assert lines[i - 1].strip().startswith("#"), f"no comment above {line.strip()}"
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("model", "nope", "model must be one of baseline"),
+    ("top_k", "abc", "top_k must be an integer"),
+    ("top_k", 0, "top_k must be in [1, 100]"),
+    ("map_path", 123, "map_path must be a string"),
+    ("verify_map", "maybe", "verify_map must be a bool"),
+    ("diagnostics_period_s", -1.0, "diagnostics_period_s must be in [0.1, 3600]"),
+    ("diagnostics_period_s", 0.0, "diagnostics_period_s must be in [0.1, 3600]"),
+    ("min_confidence", 2.0, "min_confidence must be in [0, 1]"),
+    ("sequence_length", -3, "sequence_length must be in [0, 1000]"),
+    ("ambiguity_radius_m", float("nan"), "ambiguity_radius_m must be a finite number"),
+    ("base_sigma_m", -1.0, "base_sigma_m must be in [0.01, unbounded]"),
+    ("log_throttle_s", -5.0, "log_throttle_s must be in [0, unbounded]"),
+    ("backend", "cuda", "backend must be one of auto, torch, torch-compile"),
+])
+def test_bad_parameter_values_are_named_with_what_is_allowed(name, value, says):
+    found = parameters.problems({**parameters.defaults(), name: value})
+    assert len(found) == 1 and found[0].startswith(says), found
+
+
+def test_defaults_are_valid_and_velocity_order_is_checked():
+    assert parameters.problems(parameters.defaults()) == []
+    bad = {**parameters.defaults(), "sequence_min_velocity": 2.0, "sequence_max_velocity": 1.0}
+    assert parameters.problems(bad) == ["sequence_min_velocity (2.0) must not exceed sequence_max_velocity (1.0)"]
+    assert parameters.problems({**parameters.defaults(), "base_sigma_m": 5}) == []  # an int for a double is fine
 
 
 def test_launch_file_compiles_and_declares_the_documented_arguments():

@@ -22,6 +22,7 @@ from vpr_ros.demo.route import (
     write_traversal_bag,
 )
 from vpr_ros.demo.world import StreetWorld
+from vpr_ros.evaluation.recall import recall_at_n
 
 FRAMES = 30  # 3 s of driving: enough to check counts and stamps, quick to render
 
@@ -148,9 +149,9 @@ def _patch_normalised(image: np.ndarray, patch: int = 8) -> np.ndarray:
 
 
 def _recall_at_1(query: np.ndarray, reference: np.ndarray, positives) -> float:
+    # Nearest by L2 on the raw (unnormalised) vectors, as SeqSLAM compares them.
     distance = (query**2).sum(1)[:, None] - 2 * query @ reference.T + (reference**2).sum(1)[None]
-    best = distance.argmin(1)
-    return float(np.mean([b in p for b, p in zip(best, positives)]))
+    return recall_at_n(distance.argmin(1)[:, None], positives, ns=(1,))[1]
 
 
 def test_appearance_change_defeats_raw_pixels_but_not_patch_normalisation(world):

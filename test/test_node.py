@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import time
 
 import cv2
@@ -224,19 +226,82 @@ def test_dinov2_model_without_weights_is_refused_with_where_to_get_them(tmp_path
     assert "github.com/shuimushan/SciceVPR" in log and "'weights' parameter" in log
 
 
-def test_latest_slot_keeps_only_the_newest_and_counts_the_rest():
-    from vpr_ros.ros.latest_slot import LatestSlot
-
-    slot = LatestSlot()
-    for i in range(5):
-        slot.put(i)
-    assert slot.take(0) == 4 and slot.dropped == 4
-    assert slot.take(0.01) is None
-    slot.close()
-    assert slot.take(None) is None  # closed: no waiting forever
-
-
 def test_bad_parameter_ends_the_node_with_one_clear_line(tmp_path, map_dir):
     node = NodeUnderTest(tmp_path, map_dir, ["-p", "image_transport:=theora"])
     assert node.proc.wait(60) == 2
-    assert "image_transport must be raw or compressed, not 'theora'" in node.log_text()
+    assert "image_transport must be one of raw, compressed; got 'theora'" in node.log_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override", ["model:=nope", "top_k:=abc", "map_path:=123", "verify_map:=maybe",
+                                      "diagnostics_period_s:=-1.0", "min_confidence:=2.0"])
+def test_wrong_parameter_types_and_ranges_end_the_node_with_one_line(tmp_path, map_dir, override):
+    node = NodeUnderTest(tmp_path, map_dir, ["-p", override])
+    assert node.proc.wait(60) == 2
+    log = node.log_text()
+    assert "invalid parameters: " + override.split(":=")[0] in log and "Traceback" not in log, log
+
+
+@pytest.mark.slow
+def test_interrupt_during_start_up_ends_quietly(tmp_path, map_dir):
+    node = NodeUnderTest(tmp_path, map_dir)
+    time.sleep(1.0)  # importing torch and loading the model take longer than this
+    assert node.stop() in (0, 130)
+    assert "Traceback" not in node.log_text(), node.log_text()
+
+
+def test_help_prints_the_parameters_without_starting_ros():
+    script = ("import sys\nfrom vpr_ros.ros import entry\n"
+              "try:\n    entry.main(['localize', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+              "assert 'rclpy' not in sys.modules, 'rclpy was imported'\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "min_confidence (double, default 0.05) [0, 1]" in out.stdout and "~/reload_map" in out.stdout
+
+
+def _set_parameters(node, params: dict) -> list:
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = node.create_client(SetParameters, "/vpr_localizer/set_parameters")
+    assert client.wait_for_service(30)
+    # The collector's executor spins this node; a blocking call waits on it.
+    result = client.call(SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                           for k, v in params.items()]), timeout_sec=30)
+    node.destroy_client(client)
+    return result.results
+
+
+def test_param_set_is_validated_and_applied_without_a_restart(tmp_path, map_dir, images, collector):
+    node = NodeUnderTest(tmp_path, map_dir)
+    try:
+        pub = _publisher(collector.node, Image, "/test/camera")
+        (bad,) = _set_parameters(collector.node, {"top_k": 0})
+        assert not bad.successful and "top_k must be in [1, 100]" in bad.reason
+        (fixed,) = _set_parameters(collector.node, {"model": "fol-b"})
+        assert not fixed.successful and "read-only" in fixed.reason.lower()
+        (ok,) = _set_parameters(collector.node, {"top_k": 2})
+        assert ok.successful, ok.reason
+        t0 = collector.node.get_clock().now().nanoseconds
+        pub.publish(_raw(perturb(images[3], 7), 9700))
+        assert collector.wait_for(lambda: _matches_after(collector, t0), 20), node.log_text()
+        assert len(_matches_after(collector, t0)[-1]["candidates"]) == 2
+    finally:
+        assert node.stop() == 0, node.log_text()
+
+
+def test_diagnostics_recover_after_a_bad_frame(tmp_path, map_dir, images, collector):
+    node = NodeUnderTest(tmp_path, map_dir, ["-p", "diagnostics_period_s:=0.2"])  # a 2 s failure window
+    try:
+        pub = _publisher(collector.node, Image, "/test/camera")
+        bad = _raw(images[0], 9800)
+        bad.data = bad.data[:100]  # truncated raw frame
+        pub.publish(bad)
+        assert collector.wait_for(lambda: any(d["level"] == 1 for d in collector.diagnostics[-3:]), 10), node.log_text()
+        for i in range(4):
+            pub.publish(_raw(perturb(images[i], i), 9801 + i))
+            time.sleep(0.8)
+        assert collector.wait_for(lambda: collector.diagnostics[-1]["level"] == 0
+                                  and int(collector.diagnostics[-1]["frames_bad"]) >= 1, 10), collector.diagnostics[-1]
+    finally:
+        assert node.stop() == 0, node.log_text()

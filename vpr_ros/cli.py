@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from vpr_ros.errors import VprError
+from vpr_ros.logs import configure_logging
 
 log = logging.getLogger("vpr_ros")
 
@@ -37,6 +38,30 @@ def _add_source_args(p: argparse.ArgumentParser, keyframes: bool) -> None:
         g.add_argument("--min-distance", type=float, default=2.0,
                        help="keep a frame every this many metres of travel (default: %(default)s); 0 keeps every frame")
         g.add_argument("--every-n", type=int, default=1, help="without poses, keep every Nth frame (default: %(default)s)")
+
+
+def _pca_dim(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'none' or a positive number of dims")
+    return int(text)
+
+
+def _add_index_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("search index")
+    g.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
+                   help="faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over 8-bit codes, "
+                   "else IVF-PQ; both re-score their shortlist exactly)")
+    g.add_argument("--pca-dim", type=_pca_dim, default="auto", help="PCA of the descriptors to this many dims, learned "
+                   "from the map; 'none' keeps the model's (default: %(default)s: 512 for maps too big for exact search)")
+    g.add_argument("--whiten", action="store_true", help="whiten the PCA (divide each direction by its spread)")
+
+
+def _index_config(a: argparse.Namespace):
+    from vpr_ros.index.faiss_index import IndexConfig
+
+    return IndexConfig(a.index, pca_dim=a.pca_dim, whiten=a.whiten)
 
 
 def _add_query_args(p: argparse.ArgumentParser) -> None:
@@ -74,13 +99,22 @@ def _map_and_extractor(a: argparse.Namespace):
 
 
 def cmd_build_map(a: argparse.Namespace) -> int:
-    from vpr_ros.index.faiss_index import IndexConfig
     from vpr_ros.maps.build import build_map
 
     source = _open_source(a, keyframes=True)
-    path = build_map(source, _extractor(a), a.out, IndexConfig(a.index), a.batch_size, allow_no_poses=a.allow_no_poses)
+    path = build_map(source, _extractor(a), a.out, _index_config(a), a.batch_size, allow_no_poses=a.allow_no_poses)
     print(f"map written to {path}")
     print("skipped while reading:\n" + "\n".join(f"  {line}" for line in source.stats.report().splitlines()))
+    return 0
+
+
+def cmd_build_index(a: argparse.Namespace) -> int:
+    from vpr_ros.maps.mapdir import read_manifest, rebuild_index
+
+    manifest = read_manifest(rebuild_index(a.map, _index_config(a)))
+    index, pca = manifest["index"], manifest["index"]["pca"]
+    pca_text = f", PCA {pca['input_dim']}->{pca['output_dim']}{' whitened' if pca['whiten'] else ''}" if pca else ""
+    print(f"rebuilt {a.map}: {index['type']} index over {manifest['place_count']} places{pca_text}")
     return 0
 
 
@@ -172,6 +206,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run_demo(a)
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    from vpr_ros.training.run import run_training
+
+    return run_training(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpr-ros", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -182,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_args(p, keyframes=True)
     _add_model_args(p)
     p.add_argument("--out", required=True, type=Path, help="map directory to write (replaced only when the build succeeds)")
-    p.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], help="faiss index (default: %(default)s: flat up to 50k places, else hnsw)")
+    _add_index_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
     p.add_argument("--allow-no-poses", action="store_true",
                    help="write a map even when no place has a position (it can match places but never localize)")
@@ -209,6 +249,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "counts). Exit status 1 when it does not verify.")
     p.add_argument("map", type=Path, help="map directory")
     p.set_defaults(func=cmd_inspect_map)
+
+    p = sub.add_parser("build-index", help="rebuild a map's index (and PCA) from its stored descriptors",
+                       description="Rebuild a map's search index, and its PCA, with other parameters from the map's stored "
+                                   "descriptors, without re-extracting. The map is verified first and replaced atomically: "
+                                   "an interrupted rebuild leaves the old map as it was.")
+    p.add_argument("map", type=Path, help="map directory")
+    _add_index_args(p)
+    p.set_defaults(func=cmd_build_index)
 
     p = sub.add_parser("export", help="export a model to ONNX or a TensorRT engine",
                        description="Export a model to ONNX (checked against torch) or build a TensorRT engine from it.")
@@ -240,12 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)")
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="where bags, map and report go (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
+
+    from vpr_ros.training.run import add_arguments as add_train_arguments
+
+    p = sub.add_parser("train", help="train a model on GSV-Cities, VPR-layout folders, aligned traversals or your rosbags",
+                       description="Train the trainable default (CPU, minutes), SciceVPR (teacher, then student), MutualVPR "
+                       "or FoL. Validates Recall@1 on held-apart places each epoch; writes checkpoints in the authors' "
+                       "format (resumable with --resume) and training.png.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(a.verbose)
     try:
         return a.func(a)
     except VprError as e:

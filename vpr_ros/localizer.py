@@ -16,6 +16,7 @@ import numpy as np
 from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.mapdir import VprMap
+from vpr_ros.stamps import ns_to_stamp_dict
 
 SCHEMA = "vpr_ros/PlaceMatch/1"
 
@@ -32,6 +33,15 @@ class Candidate:
 
 
 @dataclass
+class PosePrior:
+    """What /vpr/pose_prior carries: the best place's pose and a 6x6 covariance (x, y, z, roll, pitch, yaw)."""
+
+    position: list[float]
+    orientation: list[float]  # quaternion x, y, z, w; identity when the map has no orientation
+    covariance: list[float]  # 36 values, row-major
+
+
+@dataclass
 class Match:
     stamp_ns: int
     frame_id: str
@@ -41,6 +51,7 @@ class Match:
     confidence: float
     latency_ms: dict[str, float] = field(default_factory=dict)
     covariance_xy: list[list[float]] | None = None  # 2x2, metres^2, see Localizer.pose_covariance
+    pose_prior: PosePrior | None = None  # set when the match is confident enough to act on
 
     @property
     def best(self) -> Candidate | None:
@@ -49,16 +60,17 @@ class Match:
     def to_dict(self) -> dict:
         return {
             "schema": SCHEMA,
-            "stamp": {"sec": self.stamp_ns // 1_000_000_000, "nanosec": self.stamp_ns % 1_000_000_000},
+            "stamp": ns_to_stamp_dict(self.stamp_ns),
             "frame_id": self.frame_id,
             "map_id": self.map_id,
             "model": self.model,
             "confidence": round(self.confidence, 4),
             "candidates": [
-                {**asdict(c), "score": round(c.score, 6), "map_stamp": {"sec": c.stamp_ns // 1_000_000_000, "nanosec": c.stamp_ns % 1_000_000_000}}
+                {**asdict(c), "score": round(c.score, 6), "map_stamp": ns_to_stamp_dict(c.stamp_ns)}
                 for c in self.candidates
             ],
             "covariance_xy": self.covariance_xy,
+            "pose_prior": self.pose_prior is not None,
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
 
@@ -89,12 +101,14 @@ class Localizer:
         ambiguity_radius_m: float = 25.0,
         base_sigma_m: float = 5.0,
         sequence: SequenceConfig | None = None,
+        min_confidence: float = 0.05,
     ):
         self.map = vpr_map
         self.extractor = extractor
         self.top_k = top_k
         self.ambiguity_radius_m = ambiguity_radius_m
         self.base_sigma_m = base_sigma_m
+        self.min_confidence = min_confidence
         self.sequence = SequenceMatcher(len(vpr_map), sequence) if sequence and sequence.length > 1 else None
         self._positions = np.array([p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64)
 
@@ -125,15 +139,18 @@ class Localizer:
         t1 = time.perf_counter()
         candidates = [self._candidate(int(i), float(s), None if r is None else float(r))
                       for i, s, r in zip(ids[: self.top_k], scores[: self.top_k], path_scores[: self.top_k])]
+        confidence = self.confidence(scores, ids)
+        covariance_xy = self.pose_covariance(scores, ids)
         return Match(
             stamp_ns=stamp_ns,
             frame_id=frame_id,
             map_id=self.map.map_id,
             model=self.extractor.spec.name,
             candidates=candidates,
-            confidence=self.confidence(scores, ids),
+            confidence=confidence,
             latency_ms={"search": (t1 - t0) * 1e3},
-            covariance_xy=self.pose_covariance(scores, ids),
+            covariance_xy=covariance_xy,
+            pose_prior=self.pose_prior(candidates[0], confidence, covariance_xy) if candidates else None,
         )
 
     def _candidate(self, i: int, score: float, rerank_score: float | None) -> Candidate:
@@ -184,3 +201,15 @@ class Localizer:
         spread = (w[:, None, None] * offsets[:, :, None] * offsets[:, None, :]).sum(0) / w.sum()
         cov = spread + np.eye(2) * self.base_sigma_m**2
         return cov.round(4).tolist()
+
+    def pose_prior(self, best: Candidate, confidence: float, covariance_xy: list[list[float]] | None) -> PosePrior | None:
+        """The best place's pose with a 6x6 covariance, or None below ``min_confidence`` or without a position."""
+        if confidence < self.min_confidence or covariance_xy is None or best.position is None:
+            return None
+        cov = [0.0] * 36  # row-major x, y, z, roll, pitch, yaw
+        (cov[0], cov[1]), (cov[6], cov[7]) = covariance_xy
+        cov[14] = 4.0 * self.base_sigma_m**2  # height is weakly observed by place recognition
+        cov[21] = cov[28] = 0.1  # roll, pitch: ~18 deg
+        # The map image's heading is roughly the camera's; unknown when the map had no orientation.
+        cov[35] = 0.35**2 if best.orientation else math.pi**2
+        return PosePrior(list(best.position), list(best.orientation or (0.0, 0.0, 0.0, 1.0)), cov)

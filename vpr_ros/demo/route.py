@@ -23,6 +23,7 @@ from tqdm import tqdm
 from vpr_ros.demo.world import Appearance, CameraPose, StreetWorld
 from vpr_ros.evaluation.recall import positives_by_distance
 from vpr_ros.imaging import rgb_to_compressed
+from vpr_ros.stamps import ns_to_sec_nanosec
 
 CAMERA_TOPIC = "/camera/image_raw"
 COMPRESSED_CAMERA_TOPIC = "/camera/image_raw/compressed"
@@ -162,7 +163,7 @@ class _BagMessages:
         self.types = self.store.types
 
     def _header(self, stamp_ns: int, frame_id: str):
-        sec, nanosec = divmod(int(stamp_ns), 10**9)
+        sec, nanosec = ns_to_sec_nanosec(stamp_ns)
         return self.types["std_msgs/msg/Header"](
             stamp=self.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
 

@@ -21,6 +21,7 @@ from vpr_ros.evaluation.plots import plot_trajectory_matches
 from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.replay.dds_env import apply_loopback_dds_env
 from vpr_ros.replay.processes import replay, start_node, stop_process
+from vpr_ros.stamps import stamp_to_ns
 
 SEQUENCE_LENGTH = 10  # frames, for the offline temporal-filtering row of the report
 def summarize(matches: list[tuple[int, dict]], sent: list, query_xy: np.ndarray, threshold_m: float) -> dict:
@@ -28,7 +29,7 @@ def summarize(matches: list[tuple[int, dict]], sent: list, query_xy: np.ndarray,
     frame_of_stamp = {s: i for i, s, _ in sent}
     rows = []
     for received_ns, m in matches:
-        stamp = m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]
+        stamp = stamp_to_ns(m["stamp"])
         i = frame_of_stamp.get(stamp)
         if i is None or not m["candidates"] or m["candidates"][0]["position"] is None:
             continue

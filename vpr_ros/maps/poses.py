@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import utm
 
+from vpr_ros.stamps import stamp_to_ns
+
 NAVSAT_STATUS_NO_FIX = -1
 DEFAULT_MAX_GAP_S = 1.0
 DEFAULT_MIN_MOTION_M = 2.0
@@ -55,8 +57,7 @@ class UtmProjector:
 def header_stamp_ns(msg: Any, fallback_ns: int, max_skew_s: float | None = None) -> int:
     """The message's header stamp in ns; `fallback_ns` (e.g. the bag's receive time) when the driver left
     it 0, or, with `max_skew_s`, when it is further than that from `fallback_ns` (a clock jump)."""
-    stamp = msg.header.stamp
-    ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    ns = stamp_to_ns(msg.header.stamp)
     if ns <= 0 or (max_skew_s is not None and abs(ns - int(fallback_ns)) > max_skew_s * 1e9):
         return int(fallback_ns)
     return ns

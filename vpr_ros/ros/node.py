@@ -3,11 +3,12 @@
 Images are taken by the subscription callback into a one-frame slot; a worker
 thread (off the executor) decodes, localizes and publishes the newest frame.
 Bad frames are logged (throttled), counted and skipped: input never kills the node.
+Every decision about a match (candidates, confidence, pose prior) is the
+localizer's; the node copies fields into messages.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 import traceback
@@ -16,115 +17,121 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy, HistoryPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
+from vpr_ros import parameters
 from vpr_ros.errors import ConfigError, ImageDecodeError, VprError
 from vpr_ros.imaging import image_msg_to_rgb
 from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer, Match
-from vpr_ros.maps.mapdir import load_map
+from vpr_ros.logs import quiet_third_party_logs
+from vpr_ros.maps.mapdir import VprMap, load_map
 from vpr_ros.ros.latest_slot import LatestSlot
 from vpr_ros.ros.stats import PipelineStats
+from vpr_ros.stamps import stamp_to_ns
 
-# name: (default, description); config/localize.yaml lists the same, with comments.
-PARAMETERS = {
-    "map_path": ("", "Map directory written by `vpr-ros build-map`."),
-    "model": ("baseline", "Descriptor model; must be the map's model (see `vpr-ros inspect-map`)."),
-    "weights": ("", "Checkpoint file for models that need official weights (empty for baseline)."),
-    "backend": ("auto", "auto|torch|onnxruntime|tensorrt; auto picks TensorRT, else ONNX Runtime, else torch."),
-    "precision": ("fp32", "fp32|fp16|bf16|int8, where the backend supports it."),
-    "engine_cache_dir": ("", "Where exported ONNX files and TensorRT engines are cached (empty: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)."),
-    "image_transport": ("raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: `image/compressed`."),
-    "image_qos": ("sensor_data", "sensor_data (best effort, depth 5) or reliable (depth 10)."),
-    "camera_frame": ("camera", "frame_id used when an incoming image has an empty one."),
-    "map_frame": ("map", "frame_id of /vpr/pose_prior; the map's positions are in this frame."),
-    "top_k": (5, "Candidates reported per frame."),
-    "min_confidence": (0.05, "Publish /vpr/pose_prior only at or above this confidence (0..1)."),
-    "ambiguity_radius_m": (25.0, "Candidates farther than this from the best one count as alternative places."),
-    "base_sigma_m": (5.0, "Position standard deviation of an unambiguous match, metres."),
-    "sequence_length": (0, "Frames of SeqSLAM-style temporal filtering; 0 or 1: off (each frame on its own)."),
-    "sequence_min_velocity": (0.8, "Slowest travel the sequence filter tries, in map places per camera frame."),
-    "sequence_max_velocity": (1.25, "Fastest travel the sequence filter tries, in map places per camera frame."),
-    "max_image_pixels": (50_000_000, "Larger images are rejected as bad input."),
-    "diagnostics_period_s": (1.0, "Period of /diagnostics."),
-    "log_throttle_s": (5.0, "Minimum seconds between repeated warnings of the same kind."),
-    "verify_map": (True, "Check every map file's sha256 when loading (slower for large maps)."),
-}
-
-
-def _stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
+# Changing these needs a new extractor, subscription or timer: they are fixed at start-up.
+FIXED_AT_START = ("model", "weights", "backend", "precision", "engine_cache_dir", "image_transport", "image_qos",
+                  "diagnostics_period_s")
+RECENT_FAILURE_PERIODS = 10  # /diagnostics is WARN while a frame failed within this many diagnostics periods
 
 
 class LocalizerNode(Node):
     def __init__(self) -> None:
-        super().__init__("vpr_localizer")
+        super().__init__(parameters.NODE_NAME)
         self.slot = LatestSlot()
         self._running = True
         self.worker: threading.Thread | None = None
-        for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
-        p = {name: self.get_parameter(name).value for name in PARAMETERS}
-        self.p = p
+        self.p = self._declare_parameters()
         self.stats = PipelineStats()
         self._map_lock = threading.Lock()
+        self.vpr_map: VprMap | None = None
         self.localizer: Localizer | None = None
-        # Parameter mistakes end the node before the (slow) model load.
-        if p["image_qos"] not in ("sensor_data", "reliable"):
-            raise ConfigError(f"image_qos must be sensor_data or reliable, not {p['image_qos']!r}")
-        if p["image_transport"] not in ("raw", "compressed"):
-            raise ConfigError(f"image_transport must be raw or compressed, not {p['image_transport']!r}")
 
-        self.extractor = create_extractor(p["model"], p["weights"] or None, p["backend"], p["precision"],
-                                          Path(p["engine_cache_dir"]).expanduser() if p["engine_cache_dir"] else None)
-        self.get_logger().info(f"model {p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
+        self.extractor = create_extractor(self.p["model"], self.p["weights"] or None, self.p["backend"], self.p["precision"],
+                                          Path(self.p["engine_cache_dir"]).expanduser() if self.p["engine_cache_dir"] else None)
+        self.get_logger().info(f"model {self.p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
                                f"fingerprint {self.extractor.fingerprint}")
         self._log_map_result(*self._load_map())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.match_pub = self.create_publisher(String, "/vpr/match", 10)
         self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/vpr/pose_prior", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        qos = qos_profile_sensor_data if p["image_qos"] == "sensor_data" else QoSProfile(
+        qos = qos_profile_sensor_data if self.p["image_qos"] == "sensor_data" else QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        if p["image_transport"] == "raw":
+        if self.p["image_transport"] == "raw":
             self.create_subscription(Image, "image", self._on_image, qos)
         else:
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
 
         # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while the map loads.
         self.create_service(Trigger, "~/reload_map", self._on_reload)
-        self.create_timer(p["diagnostics_period_s"], self._publish_diagnostics)
+        self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
 
         self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
         self.worker.start()
 
+    # -- parameters ----------------------------------------------------------
+    def _declare_parameters(self) -> dict:
+        """Declare every parameter of the table; a wrong type or range ends the node before the model loads."""
+        for p in parameters.PARAMETERS:
+            # Typed by our own check (one message for start-up and `param set`), not by rclpy's exception.
+            descriptor = ParameterDescriptor(description=p.description, dynamic_typing=True,
+                                             read_only=p.name in FIXED_AT_START,
+                                             additional_constraints=_constraints(p))
+            self.declare_parameter(p.name, p.default, descriptor)
+        values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
+        if problems := parameters.problems(values):
+            raise ConfigError("invalid parameters: " + "; ".join(problems) + " (see `localize --help`)")
+        return values
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """`ros2 param set`: accept only valid values; the localizer is rebuilt with them, the map kept."""
+        values = {**self.p, **{p.name: p.value for p in params}}
+        if problems := parameters.problems(values):
+            return SetParametersResult(successful=False, reason="; ".join(problems))
+        self.p = values
+        with self._map_lock:
+            if self.vpr_map is not None:
+                self.localizer = self._make_localizer(self.vpr_map)
+        return SetParametersResult(successful=True)
+
     # -- map -----------------------------------------------------------------
+    def _make_localizer(self, vpr_map: VprMap) -> Localizer:
+        p = self.p
+        sequence = SequenceConfig(length=max(p["sequence_length"], 1), min_velocity=p["sequence_min_velocity"],
+                                  max_velocity=p["sequence_max_velocity"])
+        return Localizer(vpr_map, self.extractor, p["top_k"], p["ambiguity_radius_m"], p["base_sigma_m"], sequence,
+                         min_confidence=p["min_confidence"])
+
     def _load_map(self) -> tuple[bool, str]:
+        """All or nothing: the current map keeps serving unless the new one loads completely."""
         path = self.p["map_path"]
         if not path:
             return False, "no map_path set: set the map_path parameter and call ~/reload_map"
         try:
             vpr_map = load_map(Path(path).expanduser(), self.extractor.describe(), verify=self.p["verify_map"])
+            localizer = self._make_localizer(vpr_map)
         except VprError as e:
             self.stats.error("map_errors", str(e))
             return False, f"map not loaded: {e}"
-        sequence = SequenceConfig(length=max(self.p["sequence_length"], 1), min_velocity=self.p["sequence_min_velocity"],
-                                  max_velocity=self.p["sequence_max_velocity"])
-        localizer = Localizer(vpr_map, self.extractor, self.p["top_k"], self.p["ambiguity_radius_m"], self.p["base_sigma_m"], sequence)
+        except Exception as e:  # a loader bug must not take down a node that is serving another map
+            self.stats.error("map_errors", f"{type(e).__name__}: {e}")
+            return False, f"map not loaded (unexpected {type(e).__name__}: {e}); the previous map, if any, keeps serving"
         with self._map_lock:
-            self.localizer = localizer
+            self.vpr_map, self.localizer = vpr_map, localizer
         return True, f"map {vpr_map.map_id} loaded from {path}: {len(vpr_map)} places"
 
     def _on_reload(self, request, response):
-        self.p["map_path"] = self.get_parameter("map_path").value
         response.success, response.message = self._load_map()
         self._log_map_result(response.success, response.message)
         return response
@@ -166,48 +173,44 @@ class LocalizerNode(Node):
         t0 = time.perf_counter()
         rgb = image_msg_to_rgb(msg, max_pixels=self.p["max_image_pixels"])
         t1 = time.perf_counter()
-        frame_id = msg.header.frame_id or self.p["camera_frame"]
-        stamp_ns = _stamp_ns(msg.header.stamp)
+        stamp_ns = stamp_to_ns(msg.header.stamp)
         # queue: waiting in the slot for the worker; decode: message -> RGB.
-        match = localizer.localize(rgb, stamp_ns, frame_id, {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3})
+        match = localizer.localize(rgb, stamp_ns, msg.header.frame_id or self.p["camera_frame"],
+                                   {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3})
         # How old the image was when it arrived (camera + transport delay); not part of the node's total.
         match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
         self.match_pub.publish(String(data=match.to_json()))
-        if match.confidence >= self.p["min_confidence"] and match.covariance_xy is not None:
-            self.pose_pub.publish(self._pose_prior(match, msg.header.stamp))
+        if match.pose_prior is not None:
+            self.pose_pub.publish(self._pose_prior_msg(match, msg.header.stamp))
             self.stats.count("pose_priors")
         self.stats.count("processed")
         self.stats.latency(match.latency_ms["total"])
 
-    def _pose_prior(self, match: Match, stamp) -> PoseWithCovarianceStamped:
-        best = match.best
+    def _pose_prior_msg(self, match: Match, stamp) -> PoseWithCovarianceStamped:
+        prior = match.pose_prior
         out = PoseWithCovarianceStamped()
         out.header.stamp = stamp
         out.header.frame_id = self.p["map_frame"]
         pose = out.pose.pose
-        pose.position.x, pose.position.y, pose.position.z = best.position
-        q = best.orientation or (0.0, 0.0, 0.0, 1.0)
-        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = q
-        cov = [0.0] * 36  # row-major x, y, z, roll, pitch, yaw
-        (cov[0], cov[1]), (cov[6], cov[7]) = match.covariance_xy
-        cov[14] = 4.0 * self.p["base_sigma_m"] ** 2  # height is weakly observed by place recognition
-        cov[21] = cov[28] = 0.1  # roll, pitch: ~18 deg
-        # The map image's heading is roughly the camera's; unknown when the map had no orientation.
-        cov[35] = 0.35**2 if best.orientation else math.pi**2
-        out.pose.covariance = cov
+        pose.position.x, pose.position.y, pose.position.z = prior.position
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = prior.orientation
+        out.pose.covariance = prior.covariance
         return out
 
     # -- diagnostics ---------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
+        window_s = RECENT_FAILURE_PERIODS * self.p["diagnostics_period_s"]
+        snap = self.stats.snapshot(recent_s=window_s)
         counts = {**snap["counts"], "dropped": self.slot.dropped}
+        recent = snap["recent_failures"]
         with self._map_lock:
-            localizer = self.localizer
+            vpr_map = self.vpr_map
         status = DiagnosticStatus(name="vpr_localizer: pipeline", hardware_id=self.extractor.backend)
-        if localizer is None:
+        if vpr_map is None:
             status.level, status.message = DiagnosticStatus.ERROR, "no map loaded"
-        elif snap["last_error"] and (counts.get("bad_frames", 0) or counts.get("errors", 0)):
-            status.level, status.message = DiagnosticStatus.WARN, f"some frames failed: {snap['last_error'][:200]}"
+        elif recent:
+            status.level = DiagnosticStatus.WARN
+            status.message = f"{recent} frames failed in the last {window_s:g} s: {snap['last_error'][:200]}"
         else:
             status.level, status.message = DiagnosticStatus.OK, "localizing"
         values = {
@@ -216,16 +219,18 @@ class LocalizerNode(Node):
             "frames_dropped": counts["dropped"],
             "frames_bad": counts.get("bad_frames", 0),
             "frames_failed": counts.get("errors", 0),
+            "frames_failed_recently": recent,
             "frames_without_map": counts.get("no_map", 0),
             "pose_priors": counts.get("pose_priors", 0),
+            "map_load_errors": counts.get("map_errors", 0),
             "rate_in_hz": round(snap["rates_hz"]["received"], 2),
             "rate_out_hz": round(snap["rates_hz"]["processed"], 2),
             "latency_p50_ms": round(snap["latency_ms"]["p50"], 2) if snap["latency_ms"] else "",
             "latency_p95_ms": round(snap["latency_ms"]["p95"], 2) if snap["latency_ms"] else "",
             "backend": f"{self.extractor.backend}/{self.extractor.precision}",
             "model": self.extractor.spec.name,
-            "map_id": localizer.map.map_id if localizer else "",
-            "map_places": len(localizer.map) if localizer else 0,
+            "map_id": vpr_map.map_id if vpr_map else "",
+            "map_places": len(vpr_map) if vpr_map else 0,
             "last_error": snap["last_error"],
         }
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
@@ -241,7 +246,16 @@ class LocalizerNode(Node):
         super().destroy_node()
 
 
-def main(args=None) -> None:
+def _constraints(p: parameters.Parameter) -> str:
+    parts = [f"one of {', '.join(p.choices)}"] if p.choices else []
+    if p.min is not None or p.max is not None:
+        parts.append(f"range [{'' if p.min is None else p.min}, {'' if p.max is None else p.max}]")
+    return "; ".join(parts)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Spin the node until shutdown. 0 on a normal stop, 2 on a configuration error (one line printed)."""
+    quiet_third_party_logs()
     rclpy.init(args=args)
     node = None
     try:
@@ -253,14 +267,11 @@ def main(args=None) -> None:
         pass
     except VprError as e:
         # Configuration errors (model without weights, bad parameter) end the node with one clear line.
-        print(f"vpr_localizer: {e}", flush=True)
-        raise SystemExit(2) from None
+        print(f"{parameters.NODE_NAME}: {e}", flush=True)
+        return 2
     finally:
         if node is not None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-
-
-if __name__ == "__main__":
-    main()
+    return 0
