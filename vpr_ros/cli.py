@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from vpr_ros.errors import VprError
+from vpr_ros.inference import BACKENDS, PRECISIONS
 from vpr_ros.logs import configure_logging
 
 log = logging.getLogger("vpr_ros")
@@ -22,8 +23,8 @@ def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "bas
     g.add_argument("--model", default=default_model,
                    help="descriptor model (default: %(default)s)" if default_model else "descriptor model (default: the map's model)")
     g.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
-    g.add_argument("--backend", default="auto", choices=["auto", "torch", "torch-compile", "onnxruntime", "tensorrt"], help="default: %(default)s; torch-compile (bf16) is the fastest CPU path for ViTs")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
+    g.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s; torch-compile (bf16) is the fastest CPU path for ViTs")
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: %(default)s")
     g.add_argument("--engine-cache-dir", type=Path, help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)")
 
 
@@ -263,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model name, e.g. scicevpr-b")
     p.add_argument("--weights", help="official checkpoint file")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="default: %(default)s")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16", "int8"], help="default: %(default)s")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: %(default)s")
     p.add_argument("--out", required=True, type=Path, help="output file")
     p.add_argument("--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)")
     p.add_argument("--check-images", type=Path, help="folder of images: compare the ONNX export with torch on them")

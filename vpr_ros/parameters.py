@@ -14,7 +14,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
-from vpr_ros.inference.factory import BACKENDS, PRECISIONS
+from vpr_ros.inference import BACKENDS, PRECISIONS
 
 NODE_NAME = "vpr_localizer"
 Value = bool | int | float | str

@@ -6,14 +6,13 @@ import logging
 from pathlib import Path
 
 from vpr_ros.errors import BackendUnavailableError, ConfigError
+from vpr_ros.inference import BACKENDS, PRECISIONS
 from vpr_ros.inference.engine_cache import default_cache_dir
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.models.load import load_model
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "torch-compile", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def tensorrt_problem() -> str | None:
