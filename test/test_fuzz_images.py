@@ -96,8 +96,10 @@ def test_live_node_survives_bad_messages_and_keeps_matching(tmp_path) -> None:
                     msg.data = data
                 msg.header.stamp.sec, msg.header.frame_id = 20_000 + i, "good"
                 good.append(msg)
-            node = start_node(map_dir, "baseline", topic, tmp_path / f"node_{transport}.log",
+            log_path = tmp_path / f"node_{transport}.log"
+            node = start_node(map_dir, "baseline", topic, log_path,
                               extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0"])
+            started = time.monotonic()
             try:
                 pub = collector.node.create_publisher(cls, topic, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
                 deadline = time.monotonic() + 60
@@ -135,6 +137,12 @@ def test_live_node_survives_bad_messages_and_keeps_matching(tmp_path) -> None:
             finally:
                 assert stop_process(node) == 0
                 collector.node.destroy_publisher(pub)
+            # Bad frames are logged throttled (log_throttle_s 1.0) with their reason, and nothing
+            # else reaches the log: no decoder lines such as libjpeg's "Corrupt JPEG data" per frame.
+            lines = log_path.read_text().splitlines()
+            warnings = [line for line in lines if "skipped a bad frame" in line]
+            assert 0 < len(warnings) <= time.monotonic() - started + 2, len(warnings)
+            assert not [line for line in lines if line.startswith(("Corrupt JPEG", "libpng", "Premature end"))]
     finally:
         collector.close()
     assert sent_bad >= 500
