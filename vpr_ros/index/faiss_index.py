@@ -22,6 +22,8 @@ below the gap between neighbouring places.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,7 @@ EXACT_MAX_BYTES = 32 << 20  # exact search reads every vector per query: ~3 ms a
 MEMORY_BUDGET_BYTES = 4 << 30  # resident index above which auto trades the HNSW graph for IVF-PQ codes
 PCA_AUTO_DIM = 512  # see README "Search at scale" for the Recall@1 per dim that chose it
 TRAIN_SAMPLES = 262_144  # rows the quantisers are trained on
+SINGLE_THREAD_BELOW = 8  # queries per call searched on one thread (the node's single frames)
 _ADD_CHUNK = 65_536
 
 
@@ -86,6 +89,22 @@ class IndexConfig:
             params["nlist"] = params["nlist"] or int(min(max(1, n // 39), 4 * np.sqrt(n)))
             params["m"] = params["m"] or next(m for m in (64, 48, 32, 16, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
         return IndexConfig(kind, params, self.pca_dim, self.whiten)
+
+
+@contextmanager
+def _single_thread(active: bool) -> Iterator[None]:
+    """OpenMP off for a few queries: splitting one query over threads saves nothing, and on a busy host the
+    join waits for a descheduled thread (exact search of 10k x 512: 1 ms on one thread, 60-90 ms on two).
+    The setting is the calling thread's own, so other threads are unaffected."""
+    if not active:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _train_rows(x: np.ndarray) -> np.ndarray:
@@ -197,13 +216,12 @@ class PlaceIndex:
         ids of -1 where fewer than k places exist."""
         q = self.project(queries)
         k = min(k, self.size)
-        if self.rescore_vectors is None:
-            return self.index.search(q, k)
-        shortlist_size = max(k, self.config.params["rescore"])
+        shortlist_size = k if self.rescore_vectors is None else max(k, self.config.params["rescore"])
         if self.config.type == "hnsw":
             self.index.hnsw.efSearch = max(self.config.params["efSearch"], shortlist_size)
-        _, shortlist = self.index.search(q, shortlist_size)
-        return self._rescore(q, shortlist, k)
+        with _single_thread(len(q) < SINGLE_THREAD_BELOW):
+            scores, ids = self.index.search(q, shortlist_size)
+        return (scores, ids) if self.rescore_vectors is None else self._rescore(q, ids, k)
 
     def _rescore(self, q: np.ndarray, shortlist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine of each query with its shortlisted places (float16 rows), best ``k`` first."""
