@@ -164,6 +164,11 @@ def test_global_and_local_head_is_the_official_selection() -> None:
     for i, r in enumerate(rows):
         assert r.shape[1] == 128 and len(r) <= padded_length(89) == 3600
         torch.testing.assert_close(r[:64], out["local_feature_first64"][i], atol=1e-5, rtol=1e-4)
+    # all rows of image 0 (the one whose full local map is stored), rebuilt independently: the official
+    # nearest resize 23 -> 89 takes source pixel floor(d * 23 / 89)
+    source = torch.arange(89) * 23 // 89
+    pixels = out["selection_mask_23"][0][source][:, source] > 0
+    torch.testing.assert_close(rows[0], out["local_all"][0][pixels], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.slow
