@@ -262,3 +262,16 @@ def test_bag_with_no_readable_frame_is_refused(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "no usable frame" in err and "40 x image: truncated JPEG" in err
     assert not (tmp_path / "map").exists()
+
+
+def test_the_player_opens_bags_the_same_way(tmp_path: Path) -> None:
+    pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not installed")
+    from vpr_ros.replay.player import read_image_messages
+
+    bag = Recording().write(tmp_path / "bag", StoragePlugin.MCAP)
+    cls, messages = read_image_messages(bag, CAMERA)
+    assert cls.__name__ == "Image" and len(messages) == 40
+    with pytest.raises(BagError, match=f"no Image/CompressedImage topic {GPS}"):
+        read_image_messages(bag, GPS)
+    with pytest.raises(BagError, match="does not exist"):
+        read_image_messages(tmp_path / "nope", CAMERA)

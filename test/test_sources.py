@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED, needs_shared
 import utm
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
@@ -24,7 +25,7 @@ S = 1_000_000_000
 CAMERA_HZ = 10
 CAMERA_S = 3.0
 ORIGIN_E, ORIGIN_N, ZONE = 500_000.0, 1_000.0, (31, "N")
-SHARED_SUMMER = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nordland_trimmed" / "summer"
+SHARED_SUMMER = SHARED / "data" / "nordland_trimmed" / "summer"
 
 
 def _header(stamp_ns: int, frame_id: str):
@@ -309,7 +310,7 @@ def test_bad_csv_and_folder_errors(tmp_path: Path) -> None:
         FolderSource(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not SHARED_SUMMER.is_dir(), reason="../shared/data (Nordland) is not present on this machine")
+@needs_shared("data", "nordland_trimmed", "summer")
 def test_real_nordland_folder_without_poses() -> None:
     source = FolderSource(SHARED_SUMMER, every_n=500)
     frames = list(source)

@@ -18,7 +18,7 @@ import rclpy
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
-from vpr_ros.errors import VprError
+from vpr_ros.errors import BagError, VprError
 from vpr_ros.maps.sources import open_bag
 
 _TYPES = {"sensor_msgs/msg/Image": Image, "sensor_msgs/msg/CompressedImage": CompressedImage}
@@ -30,7 +30,7 @@ def read_image_messages(bag: Path, topic: str) -> tuple[type, list]:
         conns = [c for c in reader.connections if c.topic == topic]
         if not conns or conns[0].msgtype not in _TYPES:
             have = ", ".join(f"{c.topic} ({c.msgtype})" for c in reader.connections)
-            raise SystemExit(f"player: {bag} has no Image/CompressedImage topic {topic}; it has: {have}")
+            raise BagError(f"{bag} has no Image/CompressedImage topic {topic}; it has: {have}")
         cls = _TYPES[conns[0].msgtype]
         out = []
         for conn, stamp, raw in reader.messages(connections=conns):
