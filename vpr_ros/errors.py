@@ -63,3 +63,7 @@ class BackendUnavailableError(VprError):
 
 class ConfigError(VprError):
     """A parameter or command-line option has an invalid value."""
+
+
+class DatasetError(VprError):
+    """Training data is missing, empty, mislabelled or too small for the sampler."""
