@@ -9,7 +9,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q test
+
+# Everything but the tests marked slow (real-node campaigns, exports, training, colcon): a quick check while developing.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" test
 
 bench: setup
 	$(PY) bench/bench_node.py
