@@ -164,7 +164,10 @@ def cmd_inspect_map(a: argparse.Namespace) -> int:
         m = manifest["model"]
         print(f"id         {manifest['map_id']}\ncreated    {manifest['created']}\n"
               f"places     {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']}, {m['dim']}-D, input {m['input_size']})\n"
-              f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}")
+              f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}, {manifest['index']['dim']}-D")
+        if pca := manifest["index"]["pca"]:
+            print(f"pca        {pca['input_dim']} -> {pca['output_dim']}{' whitened' if pca['whiten'] else ''}, "
+                  f"{pca['explained_variance']:.1%} of the variance kept")
         for s in manifest["sources"]:
             print(f"source     {json.dumps(s)}")
         load_map(a.map)  # "verifies" means exactly: the loader the node and localize use accepts it
