@@ -41,7 +41,7 @@ RESCORE_FILE = "rescore_f16.npy"
 INDEX_TYPES = ("auto", "flat", "hnsw", "ivfpq")
 DEFAULT_PARAMS = {
     "flat": {},
-    "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 128, "rescore": 32},
+    "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 256, "rescore": 32},
     "ivfpq": {"nlist": 0, "m": 0, "nbits": 8, "nprobe": 16, "rescore": 64},  # 0 = chosen from size
 }
 RESCORED = ("hnsw", "ivfpq")
