@@ -134,6 +134,7 @@ class TemporalResult:
     candidate_scores: np.ndarray
     reset: bool
     agreement: float
+    support: float = 0.0  # posterior mass within one place spacing of the best place
     hypotheses: int = field(default=0)  # kept after this frame (<= max_hypotheses)
 
 
@@ -329,7 +330,9 @@ class TemporalFilter:
         scores = np.concatenate([ranked_mass, np.zeros(len(extra))])[:k]
         pos = np.clip(np.searchsorted(unique, ids), 0, len(unique) - 1)
         candidate_scores = np.where(unique[pos] == ids, mass[pos], 0.0)
-        return TemporalResult(place_ids, scores, candidate_scores, reset, agreement, len(self._weights))
+        near_best = np.abs(self._s[unique] - self._s[place_ids[0]]) <= 1.0
+        return TemporalResult(place_ids, scores, candidate_scores, reset, agreement, float(mass[near_best].sum()),
+                              len(self._weights))
 
 
 def _merge(places: np.ndarray, speed_idx: np.ndarray, weights: np.ndarray, speeds: int):
