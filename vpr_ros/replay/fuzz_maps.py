@@ -273,8 +273,8 @@ def subprocess_check(path: Path, queries: Path, scratch: Path) -> tuple[bool, st
 
 
 def run_map_campaign(n: int = 1000, seed: int = 0, subprocess_sample: int = 3, workdir: Path | None = None,
-                     progress: bool = True) -> dict:
-    """Damage at least ``n`` maps and count outcomes.
+                     progress: bool = True, index_types: tuple[str, ...] = ("flat", "hnsw", "ivfpq")) -> dict:
+    """Damage at least ``n`` maps (built with each of ``index_types``) and count outcomes.
 
     Returns ``inputs`` (damaged maps), ``refused`` (clear refusals on every path), ``crashes``,
     ``false_verifies``, ``accepted`` (loaded anyway), ``subprocess_checked`` / ``subprocess_failed``,
@@ -284,7 +284,7 @@ def run_map_campaign(n: int = 1000, seed: int = 0, subprocess_sample: int = 3, w
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vpr_fuzz_maps_")))
         maps, other, queries = build_base_maps(root)
         model = load_map(maps["flat"]).model
-        todo = damages(maps, other, n, seed)
+        todo = damages({k: maps[k] for k in index_types}, other, n, seed)
         counts: Counter = Counter()
         failures: list[str] = []
         sample = set(random.Random(seed).sample(range(len(todo)), min(subprocess_sample, len(todo))))
