@@ -5,7 +5,8 @@
 hypothesis draws the structure of each message (kind, encoding, size, step, endianness,
 data container, and one damage: truncation, extension, bit flips, a lying header field,
 a cut JPEG with its end marker put back, a PNG or JPEG header declaring a huge size, random
-bytes); numpy fills the bulk bytes from a drawn seed, which keeps 10,000 messages fast.
+bytes); numpy fills the bulk bytes from a drawn seed, which keeps 10,000 messages fast. `run_live_campaign` sends such
+messages to a live node.
 Every outcome is one of: decoded (an [H, W, 3] uint8 image, of the sent size when the
 message was valid), refused (ImageDecodeError with a reason), or a crash (anything else,
 or a valid message refused or decoded to the wrong shape). The campaign passes with 0 crashes.
@@ -18,9 +19,11 @@ import argparse
 import array
 import json
 import struct
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator
 
@@ -249,6 +252,139 @@ def messages(n: int, seed: int = 0) -> Iterator[Case]:
 
     collect()
     return iter(out)
+
+
+def as_rclpy(case: Case, stamp_ns: int, frame_id: str = "fuzz"):
+    """The generated message as an rclpy message (uint32 fields wrap as they would on the wire)."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    m = case.msg
+    data = m.data.tobytes() if hasattr(m.data, "tobytes") else bytes(m.data)
+    if hasattr(m, "format"):
+        msg = CompressedImage(format=m.format)
+    else:
+        msg = Image(height=m.height % 2**32, width=m.width % 2**32, encoding=m.encoding,
+                    is_bigendian=m.is_bigendian % 256, step=m.step % 2**32)
+    msg.data = data
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def _refused(msg: Any) -> bool:
+    try:
+        image_msg_to_rgb(msg)
+    except ImageDecodeError:
+        return True
+    return False
+
+
+# Lines a decoder library writes itself (not the node's logger): none may reach the node's output.
+DECODER_LINE_STARTS = ("Corrupt JPEG", "Premature end", "libpng", "[ERROR:", "[ WARN:")  # libjpeg, libpng, OpenCV
+
+
+def run_live_campaign(workdir: str | Path, per_transport: int = 300, seed: int = 3, good_every: int = 50,
+                      model: str = "baseline") -> dict:
+    """Damaged messages from `messages(..)` through a live localize node (its own process, DDS on
+    loopback), `per_transport` on the raw topic and as many on the compressed one, with a valid frame
+    of a mapped place after every `good_every`. Per transport: sent_bad, expected_refused (what the
+    decoder refuses offline), the node's received/processed/dropped/bad/failed, good_sent,
+    good_matched (matched to their own place), node_alive, bad_frame_warnings (throttled log lines),
+    decoder_lines (lines a decoder printed itself) and seconds."""
+    from vpr_ros.replay.dds_env import apply_loopback_dds_env
+
+    apply_loopback_dds_env()
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CompressedImage, Image
+
+    from vpr_ros.replay.collector import OutputCollector
+    from vpr_ros.replay.processes import start_node, stop_process
+    from vpr_ros.replay.scenes import build_scene_map, scene_images
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    n_good = max(1, per_transport // good_every)
+    scenes = scene_images(n_good, 240, 320, seed=seed)
+    map_dir = build_scene_map(workdir / "map", scenes, model)
+    damaged = [c for c in messages(5 * per_transport, seed) if c.expected_shape is None]
+    collector = OutputCollector()
+    results: dict[str, dict] = {}
+    try:
+        for transport, cls, topic in (("raw", Image, "/fuzz/camera"), ("compressed", CompressedImage, "/fuzz/camera/compressed")):
+            batch = [c for c in damaged if hasattr(c.msg, "format") == (transport == "compressed")][:per_transport]
+            good = [_good_message(scene, transport) for scene in scenes]
+            log_path = workdir / f"node_{transport}.log"
+            started = time.monotonic()
+            node = start_node(map_dir, model, topic, log_path, extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0"])
+            pub = collector.node.create_publisher(cls, topic, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            try:
+                results[transport] = _live_phase(collector, pub, node, log_path, batch, good, good_every)
+            finally:
+                alive = node.poll() is None
+                stop_process(node)
+                collector.node.destroy_publisher(pub)
+            lines = log_path.read_text().splitlines()
+            results[transport].update(
+                node_alive=alive, seconds=round(time.monotonic() - started, 1),
+                bad_frame_warnings=sum("skipped a bad frame" in line for line in lines),
+                decoder_lines=sum(line.startswith(DECODER_LINE_STARTS) for line in lines))
+    finally:
+        collector.close()
+    return results
+
+
+def _good_message(rgb: np.ndarray, transport: str):
+    from sensor_msgs.msg import CompressedImage, Image
+
+    if transport == "raw":
+        fields = rgb_to_image_fields(rgb, "rgb8")
+        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0, step=fields["step"])
+        msg.data = fields["data"].tobytes()
+    else:
+        fmt, data = rgb_to_compressed(rgb, "jpeg", 95)
+        msg = CompressedImage(format=fmt)
+        msg.data = data
+    msg.header.frame_id = "good"
+    return msg
+
+
+def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: list, good_every: int) -> dict:
+    deadline = time.monotonic() + 60
+    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+        if node.poll() is not None:
+            raise RuntimeError(f"the node exited: {log_path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    if pub.get_subscription_count() == 0:
+        raise RuntimeError(f"the node never subscribed: {log_path.read_text()[-2000:]}")
+    time.sleep(0.5)
+    t0 = collector._now()
+    good_stamps: dict[int, int] = {}  # stamp ns -> place
+    expected_refused = 0
+    for k, case in enumerate(batch):
+        msg = as_rclpy(case, 10_000 * 1_000_000_000 + k)
+        expected_refused += _refused(msg)
+        pub.publish(msg)
+        time.sleep(0.004)  # bad frames take the node well under this: none should be dropped
+        if k % good_every == good_every - 1 and k // good_every < len(good):
+            time.sleep(0.1)
+            place = k // good_every
+            msg = good[place]
+            msg.header.stamp.sec, msg.header.stamp.nanosec = 20_000 + place, 0
+            good_stamps[(20_000 + place) * 1_000_000_000] = place
+            pub.publish(msg)
+            time.sleep(0.4)  # let the node finish it before the next bad frame replaces it
+
+    def matched() -> dict[int, dict]:
+        return {m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]: m for t, m in collector.matches
+                if t >= t0 and m["frame_id"] == "good"}
+
+    collector.wait_for(lambda: len(matched()) >= len(good_stamps), 30)
+    time.sleep(1.5)  # one more diagnostics period after the last frame
+    d = collector.diagnostics[-1] if collector.diagnostics else {}
+    counts = {k: int(d.get(f"frames_{k}", -1)) for k in ("received", "processed", "dropped", "bad", "failed")}
+    right = [s for s, m in matched().items() if m["candidates"] and m["candidates"][0]["place_id"] == good_stamps.get(s)]
+    return {"sent_bad": len(batch), "expected_refused": expected_refused, **counts,
+            "good_sent": len(good_stamps), "good_matched": len(right)}
 
 
 def main(argv: list[str] | None = None) -> int:

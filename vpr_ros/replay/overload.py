@@ -15,40 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 
 from vpr_ros.replay.dds_env import apply_loopback_dds_env
+from vpr_ros.replay.scenes import build_scene_map, scene_images
 
 WIDTH, HEIGHT = 640, 480
 PLACES = 8
 TOPIC = "/overload/camera"
-
-
-def _scenes(n: int, seed: int = 0) -> list[np.ndarray]:
-    """Distinct 640x480 scenes: blocks of colour on a background, one per place."""
-    rng = np.random.default_rng(seed)
-    scenes = []
-    for _ in range(n):
-        small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-        scenes.append(np.ascontiguousarray(np.kron(small, np.ones((40, 40, 1), np.uint8))))
-    return scenes
-
-
-def _build_map(workdir: Path, scenes: list[np.ndarray], model: str) -> Path:
-    from vpr_ros.index.faiss_index import IndexConfig
-    from vpr_ros.inference.factory import create_extractor
-    from vpr_ros.maps.mapdir import write_map
-    from vpr_ros.maps.places import Place
-
-    extractor = create_extractor(model)
-    places = [Place(i, (i + 1) * 1_000_000_000, 10.0 * i, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.nan, math.nan, "",
-                    "overload scenes", TOPIC) for i in range(len(scenes))]
-    return write_map(workdir / "map", extractor.extract(scenes), places, extractor.describe(), IndexConfig("flat"),
-                     [{"source": "vpr_ros.replay.overload scenes"}])
 
 
 def _rss_mb(pid: int) -> float:
@@ -97,8 +74,8 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    scenes = _scenes(PLACES)
-    map_dir = _build_map(workdir, scenes, model)
+    scenes = scene_images(PLACES, HEIGHT, WIDTH)
+    map_dir = build_scene_map(workdir / "map", scenes, model, TOPIC)
     messages = []
     for scene in scenes:
         fields = rgb_to_image_fields(scene, "rgb8")
