@@ -75,7 +75,7 @@ class TemporalConfig:
     candidates: int = 10
     max_hypotheses: int = 300
     speeds: tuple[float, ...] = DEFAULT_SPEEDS
-    speed_change: float = 0.001
+    speed_change: float = 0.005
     position_sigma: float = 0.3
     position_sigma_per_place: float = 0.15
     odom_sigma_m: float = 0.5
