@@ -349,14 +349,9 @@ def _good_message(rgb: np.ndarray, transport: str):
 
 
 def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: list, good_every: int) -> dict:
-    deadline = time.monotonic() + 60
-    while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-        if node.poll() is not None:
-            raise RuntimeError(f"the node exited: {log_path.read_text()[-2000:]}")
-        time.sleep(0.05)
-    if pub.get_subscription_count() == 0:
-        raise RuntimeError(f"the node never subscribed: {log_path.read_text()[-2000:]}")
-    time.sleep(0.5)
+    from vpr_ros.replay.processes import wait_for_subscriber
+
+    wait_for_subscriber(pub, node, log_path)
     t0 = collector._now()
     good_stamps: dict[int, int] = {}  # stamp ns -> place
     expected_refused = 0

@@ -70,7 +70,7 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
 
     from vpr_ros.imaging import rgb_to_image_fields
     from vpr_ros.replay.collector import OutputCollector
-    from vpr_ros.replay.processes import start_node, stop_process
+    from vpr_ros.replay.processes import start_node, stop_process, wait_for_subscriber
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -88,14 +88,7 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
     results = []
     try:
         pub = collector.node.create_publisher(Image, TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
-        deadline = time.monotonic() + 120
-        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-            if node.poll() is not None:
-                raise RuntimeError(f"the node exited: {(workdir / 'node.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        if pub.get_subscription_count() == 0:
-            raise RuntimeError(f"the node never subscribed to {TOPIC}: {(workdir / 'node.log').read_text()[-2000:]}")
-        time.sleep(1.0)
+        wait_for_subscriber(pub, node, workdir / "node.log", timeout=120)
         for rate_hz, frames in phases:
             results.append(_phase(collector, pub, node.pid, messages, rate_hz, frames))
     finally:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from vpr_ros.replay.dds_env import loopback_dds_env
@@ -49,6 +50,18 @@ def start_node(map_path: Path, model: str, image_topic: str, log_path: Path, wei
         cmd += ["-p", f"weights:={weights}"]
     cmd += extra or []
     return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=_ros_env(), start_new_session=True)
+
+
+def wait_for_subscriber(pub, node: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
+    """Block until the node process subscribes to ``pub``'s topic; RuntimeError with its log's tail
+    when it exits or does not subscribe within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while pub.get_subscription_count() == 0:
+        if node.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if node.poll() is not None else f"did not subscribe to {pub.topic_name} within {timeout:g} s"
+            raise RuntimeError(f"the node {why}: {Path(log_path).read_text()[-2000:]}")
+        time.sleep(0.05)
+    time.sleep(0.5)  # let discovery settle on both sides before the first frame
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
