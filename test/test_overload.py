@@ -19,7 +19,9 @@ def test_overload_at_60_and_300_hz(tmp_path) -> None:
         assert r["failed"] == 0 and r["bad"] == 0, r
         assert r["accounted"], f"received != processed + dropped: {r}"
         assert r["stamps_ok"], f"a match's stamp is not a processed frame's: {r}"
-        assert r["received"] > 0.5 * r["frames"] and r["processed"] > 20, r
+        # Best-effort camera QoS: DDS may lose frames before the node sees them (about half at 300 Hz
+        # on a loaded 2-core machine); what the node receives it must account for, as above.
+        assert r["received"] > 0.2 * r["frames"] and r["processed"] > 20, r
         assert r["rss_growth_pct"] <= 5.0, r
         # Flat latency: the last quarter's median within 2x (+20 ms) of the first's; an unbounded
         # queue would grow it with every frame instead.
