@@ -205,10 +205,20 @@ def _manifest_damages(base: Path) -> list[Damage]:
     return out
 
 
+def catalogue(base: Path, other: Path) -> list[Damage]:
+    """Every structured damage of ``base`` (no random bit flips); ``other`` gives the foreign files."""
+    return _file_damages(base, other, random.Random(0), flips=0) + _manifest_damages(base)
+
+
+def pick(candidates: list[Damage], prefixes: list[str]) -> list[Damage]:
+    """The first damage whose name starts with each prefix (a named sample of the damage classes)."""
+    return [next(d for d in candidates if d.name.startswith(p)) for p in prefixes]
+
+
 def damages(maps: dict[str, Path], other: Path, target: int, seed: int = 0) -> list[tuple[Path, Damage]]:
     """At least ``target`` damages over the base maps: every structured damage, then bit flips to fill up."""
     rng = random.Random(seed)
-    out = [(base, d) for base in maps.values() for d in _file_damages(base, other, rng, flips=0) + _manifest_damages(base)]
+    out = [(base, d) for base in maps.values() for d in catalogue(base, other)]
     per_file = -(-max(0, target - len(out)) // (len(maps) * len(FILES)))
     for base in maps.values():
         out += [(base, d) for d in _file_damages(base, other, rng, flips=per_file) if d.name.startswith("flip")]
@@ -312,7 +322,8 @@ def run_map_campaign(n: int = 1000, seed: int = 0, subprocess_sample: int = 3, w
 
 
 # -- the node's ~/reload_map ---------------------------------------------------------------------
-def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s: float = 30.0) -> dict:
+def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s: float = 30.0,
+                       node_args: list[str] | None = None) -> dict:
     """A real node (own process) serving ``base``; for each damage, the map under it is damaged and
     ``~/reload_map`` called: the reload must be refused with a message and the old map keep matching.
 
@@ -335,7 +346,7 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
     counts: Counter = Counter()
     failures: list[str] = []
     collector = OutputCollector()
-    node = start_node(live, MODEL, "/fuzz/camera", workdir / "node.log")
+    node = start_node(live, MODEL, "/fuzz/camera", workdir / "node.log", extra=node_args)
     try:
         client = collector.node.create_client(Trigger, "/vpr_localizer/reload_map")
         if not client.wait_for_service(timeout_sec=120):
