@@ -194,7 +194,7 @@ def test_duplicated_and_out_of_order_stamps(tmp_path: Path) -> None:
     rec.frames[20], rec.frames[21] = rec.frames[21], rec.frames[20]
     frames, source = _frames(rec.write(tmp_path / "bag"))
     assert len(frames) == 40 and len({f.stamp_ns for f in frames}) == 40
-    assert source.stats.skipped == {"image: duplicate stamp": 1, "pose: duplicate stamp": 1}
+    assert source.stats.skipped == {"image: duplicate frame": 1, "pose: duplicate stamp": 1}
     _assert_positions_right(frames)
 
 

@@ -162,9 +162,9 @@ class BagSource:
     stamps; the bag time where a header stamp is 0 or more than `max_stamp_skew_s` from it, i.e.
     a driver clock jump). GPS positions are UTM in the zone of the first fix of the first bag, so
     several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
-    travel, or every `every_n`-th frame without poses. A corrupt image, an image repeating an
-    earlier stamp and an impossible pose are skipped and counted by reason in `stats`; a damaged
-    bag raises BagError.
+    travel, or every `every_n`-th frame without poses. A corrupt image, a frame repeated (same
+    stamp, same bytes) and an impossible pose are skipped and counted by reason in `stats`; a
+    damaged bag raises BagError.
     """
 
     def __init__(
@@ -263,7 +263,7 @@ class BagSource:
     def _frames(self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int) -> Iterator[Frame]:
         selector = KeyframeSelector(self.min_distance_m, self.every_n)
         connections = [c for c in reader.connections if c.topic == self.image_topic]
-        seen_stamps: set[int] = set()
+        previous: tuple[int, Any] = (-1, b"")
         for offset, (connection, bag_ns, raw) in enumerate(reader.messages(connections=connections)):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
@@ -271,10 +271,12 @@ class BagSource:
                 self._skip_corrupt(bag.path, offset, "undeserialisable message", err)
                 continue
             stamp = self._stamp(msg, bag_ns)
-            if stamp in seen_stamps:  # a driver or recorder repeating a frame: one place, not two
-                self.stats.skip("image", "duplicate stamp")
+            # A driver or recorder repeating a frame (same stamp, same bytes): one place, not two. A new
+            # image under a repeated stamp is kept: it is information, only its stamp is poor.
+            if (stamp, raw) == previous:
+                self.stats.skip("image", "duplicate frame")
                 continue
-            seen_stamps.add(stamp)
+            previous = (stamp, raw)
             position = orientation = latlon = None
             if track is not None:
                 sample = track.interpolate([stamp], self.max_gap_s)
