@@ -31,7 +31,7 @@ from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE, FEATURES_PLAIN, FEATURES_
 from vpr_ros.evaluation.precision import at_min_confidence, lowest_threshold_for_precision, precision_recall
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, rank_database, recall_at_n
 from vpr_ros.index.sequence import SequenceConfig, filter_sequence
-from vpr_ros.index.temporal import TemporalConfig, TemporalFilter, route_coordinates
+from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMO_MIN_DISTANCE_M = 2.0  # `vpr-ros demo --min-distance` default
@@ -160,8 +160,8 @@ def run_plain(d: Dataset, scores: np.ndarray, ids: np.ndarray) -> Run:
 
 def run_hmm(d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalConfig, odometry: bool) -> Run:
     """Frame by frame, exactly as the node would call it."""
-    route, spacing = route_coordinates(d.map_xy, len(d.map_descriptors))
-    f = TemporalFilter(route, spacing, config)
+    route = Route.of_map(d.map_xy, len(d.map_descriptors))
+    f = TemporalFilter(route, config)
     ranked = np.full((len(ids), 5), -1)
     support, agrees, resets = np.zeros(len(ids)), np.zeros(len(ids)), 0
     start = time.perf_counter()
@@ -170,7 +170,7 @@ def run_hmm(d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalCon
                    float(d.travelled_m[q]) if odometry else None, k=5)
         ranked[q, : len(r.place_ids)] = r.place_ids
         support[q] = r.support
-        agrees[q] = abs(route[r.place_ids[0]] - route[ids[q, 0]]) <= (spacing or 1.0)
+        agrees[q] = abs(route.offset(ids[q, 0], r.place_ids[0])) <= 1.0
         resets += r.reset
     ms = (time.perf_counter() - start) / len(ids) * 1e3
     margin = np.array([ratio_margin(s, _elsewhere(d, i)) for s, i in zip(scores, ids)])

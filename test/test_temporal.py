@@ -4,7 +4,7 @@ cost independent of map size, online == offline."""
 import numpy as np
 import pytest
 
-from vpr_ros.index.temporal import TemporalConfig, TemporalFilter, filter_candidates, route_coordinates
+from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter, filter_candidates
 
 K = 10
 
@@ -41,7 +41,7 @@ def test_follows_speed_changes_that_single_frames_miss():
     speeds = np.r_[np.full(40, 0.5), np.linspace(0.5, 1.5, 40), np.full(40, 1.5), np.linspace(1.5, 0.5, 40), np.full(20, 0.5)]
     truth = track(speeds, 100)
     ids, scores = observe(truth, 2000, hit_rate=0.45)
-    ranked, _, _ = filter_candidates(ids, scores, np.arange(2000.0))
+    ranked, _, _ = filter_candidates(ids, scores, Route(np.arange(2000.0)))
     assert np.mean(ids[10:, 0] == truth[10:]) < 0.6
     assert followed(ranked, truth) >= 0.9
 
@@ -52,7 +52,7 @@ def test_a_stop_is_reacquired_and_held():
     speeds = np.r_[np.full(40, 1.0), np.zeros(50), np.full(40, 1.0)]
     truth = track(speeds, 50)
     ids, scores = observe(truth, 1000, hit_rate=0.8, seed=1)
-    ranked, _, resets = filter_candidates(ids, scores, np.arange(1000.0))
+    ranked, _, resets = filter_candidates(ids, scores, Route(np.arange(1000.0)))
     assert resets[40:60].any()
     assert np.mean(np.abs(ranked[60:90, 0] - truth[60:90]) <= 1) >= 0.9  # the rest of the stop
     assert followed(ranked[90:], truth[90:], warmup=5) >= 0.9
@@ -64,9 +64,9 @@ def test_odometry_drives_it_backwards_too():
     truth = track(speeds, 300)
     ids, scores = observe(truth, 1000, hit_rate=0.5, seed=2)
     travelled = np.r_[0.0, np.diff(truth) * spacing]
-    route, got_spacing = route_coordinates(np.c_[np.arange(1000) * spacing, np.zeros(1000)], 1000)
-    assert got_spacing == spacing
-    ranked, _, _ = filter_candidates(ids, scores, route, got_spacing, travelled_m=travelled)
+    route = Route.of_map(np.c_[np.arange(1000) * spacing, np.zeros(1000)], 1000)
+    assert route.spacing_m == spacing and route.loop is None
+    ranked, _, _ = filter_candidates(ids, scores, route, travelled_m=travelled)
     assert followed(ranked, truth) >= 0.9
 
 
@@ -74,7 +74,7 @@ def test_kidnapped_robot_is_reported_and_found_again():
     truth = track(np.ones(120), 100)
     truth[60:] += 1500  # carried 1500 places away
     ids, scores = observe(truth, 3000, hit_rate=0.7, seed=3)
-    ranked, _, resets = filter_candidates(ids, scores, np.arange(3000.0))
+    ranked, _, resets = filter_candidates(ids, scores, Route(np.arange(3000.0)))
     assert resets[0]  # the start
     assert resets[60:70].any() and not resets[20:60].any()
     assert followed(ranked[70:], truth[70:], warmup=0) >= 0.9
@@ -85,7 +85,7 @@ def test_lost_track_restarts_after_lost_frames():
     truth = track(np.ones(60), 100)
     truth[30:] += 1000
     ids, scores = observe(truth, 2000, hit_rate=1.0, seed=4)
-    f = TemporalFilter(np.arange(2000.0), None, config)
+    f = TemporalFilter(Route(np.arange(2000.0)), config)
     results = [f.push(i, s) for i, s in zip(ids, scores)]
     first = next(q for q in range(31, 60) if results[q].reset)
     assert first <= 30 + config.lost_frames + 1
@@ -98,8 +98,8 @@ def test_cost_does_not_grow_with_map_size():
     truth = track(np.full(80, 0.9), 200)
     ids, scores = observe(truth, 1000, hit_rate=0.5, seed=5)
     config = TemporalConfig()
-    small = TemporalFilter(np.arange(1_000.0), None, config)
-    big = TemporalFilter(np.arange(1_000_000.0), None, config)
+    small = TemporalFilter(Route(np.arange(1_000.0)), config)
+    big = TemporalFilter(Route(np.arange(1_000_000.0)), config)
     shift = 500_000
     for i, s in zip(ids, scores):
         a, b = small.push(i, s), big.push(i + shift, s)
@@ -111,8 +111,8 @@ def test_cost_does_not_grow_with_map_size():
 def test_online_equals_offline_and_candidate_scores_line_up():
     truth = track(np.ones(30), 10)
     ids, scores = observe(truth, 200, hit_rate=0.6, seed=6)
-    offline, probs, resets = filter_candidates(ids, scores, np.arange(200.0), k=5)
-    f = TemporalFilter(np.arange(200.0))
+    offline, probs, resets = filter_candidates(ids, scores, Route(np.arange(200.0)), k=5)
+    f = TemporalFilter(Route(np.arange(200.0)))
     for q in range(30):
         r = f.push(ids[q], scores[q], k=5)
         np.testing.assert_array_equal(r.place_ids, offline[q])
@@ -124,7 +124,7 @@ def test_online_equals_offline_and_candidate_scores_line_up():
 
 
 def test_bad_input_is_refused():
-    f = TemporalFilter(np.arange(10.0))
+    f = TemporalFilter(Route(np.arange(10.0)))
     with pytest.raises(ValueError, match="outside the map"):
         f.push([3, 12], [0.9, 0.8])
     with pytest.raises(ValueError, match="scores"):
@@ -132,11 +132,24 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="no candidates"):
         f.push([-1], [0.0])
     with pytest.raises(ValueError, match="ascending"):
-        TemporalFilter(np.array([0.0, 2.0, 1.0]))
+        Route(np.array([0.0, 2.0, 1.0]))
     with pytest.raises(ValueError, match="sharpness"):
         TemporalConfig(sharpness=0)
-    route, spacing = route_coordinates(np.full((5, 3), np.nan), 5)  # no positions: place indices
-    assert spacing is None and route.tolist() == [0, 1, 2, 3, 4]
+    route = Route.of_map(np.full((5, 3), np.nan), 5)  # no positions: place indices
+    assert route.spacing_m is None and route.coords.tolist() == [0, 1, 2, 3, 4]
     assert f.push([4], [0.5]).place_ids.tolist() == [4]
-    one = TemporalFilter(np.zeros(1))
+    one = TemporalFilter(Route(np.zeros(1)))
     assert [one.push([0], [0.5]).place_ids[0] for _ in range(3)] == [0, 0, 0]
+
+
+def test_a_closed_loop_carries_the_robot_from_the_last_place_to_the_first():
+    angle = np.linspace(0, 2 * np.pi, 200, endpoint=False)
+    circle = np.c_[np.cos(angle), np.sin(angle)] * 200 / (2 * np.pi) * 3.0  # 200 places 3 m apart
+    route = Route.of_map(circle, 200)
+    assert route.loop == pytest.approx(200, rel=1e-3)
+    assert route.offset(199, 0) == pytest.approx(1, rel=1e-3)
+    truth = track(np.full(150, 0.8), 120) % 200  # goes round past place 199
+    ids, scores = observe(truth, 200, hit_rate=0.5, seed=7)
+    ranked, _, resets = filter_candidates(ids, scores, route)
+    assert np.mean(np.abs(route.offset(ranked[10:, 0], truth[10:])) <= 1) >= 0.9
+    assert not resets[10:].any()  # passing the seam is no jump

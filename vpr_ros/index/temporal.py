@@ -8,8 +8,8 @@ never on the map size; and its speed is part of the state, so it follows stops a
 speed changes.
 
 Geometry. Places are laid out on a 1-D route coordinate: the distance along the map's
-places in build order (``route_coordinates``), or the place index for maps without
-positions (image folders such as Nordland). The unit of speed is the map's median place
+places in build order (``Route.of_map``), or the place index for maps without
+positions (image folders such as Nordland); a route whose end meets its start is a loop. The unit of speed is the map's median place
 spacing ("places"), so one set of defaults serves maps of any spacing.
 
 Motion model. Without odometry the speed (places per frame) is part of the state, on a
@@ -101,19 +101,51 @@ class TemporalConfig:
             raise ValueError(f"invalid temporal filter parameters: {'; '.join(problems)}")
 
 
-def route_coordinates(positions: np.ndarray | None, count: int) -> tuple[np.ndarray, float | None]:
-    """Route coordinate of each place [count] (metres along the places in map order) and the
-    median spacing in metres; place indices and None where positions are absent or incomplete."""
-    if positions is None or len(positions) != count or count < 2:
-        return np.arange(count, dtype=np.float64), None
-    xy = np.asarray(positions, dtype=np.float64)[:, :2]
-    if not np.isfinite(xy).all():
-        return np.arange(count, dtype=np.float64), None
-    steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
-    spacing = float(np.median(steps))
-    if spacing <= 0:
-        return np.arange(count, dtype=np.float64), None
-    return np.concatenate([[0.0], np.cumsum(steps)]), spacing
+@dataclass(frozen=True)
+class Route:
+    """Where the map's places lie along its route, in place units (1.0 = the median spacing).
+
+    coords: per place, ascending. spacing_m: metres per place unit, None for a map without
+    positions (coords are then place indices and odometry cannot be used). loop: the route's
+    length when its last place lies next to its first (a closed loop driven once): the filter
+    then moves from the last place on to the first.
+    """
+
+    coords: np.ndarray
+    spacing_m: float | None = None
+    loop: float | None = None
+
+    def __post_init__(self):
+        c = np.asarray(self.coords, dtype=np.float64)
+        if c.ndim != 1 or len(c) == 0 or np.any(np.diff(c) < 0):
+            raise ValueError("route coordinates must be a non-empty ascending 1-D array (see Route.of_map)")
+        if self.loop is not None and self.loop <= c[-1] - c[0]:
+            raise ValueError(f"a loop of length {self.loop} is shorter than the route's {c[-1] - c[0]}")
+        object.__setattr__(self, "coords", c)
+
+    @classmethod
+    def of_map(cls, positions: np.ndarray | None, count: int, loop_gap: float = 2.0) -> Route:
+        """From place positions [count, 2+] (metres, map order); place indices where positions are
+        absent or incomplete. A loop where the last place is within ``loop_gap`` spacings of the first."""
+        indices = cls(np.arange(count, dtype=np.float64))
+        if positions is None or len(positions) != count or count < 2:
+            return indices
+        xy = np.asarray(positions, dtype=np.float64)[:, :2]
+        if not np.isfinite(xy).all():
+            return indices
+        steps = np.linalg.norm(np.diff(xy, axis=0), axis=1)
+        spacing = float(np.median(steps))
+        if spacing <= 0:
+            return indices
+        coords = np.concatenate([[0.0], np.cumsum(steps)]) / spacing
+        closing = float(np.linalg.norm(xy[-1] - xy[0])) / spacing
+        loop = coords[-1] + max(closing, 1e-6) if count > 2 * loop_gap + 2 and closing <= loop_gap else None
+        return cls(coords, spacing, loop)
+
+    def offset(self, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+        """Signed route distance from place ``a`` to place ``b`` (place units), the short way round on a loop."""
+        d = self.coords[b] - self.coords[a]
+        return (d + self.loop / 2) % self.loop - self.loop / 2 if self.loop else d
 
 
 @dataclass
@@ -141,17 +173,13 @@ class TemporalResult:
 class TemporalFilter:
     """Online place HMM: ``push`` one frame's retrieval candidates, get the filtered ranking back."""
 
-    def __init__(self, route: np.ndarray, spacing_m: float | None = None, config: TemporalConfig = TemporalConfig()):
-        """``route``: route coordinate of each place (``route_coordinates``), ascending;
-        ``spacing_m``: metres per place unit, None when the route is in place indices
-        (then odometry cannot be used and ``travelled_m`` is ignored)."""
-        route = np.asarray(route, dtype=np.float64)
-        if route.ndim != 1 or len(route) == 0 or np.any(np.diff(route) < 0):
-            raise ValueError("route must be a non-empty ascending 1-D array of place coordinates (see route_coordinates)")
+    def __init__(self, route: Route, config: TemporalConfig = TemporalConfig()):
         self.config = config
-        self.spacing_m = spacing_m
-        # Work in place units: 1.0 is the median spacing.
-        self._s = route / spacing_m if spacing_m else route
+        self.route = route
+        self.spacing_m = route.spacing_m
+        self._s = route.coords
+        # A loop closes with a virtual place at its length standing for the first place.
+        self._ext = np.append(self._s, route.loop) if route.loop else self._s
         self._speeds = np.asarray(config.speeds, dtype=np.float64)
         self._speed_step = self._speed_transition()
         self.reset()
@@ -222,7 +250,8 @@ class TemporalFilter:
         else:
             expected = 0.5 * (self._speeds[0] + self._speeds[-1])
             reach = 0.5 * (self._speeds[-1] - self._speeds[0]) + 3 * (c.position_sigma + c.position_sigma_per_place * self._speeds[-1])
-        return abs(self._s[best] - self._s[self._best] - expected) > reach + 1.0  # + 1: places are discrete
+        # + 3 places: the best place may hop between neighbours of a broad posterior without a jump.
+        return abs(self.route.offset(self._best, best) - expected) > reach + 3.0
 
     # -- model ----------------------------------------------------------------------------
 
@@ -296,12 +325,16 @@ class TemporalFilter:
         # it by linear interpolation: the expected route coordinate is kept exactly however
         # coarse the map's spacing (rounding to the nearest place would bias slow robots).
         x = (self._s[places] + step)[:, None] + sigma[:, None] * _GH_NODES[None, :]  # [H, Q]
-        x = np.clip(x, self._s[0], self._s[-1])  # the robot stays on the map's route
-        right = np.clip(np.searchsorted(self._s, x, side="right"), min(1, self.size - 1), self.size - 1)
-        left = right - 1
-        left = np.maximum(left, 0)  # a one-place map
-        gap = self._s[right] - self._s[left]
-        frac = np.where(gap > 0, (x - self._s[left]) / np.where(gap > 0, gap, 1.0), 0.0)
+        ext = self._ext
+        if self.route.loop:
+            x = self._s[0] + (x - self._s[0]) % self.route.loop
+        else:
+            x = np.clip(x, ext[0], ext[-1])  # the robot stays on the map's route
+        right = np.clip(np.searchsorted(ext, x, side="right"), min(1, len(ext) - 1), len(ext) - 1)
+        left = np.maximum(right - 1, 0)  # 0 only on a one-place map
+        gap = ext[right] - ext[left]
+        frac = np.where(gap > 0, (x - ext[left]) / np.where(gap > 0, gap, 1.0), 0.0)
+        right = right % self.size  # the loop's virtual place is the first place
         w = weights[:, None] * _GH_WEIGHTS[None, :]
         parent = np.repeat(np.arange(len(places)), x.shape[1])
         target = np.concatenate([left.ravel(), right.ravel()])
@@ -330,7 +363,7 @@ class TemporalFilter:
         scores = np.concatenate([ranked_mass, np.zeros(len(extra))])[:k]
         pos = np.clip(np.searchsorted(unique, ids), 0, len(unique) - 1)
         candidate_scores = np.where(unique[pos] == ids, mass[pos], 0.0)
-        near_best = np.abs(self._s[unique] - self._s[place_ids[0]]) <= 1.0
+        near_best = np.abs(self.route.offset(place_ids[0], unique)) <= 1.0
         return TemporalResult(place_ids, scores, candidate_scores, reset, agreement, float(mass[near_best].sum()),
                               len(self._weights))
 
@@ -342,7 +375,7 @@ def _merge(places: np.ndarray, speed_idx: np.ndarray, weights: np.ndarray, speed
     return unique // speeds, unique % speeds, np.bincount(inverse, weights=weights)
 
 
-def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: np.ndarray, spacing_m: float | None = None,
+def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: Route,
                       config: TemporalConfig = TemporalConfig(), travelled_m: np.ndarray | None = None,
                       k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the online filter over a whole query sequence: candidates [Q, K] (best first) and
@@ -350,7 +383,7 @@ def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: np.n
 
     Rows shorter than ``k`` (tiny maps) are padded with -1 and 0.
     """
-    f = TemporalFilter(route, spacing_m, config)
+    f = TemporalFilter(route, config)
     k = k or candidate_ids.shape[1]
     ranked = np.full((len(candidate_ids), k), -1, np.int64)
     probs = np.zeros((len(candidate_ids), k))
