@@ -73,9 +73,11 @@ class Recording:
                 header = _header(T0 + int(round(frame["t"] * S)) if frame["t"] is not None else 0, "camera")
                 if self.compressed:
                     fmt, data = frame["fields"] or rgb_to_compressed(_rgb(frame["k"]), "jpeg", 95)
-                    msg = T["sensor_msgs/msg/CompressedImage"](header=header, format=fmt, data=np.frombuffer(data, np.uint8))
+                    msg = T["sensor_msgs/msg/CompressedImage"](header=header, format=fmt,
+                                                               data=np.frombuffer(data, np.uint8))
                 else:
-                    msg = T["sensor_msgs/msg/Image"](header=header, **(frame["fields"] or rgb_to_image_fields(_rgb(frame["k"]), "rgb8")))
+                    fields = frame["fields"] or rgb_to_image_fields(_rgb(frame["k"]), "rgb8")
+                    msg = T["sensor_msgs/msg/Image"](header=header, **fields)
                 events.append((frame["bag_t"], cam, TS.serialize_cdr(msg, msg.__msgtype__)))
             for bag_t, conn, data in events:  # written in the order given: a recorder's order may be odd
                 writer.write(conn, T0 + int(round(bag_t * S)), data)
@@ -131,14 +133,16 @@ def test_impossible_fixes_are_skipped_per_message_and_counted(tmp_path: Path, st
     [((95.0, 10.0), 0, "out of range"), ((math.nan, math.nan), 0, "NaN"), ((48.1, 11.5), -1, "no fix"),
      ((0.0, 0.0), 0, "(0, 0) placeholder")],
 )
-def test_a_map_with_no_usable_position_is_refused_unless_asked_for(tmp_path: Path, latlon, status, reason, capsys) -> None:
+def test_a_map_with_no_usable_position_is_refused_unless_asked_for(
+    tmp_path: Path, latlon, status, reason, capsys
+) -> None:
     rec = Recording()
     for fix in rec.fixes:
         fix.update(latlon=latlon, status=status)
     bag = rec.write(tmp_path / "bag")
     assert _build(bag, tmp_path / "map") == 2
     err = capsys.readouterr().err
-    assert "has a usable position" in err and "--allow-no-poses" in err and f"21 x pose: " in err and reason in err
+    assert "has a usable position" in err and "--allow-no-poses" in err and "21 x pose: " in err and reason in err
     assert not (tmp_path / "map").exists()
     assert _build(bag, tmp_path / "map", "--allow-no-poses") == 0
     places = load_map(tmp_path / "map").places

@@ -192,7 +192,8 @@ def _jpeg(h: int = 120, w: int = 160) -> bytes:
 
 @pytest.mark.parametrize("encoding", sorted(YUV))
 def test_odd_width_yuv422_is_a_bad_frame_not_a_cv2_error(encoding: str) -> None:
-    fields = {"height": 4, "width": 5, "encoding": encoding, "is_bigendian": 0, "step": 10, "data": np.zeros(40, np.uint8)}
+    fields = {"height": 4, "width": 5, "encoding": encoding, "is_bigendian": 0, "step": 10,
+              "data": np.zeros(40, np.uint8)}
     with pytest.raises(ImageDecodeError, match="odd width 5") as err:
         image_msg_to_rgb(_bag_image(fields))
     assert err.value.reason == "odd width for YUV 4:2:2"

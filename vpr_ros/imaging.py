@@ -187,7 +187,9 @@ _JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 _PNG_START = b"\x89PNG\r\n\x1a\n"
 
 
-def decode_image_bytes(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS, any_format: bool = True) -> np.ndarray:
+def decode_image_bytes(
+    data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS, any_format: bool = True
+) -> np.ndarray:
     """Encoded image bytes -> [H, W, 3] uint8 RGB, refusing anything truncated or corrupt.
 
     JPEG and PNG always; with `any_format` also the other formats of IMAGE_SUFFIXES (image files;
@@ -205,7 +207,8 @@ def decode_image_bytes(data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXEL
         return _decode_jpeg(raw, what, max_pixels)
     if not (any_format or raw.startswith(_PNG_START)):
         raise ImageDecodeError(
-            f"{what} ({len(raw)} bytes) could not be decoded: it is neither JPEG nor PNG (starts with {raw[:8].hex(' ')}); "
+            f"{what} ({len(raw)} bytes) could not be decoded: it is neither JPEG nor PNG "
+            f"(starts with {raw[:8].hex(' ')}); "
             "the data is corrupt or in a format image_transport does not use; check the publisher or re-record",
             reason="neither JPEG nor PNG",
         )
@@ -248,7 +251,8 @@ def _decode_with_pillow(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
     except Exception as err:  # any failure of the decoder on these bytes is a bad image, never a crash
         truncated = "truncated" in str(err).lower()
-        raise _undecodable(what, len(raw), kind, err, f"truncated {kind}" if truncated else f"corrupt {kind} data") from err
+        reason = f"truncated {kind}" if truncated else f"corrupt {kind} data"
+        raise _undecodable(what, len(raw), kind, err, reason) from err
 
 
 def _undecodable(what: str, size: int, kind: str, err: Exception, reason: str) -> ImageDecodeError:
@@ -264,7 +268,9 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        raise ImageDecodeError(f"cannot read image file {path} ({err}); check the path", reason="unreadable file") from err
+        raise ImageDecodeError(
+            f"cannot read image file {path} ({err}); check the path", reason="unreadable file"
+        ) from err
     return decode_image_bytes(data, f"image file {path}", max_pixels)
 
 

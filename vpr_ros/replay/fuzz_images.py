@@ -100,7 +100,8 @@ def _raw_case(draw, rng: np.random.Generator) -> Case:
     elif damage == "lie step":
         fields["step"] = draw(st.integers(-8, 4 * fields["step"] + 8))
     elif damage == "huge header":
-        fields["width"], fields["height"] = draw(st.sampled_from([(100_000, 100_000), (2**31 - 1, 2), (65_535, 65_535)]))
+        sizes = [(100_000, 100_000), (2**31 - 1, 2), (65_535, 65_535)]
+        fields["width"], fields["height"] = draw(st.sampled_from(sizes))
         fields["step"] = fields["width"] * 3
     elif damage == "odd width":
         fields["width"] = width - 1 if width > 1 else 3
@@ -130,7 +131,8 @@ def _compressed_case(draw, rng: np.random.Generator) -> Case:
     elif damage == "truncate":
         data = data[: draw(st.integers(0, len(data) - 1))]
     elif damage == "cut + end marker":
-        data = data[: int(len(data) * draw(st.floats(0.05, 0.95)))] + (b"\xff\xd9" if fmt == "jpeg" else _png_chunk(b"IEND", b""))
+        end_marker = b"\xff\xd9" if fmt == "jpeg" else _png_chunk(b"IEND", b"")
+        data = data[: int(len(data) * draw(st.floats(0.05, 0.95)))] + end_marker
     elif damage == "bit flips":
         data = _flip_bits(np.frombuffer(data, np.uint8), rng, draw(st.integers(1, 8))).tobytes()
     elif damage == "huge header":
@@ -310,13 +312,16 @@ def run_live_campaign(workdir: str | Path, per_transport: int = 300, seed: int =
     collector = OutputCollector()
     results: dict[str, dict] = {}
     try:
-        for transport, cls, topic in (("raw", Image, "/fuzz/camera"), ("compressed", CompressedImage, "/fuzz/camera/compressed")):
+        transports = (("raw", Image, "/fuzz/camera"), ("compressed", CompressedImage, "/fuzz/camera/compressed"))
+        for transport, cls, topic in transports:
             batch = [c for c in damaged if hasattr(c.msg, "format") == (transport == "compressed")][:per_transport]
             good = [_good_message(scene, transport) for scene in scenes]
             log_path = workdir / f"node_{transport}.log"
             started = time.monotonic()
-            node = start_node(map_dir, model, topic, log_path, extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0"])
-            pub = collector.node.create_publisher(cls, topic, QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            node = start_node(map_dir, model, topic, log_path,
+                              extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0"])
+            qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+            pub = collector.node.create_publisher(cls, topic, qos)
             try:
                 results[transport] = _live_phase(collector, pub, node, log_path, batch, good, good_every)
             finally:
@@ -338,7 +343,8 @@ def _good_message(rgb: np.ndarray, transport: str):
 
     if transport == "raw":
         fields = rgb_to_image_fields(rgb, "rgb8")
-        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0, step=fields["step"])
+        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
+                    step=fields["step"])
         msg.data = fields["data"].tobytes()
     else:
         fmt, data = rgb_to_compressed(rgb, "jpeg", 95)
@@ -377,7 +383,8 @@ def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: l
     time.sleep(1.5)  # one more diagnostics period after the last frame
     d = collector.diagnostics[-1] if collector.diagnostics else {}
     counts = {k: int(d.get(f"frames_{k}", -1)) for k in ("received", "processed", "dropped", "bad", "failed")}
-    right = [s for s, m in matched().items() if m["candidates"] and m["candidates"][0]["place_id"] == good_stamps.get(s)]
+    right = [s for s, m in matched().items()
+             if m["candidates"] and m["candidates"][0]["place_id"] == good_stamps.get(s)]
     return {"sent_bad": len(batch), "expected_refused": expected_refused, **counts,
             "good_sent": len(good_stamps), "good_matched": len(right)}
 
@@ -390,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_image_campaign(a.n, a.seed)
     print(json.dumps({k: (dict(v.most_common()) if isinstance(v, Counter) else v) for k, v in result.items()
                       if k != "labels"}, indent=1))
-    print(f"inputs={result['inputs']} decoded={result['decoded']} refused={result['refused']} crashes={result['crashes']}")
+    print(" ".join(f"{k}={result[k]}" for k in ("inputs", "decoded", "refused", "crashes")))
     return 0 if result["crashes"] == 0 else 1
 
 

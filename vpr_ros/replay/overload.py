@@ -79,7 +79,8 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
     messages = []
     for scene in scenes:
         fields = rgb_to_image_fields(scene, "rgb8")
-        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0, step=fields["step"])
+        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
+                    step=fields["step"])
         msg.data = fields["data"].tobytes()
         msg.header.frame_id = "overload"
         messages.append(msg)
@@ -87,7 +88,8 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
     node = start_node(map_dir, model, TOPIC, workdir / "node.log", extra=extra_params)
     results = []
     try:
-        pub = collector.node.create_publisher(Image, TOPIC, QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)  # a camera's QoS
+        pub = collector.node.create_publisher(Image, TOPIC, qos)
         wait_for_subscriber(pub, node, workdir / "node.log", timeout=120)
         for rate_hz, frames in phases:
             results.append(_phase(collector, pub, node.pid, messages, rate_hz, frames))
@@ -143,10 +145,13 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rate", type=float, action="append", help="frames per second of a phase (repeat; default: 60 and 300)")
-    ap.add_argument("--frames", type=int, action="append", help="frames of a phase (repeat, one per --rate; default: 5000)")
+    ap.add_argument("--rate", type=float, action="append",
+                    help="frames per second of a phase (repeat; default: 60 and 300)")
+    ap.add_argument("--frames", type=int, action="append",
+                    help="frames of a phase (repeat, one per --rate; default: 5000)")
     ap.add_argument("--model", default="baseline", help="default: %(default)s")
-    ap.add_argument("--workdir", type=Path, default=Path("overload_out"), help="map and node log (default: %(default)s)")
+    ap.add_argument("--workdir", type=Path, default=Path("overload_out"),
+                    help="map and node log (default: %(default)s)")
     a = ap.parse_args(argv)
     rates = a.rate or [60.0, 300.0]
     frames = a.frames or [5000] * len(rates)

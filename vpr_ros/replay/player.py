@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--topic", required=True, help="image topic in the bag")
     ap.add_argument("--out-topic", help="live topic to publish on (default: --topic)")
     ap.add_argument("--rate", type=float, default=0.0, help="frames per second (default: the bag's own timing)")
-    ap.add_argument("--wait-subscriber", type=float, default=60.0, help="seconds to wait for a subscriber (default: %(default)s)")
+    ap.add_argument("--wait-subscriber", type=float, default=60.0,
+                    help="seconds to wait for a subscriber (default: %(default)s)")
     ap.add_argument("--sent-log", type=Path, help="JSON file of what was sent")
     ap.add_argument("--limit", type=int, default=0, help="send at most this many frames (0: all)")
     a = ap.parse_args(argv)
@@ -67,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         messages = messages[: a.limit]
     rclpy.init()
     node = rclpy.create_node("vpr_bag_player")
-    pub = node.create_publisher(cls, a.out_topic or a.topic, QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    pub = node.create_publisher(cls, a.out_topic or a.topic, qos)
     deadline = time.monotonic() + a.wait_subscriber
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
