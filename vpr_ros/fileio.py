@@ -210,8 +210,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         os.close(lock_fd)
 
 
-def is_out_of_space(error: BaseException) -> bool:
-    """True for the errors a full disk or quota gives (errno or the text faiss passes on)."""
-    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return True
-    return "No space left on device" in str(error)
+def out_of_space(error: BaseException, directory: Path, needed: int) -> str | None:
+    """Why a write failed when the disk is full, else None: its errno says so, or (numpy and faiss
+    report a short write without an errno) ``directory`` has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(directory).free
+    full_errno = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if full_errno or "No space left on device" in str(error) or free < needed:
+        return f"the disk is full (about {needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)"
+    return None

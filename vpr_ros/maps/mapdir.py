@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from vpr_ros.errors import MapError, MapIntegrityError, MapManifestError, MapModelMismatchError, MapNotFoundError
-from vpr_ros.fileio import atomic_directory, file_sha256, is_out_of_space
+from vpr_ros.fileio import atomic_directory, file_sha256, out_of_space
 from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
 from vpr_ros.maps.places import Place, read_places, write_places
 
@@ -115,7 +115,8 @@ def write_map(
             validate_manifest(manifest, tmp / MANIFEST)  # a writer bug must not produce a map that never loads
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     except (OSError, RuntimeError) as e:  # faiss reports its write errors as RuntimeError
-        reason = "the disk is full" if is_out_of_space(e) else "writing failed"
+        # descriptors.npy plus an index of about the same size (the tmp directory is already gone)
+        reason = out_of_space(e, target.parent, 2 * descriptors.nbytes) or "writing failed"
         raise MapError(f"cannot write the map to {target}: {reason} ({e}). Nothing was written; the previous map "
                        f"there (if any) is unchanged. Free space on {target.parent} or choose another --out") from None
     return target

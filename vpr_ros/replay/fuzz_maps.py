@@ -38,7 +38,7 @@ from vpr_ros.errors import MapError
 from vpr_ros.fileio import PARTIAL
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.maps.mapdir import (DESCRIPTORS_FILE, INDEX_FILE, MANIFEST, MANIFEST_CHECKSUM, PLACES_FILE, load_map,
-                                  with_checksum, write_map)
+                                 with_checksum, write_map)
 from vpr_ros.maps.places import Place
 
 MODEL = "raw-pixels"  # the cheapest registered model: the campaign is about maps, not descriptors
@@ -488,6 +488,42 @@ def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) ->
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     return {"kill_trials": n, "maps_lost": lost, "debris_mb_before_next_build": round(left_before / 1e6, 2),
             "debris_mb": round(debris_bytes(target) / 1e6, 2), "phases": dict(phases), "failures": failures}
+
+
+# -- full disk -----------------------------------------------------------------------------------
+def _random_map(path: Path, n: int, dim: int, seed: int = 0) -> Path:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    model = {"name": "random", "fingerprint": "0", "input_size": [8, 8], "dim": dim,
+             "preprocessing": {"resize": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}}
+    return write_map(path, x, [Place(i, i) for i in range(n)], model, IndexConfig("flat", pca_dim=None), [{"source": "random"}])
+
+
+def full_disk_trial(workdir: Path, size_mb: int = 3) -> dict:
+    """Replace a map on a tmpfs of ``size_mb`` (a real ENOSPC) with one that does not fit.
+
+    Returns ``error`` (the MapError message, or what else happened), ``old_map_intact`` and
+    ``left_beside`` (entries other than the map in the tmpfs); ``skipped`` with the reason where
+    a tmpfs cannot be mounted (mounting needs root).
+    """
+    disk = workdir / "small_disk"
+    disk.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        return {"skipped": f"cannot mount a tmpfs here: {mounted.stderr.strip()}"}
+    try:
+        before = load_map(_random_map(disk / "m", 40, 16)).map_id
+        try:
+            _random_map(disk / "m", size_mb * 10_000, 32, seed=1)  # descriptors + index: about 2.5x the disk
+            error = "no error: the oversized map was written"
+        except MapError as e:
+            error = str(e)
+        except Exception as e:  # noqa: BLE001: the trial reports anything but a MapError
+            error = f"crash: {type(e).__name__}: {e}"
+        return {"error": error, "old_map_intact": _map_id(disk / "m") == before,
+                "left_beside": sorted(p.name for p in disk.iterdir() if p.name != "m")}
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
