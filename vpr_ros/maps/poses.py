@@ -21,8 +21,9 @@ from vpr_ros.stamps import stamp_to_ns
 NAVSAT_STATUS_NO_FIX = -1
 DEFAULT_MAX_GAP_S = 1.0
 DEFAULT_MIN_MOTION_M = 2.0
-# A header stamp this far from the bag's recording time is a driver clock jump (or an unset clock):
-# the recording time is used instead, so a jump cannot pair an image with another moment's pose.
+# A header stamp this far from the bag's recording time is a clock jump or an unsynchronised clock (GPS
+# time is 18 s off UTC, device clocks count from boot): the recording time is used instead, so such a
+# stamp cannot pair an image with another moment's pose.
 DEFAULT_MAX_STAMP_SKEW_S = 5.0
 # UTM is defined from 80 S to 84 N; beyond that utm raises OutOfRangeError (polar regions use UPS).
 UTM_LATITUDE_RANGE = (-80.0, 84.0)
@@ -56,7 +57,8 @@ class UtmProjector:
 
 def header_stamp_ns(msg: Any, fallback_ns: int, max_skew_s: float | None = None) -> int:
     """The message's header stamp in ns; `fallback_ns` (e.g. the bag's receive time) when the driver left
-    it 0, or, with `max_skew_s`, when it is further than that from `fallback_ns` (a clock jump)."""
+    it 0, or, with `max_skew_s`, when it is further than that from `fallback_ns` (a clock jump or an
+    unsynchronised clock)."""
     ns = stamp_to_ns(msg.header.stamp)
     if ns <= 0 or (max_skew_s is not None and abs(ns - int(fallback_ns)) > max_skew_s * 1e9):
         return int(fallback_ns)

@@ -160,8 +160,8 @@ class BagSource:
     With `pose_topic` (NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped), the
     pose topic of each bag is read first and interpolated at every image stamp (header
     stamps; the bag time where a header stamp is 0 or more than `max_stamp_skew_s` from it, i.e.
-    a driver clock jump). GPS positions are UTM in the zone of the first fix of the first bag, so
-    several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
+    a clock jump or an unsynchronised clock). GPS positions are UTM in the zone of the first
+    fix of the first bag, so several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
     travel, or every `every_n`-th frame without poses. A corrupt image, a frame repeated (same
     stamp, same bytes) and an impossible pose are skipped and counted by reason in `stats`; a
     damaged bag raises BagError.
@@ -239,7 +239,7 @@ class BagSource:
         stamp = header_stamp_ns(msg, bag_ns, self.max_stamp_skew_s)
         if stamp == bag_ns and header_stamp_ns(msg, bag_ns) != bag_ns:
             self.stats.skip("stamp", f"header stamp over {self.max_stamp_skew_s:g} s from the recording time "
-                                     "(clock jump): used the recording time")
+                                     "(clock jump or unsynchronised clock): used the recording time")
         return stamp
 
     def _read_track(self, reader: AnyReader, projector: UtmProjector) -> PoseTrack:
