@@ -45,13 +45,16 @@ def dinov2_backbone(arch: str | TinyBackbone, block: type[Block] = Block) -> Din
     return dinov2_vit(arch, block=block)
 
 
-def put_backbone_weights(model: nn.Module, method: str, tiny: bool, backbone_weights: Path | None, random_init: bool) -> None:
-    """DINOv2 pretrain weights into the model's backbone, or refuse to train a full-size model from noise."""
-    if backbone_weights:
-        load_backbone_pretrain(model, backbone_weights)
-    elif not tiny and not random_init:
+def require_backbone_weights(method: str, tiny: bool, backbone_weights: Path | None, allowed_without: bool) -> None:
+    """Refuse, before anything is built, to train a full-size DINOv2 model from noise."""
+    if not (backbone_weights or tiny or allowed_without):
         raise WeightsError(
             f"training {method} starts from DINOv2's pretrained weights and none were given: download the bare "
-            f"pretrain file from {DINOV2_SOURCE} and pass it with --backbone-weights, or resume/fine-tune a checkpoint "
+            f"pretrain file from {DINOV2_SOURCE} and pass it with --backbone-weights, or fine-tune a checkpoint "
             "with --init-weights (--random-init trains from random weights: only for tests)"
         )
+
+
+def put_backbone_weights(model: nn.Module, backbone_weights: Path | None) -> None:
+    if backbone_weights:
+        load_backbone_pretrain(model, backbone_weights)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from vpr_ros.errors import ConfigError
@@ -81,6 +82,7 @@ def _restore(trainer: MethodTrainer, path: Path) -> tuple[int, History]:
     trainer.model.load_state_dict(unwrap_state_dict(obj), strict=True)
     extra = obj[EXTRA_KEY]
     trainer.load_state(extra["trainer"])
+    torch.set_rng_state(extra["torch_rng"])  # dropout and initialisations continue as if never interrupted
     history = History(**extra["history"])
     log.info("resuming %s from %s after epoch %d", trainer.method, path, extra["epochs_done"])
     return int(extra["epochs_done"]), history
@@ -138,6 +140,7 @@ def _save(trainer: MethodTrainer, epoch: int, history: History, cfg: LoopConfig,
         "epochs_done": epoch + 1,
         "history": history.__dict__,
         "trainer": trainer.state(),
+        "torch_rng": torch.get_rng_state(),
         "config": cfg.run_config,
     }
     if improved:

@@ -109,9 +109,11 @@ def _device(name: str):
 def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
     """The method's model (weights in) and trainer. Refuses missing or foreign weights before training."""
     from vpr_ros.models.checkpoints import load_official
-    from vpr_ros.training.backbones import parse_tiny, put_backbone_weights
+    from vpr_ros.training.backbones import parse_tiny, put_backbone_weights, require_backbone_weights
 
     arch = parse_tiny(a.tiny) if a.tiny else a.arch
+    if a.method in ("scicevpr-teacher", "mutualvpr", "fol"):
+        require_backbone_weights(a.method, bool(a.tiny), a.backbone_weights, a.random_init or bool(a.init_weights))
     input_size = tuple(a.input_size) if a.input_size else recipe.input_size
     if a.method == "baseline-trainable":
         from vpr_ros.training.learned_grid import LearnedGridTrainer, build_learned_grid, learned_grid_spec
@@ -127,7 +129,7 @@ def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
 
         if a.method == "scicevpr-teacher":
             model = scicevpr.build_scicevpr(SuperCricaVPR, arch)
-            put_backbone_weights(model, a.method, bool(a.tiny), a.backbone_weights, a.random_init or bool(a.init_weights))
+            put_backbone_weights(model, a.backbone_weights)
             if a.init_weights:
                 load_official(model, a.init_weights)
             return scicevpr.TeacherTrainer(model, scicevpr.scicevpr_spec(a.method, model), device, lr=a.lr or scicevpr.LR)
@@ -144,7 +146,7 @@ def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
 
         model = mutualvpr.build_mutualvpr(arch)
         mutualvpr.init_adapters(model.backbone)
-        put_backbone_weights(model, a.method, bool(a.tiny), a.backbone_weights, a.random_init or bool(a.init_weights))
+        put_backbone_weights(model, a.backbone_weights)
         if a.init_weights:
             load_official(model, a.init_weights)
         return mutualvpr.MutualVPRTrainer(
@@ -153,7 +155,7 @@ def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
     from vpr_ros.training import fol
 
     model = fol.build_fol(arch)
-    put_backbone_weights(model, a.method, bool(a.tiny), a.backbone_weights, a.random_init or bool(a.init_weights))
+    put_backbone_weights(model, a.backbone_weights)
     if a.init_weights:
         load_official(model, a.init_weights)
     return fol.FoLTrainer(model, fol.fol_spec(model, input_size), device, a.images_per_place or recipe.images_per_place,
