@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import common  # noqa: F401  (puts the repository on sys.path)
-from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE, FEATURES_PLAIN, FEATURES_TEMPORAL, fit_confidence, ratio_margin
+from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE, FEATURES_PLAIN, FEATURES_TEMPORAL, fit_confidence, frame_features
 from vpr_ros.evaluation.precision import at_min_confidence, lowest_threshold_for_precision, precision_recall
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, rank_database, recall_at_n
 from vpr_ros.index.sequence import SequenceConfig, filter_sequence
@@ -36,8 +36,6 @@ from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMO_MIN_DISTANCE_M = 2.0  # `vpr-ros demo --min-distance` default
 DEMO_THRESHOLD_M = 10.0
-AMBIGUITY_RADIUS_M = 25.0  # Localizer's default: candidates farther than this from the best are alternatives
-AMBIGUITY_PLACES = 2  # the same for maps without positions, in places
 SEQSLAM_LENGTH = 10
 
 
@@ -147,15 +145,9 @@ class Run:
     ms_per_frame: float = 0.0
 
 
-def _elsewhere(d: Dataset, ids: np.ndarray) -> np.ndarray:
-    if d.map_xy is None:
-        return np.abs(ids - ids[0]) > AMBIGUITY_PLACES
-    return np.linalg.norm(d.map_xy[ids] - d.map_xy[ids[0]], axis=1) > AMBIGUITY_RADIUS_M
-
-
 def run_plain(d: Dataset, scores: np.ndarray, ids: np.ndarray) -> Run:
-    margin = np.array([ratio_margin(s, _elsewhere(d, i)) for s, i in zip(scores, ids)])
-    return Run(ids[:, :5], {"margin": margin})
+    rows = [frame_features(s, i, d.map_xy) for s, i in zip(scores, ids)]
+    return Run(ids[:, :5], {"margin": np.array([r["margin"] for r in rows])})
 
 
 def run_hmm(d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalConfig, odometry: bool) -> Run:
@@ -163,18 +155,17 @@ def run_hmm(d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalCon
     route = Route.of_map(d.map_xy, len(d.map_descriptors))
     f = TemporalFilter(route, config)
     ranked = np.full((len(ids), 5), -1)
-    support, agrees, resets = np.zeros(len(ids)), np.zeros(len(ids)), 0
-    start = time.perf_counter()
+    rows, resets, elapsed = [], 0, 0.0
     for q in range(len(ids)):
+        start = time.perf_counter()
         r = f.push(ids[q, : config.candidates], scores[q, : config.candidates],
                    float(d.travelled_m[q]) if odometry else None, k=5)
+        elapsed += time.perf_counter() - start
         ranked[q, : len(r.place_ids)] = r.place_ids
-        support[q] = r.support
-        agrees[q] = abs(route.offset(ids[q, 0], r.place_ids[0])) <= 1.0
+        rows.append(frame_features(scores[q], ids[q], d.map_xy, r))
         resets += r.reset
-    ms = (time.perf_counter() - start) / len(ids) * 1e3
-    margin = np.array([ratio_margin(s, _elsewhere(d, i)) for s, i in zip(scores, ids)])
-    return Run(ranked, {"margin": margin, "support": support, "agrees": agrees}, resets - 1, ms)
+    features = {name: np.array([row[name] for row in rows]) for name in FEATURES_TEMPORAL}
+    return Run(ranked, features, resets - 1, elapsed / len(ids) * 1e3)
 
 
 def correct_top1(ranked: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:

@@ -30,10 +30,10 @@ def test_fit_recovers_a_known_logistic_model_and_is_calibrated():
 
 def test_model_call_matches_batch_and_names_missing_features():
     model = DEFAULT_MODELS[FEATURES_TEMPORAL]
-    one = model(margin=0.2, support=0.9, agrees=1.0)
-    batch = model.batch({"margin": np.array([0.2]), "support": np.array([0.9]), "agrees": np.array([1.0])})
+    one = model(margin=0.2, support=0.9)
+    batch = model.batch({"margin": np.array([0.2]), "support": np.array([0.9])})
     assert one == pytest.approx(batch[0]) and 0 < one < 1
-    assert model(margin=0.2, support=0.95, agrees=1.0) > model(margin=0.2, support=0.3, agrees=1.0)
+    assert model(margin=0.2, support=0.95) > model(margin=0.2, support=0.3)
     with pytest.raises(ValueError, match="support"):
         model(margin=0.2)
     with pytest.raises(ValueError, match="both right and wrong"):

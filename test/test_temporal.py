@@ -153,3 +153,34 @@ def test_a_closed_loop_carries_the_robot_from_the_last_place_to_the_first():
     ranked, _, resets = filter_candidates(ids, scores, route)
     assert np.mean(np.abs(route.offset(ranked[10:, 0], truth[10:])) <= 1) >= 0.9
     assert not resets[10:].any()  # passing the seam is no jump
+
+
+def test_eval_runs_the_filter_on_a_real_map(tmp_path):
+    """`evaluate(..., temporal=...)` through a written map and its faiss index: better than plain, with confidences."""
+    from vpr_ros.evaluation.evaluate import evaluate
+    from vpr_ros.evaluation.recall import positives_by_distance
+    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.maps.mapdir import load_map, write_map
+    from vpr_ros.maps.places import Place
+
+    n, dim = 300, 32
+    rng = np.random.default_rng(8)
+    db = rng.standard_normal((n, dim)).astype(np.float32)
+    db /= np.linalg.norm(db, axis=1, keepdims=True)
+    places = [Place(i, i, 500000.0 + 2.0 * i, 4000000.0, 0.0, 0, 0, 0, 1, 45.0, 9.0, "32T", "bag", "/cam") for i in range(n)]
+    model = {"name": "baseline", "fingerprint": "t", "input_size": [32, 64], "dim": dim,
+             "preprocessing": {"resize": [32, 64], "mean": [0, 0, 0], "std": [1, 1, 1]}}
+    write_map(tmp_path / "m", db, places, model, IndexConfig("flat"), [{"bag": "b", "image_topic": "/cam"}])
+    vpr_map = load_map(tmp_path / "m", model)
+    truth = track(np.full(150, 0.7), 20)
+    queries = db[truth] + rng.standard_normal((len(truth), dim)).astype(np.float32) * 0.25
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    xy = np.array([p.position[:2] for p in vpr_map.places])
+    positives = positives_by_distance(xy[truth] - xy.mean(0), xy - xy.mean(0), 2.5)
+    plain = evaluate(vpr_map, queries, positives, "within 2.5 m")
+    filtered = evaluate(vpr_map, queries, positives, "within 2.5 m", temporal=TemporalConfig())
+    assert plain.recalls[1] < 0.8 and filtered.recalls[1] >= plain.recalls[1] + 0.1
+    for r in (plain, filtered):
+        assert r.confidence.shape == (len(truth),) and np.all((r.confidence >= 0) & (r.confidence <= 1))
+    right = plain.correct_top1()
+    assert plain.confidence[right].mean() > plain.confidence[~right].mean()
