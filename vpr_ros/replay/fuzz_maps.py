@@ -336,7 +336,7 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
 
     from vpr_ros.imaging import rgb_to_image_fields
     from vpr_ros.replay.collector import OutputCollector
-    from vpr_ros.replay.processes import start_node, stop_process
+    from vpr_ros.replay.processes import start_node, stop_process, wait_for_subscriber
 
     live = workdir / "live_map"
     shutil.rmtree(live, ignore_errors=True)
@@ -352,6 +352,7 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
         if not client.wait_for_service(timeout_sec=120):
             raise RuntimeError(f"the node never offered ~/reload_map: {(workdir / 'node.log').read_text()[-2000:]}")
         pub = collector.node.create_publisher(Image, "/fuzz/camera", 10)
+        wait_for_subscriber(pub, node, workdir / "node.log")
         stamp = 1000
         for damage in tqdm(picks, desc="node reloads", unit="map"):
             shutil.rmtree(live)
