@@ -28,7 +28,12 @@ import numpy as np
 
 import common  # noqa: F401  (puts the repository on sys.path)
 from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE, FEATURES_PLAIN, FEATURES_TEMPORAL, fit_confidence, frame_features
-from vpr_ros.evaluation.precision import at_min_confidence, lowest_threshold_for_precision, precision_recall
+from vpr_ros.evaluation.precision import (
+    at_min_confidence,
+    lowest_threshold_for_precision,
+    plot_precision_recall,
+    precision_recall,
+)
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, rank_database, recall_at_n
 from vpr_ros.index.sequence import SequenceConfig, filter_sequence
 from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
@@ -168,6 +173,24 @@ def run_hmm(d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalCon
     return Run(ranked, features, resets - 1, elapsed / len(ids) * 1e3)
 
 
+def map_size_cost(config: TemporalConfig, frames: int = 300) -> tuple[float, float]:
+    """ms per frame of the same candidate stream on a 1k and a 1M place map (positions: place indices)."""
+    rng = np.random.default_rng(0)
+    truth = 100 + np.rint(np.arange(frames) * 0.8).astype(np.int64)
+    ids = rng.integers(0, 1000, size=(frames, config.candidates))
+    hit = rng.uniform(size=frames) < 0.5
+    ids[hit, 0] = truth[hit]
+    scores = np.sort(rng.uniform(0.3, 0.8, size=ids.shape))[:, ::-1]
+    times = []
+    for size, shift in ((1_000, 0), (1_000_000, 500_000)):
+        f = TemporalFilter(Route(np.arange(float(size))), config)
+        start = time.perf_counter()
+        for i, sc in zip(ids, scores):
+            f.push(i + shift, sc)
+        times.append((time.perf_counter() - start) / frames * 1e3)
+    return times[0], times[1]
+
+
 def correct_top1(ranked: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
     return np.array([r[0] in p for r, p in zip(ranked, positives)])
 
@@ -178,12 +201,13 @@ def main() -> None:
                         help="descriptor cache directory (default: %(default)s)")
     parser.add_argument("--refresh", action="store_true", help="recompute the cached descriptors")
     parser.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE, help="pose-prior threshold (default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="also write precision-recall PNGs here")
     a = parser.parse_args()
     config = TemporalConfig()
     sets = [nordland(a.cache, a.refresh), demo(a.cache, a.refresh), gardens(a.cache, a.refresh),
             demo(a.cache, a.refresh, "raw-pixels")]
     runs: dict[tuple[str, str], Run] = {}
-    print(f"| data set | queries | places | method | R@1 | R@5 | resets | ms/frame |")
+    print("| data set | queries | places | method | R@1 | R@5 | resets | ms/frame |")
     print("|---|---|---|---|---|---|---|---|")
     for d in sets:
         k = min(max(config.candidates, 5), len(d.map_descriptors))
@@ -208,10 +232,9 @@ def main() -> None:
 
     # Confidence: fitted on Nordland only, checked on the others.
     fit_set = sets[0]
-    models = {
-        "plain": fit_confidence(runs[fit_set.name, "plain"].features, correct_top1(runs[fit_set.name, "plain"].ranked, fit_set.positives), FEATURES_PLAIN),
-        "hmm": fit_confidence(runs[fit_set.name, "hmm"].features, correct_top1(runs[fit_set.name, "hmm"].ranked, fit_set.positives), FEATURES_TEMPORAL),
-    }
+    models = {name: fit_confidence(runs[fit_set.name, name].features,
+                                   correct_top1(runs[fit_set.name, name].ranked, fit_set.positives), features)
+              for name, features in (("plain", FEATURES_PLAIN), ("hmm", FEATURES_TEMPORAL))}
     for name, m in models.items():
         print(f"confidence model ({name}), fitted on {fit_set.name}: features {m.features} weights "
               f"{tuple(round(w, 4) for w in m.weights)} bias {m.bias:.4f}")
@@ -232,6 +255,17 @@ def main() -> None:
             print(f"| {d.name}{tag} | {name} | {curve.auc:.3f} | {curve.recall_at_full_precision:.3f} | "
                   f"{curve.extended_precision:.3f} | {point.precision:.3f} | {point.accepted_fraction:.3f} | "
                   f"{'none' if t99 is None else f'{t99:.3f}'} | {sweep} |")
+    small, big = map_size_cost(config)
+    print(f"\nper-frame cost, same candidates: 1k places {small:.2f} ms, 1M places {big:.2f} ms (ratio {big / small:.2f})")
+    if a.out:
+        a.out.mkdir(parents=True, exist_ok=True)
+        for d in sets:
+            curves = {}
+            for (s_name, name), run in runs.items():
+                if s_name == d.name and run.features:
+                    model = models["plain" if name == "plain" else "hmm"]
+                    curves[name] = precision_recall(model.batch(run.features), correct_top1(run.ranked, d.positives))
+            print(f"wrote {plot_precision_recall(curves, a.out / f'pr_{d.name}.png', f'{d.name}: precision-recall over confidence')}")
     r1 = {d.name: recall_at_n(runs[d.name, "hmm"].ranked, d.positives, (1,))[1] for d in sets}
     print(f"nordland_r1={r1['nordland']:.3f} demo_r1={r1['demo']:.3f} gardens_r1={r1['gardens']:.3f} "
           f"raw_pixels_r1={r1['raw_pixels']:.3f}")
