@@ -55,8 +55,17 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
+        _fsync_path(path.parent)  # the rename itself survives a power cut
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -79,11 +88,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def _fsync_tree(root: Path) -> None:
     for path in [*root.rglob("*"), root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_path(path)
 
 
 def _locked_file(path: Path, blocking: bool) -> int | None:

@@ -12,8 +12,6 @@ key, ``vpr_ros``, which the authors' loaders ignore. Recalls are plain float lis
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 from torch import nn
 
 from vpr_ros.errors import WeightsError
+from vpr_ros.fileio import atomic_output
 from vpr_ros.models.checkpoints import DATAPARALLEL_PREFIX
 
 LAST = "last_checkpoint.pth"
@@ -34,22 +33,8 @@ def dataparallel_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file beside ``path``, fsync, then rename over it: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic_output(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def read_checkpoint(path: Path, method: str) -> dict[str, Any]:
