@@ -46,6 +46,21 @@ def test_follows_speed_changes_that_single_frames_miss():
     assert followed(ranked, truth) >= 0.9
 
 
+def test_frames_dropped_by_the_node_are_accounted_for():
+    """The node keeps only the latest frame: pushes may be 1 to 3 camera frames apart."""
+    rng = np.random.default_rng(9)
+    camera = track(np.full(400, 0.6), 50)
+    gaps = rng.integers(1, 4, size=160)
+    pushed = np.cumsum(gaps)
+    pushed = pushed[pushed < len(camera)]
+    truth, frames = camera[pushed], np.r_[1, np.diff(pushed)].astype(float)
+    ids, scores = observe(truth, 1000, hit_rate=0.5, seed=9)
+    ranked, _, _ = filter_candidates(ids, scores, Route(np.arange(1000.0)), frames=frames)
+    assert followed(ranked, truth) >= 0.9
+    with pytest.raises(ValueError, match="frames"):
+        TemporalFilter(Route(np.arange(10.0))).push([1], [0.5], frames=0)
+
+
 def test_a_stop_is_reacquired_and_held():
     """No speed 0 in the model (see DEFAULT_SPEEDS): the belief overshoots a sudden stop, re-localizes
     at the stop within a few frames (reported), holds it, and follows when the robot moves on."""

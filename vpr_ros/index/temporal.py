@@ -196,12 +196,18 @@ class TemporalFilter:
         self._surprised = 0
         self._best: int | None = None
 
-    def push(self, candidate_ids, scores, travelled_m: float | None = None, k: int | None = None) -> TemporalResult:
+    def push(self, candidate_ids, scores, travelled_m: float | None = None, k: int | None = None,
+             frames: float = 1.0) -> TemporalResult:
         """One frame: candidate place indices and their similarities (higher is better), best first.
 
         ``travelled_m``: odometry distance along the route since the previous frame (signed:
-        negative when reversing), or None. Returns the top ``k`` (default: the candidate count).
+        negative when reversing), or None. ``frames``: camera frames since the previous push
+        without odometry (2 when the node dropped one in between): the speed prior is per
+        camera frame. Returns the top ``k`` (default: the candidate count).
         """
+        if not frames > 0:
+            raise ValueError(f"frames must be > 0 (camera frames since the previous push), got {frames}")
+        odometry = self._odometry_step(travelled_m)
         ids = np.asarray(candidate_ids, dtype=np.int64).ravel()
         sims = np.asarray(scores, dtype=np.float64).ravel()
         if ids.shape != sims.shape:
@@ -218,7 +224,7 @@ class TemporalFilter:
         reset, agreement = started, 1.0
         if not started:
             jumped = self._jump_prior(ids, keep_speed=True)
-            places, speed_idx, weights = self._predict(travelled_m)
+            places, speed_idx, weights = self._predict(odometry, frames)
             agreement = self._agreement(weights, self._log_lik_of(places, ids, log_lik), log_lik.max())
             self._surprised = self._surprised + 1 if agreement < self.config.lost_agreement else 0
             reset = self.config.lost_frames > 0 and self._surprised >= self.config.lost_frames
@@ -235,21 +241,32 @@ class TemporalFilter:
         self._keep(places, speed_idx, posterior)
         result = self._result(ids, k or len(ids), reset, agreement)
         best = int(result.place_ids[0])
-        result.reset = reset or self._jumped(best, travelled_m)
+        result.reset = reset or self._jumped(best, odometry, frames)
         self._best = best
         return result
 
-    def _jumped(self, best: int, travelled_m: float | None) -> bool:
-        """The best place moved farther than the motion model reaches in one frame: the filter re-localized."""
+    def _odometry_step(self, travelled_m: float | None) -> float | None:
+        """Odometry distance in place units; None without odometry or on a map without positions."""
+        if travelled_m is None or not self.spacing_m or not math.isfinite(travelled_m):
+            return None
+        return travelled_m / self.spacing_m
+
+    def _sigma(self, step: np.ndarray, odometry: bool) -> np.ndarray:
+        """Position noise (place units) of a predicted step (place units)."""
+        c = self.config
+        if odometry:
+            return c.odom_sigma_m / self.spacing_m + c.odom_sigma_rel * np.abs(step)
+        return c.position_sigma + c.position_sigma_per_place * np.abs(step)
+
+    def _jumped(self, best: int, odometry: float | None, frames: float) -> bool:
+        """The best place moved farther than the motion model reaches in one push: the filter re-localized."""
         if self._best is None:
             return False
-        c = self.config
-        if travelled_m is not None and self.spacing_m and math.isfinite(travelled_m):
-            expected = travelled_m / self.spacing_m
-            reach = 3 * (c.odom_sigma_m + c.odom_sigma_rel * abs(travelled_m)) / self.spacing_m
+        if odometry is not None:
+            expected, reach = odometry, 3 * float(self._sigma(np.array(odometry), True))
         else:
-            expected = 0.5 * (self._speeds[0] + self._speeds[-1])
-            reach = 0.5 * (self._speeds[-1] - self._speeds[0]) + 3 * (c.position_sigma + c.position_sigma_per_place * self._speeds[-1])
+            slow, fast = self._speeds[0] * frames, self._speeds[-1] * frames
+            expected, reach = (slow + fast) / 2, (fast - slow) / 2 + 3 * float(self._sigma(np.array(fast), False))
         # + 3 places: the best place may hop between neighbours of a broad posterior without a jump.
         return abs(self.route.offset(self._best, best) - expected) > reach + 3.0
 
@@ -306,21 +323,18 @@ class TemporalFilter:
             t[0, 0] = 1.0
         return t
 
-    def _predict(self, travelled_m: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move every hypothesis by its speed (or by odometry) and spread it over nearby places."""
-        c = self.config
-        if travelled_m is not None and self.spacing_m and math.isfinite(travelled_m):
+    def _predict(self, odometry: float | None, frames: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Move every hypothesis by odometry (place units) or by its speed, and spread it over nearby places."""
+        if odometry is not None:
             places, speed_idx, weights = self._places, self._speed_idx, self._weights
-            step = np.full(len(places), travelled_m / self.spacing_m)
-            sigma = (c.odom_sigma_m + c.odom_sigma_rel * abs(travelled_m)) / self.spacing_m
-            sigma = np.full(len(places), sigma)
+            step = np.full(len(places), odometry)
         else:
             # Speed transition first: each hypothesis splits into its speed and the neighbours.
             trans = self._speed_step[self._speed_idx]  # [H, V]
             h, v = np.nonzero(trans)
             places, speed_idx, weights = self._places[h], v, self._weights[h] * trans[h, v]
-            step = self._speeds[speed_idx]
-            sigma = c.position_sigma + c.position_sigma_per_place * step
+            step = self._speeds[speed_idx] * frames
+        sigma = self._sigma(step, odometry is not None)
         # Gauss-Hermite points of the position noise, each split between the two places around
         # it by linear interpolation: the expected route coordinate is kept exactly however
         # coarse the map's spacing (rounding to the nearest place would bias slow robots).
@@ -377,11 +391,13 @@ def _merge(places: np.ndarray, speed_idx: np.ndarray, weights: np.ndarray, speed
 
 def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: Route,
                       config: TemporalConfig = TemporalConfig(), travelled_m: np.ndarray | None = None,
+                      frames: np.ndarray | None = None,
                       k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the online filter over a whole query sequence: candidates [Q, K] (best first) and
     scores [Q, K] -> (ranked place indices [Q, k], their posteriors [Q, k], reset flags [Q]).
 
-    Rows shorter than ``k`` (tiny maps) are padded with -1 and 0.
+    ``travelled_m`` [Q] and ``frames`` [Q] as in ``TemporalFilter.push``. Rows shorter than ``k``
+    (tiny maps) are padded with -1 and 0.
     """
     f = TemporalFilter(route, config)
     k = k or candidate_ids.shape[1]
@@ -389,6 +405,7 @@ def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: Rout
     probs = np.zeros((len(candidate_ids), k))
     resets = np.zeros(len(candidate_ids), bool)
     for q in range(len(candidate_ids)):
-        r = f.push(candidate_ids[q], scores[q], None if travelled_m is None else float(travelled_m[q]), k)
+        r = f.push(candidate_ids[q], scores[q], None if travelled_m is None else float(travelled_m[q]), k,
+                   1.0 if frames is None else float(frames[q]))
         ranked[q, : len(r.place_ids)], probs[q, : len(r.scores)], resets[q] = r.place_ids, r.scores, r.reset
     return ranked, probs, resets
