@@ -57,7 +57,7 @@ def elsewhere(ids: np.ndarray, positions_xy: np.ndarray | None, radius_m: float 
 def frame_features(scores: np.ndarray, ids: np.ndarray, positions_xy: np.ndarray | None, temporal=None) -> dict[str, float]:
     """One frame's confidence features from its retrieval candidates (similarities and place
     indices, best first) and, when the temporal filter ran, its ``TemporalResult``."""
-    features = {"margin": ratio_margin(scores, elsewhere(ids, positions_xy))}
+    features = {"margin": ratio_margin(scores, elsewhere(ids, positions_xy)) if len(ids) > 1 else 0.0}
     if temporal is not None:
         features["support"] = float(temporal.support)
     return features
