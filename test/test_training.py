@@ -240,3 +240,17 @@ def test_bad_input_is_refused_before_training(nordland, runs, bags, tmp_path, ca
 def test_train_help():
     r = subprocess.run([sys.executable, "-m", "vpr_ros.cli", "train", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "--traversal" in r.stdout and "--resume" in r.stdout
+
+
+def test_shipped_default_file_is_what_training_changed(runs, tmp_path, monkeypatch):
+    from vpr_ros.models import learned_grid
+    from vpr_ros.training.learned_grid import build_learned_grid, export_trained_tensors
+
+    written = export_trained_tensors(runs["baseline-trainable"] / BEST, tmp_path / "baseline_trained.pt")
+    assert set(written) == {k for k in written if k.startswith(("head.", "trunk._blocks.4."))}  # head + the tuned block only
+    monkeypatch.setattr(learned_grid, "TRAINED_WEIGHTS", tmp_path / "baseline_trained.pt")
+    shipped = learned_grid.baseline_trained()
+    shipped.load_state_dict(learned_grid.trained_state_dict(shipped), strict=True)
+    trained = load_official(build_learned_grid(64), runs["baseline-trainable"] / BEST)
+    x = torch.randn(2, 3, 64, 128)
+    torch.testing.assert_close(shipped.eval()(x), trained.eval()(x), rtol=0, atol=0)

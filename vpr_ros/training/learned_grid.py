@@ -10,15 +10,16 @@ from __future__ import annotations
 import torch
 
 from functools import partial
+from pathlib import Path
 
-from vpr_ros.models.learned_grid import LearnedGridDescriptor
+from vpr_ros.models.checkpoints import read_state_dict
+from vpr_ros.models.learned_grid import GRID, LearnedGridDescriptor
 from vpr_ros.models.shipped import lite0_trunk_state_dict
 from vpr_ros.models.spec import ModelSpec
 from vpr_ros.training.base import MethodTrainer, freeze, trainable
 from vpr_ros.training.losses import MultiSimilarity
 
 INPUT_SIZE = (64, 128)  # as baseline: the 8x16 grid needs a feature map divisible by it
-GRID = (8, 16)
 
 
 def learned_grid_spec(channels: int) -> ModelSpec:
@@ -64,3 +65,17 @@ class LearnedGridTrainer(MethodTrainer):
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.ms(self.model(images), labels)
         return loss, {}
+
+
+def export_trained_tensors(checkpoint: Path, out: Path) -> dict[str, int]:
+    """Write only the tensors that training changed (head, tuned blocks) of a checkpoint: the file the package ships.
+
+    Returns {key: numel} of what was written.
+    """
+    trained = read_state_dict(checkpoint)
+    channels = trained["head.0.weight"].shape[0]
+    imagenet = build_learned_grid(channels).state_dict()
+    changed = {k: v.clone() for k, v in trained.items() if k.startswith("head.") or not torch.equal(v, imagenet[k])}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(changed, out)
+    return {k: v.numel() for k, v in changed.items()}
