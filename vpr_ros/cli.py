@@ -55,7 +55,7 @@ def _add_index_args(p: argparse.ArgumentParser) -> None:
                    help="faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over 8-bit codes, "
                    "else IVF-PQ; both re-score their shortlist exactly)")
     g.add_argument("--pca-dim", type=_pca_dim, default="auto", help="PCA of the descriptors to this many dims, learned "
-                   "from the map; 'none' keeps the model's (default: %(default)s: 512 for maps too big for exact search)")
+                   "from the map; 'none' keeps the model's (default: %(default)s: 1024 for maps too big for exact search)")
     g.add_argument("--whiten", action="store_true", help="whiten the PCA (divide each direction by its spread)")
 
 
