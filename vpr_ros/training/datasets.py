@@ -27,17 +27,19 @@ import faiss
 import numpy as np
 
 from vpr_ros.errors import DatasetError, ImageDecodeError
-from vpr_ros.imaging import read_rgb
+from vpr_ros.imaging import decode_image_bytes, read_rgb, rgb_to_compressed
 from vpr_ros.maps.sources import IMAGE_SUFFIXES, BagSource, parse_vpr_filename
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPACING_M = 15.0
 DEFAULT_RADIUS_M = 5.0
-# Bag frames are kept decoded in memory, shrunk to this longer side (every model here eats <= 504 px).
+# Bag frames are kept in memory as JPEG (about a tenth of the raw size), shrunk to this longer side
+# (every model here eats <= 504 px).
 BAG_MAX_SIDE = 640
+BAG_JPEG_QUALITY = 95
 
-ImageRef = Path | np.ndarray
+ImageRef = Path | np.ndarray | bytes  # a file, a decoded RGB image, or an encoded one
 
 
 @dataclass
@@ -55,7 +57,11 @@ class PlaceSet:
 
     def image(self, index: int) -> np.ndarray:
         ref = self.images[index]
-        return ref if isinstance(ref, np.ndarray) else read_rgb(ref)
+        if isinstance(ref, np.ndarray):
+            return ref
+        if isinstance(ref, bytes):
+            return decode_image_bytes(ref, f"frame {index} of {self.source}")
+        return read_rgb(ref)
 
     def subset(self, place_indices: Sequence[int]) -> PlaceSet:
         xy = self.place_xy[list(place_indices)] if self.place_xy is not None else None
@@ -192,11 +198,11 @@ def traversals(folders: Sequence[str | Path]) -> PlaceSet:
     return PlaceSet(images, places, None, ordered=True, source=f"traversals {', '.join(map(str, folders))}")
 
 
-def _shrink(rgb: np.ndarray, max_side: int) -> np.ndarray:
+def _shrunk_jpeg(rgb: np.ndarray, max_side: int) -> bytes:
     scale = max_side / max(rgb.shape[:2])
-    if scale >= 1.0:
-        return rgb
-    return cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    if scale < 1.0:
+        rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return rgb_to_compressed(rgb, "jpeg", BAG_JPEG_QUALITY)[1]
 
 
 def rosbags(
@@ -210,7 +216,7 @@ def rosbags(
     """Frames of several recordings of one site, grouped by UTM (GPS) or odometry position.
 
     Frames are read every ``frame_spacing_m`` of travel (as ``build-map --min-distance``) and kept
-    decoded in memory. Centres follow the first bag's route, so places are in route order.
+    in memory as JPEG. Centres follow the first bag's route, so places are in route order.
     """
     if not pose_topic:
         raise DatasetError("training on bags needs --pose-topic (NavSatFix, Odometry, PoseStamped or "
@@ -223,7 +229,7 @@ def rosbags(
     for frame in tqdm(source, total=len(source), desc="reading bags", unit="frame", disable=None):
         if frame.position is None:
             continue
-        images.append(_shrink(frame.image, BAG_MAX_SIDE))
+        images.append(_shrunk_jpeg(frame.image, BAG_MAX_SIDE))
         xy.append(frame.position[:2])
     if len(images) < 2:
         raise DatasetError(f"bags {', '.join(map(str, bags))} gave {len(images)} frames with a pose on {pose_topic}; "
