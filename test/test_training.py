@@ -92,6 +92,7 @@ def runs(nordland, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("method", [*CASES, "scicevpr"])
 def test_checkpoints_are_official_and_load(runs, method):
     run = runs[method]
@@ -107,6 +108,7 @@ def test_checkpoints_are_official_and_load(runs, method):
             assert torch.equal(value, checkpoint["model_state_dict"]["module." + key]), key
 
 
+@pytest.mark.slow  # trains
 def test_student_keeps_the_teachers_backbone_and_fusion_frozen(runs):
     teacher = _checkpoint(runs["scicevpr-teacher"] / BEST)["model_state_dict"]
     student = _checkpoint(runs["scicevpr"] / LAST)["model_state_dict"]
@@ -115,6 +117,7 @@ def test_student_keeps_the_teachers_backbone_and_fusion_frozen(runs):
     assert "module.encoder.layers.1.norm1.weight" in teacher and "module.encoder.layers.1.norm1.weight" not in student
 
 
+@pytest.mark.slow  # trains
 def test_default_trunk_stays_imagenet_except_the_tuned_block(runs):
     from vpr_ros.training.learned_grid import build_learned_grid
 
@@ -139,6 +142,7 @@ def _run_args(nordland, out: Path, epochs: int) -> list[str]:
     return ["--method", "baseline-trainable", *nordland, *SMALL, "--epochs", str(epochs), "--out", str(out)]
 
 
+@pytest.mark.slow  # trains
 def test_sigkill_then_resume_matches_an_uninterrupted_run(nordland, tmp_path):
     epochs = 5
     proc = subprocess.Popen([sys.executable, "-m", "vpr_ros.cli", "train", *_run_args(nordland, tmp_path / "killed", epochs)],
@@ -170,6 +174,7 @@ def bags(tmp_path_factory):
     return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=40, storage="mcap", compressed=True)
 
 
+@pytest.mark.slow  # trains
 def test_trains_from_two_bags_of_one_site(bags, tmp_path):
     from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
 
@@ -202,6 +207,7 @@ def test_gsv_cities_and_vpr_folder_layouts(tmp_path):
     assert sorted(len(p) for p in vpr.places) == [1, 2, 2]  # 0 and 2 m share a place, as do 40 and 41; 90 stands alone
 
 
+@pytest.mark.slow  # trains
 def test_bad_input_is_refused_before_training(nordland, runs, bags, tmp_path, capsys):
     from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
 
@@ -242,6 +248,7 @@ def test_train_help():
     assert r.returncode == 0 and "--traversal" in r.stdout and "--resume" in r.stdout
 
 
+@pytest.mark.slow  # trains
 def test_shipped_default_file_is_what_training_changed(runs, tmp_path, monkeypatch):
     from vpr_ros.models import learned_grid
     from vpr_ros.training.learned_grid import build_learned_grid, export_trained_tensors
