@@ -13,6 +13,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.errors import PoseError, VprError
+from vpr_ros.fileio import remove_debris
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.preprocess import preprocess
@@ -98,6 +99,8 @@ def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_con
     ``stats``). A map in which no place has a position is refused with PoseError unless
     ``allow_no_poses``: such a map can match but never localize, which a user must ask for.
     """
+    if freed := remove_debris(out):  # what killed builds of this map left: free it before a long extraction
+        log.info("removed %.1f MB left beside %s by killed builds", freed / 1e6, out)
     descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
     stats = getattr(source, "stats", None)
     skipped = f" Skipped while reading:\n{stats.report()}" if stats is not None else ""

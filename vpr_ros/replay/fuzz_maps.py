@@ -415,19 +415,19 @@ def _manifest_id(target: Path) -> str | None:
         return None
 
 
-def _phase(target: Path, before_id: str | None) -> str:
-    """Where a build stands, from what it has left on disk."""
+def _phase(target: Path, before_id: str | None, stale: set[Path]) -> str:
+    """Where a build stands, from what it has written on disk (``stale``: debris of earlier kills)."""
     if _manifest_id(target) != before_id:
         return "swap"  # the new map is in place; the previous one was being removed
-    partial = _partial_dirs(target)
+    partial = [d for d in _partial_dirs(target) if d not in stale]
     if not partial:
         return "extracting"
     names = {f.name for d in partial for f in d.iterdir()}
     return next((name for name in reversed(KILL_PHASES[1:5]) if name in names), DESCRIPTORS_FILE)
 
 
-def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | None, rng: random.Random,
-               extract_s: float, timeout_s: float = 300) -> str:
+def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | None, stale: set[Path],
+               rng: random.Random, extract_s: float, timeout_s: float = 300) -> str:
     """Wait for the build to reach ``aim``, SIGKILL it; returns the phase it was in."""
     import signal
     import time
@@ -435,7 +435,7 @@ def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | 
     t0 = time.monotonic()
     kill_at = t0 + rng.uniform(0.2, 0.95) * extract_s
     while proc.poll() is None and time.monotonic() - t0 < timeout_s:
-        phase = _phase(target, before_id)
+        phase = _phase(target, before_id, stale)
         if phase == aim and (aim != "extracting" or time.monotonic() >= kill_at):
             break
         if KILL_PHASES.index(phase) > KILL_PHASES.index(aim):
@@ -444,7 +444,7 @@ def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | 
     time.sleep(rng.uniform(0, 0.005))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return _phase(target, before_id)
+    return _phase(target, before_id, stale)
 
 
 def make_image_folder(folder: Path, n: int) -> Path:
@@ -478,9 +478,9 @@ def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) ->
     phases: Counter = Counter()
     lost, failures = 0, []
     for i in tqdm(range(n), desc="kill -9 trials", unit="kill"):
-        before = _map_id(target)
+        before, stale = _map_id(target), set(_partial_dirs(target))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        phase = _kill_when(proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, rng, extract_s)
+        phase = _kill_when(proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, extract_s)
         phases[phase] += 1
         if _map_id(target) is None:
             lost += 1
