@@ -38,7 +38,7 @@ def recall_rows(base_map: Path, queries: np.ndarray, frames: list, dims: list[in
     """(PCA, R@1, explained variance) for the map as built and rebuilt with each PCA."""
     m = load_map(base_map)
     positives, gt = ground_truth(m, frames, threshold_m, tolerance)
-    plain = LocalizerConfig(top_k=20, temporal="off")
+    plain = LocalizerConfig(top_k=20, temporal="none")
     rows = [("none", evaluate(Localizer(m, None, plain), Queries(queries), positives, gt).recalls[1], 1.0)]
     for dim in dims:
         for whiten in (False, True):

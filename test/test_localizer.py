@@ -10,7 +10,7 @@ from rosutil import build_test_map, perturb, place_images
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import SCHEMA, Localizer
+from vpr_ros.localizer import SCHEMA, Localizer, LocalizerConfig
 from vpr_ros.maps.mapdir import load_map, write_map
 from vpr_ros.maps.places import Place
 
@@ -31,7 +31,7 @@ def vpr_map(tmp_path_factory, images, extractor):
 
 
 def test_localize_finds_each_place_and_fills_the_match(vpr_map, extractor, images):
-    loc = Localizer(vpr_map, extractor, top_k=3)
+    loc = Localizer(vpr_map, extractor, LocalizerConfig(top_k=3, temporal="none"))
     for i, img in enumerate(images):
         m = loc.localize(perturb(img, i), stamp_ns=123_000_000_456, frame_id="cam")
         assert m.best.place_id == i
@@ -52,21 +52,21 @@ def test_a_place_seen_twice_far_apart_is_ambiguous(tmp_path, images, extractor):
     imgs = images[:5] + [images[0]]
     places = [Place(i, i, 1000.0 + 10 * i, 2000.0) for i in range(5)] + [Place(5, 5, 1500.0, 2000.0)]
     path = write_map(tmp_path / "m", extractor.extract(imgs), places, extractor.describe(), IndexConfig("flat"), [])
-    loc = Localizer(load_map(path), extractor, top_k=5)
+    loc = Localizer(load_map(path), extractor, LocalizerConfig(top_k=5, temporal="none"))
     ambiguous = loc.localize(perturb(images[0], 1))
     clear = loc.localize(perturb(images[3], 1))
     assert {c.place_id for c in ambiguous.candidates[:2]} == {0, 5}
-    assert ambiguous.confidence < 0.05 < clear.confidence
+    assert ambiguous.confidence < clear.confidence and ambiguous.pose_prior is None  # no prior for a near-tie elsewhere
     assert ambiguous.covariance_xy[0][0] > 10 * clear.covariance_xy[0][0]
     assert math.sqrt(ambiguous.covariance_xy[0][0]) > 100  # spread over the 500 m between the two
 
 
 def test_sequence_filter_ranks_by_path_scores(vpr_map, extractor, images):
-    loc = Localizer(vpr_map, extractor, top_k=3, sequence=SequenceConfig(length=4, min_velocity=1, max_velocity=1, num_velocities=1,
-                                                                          contrast_window=0))
+    sequence = SequenceConfig(length=4, min_velocity=1, max_velocity=1, num_velocities=1, contrast_window=0)
+    loc = Localizer(vpr_map, extractor, LocalizerConfig(top_k=3, temporal="seqslam", sequence=sequence))
     matches = [loc.localize(perturb(img, 50 + i)) for i, img in enumerate(images[:8])]
     assert [m.best.place_id for m in matches] == list(range(8))
-    assert all(c.rerank_score is not None for m in matches for c in m.candidates)
+    assert all(c.temporal_score is not None and c.rerank_score is None for m in matches for c in m.candidates)
     # the path score of the winner is the mean similarity along the diagonal it followed
     sims = [m.best.score for m in matches[4:8]]
-    assert matches[7].best.rerank_score == pytest.approx(np.mean(sims), abs=1e-5)
+    assert matches[7].best.temporal_score == pytest.approx(np.mean(sims), abs=1e-5)

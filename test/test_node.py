@@ -256,7 +256,7 @@ def test_help_prints_the_parameters_without_starting_ros():
               "assert 'rclpy' not in sys.modules, 'rclpy was imported'\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "min_confidence (double, default 0.05) [0, 1]" in out.stdout and "~/reload_map" in out.stdout
+    assert "min_confidence (double, default 0.8) [0, 1]" in out.stdout and "~/reload_map" in out.stdout
 
 
 def _set_parameters(node, params: dict) -> list:

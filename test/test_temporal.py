@@ -171,8 +171,9 @@ def test_a_closed_loop_carries_the_robot_from_the_last_place_to_the_first():
 
 
 def test_eval_runs_the_filter_on_a_real_map(tmp_path):
-    """`evaluate(..., temporal=...)` through a written map and its faiss index: better than plain, with confidences."""
-    from vpr_ros.evaluation.evaluate import evaluate
+    """`evaluate` with the localizer's hmm filter through a written map and its faiss index: better than plain."""
+    from vpr_ros.evaluation.evaluate import Queries, evaluate
+    from vpr_ros.localizer import Localizer, LocalizerConfig
     from vpr_ros.evaluation.recall import positives_by_distance
     from vpr_ros.index.faiss_index import IndexConfig
     from vpr_ros.maps.mapdir import load_map, write_map
@@ -192,8 +193,9 @@ def test_eval_runs_the_filter_on_a_real_map(tmp_path):
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     xy = np.array([p.position[:2] for p in vpr_map.places])
     positives = positives_by_distance(xy[truth] - xy.mean(0), xy - xy.mean(0), 2.5)
-    plain = evaluate(vpr_map, queries, positives, "within 2.5 m")
-    filtered = evaluate(vpr_map, queries, positives, "within 2.5 m", temporal=TemporalConfig())
+    plain = evaluate(Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="none")), Queries(queries), positives, "within 2.5 m")
+    filtered = evaluate(Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="hmm")), Queries(queries), positives,
+                        "within 2.5 m")
     assert plain.recalls[1] < 0.8 and filtered.recalls[1] >= plain.recalls[1] + 0.1
     for r in (plain, filtered):
         assert r.confidence.shape == (len(truth),) and np.all((r.confidence >= 0) & (r.confidence <= 1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -65,6 +66,25 @@ def _index_config(a: argparse.Namespace):
     return IndexConfig(a.index, pca_dim=a.pca_dim, whiten=a.whiten)
 
 
+def _add_pipeline_args(p: argparse.ArgumentParser, several: bool) -> None:
+    """--rerank / --temporal as the node's parameters (eval takes several and runs every combination)."""
+    from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE
+    from vpr_ros.index import TEMPORAL_FILTERS
+
+    g = p.add_argument_group("pipeline (as the node's parameters)")
+    many = {"nargs": "+"} if several else {}
+    g.add_argument("--rerank", default=["none"] if several else "none", **many,
+                   help="re-ranker of the global top candidates: none, auto (the one whose features the map holds) or a "
+                   "re-ranker's name, e.g. fol (default: %(default)s)")
+    g.add_argument("--rerank-top-k", type=int, default=10, help="candidates re-ranked (default: %(default)s)")
+    g.add_argument("--temporal", default=["none", "hmm"] if several else "hmm", choices=TEMPORAL_FILTERS, **many,
+                   help="temporal filter over the frame sequence (default: %(default)s)")
+    g.add_argument("--odometry-from-poses", action="store_true",
+                   help="feed the filter the distance between consecutive query poses, as odometry would")
+    g.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
+                   help="confidence at or above which a pose prior is given (default: %(default)s)")
+
+
 def _add_query_args(p: argparse.ArgumentParser) -> None:
     """A map and query images, with the map's model unless --model says otherwise."""
     p.add_argument("--map", required=True, type=Path, help="map directory")
@@ -119,15 +139,28 @@ def cmd_build_index(a: argparse.Namespace) -> int:
     return 0
 
 
+def _localizer_config(a: argparse.Namespace, rerank: str, temporal: str, top_k: int):
+    from vpr_ros.localizer import LocalizerConfig
+
+    return LocalizerConfig(top_k=top_k, rerank=rerank, rerank_top_k=a.rerank_top_k, temporal=temporal,
+                           min_confidence=a.min_confidence)
+
+
 def cmd_localize(a: argparse.Namespace) -> int:
     from vpr_ros.localizer import Localizer
 
     vpr_map, extractor = _map_and_extractor(a)
-    localizer = Localizer(vpr_map, extractor, top_k=a.top_k)
+    localizer = Localizer(vpr_map, extractor, _localizer_config(a, a.rerank, a.temporal, a.top_k))
     out = open(a.out, "w") if a.out else sys.stdout
     try:
+        previous = None
         for frame in _open_source(a, keyframes=False):
-            out.write(localizer.localize(frame.image, frame.stamp_ns, frame.frame_id or "camera").to_json() + "\n")
+            travelled = None
+            if a.odometry_from_poses and previous is not None and frame.position is not None:
+                travelled = math.dist(previous[:2], frame.position[:2])
+            previous = frame.position if frame.position is not None else previous
+            match = localizer.localize(frame.image, frame.stamp_ns, frame.frame_id or "camera", travelled_m=travelled)
+            out.write(match.to_json() + "\n")
     finally:
         if a.out:
             out.close()
@@ -135,22 +168,24 @@ def cmd_localize(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from vpr_ros.evaluation.evaluate import evaluate, format_table, ground_truth, write_report
-    from vpr_ros.index.sequence import SequenceConfig
-    from vpr_ros.maps.build import extract_frames
+    from vpr_ros.evaluation.evaluate import extract_queries, format_table, ground_truth, report_rows, run_configurations, write_report
+    from vpr_ros.index.rerank import create_reranker
+    from vpr_ros.maps.local_features import stored_reranker
 
     vpr_map, extractor = _map_and_extractor(a)
+    reranks = list(dict.fromkeys(stored_reranker(a.map) or "none" if r == "auto" else r for r in a.rerank))
+    needing_features = [r for r in reranks if r != "none"]
+    if len(needing_features) > 1:
+        raise VprError(f"one re-ranker per evaluation run, got {', '.join(needing_features)}; run eval once per re-ranker")
+    reranker = create_reranker(needing_features[0], extractor) if needing_features else None
     source = _open_source(a, keyframes=False)
-    descriptors, frames = extract_frames(source, extractor, total=len(source), desc="queries")
+    queries, frames = extract_queries(source, extractor, reranker, a.odometry_from_poses, total=len(source))
     positives, gt = ground_truth(vpr_map, frames, a.threshold_m, a.frame_tolerance)
-    result = evaluate(vpr_map, descriptors, positives, gt)
-    rows = {extractor.spec.name: result.recalls}
-    if a.sequence_length > 1:
-        seq = evaluate(vpr_map, descriptors, positives, gt, SequenceConfig(length=a.sequence_length))
-        rows[f"{extractor.spec.name} + sequence {a.sequence_length}"] = seq.recalls
-    print(format_table(rows))
-    json_path, png = write_report(rows, gt, len(frames), Path(a.out), {"map": str(a.map)})
-    print(f"wrote {json_path} and {png}")
+    configs = [_localizer_config(a, r, t, 20) for r in reranks for t in a.temporal]
+    results = run_configurations(vpr_map, extractor, queries, positives, gt, configs)
+    print(format_table(report_rows(results)))
+    written = write_report(results, gt, len(frames), Path(a.out), {"map": str(a.map)})
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 
@@ -233,18 +268,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build_map)
 
     p = sub.add_parser("localize", help="match query images against a map, without ROS",
-                       description="Match every image of a bag topic or folder against a map; one PlaceMatch JSON per line.")
+                       description="Match every image of a bag topic or folder against a map, in order, through the node's "
+                       "pipeline (re-ranking, temporal filter, confidence); one PlaceMatch JSON per line.")
     _add_query_args(p)
+    _add_pipeline_args(p, several=False)
     p.add_argument("--top-k", type=int, default=5, help="candidates per query (default: %(default)s)")
     p.add_argument("--out", type=Path, help="JSON-lines file (default: standard output)")
     p.set_defaults(func=cmd_localize)
 
-    p = sub.add_parser("eval", help="Recall@1/5/10/20 of queries against a map",
-                       description="Recall@N of query images against a map; prints a table, writes results.json and recall.png.")
+    p = sub.add_parser("eval", help="Recall@1/5/10/20 and confidence of queries against a map, per pipeline configuration",
+                       description="Run query images through the node's pipeline once per configuration (every --rerank "
+                       "with every --temporal): prints one row each (Recall@N, precision and fraction of pose priors at "
+                       "--min-confidence, AUC-PR, Extended Precision) and writes results.json, recall.png and "
+                       "precision_recall.png.")
     _add_query_args(p)
+    _add_pipeline_args(p, several=True)
     p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
     p.add_argument("--frame-tolerance", type=int, help="instead of metres: right within this many frames (aligned sequences)")
-    p.add_argument("--sequence-length", type=int, default=0, help="also report recall with sequence filtering over this many frames")
     p.add_argument("--out", type=Path, default=Path("eval_out"), help="report directory (default: %(default)s)")
     p.set_defaults(func=cmd_eval)
 

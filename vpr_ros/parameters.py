@@ -14,6 +14,8 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
+from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE
+from vpr_ros.index import TEMPORAL_FILTERS
 from vpr_ros.inference import BACKENDS, PRECISIONS
 
 NODE_NAME = "vpr_localizer"
@@ -60,6 +62,12 @@ def _model_names() -> tuple[str, ...]:
     return tuple(names())
 
 
+def _reranker_names() -> tuple[str, ...]:
+    from vpr_ros.index.rerank import reranker_names
+
+    return reranker_names()
+
+
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("map_path", "", "Map directory written by `vpr-ros build-map`. Empty: the node starts without a map "
               "and waits for ~/reload_map after you set this parameter."),
@@ -80,19 +88,28 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("camera_frame", "camera", "frame_id used when an incoming image has an empty one."),
     Parameter("map_frame", "map", "frame_id of /vpr/pose_prior; map positions (UTM metres for GPS maps) are in it."),
     Parameter("top_k", 5, "Candidates per frame in /vpr/match.", min=1, max=100),
-    Parameter("min_confidence", 0.05, "/vpr/pose_prior is published only at or above this confidence (0..1). "
-              "Confidence = 1 - d_best / d_alternative (a ratio test on descriptor distances). On the demo route 0.05 "
-              "publishes 38 % of frames, 97 % of them within 10 m.", min=0.0, max=1.0),
+    Parameter("rerank", "auto", "Re-ranking of the global top candidates by local features: none; auto (the re-ranker "
+              "whose features the map holds, none when it holds none); or a re-ranker by name, which the map must hold "
+              "features for (`vpr-ros build-map --rerank NAME`).", choices=("none", "auto", *_reranker_names())),
+    Parameter("rerank_top_k", 10, "Global candidates the re-ranker re-sorts per frame.", min=1, max=100),
+    Parameter("temporal", "hmm", "Temporal filter over the frame sequence: hmm follows the robot along the map's route "
+              "(speed changes, stops with odometry, kidnapping: it resets and says so in the match), looking only at "
+              "the top candidates so its cost does not grow with the map; seqslam is the classic SeqSLAM over every map "
+              "place (sequence_* parameters); none matches each frame on its own.", choices=TEMPORAL_FILTERS),
+    Parameter("odom_topic", "", "nav_msgs/Odometry topic whose travelled distance drives the hmm filter's motion "
+              "model; empty: a speed prior wide enough for stops and 3x speed changes."),
+    Parameter("min_confidence", DEFAULT_MIN_CONFIDENCE, "/vpr/pose_prior is published only at or above this "
+              "confidence: the calibrated probability that the best place is right (ratio-test margin, plus the hmm "
+              "filter's support). On the demo route 0.8 gives a prior for 79 % of frames, all of them right.",
+              min=0.0, max=1.0),
     Parameter("ambiguity_radius_m", 25.0, "Candidates farther than this from the best one count as other places.",
               min=0.0),
     Parameter("base_sigma_m", 5.0, "Position standard deviation of an unambiguous match, metres; alternatives "
               "widen it.", min=0.01),
-    Parameter("sequence_length", 0, "SeqSLAM-style temporal filtering over this many frames; 0 or 1: off. It assumes "
-              "the robot moves along the mapped route (no long stops or reversing); on Nordland it lifts the default "
-              "model's Recall@1 from 0.55 to 0.86.", min=0, max=1000),
-    Parameter("sequence_min_velocity", 0.8, "Slowest travel the sequence filter tries, in map places per camera "
+    Parameter("sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1, max=1000),
+    Parameter("sequence_min_velocity", 0.8, "Slowest travel the seqslam filter tries, in map places per camera "
               "frame (speed / (frame rate * map keyframe spacing)).", min=-100.0, max=100.0),
-    Parameter("sequence_max_velocity", 1.25, "Fastest travel the sequence filter tries, in map places per camera "
+    Parameter("sequence_max_velocity", 1.25, "Fastest travel the seqslam filter tries, in map places per camera "
               "frame; at least sequence_min_velocity.", min=-100.0, max=100.0),
     Parameter("max_image_pixels", 50_000_000, "Larger images are rejected as bad input (logged, counted, skipped).",
               min=1),

@@ -24,9 +24,12 @@ from vpr_ros.replay.processes import replay, start_node, stop_process
 from vpr_ros.stamps import stamp_to_ns
 
 SEQUENCE_LENGTH = 10  # frames, for the offline temporal-filtering row of the report
-def summarize(matches: list[tuple[int, dict]], sent: list, query_xy: np.ndarray, threshold_m: float) -> dict:
-    """Join matches to sent frames by stamp; recall@1 and end-to-end latency."""
+def summarize(matches: list[tuple[int, dict]], pose_priors: list, sent: list, query_xy: np.ndarray, threshold_m: float) -> dict:
+    """Join matches and pose priors to sent frames by stamp: recall@1, pose-prior precision and fraction, latency."""
     frame_of_stamp = {s: i for i, s, _ in sent}
+    priors = [(frame_of_stamp[stamp_to_ns(msg.header.stamp)], msg.pose.pose.position) for _, msg in pose_priors
+              if stamp_to_ns(msg.header.stamp) in frame_of_stamp]
+    prior_err = np.array([np.hypot(pos.x - query_xy[i][0], pos.y - query_xy[i][1]) for i, pos in priors])
     rows = []
     for received_ns, m in matches:
         stamp = stamp_to_ns(m["stamp"])
@@ -48,17 +51,22 @@ def summarize(matches: list[tuple[int, dict]], sent: list, query_xy: np.ndarray,
         "recall_at_1": float(np.mean(err <= threshold_m)),
         "threshold_m": threshold_m,
         "median_error_m": float(np.median(err)),
+        "pose_priors": len(priors),
+        "pose_prior_precision": float(np.mean(prior_err <= threshold_m)) if len(priors) else None,
+        "pose_prior_fraction": len(priors) / len(sent),
         "latency_end_to_end_ms": {"p50": float(np.percentile(e2e, 50)), "p95": float(np.percentile(e2e, 95))},
         "latency_node_pipeline_ms": {"p50": float(np.percentile(node, 50)), "p95": float(np.percentile(node, 95))},
         "_idx": idx, "_best": best, "_correct": err <= threshold_m,
     }
 
 
-def _map_and_offline_recall(model: str, weights: str | None, map_bag: Path, query_bag: Path, a, map_dir: Path):
-    """Build a map with ``model`` and score every query frame against it offline (no ROS)."""
-    from vpr_ros.evaluation.evaluate import evaluate, ground_truth
+def _map_and_offline_rows(model: str, weights: str | None, map_bag: Path, query_bag: Path, a, map_dir: Path):
+    """Build a map with ``model`` and run every query frame through the pipeline offline (no ROS), once per
+    configuration: plain, the place filter (hmm) and SeqSLAM with velocities from the routes' spacing."""
+    from vpr_ros.evaluation.evaluate import extract_queries, ground_truth, report_rows, run_configurations
     from vpr_ros.inference.factory import create_extractor
-    from vpr_ros.maps.build import build_map, extract_frames
+    from vpr_ros.localizer import LocalizerConfig
+    from vpr_ros.maps.build import build_map
     from vpr_ros.maps.mapdir import load_map
     from vpr_ros.maps.sources import BagSource
 
@@ -66,12 +74,12 @@ def _map_and_offline_recall(model: str, weights: str | None, map_bag: Path, quer
     build_map(BagSource([map_bag], a.image_topic, a.pose_topic, min_distance_m=a.min_distance), extractor, map_dir)
     vpr_map = load_map(map_dir, extractor.describe())
     source = BagSource([query_bag], a.image_topic, a.pose_topic, min_distance_m=0.0)
-    descriptors, frames = extract_frames(source, extractor, total=len(source), desc=f"queries ({model})")
+    queries, frames = extract_queries(source, extractor, total=len(source))
     positives, gt = ground_truth(vpr_map, frames, a.threshold_m, None)
     sequence = _sequence_config([f.position for f in frames], [p.position for p in vpr_map.places])
-    recalls = {model: evaluate(vpr_map, descriptors, positives, gt).recalls,
-               f"{model} + sequence {SEQUENCE_LENGTH}": evaluate(vpr_map, descriptors, positives, gt, sequence).recalls}
-    return vpr_map, frames, recalls, gt
+    configs = [LocalizerConfig(top_k=20, temporal="none"), LocalizerConfig(top_k=20, temporal="hmm"),
+               LocalizerConfig(top_k=20, temporal="seqslam", sequence=sequence)]
+    return vpr_map, frames, report_rows(run_configurations(vpr_map, extractor, queries, positives, gt, configs)), gt
 
 
 def _sequence_config(query_positions, map_positions) -> SequenceConfig:
@@ -83,7 +91,6 @@ def _sequence_config(query_positions, map_positions) -> SequenceConfig:
 
 def run_demo(a) -> int:
     from vpr_ros.evaluation.evaluate import format_table
-    from vpr_ros.replay.collector import OutputCollector
 
     apply_loopback_dds_env()  # before this process's collector starts rclpy
     out = Path(a.out)
@@ -104,16 +111,47 @@ def run_demo(a) -> int:
     a.threshold_m = a.threshold_m or 25.0
 
     print(f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw pixels)", flush=True)
-    vpr_map, q_frames, offline, gt = _map_and_offline_recall(a.model, a.weights, map_bag, query_bag, a, out / "map")
-    offline.update(_map_and_offline_recall("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2])
+    vpr_map, q_frames, offline, gt = _map_and_offline_rows(a.model, a.weights, map_bag, query_bag, a, out / "map")
+    offline.update(_map_and_offline_rows("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2])
     print(format_table(offline), flush=True)
     query_xy = np.array([f.position[:2] for f in q_frames])
 
-    print("[3/5] starting the localize node", flush=True)
+    runs = {}
+    for step, (label, params) in enumerate((("plain", ["-p", "temporal:=none"]), ("best", [])), start=3):
+        print(f"[{step}/5] the localize node, {label} configuration ({' '.join(params[1::2]) or 'defaults'}): "
+              "replaying the query bag onto the camera topic at camera rate", flush=True)
+        runs[label] = _run_node(vpr_map.path, query_bag, query_xy, a, out / label, params)
+
+    print("[5/5] report", flush=True)
+    best = runs["best"]
+    report = {k: v for k, v in best.items() if not k.startswith("_")}
+    report.update({
+        "configuration": "node defaults (config/localize.yaml)",
+        "plain": {k: v for k, v in runs["plain"].items() if not k.startswith("_")},
+        "offline": offline,
+        "offline_recall": {k: v["recall"] for k, v in offline.items()},
+        "ground_truth": gt,
+        "map_places": len(vpr_map),
+    })
+    if "_idx" in best:
+        png = plot_trajectory_matches(np.array([p.position[:2] for p in vpr_map.places]), query_xy[best["_idx"]], best["_best"],
+                                      best["_correct"], out / "trajectory.png",
+                                      f"{a.model}: R@1 {best['recall_at_1']:.2f} within {a.threshold_m:g} m")
+        report["trajectory_png"] = str(png)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    _print_report(report)
+    return 0 if best.get("frames_matched") else 1
+
+
+def _run_node(map_path: Path, query_bag: Path, query_xy: np.ndarray, a, out: Path, params: list[str]) -> dict:
+    """The node in its own process with ``params`` on top of config/localize.yaml, the query bag replayed onto
+    its camera topic by another; what came back on /vpr/match and /vpr/pose_prior, summarized."""
+    from vpr_ros.replay.collector import OutputCollector
+
+    out.mkdir(parents=True, exist_ok=True)
     collector = OutputCollector()
-    node = start_node(vpr_map.path, a.model, a.image_topic, out / "node.log", a.weights)
+    node = start_node(map_path, a.model, a.image_topic, out / "node.log", a.weights, extra=params)
     try:
-        print("[4/5] replaying the query bag onto the camera topic at camera rate", flush=True)
         played = replay(query_bag, a.image_topic, out / "sent.json", a.rate)
         if played.returncode != 0:
             raise SystemExit(f"vpr-ros demo: the player failed: {played.stdout}{played.stderr}\nnode log: {out / 'node.log'}")
@@ -123,40 +161,29 @@ def run_demo(a) -> int:
     finally:
         code = stop_process(node)
         collector.close()
-
-    print("[5/5] report", flush=True)
     with open(out / "matches.jsonl", "w") as f:
         f.writelines(json.dumps(m) + "\n" for _, m in collector.matches)
-    s = summarize(collector.matches, sent, query_xy, a.threshold_m)
+    summary = summarize(collector.matches, collector.pose_priors, sent, query_xy, a.threshold_m)
     diag = collector.diagnostics[-1] if collector.diagnostics else {}
-    report = {k: v for k, v in s.items() if not k.startswith("_")}
-    report.update({
-        "frames_dropped_by_node": int(diag.get("frames_dropped", -1)),
-        "frames_bad": int(diag.get("frames_bad", -1)),
-        "pose_priors": len(collector.pose_priors),
-        "node_exit_code": code,
-        "offline_recall": {k: {f"R@{n}": round(r, 4) for n, r in v.items()} for k, v in offline.items()},
-        "ground_truth": gt,
-        "map_places": len(vpr_map),
-    })
-    if "_idx" in s:
-        png = plot_trajectory_matches(np.array([p.position[:2] for p in vpr_map.places]), query_xy[s["_idx"]], s["_best"], s["_correct"],
-                                      out / "trajectory.png", f"{a.model}: R@1 {s['recall_at_1']:.2f} within {a.threshold_m:g} m")
-        report["trajectory_png"] = str(png)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    _print_report(report)
-    return 0 if s.get("frames_matched") else 1
+    summary.update({"frames_dropped_by_node": int(diag.get("frames_dropped", -1)), "frames_bad": int(diag.get("frames_bad", -1)),
+                    "node_exit_code": code, "params": params})
+    return summary
 
 
 def _print_report(r: dict) -> None:
-    lat, node = r.get("latency_end_to_end_ms", {}), r.get("latency_node_pipeline_ms", {})
     print("\n=== vpr_ros demo ===")
-    print(f"frames sent {r['frames_sent']}, matched {r.get('frames_matched', 0)}, dropped by the node {r['frames_dropped_by_node']}, "
-          f"bad {r['frames_bad']}, pose priors {r['pose_priors']}")
-    if "recall_at_1" in r:
-        print(f"Recall@1 over DDS: {r['recall_at_1']:.3f} (within {r['threshold_m']:g} m; median error {r['median_error_m']:.1f} m)")
-        print(f"latency publish->match p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; node pipeline p50 {node['p50']:.1f} ms, p95 {node['p95']:.1f} ms")
-    for name, rec in r["offline_recall"].items():
-        print(f"offline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rec.items()))
+    for label, run in (("plain (temporal none)", r["plain"]), ("best (node defaults)", r)):
+        print(f"{label}: frames sent {run['frames_sent']}, matched {run.get('frames_matched', 0)}, dropped by the node "
+              f"{run['frames_dropped_by_node']}, bad {run['frames_bad']}")
+        if "recall_at_1" in run:
+            lat, node = run["latency_end_to_end_ms"], run["latency_node_pipeline_ms"]
+            precision = "-" if run["pose_prior_precision"] is None else f"{run['pose_prior_precision']:.3f}"
+            print(f"  Recall@1 over DDS {run['recall_at_1']:.3f} (within {run['threshold_m']:g} m; median error "
+                  f"{run['median_error_m']:.1f} m); pose priors {run['pose_priors']} ({run['pose_prior_fraction']:.0%} of frames), "
+                  f"{precision} of them within {run['threshold_m']:g} m")
+            print(f"  latency publish->match p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; node pipeline p50 "
+                  f"{node['p50']:.1f} ms, p95 {node['p95']:.1f} ms")
+    for name, row in r["offline"].items():
+        print(f"offline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
     if "trajectory_png" in r:
         print(f"trajectory plot: {r['trajectory_png']}")

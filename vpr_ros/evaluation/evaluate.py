@@ -1,29 +1,42 @@
-"""Recall of query frames against a map: ground truth, ranking, sequence filter, report."""
+"""Recall and confidence of query frames against a map, through the same pipeline as the node; ground truth, report."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
-from vpr_ros.confidence import DEFAULT_MODELS, FEATURES_PLAIN, FEATURES_TEMPORAL, frame_features
+from vpr_ros.evaluation.precision import plot_precision_recall, precision_recall, summary
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
-from vpr_ros.index.sequence import SequenceConfig, filter_sequence
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
+from vpr_ros.index.rerank import LocalFeatures, Reranker
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.localizer import Localizer, LocalizerConfig
+from vpr_ros.maps.build import extract_frames
 from vpr_ros.maps.mapdir import VprMap
 
 RECALL_NS = (1, 5, 10, 20)
 
 
 @dataclass
+class Queries:
+    """What the pipeline needs of the query frames, extracted once and shared by every configuration."""
+
+    descriptors: np.ndarray  # [Q, dim]
+    local: list[LocalFeatures] | None = None  # per query, for re-ranking
+    travelled_m: np.ndarray | None = None  # [Q] odometry distance since the previous query frame
+
+
+@dataclass
 class EvalResult:
     recalls: dict[int, float]
-    ranked: np.ndarray  # [Q, K] place indices, best first
+    ranked: np.ndarray  # [Q, K] map place indices, best first (-1 past the end)
     positives: list[np.ndarray]
     ground_truth: str  # how positives were defined
-    confidence: np.ndarray | None = None  # [Q] calibrated confidence of the best match (not for SeqSLAM)
+    confidence: np.ndarray  # [Q] calibrated confidence of the best match
 
     def correct_top1(self) -> np.ndarray:
         return np.array([row[0] in pos for row, pos in zip(self.ranked, self.positives)])
@@ -47,61 +60,92 @@ def ground_truth(vpr_map: VprMap, query_frames: list, threshold_m: float, frame_
     return positives_by_distance(q_xy - origin, db_xy - origin, threshold_m), f"within {threshold_m:g} m"
 
 
-def map_positions_xy(vpr_map: VprMap) -> np.ndarray | None:
-    """Place positions [N, 2] (map frame metres), or None for a map without them."""
-    xy = np.array([p.position[:2] if p.position else (np.nan, np.nan) for p in vpr_map.places], dtype=np.float64)
-    return None if np.isnan(xy).all() else xy
-
-
-def evaluate(vpr_map: VprMap, query_descriptors: np.ndarray, positives: list[np.ndarray], gt: str,
-             sequence: SequenceConfig | None = None, temporal: TemporalConfig | None = None,
-             travelled_m: np.ndarray | None = None) -> EvalResult:
-    """Recall of the plain ranking, of SeqSLAM (``sequence``) or of the place HMM (``temporal``, with
-    odometry distances per query frame when given), run causally frame by frame as the node runs them."""
-    k = min(max(RECALL_NS), len(vpr_map))
-    confidence = None
-    if temporal is not None:
-        ranked, confidence = _temporal(vpr_map, query_descriptors, temporal, travelled_m, k)
-    elif sequence is not None and sequence.length > 1:
-        sims = np.asarray(query_descriptors @ np.asarray(vpr_map.descriptors).T, dtype=np.float32)
-        ranked, _ = filter_sequence(sims, sequence, k)
-    else:
-        scores, ranked = vpr_map.index.search(query_descriptors, k)
-        xy, model = map_positions_xy(vpr_map), DEFAULT_MODELS[FEATURES_PLAIN]
-        confidence = np.array([model(**frame_features(s[i >= 0], i[i >= 0], xy)) for s, i in zip(scores, ranked)])
+def evaluate(localizer: Localizer, queries: Queries, positives: list[np.ndarray], gt: str) -> EvalResult:
+    """Recall and confidence of ``localizer`` over the queries, frame by frame in order, exactly as the
+    node runs it (re-ranking, temporal filter and confidence included)."""
+    index_of = {p.place_id: i for i, p in enumerate(localizer.map.places)}
+    k = max(RECALL_NS)
+    ranked = np.full((len(queries.descriptors), k), -1, np.int64)
+    confidence = np.zeros(len(queries.descriptors))
+    for q, descriptor in enumerate(queries.descriptors):
+        m = localizer.match(descriptor, queries.local[q] if queries.local is not None else None,
+                            travelled_m=None if queries.travelled_m is None else float(queries.travelled_m[q]))
+        ids = [index_of[c.place_id] for c in m.candidates][:k]
+        ranked[q, : len(ids)] = ids
+        confidence[q] = m.confidence
     return EvalResult(recall_at_n(ranked, positives, RECALL_NS), ranked, positives, gt, confidence)
 
 
-def _temporal(vpr_map: VprMap, query_descriptors: np.ndarray, config: TemporalConfig, travelled_m: np.ndarray | None,
-              k: int) -> tuple[np.ndarray, np.ndarray]:
-    xy, model = map_positions_xy(vpr_map), DEFAULT_MODELS[FEATURES_TEMPORAL]
-    f = TemporalFilter(Route.of_map(xy, len(vpr_map)), config)
-    scores, ids = vpr_map.index.search(query_descriptors, min(config.candidates, len(vpr_map)))
-    ranked, confidence = np.full((len(ids), k), -1, np.int64), np.zeros(len(ids))
-    for q in range(len(ids)):
-        keep = ids[q] >= 0
-        r = f.push(ids[q][keep], scores[q][keep], None if travelled_m is None else float(travelled_m[q]), k)
-        ranked[q, : len(r.place_ids)] = r.place_ids
-        confidence[q] = model(**frame_features(scores[q][keep], ids[q][keep], xy, r))
-    return ranked, confidence
+def extract_queries(frames: Iterable, extractor: DescriptorExtractor, reranker: Reranker | None = None,
+                    odometry_from_poses: bool = False, total: int | None = None) -> tuple[Queries, list]:
+    """Descriptors (and a re-ranker's local features) of query frames, streaming (images are dropped).
+
+    ``odometry_from_poses``: distances between consecutive frames' positions stand in for odometry
+    (the query's own pose source: an upper bound on what wheel odometry gives).
+    Returns (queries, the frames without their images)."""
+    if reranker is None:
+        descriptors, kept = extract_frames(frames, extractor, total=total, desc="queries")
+        local = None
+    else:
+        rows, local, kept = [], [], []
+        for f in tqdm(frames, total=total, desc=f"queries + {reranker.name} features", unit="img", dynamic_ncols=True):
+            d, lf = reranker.extract_query(f.image, extractor)
+            f.image = None
+            rows.append(d)
+            local.append(lf)
+            kept.append(f)
+        descriptors = np.stack(rows) if rows else np.zeros((0, extractor.dim), np.float32)
+    travelled = None
+    if odometry_from_poses:
+        xy = np.array([f.position[:2] if f.position is not None else (np.nan, np.nan) for f in kept], dtype=np.float64)
+        travelled = np.concatenate([[0.0], np.linalg.norm(np.diff(xy, axis=0), axis=1)]) if len(xy) else np.zeros(0)
+    return Queries(np.asarray(descriptors, dtype=np.float32), local, travelled), kept
 
 
-def write_report(curves: dict[str, dict[int, float]], ground_truth: str, queries: int, out_dir: Path,
-                 extra: dict | None = None) -> tuple[Path, Path]:
-    """results.json and recall.png (one curve per method) in ``out_dir``."""
+def row_name(model: str, rerank: str, temporal: str) -> str:
+    return model + ("" if rerank == "none" else f" + {rerank}") + ("" if temporal == "none" else f" + {temporal}")
+
+
+def run_configurations(vpr_map: VprMap, extractor: DescriptorExtractor | None, queries: Queries, positives: list[np.ndarray],
+                       gt: str, configs: list[LocalizerConfig]) -> dict[str, tuple[LocalizerConfig, EvalResult]]:
+    """One evaluation per configuration, named by ``row_name``."""
+    out = {}
+    for config in configs:
+        localizer = Localizer(vpr_map, extractor, config)
+        rerank = localizer.reranker.name if localizer.reranker is not None else "none"
+        out[row_name(vpr_map.model["name"], rerank, config.temporal)] = (config, evaluate(localizer, queries, positives, gt))
+    return out
+
+
+def report_rows(results: dict[str, tuple[LocalizerConfig, EvalResult]]) -> dict[str, dict]:
+    """Per configuration: Recall@N and the confidence figures (AUC-PR, R@100P, EP, pose-prior precision/fraction)."""
+    return {name: {"recall": {f"R@{n}": round(v, 4) for n, v in r.recalls.items()},
+                   **summary(r.confidence, r.correct_top1(), config.min_confidence)}
+            for name, (config, r) in results.items()}
+
+
+def write_report(results: dict[str, tuple[LocalizerConfig, EvalResult]], ground_truth: str, queries: int, out_dir: Path,
+                 extra: dict | None = None) -> list[Path]:
+    """results.json (every configuration), recall.png and precision_recall.png in ``out_dir``."""
     from vpr_ros.evaluation.plots import plot_recall_curve
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
-    recall = {name: {f"R@{n}": round(r, 4) for n, r in rs.items()} for name, rs in curves.items()}
-    json_path.write_text(json.dumps({"ground_truth": ground_truth, "queries": queries, "recall": recall, **(extra or {})}, indent=2) + "\n")
-    png = plot_recall_curve(curves, out_dir / "recall.png", ground_truth)
-    return json_path, png
+    document = {"ground_truth": ground_truth, "queries": queries, "configurations": report_rows(results), **(extra or {})}
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    recall_png = plot_recall_curve({name: r.recalls for name, (_, r) in results.items()}, out_dir / "recall.png", ground_truth)
+    pr_png = plot_precision_recall({name: precision_recall(r.confidence, r.correct_top1()) for name, (_, r) in results.items()},
+                                   out_dir / "precision_recall.png", f"best match right ({ground_truth})")
+    return [json_path, recall_png, pr_png]
 
 
-def format_table(rows: dict[str, dict[int, float]]) -> str:
-    ns = sorted({n for r in rows.values() for n in r})
-    header = "| method | " + " | ".join(f"R@{n}" for n in ns) + " |"
-    lines = [header, "|" + "---|" * (len(ns) + 1)]
-    lines += [f"| {name} | " + " | ".join(f"{r[n]:.3f}" for n in ns) + " |" for name, r in rows.items()]
+def format_table(rows: dict[str, dict]) -> str:
+    """Markdown table of ``report_rows``: Recall@N, then precision and fraction of pose priors, AUC-PR, EP."""
+    ns = list(next(iter(rows.values()))["recall"]) if rows else []
+    header = "| configuration | " + " | ".join(ns) + " | prior precision | prior fraction | AUC-PR | EP |"
+    lines = [header, "|" + "---|" * (len(ns) + 5)]
+    for name, r in rows.items():
+        precision = "-" if r["pose_prior_precision"] is None else f"{r['pose_prior_precision']:.3f}"
+        lines.append(f"| {name} | " + " | ".join(f"{r['recall'][n]:.3f}" for n in ns)
+                     + f" | {precision} | {r['pose_prior_fraction']:.3f} | {r['auc_pr']:.3f} | {r['extended_precision']:.3f} |")
     return "\n".join(lines)

@@ -9,6 +9,7 @@ localizer's; the node copies fields into messages.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
@@ -17,6 +18,7 @@ from pathlib import Path
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
@@ -30,7 +32,7 @@ from vpr_ros.errors import ConfigError, ImageDecodeError, VprError
 from vpr_ros.imaging import image_msg_to_rgb
 from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer, Match
+from vpr_ros.localizer import Localizer, LocalizerConfig, Match
 from vpr_ros.logs import quiet_third_party_logs
 from vpr_ros.maps.mapdir import VprMap, load_map
 from vpr_ros.ros.latest_slot import LatestSlot
@@ -39,7 +41,7 @@ from vpr_ros.stamps import stamp_to_ns
 
 # Changing these needs a new extractor, subscription or timer: they are fixed at start-up.
 FIXED_AT_START = ("model", "weights", "backend", "precision", "engine_cache_dir", "image_transport", "image_qos",
-                  "diagnostics_period_s")
+                  "diagnostics_period_s", "odom_topic")
 RECENT_FAILURE_PERIODS = 10  # /diagnostics is WARN while a frame failed within this many diagnostics periods
 
 
@@ -54,6 +56,8 @@ class LocalizerNode(Node):
         self._map_lock = threading.Lock()
         self.vpr_map: VprMap | None = None
         self.localizer: Localizer | None = None
+        self._odom = OdometryDistance()
+        self._dropped_seen = 0
 
         self.extractor = create_extractor(self.p["model"], self.p["weights"] or None, self.p["backend"], self.p["precision"],
                                           Path(self.p["engine_cache_dir"]).expanduser() if self.p["engine_cache_dir"] else None)
@@ -72,6 +76,8 @@ class LocalizerNode(Node):
             self.create_subscription(Image, "image", self._on_image, qos)
         else:
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
+        if self.p["odom_topic"]:
+            self.create_subscription(Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data)
 
         # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while the map loads.
         self.create_service(Trigger, "~/reload_map", self._on_reload)
@@ -99,19 +105,27 @@ class LocalizerNode(Node):
         values = {**self.p, **{p.name: p.value for p in params}}
         if problems := parameters.problems(values):
             return SetParametersResult(successful=False, reason="; ".join(problems))
-        self.p = values
+        previous, self.p = self.p, values
         with self._map_lock:
             if self.vpr_map is not None:
-                self.localizer = self._make_localizer(self.vpr_map)
+                try:
+                    localizer = self._make_localizer(self.vpr_map)
+                except VprError as e:  # e.g. rerank set to one whose features this map lacks
+                    self.p = previous
+                    return SetParametersResult(successful=False, reason=str(e))
+                self.localizer = localizer
         return SetParametersResult(successful=True)
 
     # -- map -----------------------------------------------------------------
     def _make_localizer(self, vpr_map: VprMap) -> Localizer:
+        """A fresh pipeline (and temporal filter) for the map; a map without the re-ranker's features is refused."""
         p = self.p
-        sequence = SequenceConfig(length=max(p["sequence_length"], 1), min_velocity=p["sequence_min_velocity"],
+        sequence = SequenceConfig(length=p["sequence_length"], min_velocity=p["sequence_min_velocity"],
                                   max_velocity=p["sequence_max_velocity"])
-        return Localizer(vpr_map, self.extractor, p["top_k"], p["ambiguity_radius_m"], p["base_sigma_m"], sequence,
-                         min_confidence=p["min_confidence"])
+        config = LocalizerConfig(top_k=p["top_k"], rerank=p["rerank"], rerank_top_k=p["rerank_top_k"], temporal=p["temporal"],
+                                 min_confidence=p["min_confidence"], ambiguity_radius_m=p["ambiguity_radius_m"],
+                                 base_sigma_m=p["base_sigma_m"], sequence=sequence)
+        return Localizer(vpr_map, self.extractor, config)
 
     def _load_map(self) -> tuple[bool, str]:
         """All or nothing: the current map keeps serving unless the new one loads completely."""
@@ -174,9 +188,12 @@ class LocalizerNode(Node):
         rgb = image_msg_to_rgb(msg, max_pixels=self.p["max_image_pixels"])
         t1 = time.perf_counter()
         stamp_ns = stamp_to_ns(msg.header.stamp)
+        dropped = self.slot.dropped
+        frames, self._dropped_seen = 1 + dropped - self._dropped_seen, dropped  # camera frames since the last one
         # queue: waiting in the slot for the worker; decode: message -> RGB.
         match = localizer.localize(rgb, stamp_ns, msg.header.frame_id or self.p["camera_frame"],
-                                   {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3})
+                                   {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3},
+                                   travelled_m=self._odom.take(), frames=frames)
         # How old the image was when it arrived (camera + transport delay); not part of the node's total.
         match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
         self.match_pub.publish(String(data=match.to_json()))
@@ -244,6 +261,28 @@ class LocalizerNode(Node):
         if self.worker is not None:
             self.worker.join(timeout=5.0)
         super().destroy_node()
+
+
+class OdometryDistance:
+    """Distance travelled between processed frames, from nav_msgs/Odometry (signed: negative when reversing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: tuple[float, float] | None = None
+        self._travelled: float | None = None  # None: no odometry since the last frame
+
+    def add(self, msg: Odometry) -> None:
+        p = msg.pose.pose.position
+        with self._lock:
+            if self._last is not None:
+                step = math.dist(self._last, (p.x, p.y))
+                self._travelled = (self._travelled or 0.0) + (step if msg.twist.twist.linear.x >= 0 else -step)
+            self._last = (p.x, p.y)
+
+    def take(self) -> float | None:
+        with self._lock:
+            travelled, self._travelled = self._travelled, None
+            return travelled
 
 
 def _constraints(p: parameters.Parameter) -> str:
