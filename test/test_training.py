@@ -261,3 +261,26 @@ def test_shipped_default_file_is_what_training_changed(runs, tmp_path, monkeypat
     trained = load_official(build_learned_grid(64), runs["baseline-trainable"] / BEST)
     x = torch.randn(2, 3, 64, 128)
     torch.testing.assert_close(shipped.eval()(x), trained.eval()(x), rtol=0, atol=0)
+
+
+@pytest.mark.slow  # builds three full-size models
+def test_full_size_checkpoints_load_as_the_registry_presets(tmp_path):
+    """What `vpr-ros train` saves for the full-size models is what `build-map/eval --model P --weights F` load."""
+    from vpr_ros.models.load import load_model
+    from vpr_ros.models.scicevpr import SciceVPR
+    from vpr_ros.training.checkpoint import dataparallel_state_dict, save_atomic
+    from vpr_ros.training.fol import build_fol
+    from vpr_ros.training.mutualvpr import build_mutualvpr
+    from vpr_ros.training.run import RECIPES
+    from vpr_ros.training.scicevpr import build_scicevpr
+
+    for method, build in (("scicevpr", lambda: build_scicevpr(SciceVPR, "vitb14")),
+                          ("mutualvpr", lambda: build_mutualvpr("vitb14")), ("fol", lambda: build_fol("vitb14"))):
+        model = build()
+        path = tmp_path / f"{method}.pth"
+        save_atomic({"epoch_num": 0, "model_state_dict": dataparallel_state_dict(model)}, path)
+        loaded, spec, _ = load_model(RECIPES[method].preset, path)
+        assert spec.name == RECIPES[method].preset
+        for key, value in model.state_dict().items():
+            assert torch.equal(loaded.state_dict()[key], value), key
+        del model, loaded
