@@ -75,8 +75,10 @@ def test_pca_needs_more_places_than_dims():
 def test_index_and_pca_are_chosen_by_map_size_and_memory():
     auto = IndexConfig()
     assert auto.resolved(1_000, 512).type == "flat"  # 2 MB of vectors: exact
-    assert auto.resolved(1_000_000, 512).type == "hnsw"  # ~0.8 GB of codes and graph
-    assert auto.resolved(20_000_000, 512).type == "ivfpq"  # the graph would not fit the memory budget
+    assert auto.resolved(100_000, 512).type == "hnsw"  # ~80 MB of 8-bit codes and graph
+    assert auto.resolved(200_000, 32_768).type == "ivfpq"  # a graph over 6 GB would not fit the memory budget
+    big = auto.resolved(1_000_000, 1024)  # a graph's recall falls at this size: compressed lists, re-scored
+    assert big.type == "ivfpq" and big.params["nlist"] == 1000 and big.params["m"] == 128
     assert auto.pca_output_dim(100, 5120) is None  # small map: exact search in the model's dims
     assert auto.pca_output_dim(1_000_000, 5120) == faiss_index.PCA_AUTO_DIM
     assert auto.pca_output_dim(1_000_000, 256) is None  # already small descriptors
