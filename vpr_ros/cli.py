@@ -53,8 +53,8 @@ def _pca_dim(text: str) -> int | str | None:
 def _add_index_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search index")
     g.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
-                   help="faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over 8-bit codes, "
-                   "else IVF-PQ; both re-score their shortlist exactly)")
+                   help="faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over 8-bit codes "
+                   "up to 250k places, else IVF-PQ; both re-score their shortlist exactly)")
     g.add_argument("--pca-dim", type=_pca_dim, default="auto", help="PCA of the descriptors to this many dims, learned "
                    "from the map; 'none' keeps the model's (default: %(default)s: 1024 for maps too big for exact search)")
     g.add_argument("--whiten", action="store_true", help="whiten the PCA (divide each direction by its spread)")
