@@ -120,10 +120,14 @@ def _map_and_extractor(a: argparse.Namespace):
 
 
 def cmd_build_map(a: argparse.Namespace) -> int:
+    from vpr_ros.index.rerank import create_reranker
     from vpr_ros.maps.build import build_map
 
     source = _open_source(a, keyframes=True)
-    path = build_map(source, _extractor(a), a.out, _index_config(a), a.batch_size, allow_no_poses=a.allow_no_poses)
+    extractor = _extractor(a)
+    reranker = create_reranker(a.rerank, extractor) if a.rerank != "none" else None
+    path = build_map(source, extractor, a.out, _index_config(a), a.batch_size, allow_no_poses=a.allow_no_poses,
+                     reranker=reranker)
     print(f"map written to {path}")
     print("skipped while reading:\n" + "\n".join(f"  {line}" for line in source.stats.report().splitlines()))
     return 0
@@ -265,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
     p.add_argument("--allow-no-poses", action="store_true",
                    help="write a map even when no place has a position (it can match places but never localize)")
+    p.add_argument("--rerank", default="none", help="also store this re-ranker's local features of every place (e.g. fol "
+                   "with a FoL model on backend torch), so the node and eval can re-rank with it (default: %(default)s)")
     p.set_defaults(func=cmd_build_map)
 
     p = sub.add_parser("localize", help="match query images against a map, without ROS",

@@ -13,11 +13,13 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.errors import PoseError, VprError
-from vpr_ros.fileio import remove_debris
+from vpr_ros.fileio import atomic_directory
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.preprocess import preprocess
-from vpr_ros.maps.mapdir import write_map
+from vpr_ros.index.rerank import Reranker
+from vpr_ros.maps.local_features import LocalFeatureWriter
+from vpr_ros.maps.mapdir import write_errors, write_map_into
 from vpr_ros.maps.places import Place
 
 log = logging.getLogger(__name__)
@@ -92,16 +94,56 @@ def extract_frames(frames: Iterable, extractor: DescriptorExtractor, batch_size:
 
 
 def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_config: IndexConfig | None = None,
-              batch_size: int = 8, allow_no_poses: bool = False) -> Path:
+              batch_size: int = 8, allow_no_poses: bool = False, reranker: Reranker | None = None) -> Path:
     """Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success).
 
     Unreadable frames and impossible poses were already skipped and counted by the source (its
     ``stats``). A map in which no place has a position is refused with PoseError unless
     ``allow_no_poses``: such a map can match but never localize, which a user must ask for.
+    With ``reranker``, its local features of every place go to the map's ``local/``, streamed to
+    disk as they are extracted. The temporary directory is opened first, which also frees what
+    killed builds of this map left (``atomic_directory``) before the long extraction.
     """
-    if freed := remove_debris(out):  # what killed builds of this map left: free it before a long extraction
-        log.info("removed %.1f MB left beside %s by killed builds", freed / 1e6, out)
-    descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
+    out = Path(out)
+    with write_errors(out, 0), atomic_directory(out) as tmp:
+        if reranker is None:
+            descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
+            local_files = {}
+        else:
+            with LocalFeatureWriter(tmp, reranker.describe()) as writer:
+                descriptors, frames = _extract_with_local(source, extractor, reranker, writer, batch_size)
+            local_files = writer.files
+        places = _checked_places(source, frames, allow_no_poses)
+        sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
+        write_map_into(tmp, out, descriptors, places, extractor.describe(), index_config or IndexConfig(), sources, local_files)
+    log.info("wrote map %s with %d places%s", out, len(places), f" and {reranker.name} local features" if reranker else "")
+    return out
+
+
+def _extract_with_local(source, extractor: DescriptorExtractor, reranker: Reranker, writer: LocalFeatureWriter,
+                        batch_size: int) -> tuple[np.ndarray, list]:
+    """Global descriptors and the re-ranker's local features, batch by batch; features go straight to ``writer``."""
+    descriptors, kept, batch = [], [], []
+
+    def flush():
+        d, features = reranker.extract_map([f.image for f in batch], extractor)
+        for f, lf in zip(batch, features):
+            writer.append(lf)
+            f.image = None
+        descriptors.append(d)
+        kept.extend(batch)
+        batch.clear()
+
+    for frame in tqdm(source, total=len(source), desc=f"building map + {reranker.name} features", unit="img", dynamic_ncols=True):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return (np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), np.float32)), kept
+
+
+def _checked_places(source, frames: list, allow_no_poses: bool) -> list[Place]:
     stats = getattr(source, "stats", None)
     skipped = f" Skipped while reading:\n{stats.report()}" if stats is not None else ""
     if not frames:
@@ -113,11 +155,7 @@ def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_con
             "never localize: give a pose source (--pose-topic with fixes, --poses-csv, or VPR-layout file names), "
             f"or pass --allow-no-poses to build a map that only matches places.{skipped}"
         )
-    places = [_place(i, f) for i, f in enumerate(frames)]
-    sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
-    path = write_map(out, descriptors, places, extractor.describe(), index_config or IndexConfig(), sources)
-    log.info("wrote map %s with %d places", path, len(places))
-    return path
+    return [_place(i, f) for i, f in enumerate(frames)]
 
 
 def _sources_text(source) -> str:

@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 PLACES_FILE = "places.csv"
 DESCRIPTORS_FILE = "descriptors.npy"
 REQUIRED_FILES = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE)
+LOCAL_PREFIX = "local/"  # a re-ranker's local features (vpr_ros.maps.local_features)
 # The faiss class each manifest index type must load as (METRIC_INNER_PRODUCT throughout).
 FAISS_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
 INDEX_PARAMS = {"flat": (), "hnsw": ("M", "efConstruction", "efSearch", "rescore"), "ivfpq": ("nlist", "m", "nbits", "nprobe", "rescore")}
@@ -75,6 +77,18 @@ class VprMap:
         return len(self.places)
 
 
+@contextlib.contextmanager
+def write_errors(target: Path, needed: int) -> Iterator[None]:
+    """Turn a failed write under ``target`` (full disk, I/O error; faiss reports its own as RuntimeError)
+    into a MapError that says what happened and that the previous map is unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        reason = out_of_space(e, target.parent, needed) or "writing failed"
+        raise MapError(f"cannot write the map to {target}: {reason} ({e}). Nothing was written; the previous map "
+                       f"there (if any) is unchanged. Free space on {target.parent} or choose another --out") from None
+
+
 def write_map(
     target: str | Path,
     descriptors: np.ndarray,
@@ -88,38 +102,45 @@ def write_map(
     A full disk (or any other write failure) is a ``MapError``; the temporary directory is
     removed and the previous map at ``target`` is untouched.
     """
+    target = Path(target)
+    with write_errors(target, 2 * np.asarray(descriptors).nbytes), atomic_directory(target) as tmp:
+        write_map_into(tmp, target, descriptors, places, model, index_config, sources)
+    return target
+
+
+def write_map_into(tmp: Path, target: Path, descriptors: np.ndarray, places: list[Place], model: dict,
+                   index_config: IndexConfig, sources: list[dict], extra_files: dict[str, str] | None = None) -> None:
+    """Write descriptors, places, index and manifest into ``tmp``, the open ``atomic_directory`` of ``target``.
+
+    ``extra_files``: {relative path: sha256} of files already written there (e.g. ``local/``), protected
+    by the manifest like the rest.
+    """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if len(descriptors) != len(places) or len(places) == 0:
         raise MapError(f"cannot write a map with {len(places)} places and {len(descriptors)} descriptors: "
                        "the sources gave no usable frames; check the image topic and --min-distance")
     index = PlaceIndex.build(descriptors, index_config)
-    target = Path(target)
-    try:
-        with atomic_directory(target) as tmp:
-            np.save(tmp / DESCRIPTORS_FILE, descriptors)
-            write_places(tmp / PLACES_FILE, places)
-            index_files = index.save(tmp)  # index.faiss, and pca.npz / rescore_f16.npy where used
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "map_id": uuid.uuid4().hex,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "model": model,
-                "index": index.describe(),
-                "place_count": len(places),
-                "dim": int(descriptors.shape[1]),
-                "sources": sources,
-                "files": {name: file_sha256(tmp / name) for name in (DESCRIPTORS_FILE, PLACES_FILE, *index_files)},
-            }
-            manifest = with_checksum(manifest)
-            validate_manifest(manifest, tmp / MANIFEST)  # a writer bug must not produce a map that never loads
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    except (OSError, RuntimeError) as e:  # faiss reports its write errors as RuntimeError
-        # descriptors.npy plus an index of about the same size (the tmp directory is already gone)
-        reason = out_of_space(e, target.parent, 2 * descriptors.nbytes) or "writing failed"
-        raise MapError(f"cannot write the map to {target}: {reason} ({e}). Nothing was written; the previous map "
-                       f"there (if any) is unchanged. Free space on {target.parent} or choose another --out") from None
-    return target
+    # descriptors.npy plus an index of about the same size
+    with write_errors(target, 2 * descriptors.nbytes):
+        np.save(tmp / DESCRIPTORS_FILE, descriptors)
+        write_places(tmp / PLACES_FILE, places)
+        index_files = index.save(tmp)  # index.faiss, and pca.npz / rescore_f16.npy where used
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "map_id": uuid.uuid4().hex,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": model,
+            "index": index.describe(),
+            "place_count": len(places),
+            "dim": int(descriptors.shape[1]),
+            "sources": sources,
+            "files": {**{name: file_sha256(tmp / name) for name in (DESCRIPTORS_FILE, PLACES_FILE, *index_files)},
+                      **(extra_files or {})},
+        }
+        manifest = with_checksum(manifest)
+        validate_manifest(manifest, tmp / MANIFEST)  # a writer bug must not produce a map that never loads
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def manifest_checksum(manifest: dict) -> str:
@@ -324,4 +345,10 @@ def rebuild_index(path: str | Path, index_config: IndexConfig) -> Path:
     """Rebuild a map's index (and PCA) from its stored descriptors, without re-extracting; atomic like every
     map write, so the map at ``path`` is replaced only when the new one is complete."""
     m = load_map(path)
-    return write_map(path, m.descriptors, m.places, m.model, index_config, m.manifest["sources"])
+    path = Path(path)
+    kept = {name: digest for name, digest in m.manifest["files"].items() if name.startswith(LOCAL_PREFIX)}
+    with write_errors(path, 2 * m.descriptors.nbytes), atomic_directory(path) as tmp:
+        if kept:  # local features stay with the places they describe
+            shutil.copytree(path / LOCAL_PREFIX, tmp / LOCAL_PREFIX)
+        write_map_into(tmp, path, m.descriptors, m.places, m.model, index_config, m.manifest["sources"], kept)
+    return path

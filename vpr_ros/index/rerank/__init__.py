@@ -5,6 +5,7 @@ A re-ranker is named by its class's ``name``; ``create_reranker`` builds one for
 
 from __future__ import annotations
 
+from vpr_ros.errors import ConfigError
 from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
 from vpr_ros.index.rerank.fol import FolReranker
 from vpr_ros.inference.extractor import DescriptorExtractor
@@ -19,5 +20,5 @@ def reranker_names() -> tuple[str, ...]:
 
 def create_reranker(name: str, extractor: DescriptorExtractor) -> Reranker:
     if name not in RERANKERS:
-        raise KeyError(f"unknown re-ranker {name!r}; choose one of {', '.join(RERANKERS)}")
+        raise ConfigError(f"unknown re-ranker {name!r}; choose none, auto or one of {', '.join(RERANKERS)}")
     return RERANKERS[name](extractor)
