@@ -55,6 +55,7 @@ def test_pca_is_recorded_in_the_map_and_projects_queries_as_it_projected_the_map
     assert np.array_equal(ids, _exact_ids(indexed, projected, 5))
     assert np.allclose(scores[:, 0], np.sum(projected * indexed[ids[:, 0]], axis=1), atol=1e-5)
     assert np.array_equal(m.index.search(m.descriptors[:50], 1)[1][:, 0], np.arange(50))  # a place finds itself
+    assert np.allclose(m.index.similarity(queries[0], ids[0]), scores[0], atol=1e-5)  # any place, scored alike
 
 
 def test_a_map_with_pca_refuses_a_query_of_another_dim(tmp_path):
@@ -112,6 +113,7 @@ def test_float16_rescore_ranks_like_exact_search(kind, params):
     exact_scores = np.take_along_axis(queries @ db.T, exact, 1)
     assert np.allclose(scores, exact_scores[:, :10], atol=2e-3)
     assert np.allclose(scores, np.take_along_axis(queries @ db.T, ids, 1), atol=2e-3)
+    assert np.allclose(index.similarity(queries[3], ids[3]), scores[3], atol=1e-6)  # the same float16 rows
     gap_above = -np.diff(exact_scores, axis=1, prepend=np.inf)[:, :10]  # score of rank r-1 minus rank r
     gap_below = -np.diff(exact_scores, axis=1)  # rank r minus rank r+1
     separated = np.minimum(gap_above, gap_below) > 2e-3

@@ -229,6 +229,14 @@ class PlaceIndex:
             scores, ids = self.index.search(q, shortlist_size)
         return (scores, ids) if self.rescore_vectors is None else self._rescore(q, ids, k)
 
+    def similarity(self, descriptor: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """Cosine, in the search space, of one model descriptor with the places ``ids``: the score ``search``
+        gives them (float16 rows where the index re-scores), for places outside a shortlist."""
+        q = self.project(descriptor)[0]
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = self.rescore_vectors[ids] if self.rescore_vectors is not None else self.index.reconstruct_batch(ids)
+        return np.asarray(rows, dtype=np.float32) @ q
+
     def _rescore(self, q: np.ndarray, shortlist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact cosine of each query with its shortlisted places (float16 rows), best ``k`` first."""
         scores = np.full(shortlist.shape, -np.inf, np.float32)
