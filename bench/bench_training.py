@@ -139,14 +139,15 @@ def main() -> None:
             from vpr_ros.models.checkpoints import load_official
             from vpr_ros.training.learned_grid import build_learned_grid, learned_grid_spec
 
-            trained = load_official(build_learned_grid(CHANNELS), out / name / "best_model.pth")
+            # The last epoch, not the best: the best is chosen on these very queries.
+            trained = load_official(build_learned_grid(CHANNELS), out / name / "last_checkpoint.pth")
             checks = default_model_checks({"baseline": (baseline, spec), name: (trained, learned_grid_spec(CHANNELS))},
                                           args.data.parent)
             print("\n".join(checks), flush=True)
             if args.export_default:
                 from vpr_ros.training.learned_grid import export_trained_tensors
 
-                sizes = export_trained_tensors(out / name / "best_model.pth", args.export_default)
+                sizes = export_trained_tensors(out / name / "last_checkpoint.pth", args.export_default)
                 print(f"# wrote {args.export_default}: {len(sizes)} tensors, {sum(sizes.values())} values", flush=True)
     print("\n".join(lines))
 
