@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (DDS on loopback with a domain of our own, before rclpy loads)
 
-from vpr_ros.replay import fuzz_maps  # noqa: E402
+from vpr_ros.replay import fuzz_maps, map_write_faults  # noqa: E402
 
 # (full, --quick) sizes of each part; the full run stays under 15 minutes on 2 shared cores
 SIZES = {
@@ -141,15 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     add(rl["reloads"], 1 - rl["node_alive"], min(rl["refused"], rl["old_map_served"]), rl["reloads"])
 
     # -- faults ---------------------------------------------------------------------------------
-    t = _section(f"kill -9 during build-map: {size['kill_trials']} trials over the phases {', '.join(fuzz_maps.KILL_PHASES)}")
-    k = fuzz_maps.run_kill_trials(size["kill_trials"], workdir / "kills", a.seed)
+    t = _section(f"kill -9 during build-map: {size['kill_trials']} trials over the phases {', '.join(map_write_faults.KILL_PHASES)}")
+    k = map_write_faults.run_kill_trials(size["kill_trials"], workdir / "kills", a.seed)
     print(f"maps lost {k['maps_lost']}, debris before the next build {k['debris_mb_before_next_build']} MB, after it "
           f"{k['debris_mb']} MB; kills landed in {k['phases']} ({time.monotonic() - t:.0f} s)")
     for failure in k["failures"]:
         print(f"  {failure}")
 
     t = _section("full disk while writing a map")
-    d = fuzz_maps.full_disk_trial(workdir / "disk")
+    d = map_write_faults.full_disk_trial(workdir / "disk")
     if "skipped" in d:
         gaps.append(f"full disk ({d['skipped']})")
         print(d["skipped"])

@@ -6,7 +6,7 @@ temporary directory or lock file is left beside it. The bench runs the 50-trial 
 
 import pytest
 
-from vpr_ros.replay.fuzz_maps import KILL_PHASES, run_kill_trials
+from vpr_ros.replay.map_write_faults import KILL_PHASES, run_kill_trials
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ Each damaged map goes through ``load_map`` (as the node and ``localize`` call it
 inspect-map`` and ``vpr-ros localize`` (their ``main()`` in this process; a sample also as
 subprocesses), and ``load_map(verify=False)`` (the node's ``verify_map:=false``). A clear refusal
 is a ``MapError`` with a message, exit 1 from inspect-map, exit 2 from localize, and no traceback.
+A sample also goes to a live node's ``~/reload_map`` (``node_reload_sample``). Faults while a map
+is written (kill -9, full disk) are in ``map_write_faults``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.errors import MapError
-from vpr_ros.fileio import PARTIAL
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.maps.mapdir import (DESCRIPTORS_FILE, INDEX_FILE, MANIFEST, MANIFEST_CHECKSUM, PLACES_FILE, load_map,
                                  with_checksum, write_map)
@@ -65,7 +66,7 @@ class Outcome:
 
 
 # -- base maps -------------------------------------------------------------------------------
-def _images(n: int, seed: int) -> list[np.ndarray]:
+def random_images(n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     return [cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (64, 48), interpolation=cv2.INTER_NEAREST)
             for _ in range(n)]
@@ -81,7 +82,7 @@ def build_base_maps(root: Path, places: int = 24) -> tuple[dict[str, Path], Path
     def write(path: Path, n: int, seed: int, kind: str, params: dict) -> Path:
         rows = [Place(i, (i + 1) * 10**9, 100.0 * i, 50.0, 0.0, 0.0, 0.0, 0.0, 1.0, 45.0, 9.0, "32T", "fuzz", "/cam")
                 for i in range(n)]
-        return write_map(path, extractor.extract(_images(n, seed)), rows, extractor.describe(), IndexConfig(kind, params),
+        return write_map(path, extractor.extract(random_images(n, seed)), rows, extractor.describe(), IndexConfig(kind, params),
                          [{"source": "fuzz images", "topic": "/cam"}])
 
     params = {"flat": {}, "hnsw": {"M": 8}, "ivfpq": {"nlist": 2, "m": 8, "nbits": 4}}
@@ -89,7 +90,7 @@ def build_base_maps(root: Path, places: int = 24) -> tuple[dict[str, Path], Path
     other = write(root / "other", places - 4, 2, "flat", {})
     queries = root / "queries"
     queries.mkdir(exist_ok=True)
-    for i, img in enumerate(_images(2, seed=1)):
+    for i, img in enumerate(random_images(2, seed=1)):
         cv2.imwrite(str(queries / f"q{i}.png"), img)
     return maps, other, queries
 
@@ -342,7 +343,7 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
     shutil.rmtree(live, ignore_errors=True)
     shutil.copytree(base, live)
     old_id = json.loads((base / MANIFEST).read_text())["map_id"]
-    frame = cv2.cvtColor(_images(1, seed=1)[0], cv2.COLOR_BGR2RGB)
+    frame = cv2.cvtColor(random_images(1, seed=1)[0], cv2.COLOR_BGR2RGB)
     counts: Counter = Counter()
     failures: list[str] = []
     collector = OutputCollector()
@@ -381,150 +382,6 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
         if rclpy.ok():
             rclpy.shutdown()
     return {k: counts[k] for k in ("reloads", "refused", "old_map_served", "node_alive")} | {"failures": failures}
-
-
-# -- kill -9 during build-map ----------------------------------------------------------------------
-KILL_PHASES = ("extracting", DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST, "swap")
-
-
-def _partial_dirs(target: Path) -> list[Path]:
-    return [p for p in target.parent.glob(f".{target.name}{PARTIAL}*") if p.is_dir() and not p.name.endswith(".old")]
-
-
-def debris_bytes(target: Path) -> int:
-    """Bytes held by temporary entries beside ``target`` (live or dead writers')."""
-    total = 0
-    for p in target.parent.glob(f".{target.name}{PARTIAL}*"):
-        total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
-    return total
-
-
-def _map_id(target: Path) -> str | None:
-    """The id of the map at ``target`` if it loads completely, else None."""
-    try:
-        return load_map(target).map_id
-    except MapError:
-        return None
-
-
-def _manifest_id(target: Path) -> str | None:
-    """The id in ``target``'s manifest, read cheaply (no checks): polled while a build runs."""
-    try:
-        return json.loads((target / MANIFEST).read_text())["map_id"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _phase(target: Path, before_id: str | None, stale: set[Path]) -> str:
-    """Where a build stands, from what it has written on disk (``stale``: debris of earlier kills)."""
-    if _manifest_id(target) != before_id:
-        return "swap"  # the new map is in place; the previous one was being removed
-    partial = [d for d in _partial_dirs(target) if d not in stale]
-    if not partial:
-        return "extracting"
-    names = {f.name for d in partial for f in d.iterdir()}
-    return next((name for name in reversed(KILL_PHASES[1:5]) if name in names), DESCRIPTORS_FILE)
-
-
-def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | None, stale: set[Path],
-               rng: random.Random, extract_s: float, timeout_s: float = 300) -> str:
-    """Wait for the build to reach ``aim``, SIGKILL it; returns the phase it was in."""
-    import signal
-    import time
-
-    t0 = time.monotonic()
-    kill_at = t0 + rng.uniform(0.2, 0.95) * extract_s
-    while proc.poll() is None and time.monotonic() - t0 < timeout_s:
-        phase = _phase(target, before_id, stale)
-        if phase == aim and (aim != "extracting" or time.monotonic() >= kill_at):
-            break
-        if KILL_PHASES.index(phase) > KILL_PHASES.index(aim):
-            break  # the poll missed the aimed phase; kill where it is
-        time.sleep(0.001)
-    time.sleep(rng.uniform(0, 0.005))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return _phase(target, before_id, stale)
-
-
-def make_image_folder(folder: Path, n: int) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(_images(n, seed=3)):
-        cv2.imwrite(str(folder / f"@{500000 + 5 * i}@4000000@32@T@@@{i:05d}@.png"), img)  # VPR layout: a pose per image
-    return folder
-
-
-def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) -> dict:
-    """``kill -9`` ``vpr-ros build-map`` ``n`` times, aiming in turn at every phase of KILL_PHASES.
-
-    After each kill the map must load (the previous one or the new one); at the end one more build
-    runs and the debris beside the map is measured. Returns ``kill_trials``, ``maps_lost``,
-    ``debris_mb`` (after the next build), ``phases`` (where the kills landed), ``failures``.
-    """
-    import time
-
-    rng = random.Random(seed)
-    folder = make_image_folder(workdir / "images", images)
-    target = workdir / "map"
-    cmd = [sys.executable, "-m", "vpr_ros.cli", "build-map", "--images", str(folder), "--model", MODEL,
-           "--out", str(target), "--min-distance", "0"]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not _partial_dirs(target) and proc.poll() is None:
-        time.sleep(0.005)
-    extract_s = time.monotonic() - t0  # start-up and extraction, before anything is written
-    if proc.wait(timeout=600) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed")
-    phases: Counter = Counter()
-    lost, failures = 0, []
-    for i in tqdm(range(n), desc="kill -9 trials", unit="kill"):
-        before, stale = _map_id(target), set(_partial_dirs(target))
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        phase = _kill_when(proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, extract_s)
-        phases[phase] += 1
-        if _map_id(target) is None:
-            lost += 1
-            failures.append(f"trial {i} (aimed at {KILL_PHASES[i % len(KILL_PHASES)]}, landed {phase}): no loadable map")
-    left_before = debris_bytes(target)
-    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    return {"kill_trials": n, "maps_lost": lost, "debris_mb_before_next_build": round(left_before / 1e6, 2),
-            "debris_mb": round(debris_bytes(target) / 1e6, 2), "phases": dict(phases), "failures": failures}
-
-
-# -- full disk -----------------------------------------------------------------------------------
-def _random_map(path: Path, n: int, dim: int, seed: int = 0) -> Path:
-    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    model = {"name": "random", "fingerprint": "0", "input_size": [8, 8], "dim": dim,
-             "preprocessing": {"resize": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}}
-    return write_map(path, x, [Place(i, i) for i in range(n)], model, IndexConfig("flat", pca_dim=None), [{"source": "random"}])
-
-
-def full_disk_trial(workdir: Path, size_mb: int = 3) -> dict:
-    """Replace a map on a tmpfs of ``size_mb`` (a real ENOSPC) with one that does not fit.
-
-    Returns ``error`` (the MapError message, or what else happened), ``old_map_intact`` and
-    ``left_beside`` (entries other than the map in the tmpfs); ``skipped`` with the reason where
-    a tmpfs cannot be mounted (mounting needs root).
-    """
-    disk = workdir / "small_disk"
-    disk.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        return {"skipped": f"cannot mount a tmpfs here: {mounted.stderr.strip()}"}
-    try:
-        before = load_map(_random_map(disk / "m", 40, 16)).map_id
-        try:
-            _random_map(disk / "m", size_mb * 10_000, 32, seed=1)  # descriptors + index: about 2.5x the disk
-            error = "no error: the oversized map was written"
-        except MapError as e:
-            error = str(e)
-        except Exception as e:  # noqa: BLE001: the trial reports anything but a MapError
-            error = f"crash: {type(e).__name__}: {e}"
-        return {"error": error, "old_map_intact": _map_id(disk / "m") == before,
-                "left_beside": sorted(p.name for p in disk.iterdir() if p.name != "m")}
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
