@@ -205,8 +205,10 @@ class Localizer:
             observed = rerank_scores if rerank_scores is not None else scores
             r = self.hmm.push(ids, observed, travelled_m, k=max(cfg.top_k, 2), frames=frames)
             by_id = dict(zip(ids.tolist(), range(len(ids))))
-            scores = np.array([scores[by_id[i]] if i in by_id else float(np.asarray(self.map.descriptors[i]) @ descriptor)
-                               for i in r.place_ids.tolist()], dtype=np.float32)
+            # places the track predicts but the search did not return get their search-space cosine
+            unseen = np.array([i for i in r.place_ids.tolist() if i not in by_id], dtype=np.int64)
+            extra = dict(zip(unseen.tolist(), self.map.index.similarity(descriptor, unseen).tolist())) if len(unseen) else {}
+            scores = np.array([scores[by_id[i]] if i in by_id else extra[i] for i in r.place_ids.tolist()], dtype=np.float32)
             if rerank_scores is not None:
                 rerank_scores = np.array([rerank_scores[by_id[i]] if i in by_id else np.nan for i in r.place_ids.tolist()])
             ids, temporal_scores = r.place_ids, r.scores
