@@ -23,6 +23,7 @@ below the gap between neighbouring places.
 from __future__ import annotations
 
 import logging
+import mmap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -193,6 +194,10 @@ class PlaceIndex:
         index = faiss.read_index(str(directory / INDEX_FILE))
         pca = Pca.load(directory, entry["pca"]) if entry.get("pca") else None
         rescore = np.load(directory / entry["rescore"]["file"], mmap_mode="r", allow_pickle=False) if entry.get("rescore") else None
+        if isinstance(rescore, np.memmap):
+            # Rows are read at random: without this each one maps its 64 KiB neighbourhood (fault-around),
+            # and a million-place map's whole file ends up in the process's resident set.
+            rescore._mmap.madvise(mmap.MADV_RANDOM)
         search_dim = pca.output_dim if pca else input_dim
         problems = []
         if pca is not None and pca.input_dim != input_dim:
