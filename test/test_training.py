@@ -18,6 +18,7 @@ import torch
 
 from conftest import shared_path
 from vpr_ros.cli import main
+from vpr_ros.errors import DatasetError
 from vpr_ros.models.checkpoints import load_official
 from vpr_ros.training import datasets
 from vpr_ros.training.checkpoint import BEST, EXTRA_KEY, LAST
@@ -205,6 +206,10 @@ def test_gsv_cities_and_vpr_folder_layouts(tmp_path):
         _jpeg(tmp_path / "vpr" / "database" / f"@{500000 + east:.2f}@{4000000:.2f}@33@T@@@@@@@@@@@.jpg")
     vpr = datasets.vpr_folder(tmp_path / "vpr")
     assert sorted(len(p) for p in vpr.places) == [1, 2, 2]  # 0 and 2 m share a place, as do 40 and 41; 90 stands alone
+    with pytest.raises(DatasetError, match="along a route"):
+        datasets.merge_consecutive(vpr, 2)
+    route = datasets.PlaceSet([b""] * 10, [np.array([2 * i, 2 * i + 1]) for i in range(5)], None, ordered=True, source="t")
+    assert [p.tolist() for p in datasets.merge_consecutive(route, 2).places] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 @pytest.mark.slow  # trains

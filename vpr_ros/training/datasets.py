@@ -87,6 +87,18 @@ def require_images_per_place(places: PlaceSet, needed: int, option: str = "--ima
     return places.subset(keep.tolist())
 
 
+def merge_consecutive(places: PlaceSet, n: int) -> PlaceSet:
+    """Along a route, every ``n`` consecutive places become one (e.g. CosPlace/MutualVPR-sized cells from Nordland frames)."""
+    if n <= 1:
+        return places
+    if not places.ordered:
+        raise DatasetError(f"--merge-places {n} needs places along a route (--traversal or --bag); {places.source} has none")
+    groups = [range(i, min(i + n, len(places))) for i in range(0, len(places), n)]
+    merged = [np.concatenate([places.places[p] for p in g]) for g in groups]
+    xy = np.array([places.place_xy[list(g)].mean(0) for g in groups]) if places.place_xy is not None else None
+    return replace(places, places=merged, place_xy=xy)
+
+
 def split_places(places: PlaceSet, val_fraction: float) -> tuple[PlaceSet, PlaceSet]:
     """(train, validation): the last ``val_fraction`` of the places, held apart (a contiguous stretch of a route)."""
     if not 0.0 < val_fraction < 1.0:

@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d.add_argument("--frame-spacing-m", type=float, default=1.0, help="bags: read a frame every this many metres (default: %(default)s)")
     d.add_argument("--place-spacing-m", type=float, default=15.0, help="bags/VPR folder: place centres at least this far apart (default: %(default)s)")
     d.add_argument("--place-radius-m", type=float, default=5.0, help="bags/VPR folder: images within this of a centre form its place (default: %(default)s)")
+    d.add_argument("--merge-places", type=int, default=1, help="route data: train on every N consecutive places as one "
+                   "(mutualvpr's cells need several images; validation keeps single places) (default: %(default)s)")
     d.add_argument("--val-fraction", type=float, default=0.2, help="last share of places held apart for validation (default: %(default)s)")
     d.add_argument("--val-radius-m", type=float, default=25.0, help="validation: right within this many metres, where places have positions (default: %(default)s)")
     m = p.add_argument_group("model")
@@ -164,7 +166,7 @@ def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
 
 def run_training(a: argparse.Namespace) -> int:
     from vpr_ros.training.base import DataConfig, seed_everything
-    from vpr_ros.training.datasets import check_readable, require_images_per_place, split_places
+    from vpr_ros.training.datasets import check_readable, merge_consecutive, require_images_per_place, split_places
     from vpr_ros.training.loop import LoopConfig, train
     from vpr_ros.training.validation import validation_set
 
@@ -176,7 +178,7 @@ def run_training(a: argparse.Namespace) -> int:
     places = load_places(a)
     check_readable(places)
     train_set, val_set = split_places(places, a.val_fraction)
-    train_set = require_images_per_place(train_set, per_place)
+    train_set = require_images_per_place(merge_consecutive(train_set, a.merge_places), per_place)
     if a.method != "mutualvpr" and len(train_set) < per_batch:
         raise DatasetError(f"{len(train_set)} training places with {per_place} images each, fewer than a batch of {per_batch}: "
                            f"pass --places-per-batch {max(2, len(train_set))} or add data")
