@@ -100,8 +100,6 @@ def test_damaged_onnx_export_is_detected_and_rebuilt(tmp_path, raw_pixels, damag
     np.testing.assert_array_equal(_run(path, spec), expected)
 
 
-@pytest.mark.xfail(strict=True, reason="cached_onnx (inference/onnx_export.py, the lead's) does not use engine_cache.cached_build "
-                   "yet: a damaged cached export is handed to ONNX Runtime, which raises")
 def test_backend_rebuilds_a_damaged_cached_export(tmp_path):
     from vpr_ros.inference.factory import create_extractor
 

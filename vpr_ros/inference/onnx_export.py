@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.fileio import atomic_output
-from vpr_ros.inference.engine_cache import default_cache_dir
+from vpr_ros.fileio import atomic_output, file_sha256
+from vpr_ros.inference.engine_cache import cached_build, default_cache_dir
 from vpr_ros.inference.extractor import INPUT_NAME, OUTPUT_NAME
 from vpr_ros.models.spec import ModelSpec
 
@@ -119,18 +119,13 @@ def cached_onnx(
         )
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = onnx_cache_path(cache_dir, spec, fingerprint, precision, opset)
-    if path.exists():
-        log.info("reusing ONNX export %s", path)
-        return path
+    # A sidecar records what the file was built from and its sha256: a damaged or foreign file is rebuilt.
+    key = {"model": spec.name, "fingerprint": fingerprint, "precision": precision, "opset": opset}
     if precision == "fp32":
-        log.info("exporting %s to ONNX (opset %d): %s", spec.name, opset, path)
-        with atomic_output(path) as tmp:
-            export_onnx(model, spec, tmp, opset)
-        return path
+        return cached_build(path, key, lambda tmp: export_onnx(model, spec, tmp, opset), f"ONNX export of {spec.name}")
     fp32 = cached_onnx(model, spec, fingerprint, "fp32", cache_dir, opset)
-    log.info("converting %s to %s: %s", fp32.name, precision, path)
-    with atomic_output(path) as tmp:
-        convert_precision(fp32, tmp, precision)
+    return cached_build(path, {**key, "fp32_sha256": file_sha256(fp32)}, lambda tmp: convert_precision(fp32, tmp, precision),
+                        f"ONNX {precision} of {spec.name}")
     return path
 
 
