@@ -22,7 +22,7 @@ the resized image: 1024 x (64 + 8) bytes = 72 KiB per place at most.
 from __future__ import annotations
 
 import importlib.resources
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import cv2
 import numpy as np
@@ -31,6 +31,9 @@ import torch
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
 from vpr_ros.index.rerank.fol import mutual_matches
+
+if TYPE_CHECKING:
+    from vpr_ros.inference.extractor import DescriptorExtractor
 
 DIM = 64  # XFeat descriptor size
 MIN_SIDE = 32  # XFeat works on multiples of 32 px; smaller images give no features
@@ -83,7 +86,8 @@ class XFeatReranker(Reranker):
         "min_inliers": 15,
     }
 
-    def __init__(self, **conf: Any) -> None:
+    def __init__(self, extractor: DescriptorExtractor | None = None, **conf: Any) -> None:
+        """``extractor``: accepted for ``create_reranker``'s signature and unused: XFeat sees the image, not the global model."""
         unknown = set(conf) - set(self.default_conf)
         if unknown:
             raise ValueError(f"unknown xfeat re-ranker settings {sorted(unknown)}; known: {sorted(self.default_conf)}")
