@@ -38,7 +38,7 @@ def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
     ("min_confidence", 2.0, "min_confidence must be in [0, 1]"),
     ("sequence_length", -3, "sequence_length must be in [1, 1000]"),
     ("temporal", "kalman", "temporal must be one of none, hmm, seqslam"),
-    ("rerank", "sift", "rerank must be one of none, auto, fol"),
+    ("rerank", "sift", "rerank must be one of none, auto, fol, xfeat"),
     ("ambiguity_radius_m", float("nan"), "ambiguity_radius_m must be a finite number"),
     ("base_sigma_m", -1.0, "base_sigma_m must be in [0.01, unbounded]"),
     ("log_throttle_s", -5.0, "log_throttle_s must be in [0, unbounded]"),
