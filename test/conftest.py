@@ -15,6 +15,11 @@ os.environ["VPR_ROS_CACHE_DIR"] = tempfile.mkdtemp(prefix="vpr_ros_test_cache_")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+# Git-ignored build and output directories (colcon in place, `make demo`, evaluations): not
+# package source, so the lint tests skip them (ament's linters already skip '.'/'_' directories).
+LINT_EXCLUDES = [
+    str(REPO / name) for name in ("build", "install", "log", "out", "demo_out", "eval_out")
+]
 
 
 def shared_path(*parts: str) -> Path:
