@@ -13,6 +13,7 @@ from vpr_ros.replay.dds_env import apply_loopback_dds_env  # noqa: E402
 apply_loopback_dds_env()
 
 IMAGE_TOPIC = "/camera/image_raw"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
 POSE_TOPIC = "/gps/fix"
 
 
