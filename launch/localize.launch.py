@@ -18,6 +18,8 @@ def generate_launch_description() -> LaunchDescription:
             description="Node parameters (YAML).",
         ),
         DeclareLaunchArgument("image", default_value="/camera/image_raw", description="Camera image topic."),
+        DeclareLaunchArgument("odom", default_value="", description="nav_msgs/Odometry topic for the temporal filter "
+                              "(empty: a speed prior)."),
     ]
     node = Node(
         package="vpr_ros",
@@ -27,7 +29,7 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[
             LaunchConfiguration("params_file"),
             {"map_path": LaunchConfiguration("map"), "model": LaunchConfiguration("model"),
-             "weights": LaunchConfiguration("weights")},
+             "weights": LaunchConfiguration("weights"), "odom_topic": LaunchConfiguration("odom")},
         ],
         remappings=[
             ("image", LaunchConfiguration("image")),

@@ -59,7 +59,7 @@ def test_defaults_are_valid_and_velocity_order_is_checked():
 def test_launch_file_compiles_and_declares_the_documented_arguments():
     source = (REPO / "launch/localize.launch.py").read_text()
     compile(source, "localize.launch.py", "exec")
-    for arg in ("map", "model", "weights", "params_file", "image"):
+    for arg in ("map", "model", "weights", "params_file", "image", "odom"):
         assert re.search(rf'DeclareLaunchArgument\(\s*"{arg}"', source), arg
 
 
@@ -74,6 +74,6 @@ def test_launch_file_starts_the_node_with_its_arguments():
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()
     args = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert args == {"map", "model", "weights", "params_file", "image"}
+    assert args == {"map", "model", "weights", "params_file", "image", "odom"}
     nodes = [e for e in ld.entities if isinstance(e, Node)]
     assert len(nodes) == 1 and nodes[0].node_executable == "localize"
