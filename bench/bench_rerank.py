@@ -96,7 +96,8 @@ def nordland(every: int):
     summer, winter = image_files(root / "summer"), image_files(root / "winter")
     picked = np.arange(0, len(winter), every)
     positives = [np.arange(max(i - 1, 0), min(i + 2, len(summer))) for i in picked]
-    return [read_rgb(p) for p in tqdm(summer, desc="nordland summer", unit="img")], [read_rgb(winter[i]) for i in picked], {"tol 1": positives}
+    map_images = [read_rgb(p) for p in tqdm(summer, desc="nordland summer", unit="img")]
+    return map_images, [read_rgb(winter[i]) for i in picked], {"tol 1": positives}
 
 
 def demo_route(workdir: Path, frames: int):
@@ -181,7 +182,8 @@ def main() -> None:
                 rerank_ms, global_ms, bytes_per_place = timing(extractor, reranker, map_images, query_images, a.top_k,
                                                                a.timing_frames, workdir)
         if rows:
-            print(f"\n| data | R@1 plain | R@5 plain | R@1 xfeat top-{a.top_k} | R@5 xfeat top-{a.top_k} |\n|---|---|---|---|---|")
+            print(f"\n| data | R@1 plain | R@5 plain | R@1 xfeat top-{a.top_k} | R@5 xfeat top-{a.top_k} |")
+            print("|---|---|---|---|---|")
             print("\n".join(rows))
         if "timing" in parts:
             print(f"\nper 640x480 frame: re-ranking top {a.top_k} {rerank_ms:.1f} ms (query features + matching + RANSAC), "

@@ -82,5 +82,6 @@ def test_packed_store_gives_the_same_scores(reranker, tmp_path):
     assert stored[0].tolist() == [1, 0]
     float_rows = reranker.query_features(images[1])
     exact = reranker.inliers(query, float_rows)
-    assert abs(reranker.inliers(query, LocalFeatures(quantise(float_rows.descriptors), float_rows.keypoints)) - exact) <= 0.1 * exact
+    quantised = LocalFeatures(quantise(float_rows.descriptors), float_rows.keypoints)
+    assert abs(reranker.inliers(query, quantised) - exact) <= 0.1 * exact
     assert np.abs(dequantise(quantise(float_rows.descriptors)) - float_rows.descriptors).max() < 0.01

@@ -12,7 +12,9 @@ are re-sorted by it; ties (all the unverified ones, scored 0) keep the global
 order (``order_by_score``). The global score takes no other part: on the data
 measured here (bench/bench_rerank.py) inliers of a verified place separate true
 from false far better than the global score does among the top 10, and a
-weighted sum would need a scale per model and map.
+weighted sum would need a scale per model and map. Measured with the baseline's
+top 10: Gardens Point day->night R@1 0.30 -> 0.60 (within one place 0.60 -> 1.00),
+demo route 0.72 -> 0.94; the Tokyo day/night pair does NOT verify (13 inliers).
 
 Map side: ``max_keypoints`` keypoints per place, descriptors quantised to uint8
 (x * 127 + 128; XFeat rows are unit length) and keypoints as float32 pixels in
@@ -130,7 +132,8 @@ class XFeatReranker(Reranker):
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
         with torch.inference_mode():
             found = self._model.detectAndCompute(x, top_k=self.conf["max_keypoints"])[0]
-        return LocalFeatures(found["descriptors"].cpu().numpy().astype(np.float32), found["keypoints"].cpu().numpy().astype(np.float32))
+        descriptors, keypoints = (found[key].cpu().numpy().astype(np.float32) for key in ("descriptors", "keypoints"))
+        return LocalFeatures(descriptors, keypoints)
 
     def inliers(self, query: LocalFeatures, candidate: LocalFeatures, min_matches: int = 8) -> int:
         """RANSAC inliers among the mutual-NN matches of two images' features (0 with fewer than ``min_matches``)."""
@@ -149,7 +152,9 @@ class XFeatReranker(Reranker):
             return 0
         return 0 if mask is None else int(mask.sum())
 
-    def rerank(self, query: LocalFeatures, candidates: list[LocalFeatures], global_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def rerank(
+        self, query: LocalFeatures, candidates: list[LocalFeatures], global_scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         # inliers <= matches: a candidate with fewer matches than min_inliers skips RANSAC
         inliers = np.array([self.inliers(query, c, self.conf["min_inliers"]) for c in candidates], dtype=np.float32)
         scores = np.where(inliers >= self.conf["min_inliers"], inliers, 0.0).astype(np.float32)
