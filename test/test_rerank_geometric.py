@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from vpr_ros.errors import ConfigError, ImageDecodeError
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.index.rerank.base import LocalFeatures
 from vpr_ros.index.rerank.xfeat import XFeatReranker, dequantise, quantise
@@ -60,8 +61,15 @@ def test_bad_input_scores_zero_and_keeps_global_order(reranker):
         assert order.tolist() == [1, 0]  # by global score
     order, scores = reranker.rerank(reranker.query_features(gardens("day", 3)), [], np.zeros(0, np.float32))
     assert order.shape == scores.shape == (0,)
-    with pytest.raises(ValueError, match=r"RGB images \[H, W, 3\]"):
+    with pytest.raises(ImageDecodeError, match=r"RGB images \[H, W, 3\]"):
         reranker.query_features(np.zeros((8, 8, 3, 2), np.uint8))
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ConfigError, match="unknown xfeat re-ranker settings"):
+        XFeatReranker(max_sides=480)
+    with pytest.raises(ConfigError, match="unknown ransac"):
+        XFeatReranker(ransac="lmeds")
 
 
 def test_packed_store_gives_the_same_scores(reranker, tmp_path):

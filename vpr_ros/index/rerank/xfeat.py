@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.errors import BackendUnavailableError, ConfigError, ImageDecodeError
 from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
 from vpr_ros.index.rerank.fol import mutual_matches
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 DIM = 64  # XFeat descriptor size
 MIN_SIDE = 32  # XFeat works on multiples of 32 px; smaller images give no features
 _WEIGHTS = "xfeat.pt"
+RANSAC_METHODS = {"magsac": cv2.USAC_MAGSAC, "fast": cv2.USAC_FAST}
 
 
 def _empty() -> LocalFeatures:
@@ -83,6 +84,7 @@ class XFeatReranker(Reranker):
         "min_image_side": 128,
         "max_keypoints": 1024,  # per image, best XFeat scores first
         "min_cosine": 0.82,  # XFeat's own mutual-NN threshold
+        "ransac": "magsac",  # OpenCV USAC variant: magsac (MAGSAC++, best recall) or fast (USAC_FAST, cheaper)
         "ransac_px": 1.5,  # epipolar distance threshold, px at max_side
         "ransac_iters": 2000,
         "min_inliers": 15,
@@ -92,8 +94,10 @@ class XFeatReranker(Reranker):
         """``extractor``: accepted for ``create_reranker``'s signature and unused: XFeat sees the image, not the global model."""
         unknown = set(conf) - set(self.default_conf)
         if unknown:
-            raise ValueError(f"unknown xfeat re-ranker settings {sorted(unknown)}; known: {sorted(self.default_conf)}")
+            raise ConfigError(f"unknown xfeat re-ranker settings {sorted(unknown)}; known: {sorted(self.default_conf)}")
         self.conf = {**self.default_conf, **conf}
+        if self.conf["ransac"] not in RANSAC_METHODS:
+            raise ConfigError(f"unknown ransac {self.conf['ransac']!r}; choose one of {', '.join(RANSAC_METHODS)}")
         self._model = _load_xfeat()
 
     def describe(self) -> dict:
@@ -119,7 +123,8 @@ class XFeatReranker(Reranker):
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"xfeat re-ranker takes RGB images [H, W, 3], got shape {image.shape}")
+            raise ImageDecodeError(f"xfeat re-ranker takes RGB images [H, W, 3] or gray [H, W], got shape {image.shape}; "
+                                   "convert the frame with vpr_ros.imaging first")
         h, w = image.shape[:2]
         if min(h, w) == 0 or max(h, w) < self.conf["min_image_side"]:
             return _empty()
@@ -146,8 +151,8 @@ class XFeatReranker(Reranker):
         q_points = np.ascontiguousarray(query.keypoints[q_rows], np.float32)
         c_points = np.ascontiguousarray(candidate.keypoints[c_rows], np.float32)
         try:
-            _, mask = cv2.findFundamentalMat(q_points, c_points, cv2.USAC_MAGSAC, self.conf["ransac_px"], 0.999,
-                                             self.conf["ransac_iters"])
+            _, mask = cv2.findFundamentalMat(q_points, c_points, RANSAC_METHODS[self.conf["ransac"]],
+                                             self.conf["ransac_px"], 0.999, self.conf["ransac_iters"])
         except cv2.error:  # degenerate sets (all points on a line, duplicates) fail inside USAC
             return 0
         return 0 if mask is None else int(mask.sum())
