@@ -62,13 +62,36 @@ def _place(i: int, frame) -> Place:
     x, y, z = frame.position if frame.position is not None else (nan, nan, nan)
     qx, qy, qz, qw = frame.orientation if frame.orientation is not None else (nan, nan, nan, nan)
     lat, lon = frame.latlon if frame.latlon is not None else (nan, nan)
-    return Place(i, int(frame.stamp_ns), float(x), float(y), float(z), float(qx), float(qy), float(qz), float(qw),
-                 float(lat), float(lon), frame.utm_zone or "", str(frame.source), frame.topic or "")
+    return Place(
+        i,
+        int(frame.stamp_ns),
+        float(x),
+        float(y),
+        float(z),
+        float(qx),
+        float(qy),
+        float(qz),
+        float(qw),
+        float(lat),
+        float(lon),
+        frame.utm_zone or "",
+        str(frame.source),
+        frame.topic or "",
+    )
 
 
-def extract_frames(frames: Iterable, extractor: DescriptorExtractor, batch_size: int = 8, total: int | None = None,
-                   desc: str = "extracting") -> tuple[np.ndarray, list]:
-    """Descriptors for every frame, in batches, with a progress bar. Returns (descriptors, frames)."""
+def extract_frames(
+    frames: Iterable,
+    extractor: DescriptorExtractor,
+    batch_size: int = 8,
+    total: int | None = None,
+    desc: str = "extracting",
+) -> tuple[np.ndarray, list]:
+    """
+    Descriptors for every frame, in batches, with a progress bar.
+
+    Returns (descriptors, frames).
+    """
     descriptors, kept, batch, batch_frames = [], [], [], []
     spec = extractor.spec
 
@@ -93,9 +116,17 @@ def extract_frames(frames: Iterable, extractor: DescriptorExtractor, batch_size:
     return (np.concatenate(descriptors) if descriptors else np.zeros((0, dim), np.float32)), kept
 
 
-def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_config: IndexConfig | None = None,
-              batch_size: int = 8, allow_no_poses: bool = False, reranker: Reranker | None = None) -> Path:
-    """Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success).
+def build_map(
+    source,
+    extractor: DescriptorExtractor,
+    out: str | Path,
+    index_config: IndexConfig | None = None,
+    batch_size: int = 8,
+    allow_no_poses: bool = False,
+    reranker: Reranker | None = None,
+) -> Path:
+    """
+    Extract every frame of ``source`` and write the map to ``out`` (replacing it only on success).
 
     Unreadable frames and impossible poses were already skipped and counted by the source (its
     ``stats``). A map in which no place has a position is refused with PoseError unless
@@ -107,22 +138,49 @@ def build_map(source, extractor: DescriptorExtractor, out: str | Path, index_con
     out = Path(out)
     with write_errors(out, 0), atomic_directory(out) as tmp:
         if reranker is None:
-            descriptors, frames = extract_frames(source, extractor, batch_size, total=len(source), desc="building map")
+            descriptors, frames = extract_frames(
+                source, extractor, batch_size, total=len(source), desc="building map"
+            )
             local_files = {}
         else:
             with LocalFeatureWriter(tmp, reranker.describe()) as writer:
-                descriptors, frames = _extract_with_local(source, extractor, reranker, writer, batch_size)
+                descriptors, frames = _extract_with_local(
+                    source, extractor, reranker, writer, batch_size
+                )
             local_files = writer.files
         places = _checked_places(source, frames, allow_no_poses)
         sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
-        write_map_into(tmp, out, descriptors, places, extractor.describe(), index_config or IndexConfig(), sources, local_files)
-    log.info("wrote map %s with %d places%s", out, len(places), f" and {reranker.name} local features" if reranker else "")
+        write_map_into(
+            tmp,
+            out,
+            descriptors,
+            places,
+            extractor.describe(),
+            index_config or IndexConfig(),
+            sources,
+            local_files,
+        )
+    log.info(
+        "wrote map %s with %d places%s",
+        out,
+        len(places),
+        f" and {reranker.name} local features" if reranker else "",
+    )
     return out
 
 
-def _extract_with_local(source, extractor: DescriptorExtractor, reranker: Reranker, writer: LocalFeatureWriter,
-                        batch_size: int) -> tuple[np.ndarray, list]:
-    """Global descriptors and the re-ranker's local features, batch by batch; features go straight to ``writer``."""
+def _extract_with_local(
+    source,
+    extractor: DescriptorExtractor,
+    reranker: Reranker,
+    writer: LocalFeatureWriter,
+    batch_size: int,
+) -> tuple[np.ndarray, list]:
+    """
+    Global descriptors and the re-ranker's local features, batch by batch.
+
+    Features go straight to ``writer``.
+    """
     descriptors, kept, batch = [], [], []
 
     def flush():
@@ -134,13 +192,21 @@ def _extract_with_local(source, extractor: DescriptorExtractor, reranker: Rerank
         kept.extend(batch)
         batch.clear()
 
-    for frame in tqdm(source, total=len(source), desc=f"building map + {reranker.name} features", unit="img", dynamic_ncols=True):
+    for frame in tqdm(
+        source,
+        total=len(source),
+        desc=f"building map + {reranker.name} features",
+        unit="img",
+        dynamic_ncols=True,
+    ):
         batch.append(frame)
         if len(batch) == batch_size:
             flush()
     if batch:
         flush()
-    return (np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), np.float32)), kept
+    return (
+        np.concatenate(descriptors) if descriptors else np.zeros((0, extractor.dim), np.float32)
+    ), kept
 
 
 def _checked_places(source, frames: list, allow_no_poses: bool) -> list[Place]:
@@ -151,9 +217,10 @@ def _checked_places(source, frames: list, allow_no_poses: bool) -> list[Place]:
                        f"check the image topic and the recording.{skipped}")
     if not allow_no_poses and all(f.position is None for f in frames):
         raise PoseError(
-            f"none of the {len(frames)} frames of {_sources_text(source)} has a usable position, so the map could "
-            "never localize: give a pose source (--pose-topic with fixes, --poses-csv, or VPR-layout file names), "
-            f"or pass --allow-no-poses to build a map that only matches places.{skipped}"
+            f"none of the {len(frames)} frames of {_sources_text(source)} has a usable position,"
+            " so the map could never localize: give a pose source (--pose-topic with fixes,"
+            " --poses-csv, or VPR-layout file names), or pass --allow-no-poses to build a map"
+            f" that only matches places.{skipped}"
         )
     return [_place(i, f) for i, f in enumerate(frames)]
 

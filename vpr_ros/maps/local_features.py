@@ -1,4 +1,5 @@
-"""The map's ``local/`` directory: every place's local features for re-ranking, packed.
+"""
+The map's ``local/`` directory: every place's local features for re-ranking, packed.
 
     local/
       meta.json        format, re-ranker, dim, dtype, model fingerprint, place and row counts
@@ -42,7 +43,10 @@ CHECKED_FIELDS = ("reranker", "dim", "model_fingerprint")
 
 
 def rebuild_hint(reranker: str) -> str:
-    return f"rebuild the map with local features: `vpr-ros build-map --rerank {reranker} --out MAP ...` (same model and weights)"
+    return (
+        f"rebuild the map with local features: `vpr-ros build-map --rerank {reranker} --out MAP"
+        " ...` (same model and weights)"
+    )
 
 
 def _storage_dtype(descriptors: np.ndarray) -> np.dtype:
@@ -71,12 +75,14 @@ class _HashedFile:
 
 
 class LocalFeatureWriter:
-    """Streams places' local features into ``<map_dir>/local/``, one place per ``append``, in place order.
+    """
+    Streams places' local features into ``<map_dir>/local/``.
 
-    ``description`` is the re-ranker's ``describe()`` (``reranker``, ``dim``, ``model_fingerprint``, ...).
-    Use as a context manager, or call ``close()``, which writes the offsets and meta.json; then
-    ``files`` (also close()'s result) is {path relative to map_dir: sha256} for the manifest. On an
-    exception nothing is finalised: the caller's atomic directory is discarded anyway.
+    One place per ``append``, in place order. ``description`` is the re-ranker's ``describe()``
+    (``reranker``, ``dim``, ``model_fingerprint``, ...). Use as a context manager, or call
+    ``close()``, which writes the offsets and meta.json; then ``files`` (also close()'s result)
+    is {path relative to map_dir: sha256} for the manifest. On an exception nothing is
+    finalised: the caller's atomic directory is discarded anyway.
     """
 
     def __init__(self, map_dir: str | Path, description: dict) -> None:
@@ -97,7 +103,10 @@ class LocalFeatureWriter:
     def append(self, features: LocalFeatures) -> None:
         d = features.descriptors
         if d.shape[1] != self.dim:
-            raise ValueError(f"place {len(self._offsets) - 1}: local descriptors have dim {d.shape[1]}, the re-ranker says {self.dim}")
+            raise ValueError(
+                f"place {len(self._offsets) - 1}: local descriptors have dim {d.shape[1]}, the"
+                f" re-ranker says {self.dim}"
+            )
         dtype = _storage_dtype(d)
         has_keypoints = features.keypoints is not None
         if self._dtype is None:
@@ -105,13 +114,18 @@ class LocalFeatureWriter:
             if has_keypoints:
                 self._keypoints = _HashedFile(self.directory / KEYPOINTS_FILE)
         elif dtype != self._dtype or has_keypoints != self._has_keypoints:
-            raise ValueError(f"place {len(self._offsets) - 1}: local features of another kind than the first place's "
-                             f"(dtype {dtype} vs {self._dtype}, keypoints {has_keypoints} vs {self._has_keypoints})")
+            raise ValueError(
+                f"place {len(self._offsets) - 1}: local features of another kind than the first"
+                f" place's (dtype {dtype} vs {self._dtype}, keypoints {has_keypoints} vs"
+                f" {self._has_keypoints})"
+            )
         with np.errstate(over="ignore"):  # overflow is reported below, by name
             rows = d.astype(dtype, copy=False)
         if dtype.kind == "f" and not np.isfinite(rows).all():
-            raise ValueError(f"place {len(self._offsets) - 1}: local descriptors are not finite in float16 "
-                             "(NaN, or beyond +-65504): normalise or scale them before storing")
+            raise ValueError(
+                f"place {len(self._offsets) - 1}: local descriptors are not finite in float16 "
+                "(NaN, or beyond +-65504): normalise or scale them before storing"
+            )
         self._descriptors.write(rows)
         if self._keypoints is not None:
             self._keypoints.write(features.keypoints.astype(np.float32, copy=False))
@@ -154,18 +168,37 @@ class LocalFeatureWriter:
 
 
 def stored_reranker(map_dir: str | Path) -> str | None:
-    """Name of the re-ranker whose local features the map holds (None without any): what ``rerank auto`` picks."""
+    """
+    Name of the re-ranker whose local features the map holds (None without any).
+
+    What ``rerank auto`` picks.
+    """
     try:
         meta = json.loads((Path(map_dir) / LOCAL_DIR / META_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return meta.get("reranker") if isinstance(meta, dict) and isinstance(meta.get("reranker"), str) else None
+    return (
+        meta.get("reranker")
+        if isinstance(meta, dict) and isinstance(meta.get("reranker"), str)
+        else None
+    )
 
 
 class LocalFeatureStore:
-    """Memory-mapped local features of a map: ``store[place_id]`` -> LocalFeatures (views, no copy)."""
+    """
+    Memory-mapped local features of a map.
 
-    def __init__(self, directory: Path, meta: dict, descriptors: np.ndarray, offsets: np.ndarray, keypoints: np.ndarray | None):
+    ``store[place_id]`` -> LocalFeatures (views, no copy).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        meta: dict,
+        descriptors: np.ndarray,
+        offsets: np.ndarray,
+        keypoints: np.ndarray | None,
+    ):
         self.directory = directory
         self.meta = meta
         self.descriptors = descriptors
@@ -173,8 +206,11 @@ class LocalFeatureStore:
         self.keypoints = keypoints
 
     @classmethod
-    def open(cls, map_dir: str | Path, expected: dict, place_count: int | None = None) -> LocalFeatureStore:
-        """Open ``<map_dir>/local`` for the re-ranker described by ``expected`` (its ``describe()``).
+    def open(
+        cls, map_dir: str | Path, expected: dict, place_count: int | None = None
+    ) -> LocalFeatureStore:
+        """
+        Open ``<map_dir>/local`` for the re-ranker described by ``expected`` (its ``describe()``).
 
         Raises LocalFeaturesMissingError (no local features), MapIntegrityError (damaged or
         inconsistent files) or MapModelMismatchError (features of another re-ranker, dim or model).
@@ -184,26 +220,52 @@ class LocalFeatureStore:
         directory = map_dir / LOCAL_DIR
         reranker = expected.get("reranker", "?")
         if not (directory / META_FILE).is_file():
-            raise LocalFeaturesMissingError(f"map {map_dir} holds no local features, so re-ranker {reranker!r} cannot run; "
-                                            f"{rebuild_hint(reranker)}, or run without re-ranking (rerank none)")
+            raise LocalFeaturesMissingError(
+                f"map {map_dir} holds no local features, so re-ranker {reranker!r} cannot run; "
+                f"{rebuild_hint(reranker)}, or run without re-ranking (rerank none)"
+            )
         meta = cls._read_meta(directory, reranker)
         if diff := [f"{k}: map has {meta.get(k)!r}, running re-ranker has {expected.get(k)!r}"
                     for k in CHECKED_FIELDS if meta.get(k) != expected.get(k)]:
-            raise MapModelMismatchError(f"local features in {directory} do not fit re-ranker {reranker!r} ({'; '.join(diff)}); "
-                                        f"{rebuild_hint(reranker)}")
-        places, rows, dim, dtype = meta["places"], meta["rows"], meta["dim"], np.dtype(meta["dtype"])
+            raise MapModelMismatchError(
+                f"local features in {directory} do not fit re-ranker {reranker!r}"
+                f" ({'; '.join(diff)}); {rebuild_hint(reranker)}"
+            )
+        places, rows, dim, dtype = (
+            meta["places"],
+            meta["rows"],
+            meta["dim"],
+            np.dtype(meta["dtype"]),
+        )
         if place_count is not None and places != place_count:
-            raise MapIntegrityError(f"{directory} holds local features of {places} places, the map has {place_count}; {rebuild_hint(reranker)}")
+            raise MapIntegrityError(
+                f"{directory} holds local features of {places} places, the map has {place_count};"
+                f" {rebuild_hint(reranker)}"
+            )
         try:
             offsets = np.load(directory / OFFSETS_FILE, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise MapIntegrityError(f"{directory / OFFSETS_FILE} is missing or unreadable ({e}); {rebuild_hint(reranker)}") from None
-        if (offsets.dtype != np.int64 or offsets.shape != (places + 1,) or offsets[0] != 0 or offsets[-1] != rows
-                or (np.diff(offsets) < 0).any()):
-            raise MapIntegrityError(f"{directory / OFFSETS_FILE} is not a valid offsets table for {places} places and {rows} rows; "
-                                    f"{rebuild_hint(reranker)}")
+            raise MapIntegrityError(
+                f"{directory / OFFSETS_FILE} is missing or unreadable ({e});"
+                f" {rebuild_hint(reranker)}"
+            ) from None
+        if (
+            offsets.dtype != np.int64
+            or offsets.shape != (places + 1,)
+            or offsets[0] != 0
+            or offsets[-1] != rows
+            or (np.diff(offsets) < 0).any()
+        ):
+            raise MapIntegrityError(
+                f"{directory / OFFSETS_FILE} is not a valid offsets table for {places} places and"
+                f" {rows} rows; {rebuild_hint(reranker)}"
+            )
         descriptors = cls._map_rows(directory / DESCRIPTORS_FILE, dtype, (rows, dim), reranker)
-        keypoints = cls._map_rows(directory / KEYPOINTS_FILE, np.dtype(np.float32), (rows, 2), reranker) if meta["keypoints"] else None
+        keypoints = (
+            cls._map_rows(directory / KEYPOINTS_FILE, np.dtype(np.float32), (rows, 2), reranker)
+            if meta["keypoints"]
+            else None
+        )
         return cls(directory, meta, descriptors, offsets, keypoints)
 
     @staticmethod
@@ -212,27 +274,48 @@ class LocalFeatureStore:
         try:
             meta = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise MapIntegrityError(f"{path} is not valid JSON ({e}); {rebuild_hint(reranker)}") from None
+            raise MapIntegrityError(
+                f"{path} is not valid JSON ({e}); {rebuild_hint(reranker)}"
+            ) from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise MapIntegrityError(f"{path} is not a vpr_ros local-feature description; {rebuild_hint(reranker)}")
+            raise MapIntegrityError(
+                f"{path} is not a vpr_ros local-feature description; {rebuild_hint(reranker)}"
+            )
         if meta.get("format_version") != FORMAT_VERSION:
-            raise MapIntegrityError(f"{path} has local-feature format {meta.get('format_version')}, this vpr_ros reads "
-                                    f"{FORMAT_VERSION}; {rebuild_hint(reranker)}")
-        for key, kind in (("places", int), ("rows", int), ("dim", int), ("dtype", str), ("keypoints", bool)):
+            raise MapIntegrityError(
+                f"{path} has local-feature format {meta.get('format_version')}, this vpr_ros reads"
+                f" {FORMAT_VERSION}; {rebuild_hint(reranker)}"
+            )
+        for key, kind in (
+            ("places", int),
+            ("rows", int),
+            ("dim", int),
+            ("dtype", str),
+            ("keypoints", bool),
+        ):
             if not isinstance(meta.get(key), kind) or (kind is int and meta[key] < 0):
-                raise MapIntegrityError(f"{path}: field {key!r} is missing or invalid ({meta.get(key)!r}); {rebuild_hint(reranker)}")
+                raise MapIntegrityError(
+                    f"{path}: field {key!r} is missing or invalid ({meta.get(key)!r});"
+                    f" {rebuild_hint(reranker)}"
+                )
         if meta["dtype"] not in ("float16", "uint8"):
-            raise MapIntegrityError(f"{path}: unsupported dtype {meta['dtype']!r}; {rebuild_hint(reranker)}")
+            raise MapIntegrityError(
+                f"{path}: unsupported dtype {meta['dtype']!r}; {rebuild_hint(reranker)}"
+            )
         return meta
 
     @staticmethod
-    def _map_rows(path: Path, dtype: np.dtype, shape: tuple[int, int], reranker: str) -> np.ndarray:
+    def _map_rows(
+        path: Path, dtype: np.dtype, shape: tuple[int, int], reranker: str
+    ) -> np.ndarray:
         expected = shape[0] * shape[1] * dtype.itemsize
         size = path.stat().st_size if path.is_file() else None
         if size != expected:
             found = "it is missing" if size is None else f"it has {size}"
-            raise MapIntegrityError(f"{path} should hold {expected} bytes ({shape[0]} rows x {shape[1]} {dtype}), {found}; "
-                                    f"{rebuild_hint(reranker)}")
+            raise MapIntegrityError(
+                f"{path} should hold {expected} bytes ({shape[0]} rows x {shape[1]} {dtype}),"
+                f" {found}; {rebuild_hint(reranker)}"
+            )
         if expected == 0:  # np.memmap refuses empty files
             return np.zeros(shape, dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=shape)
@@ -242,13 +325,23 @@ class LocalFeatureStore:
 
     def __getitem__(self, place_id: int) -> LocalFeatures:
         if not 0 <= place_id < len(self):
-            raise IndexError(f"place {place_id} is outside the local-feature store of {len(self)} places")
+            raise IndexError(
+                f"place {place_id} is outside the local-feature store of {len(self)} places"
+            )
         start, end = int(self.offsets[place_id]), int(self.offsets[place_id + 1])
         keypoints = self.keypoints[start:end] if self.keypoints is not None else None
         return LocalFeatures(self.descriptors[start:end], keypoints)
 
     @property
     def bytes_per_place(self) -> float:
-        """Mean bytes a place costs on disk: its rows, keypoints and offsets entry (meta.json excluded)."""
-        total = self.descriptors.nbytes + self.offsets.nbytes + (self.keypoints.nbytes if self.keypoints is not None else 0)
+        """
+        Mean bytes a place costs on disk.
+
+        Its rows, keypoints and offsets entry (meta.json excluded).
+        """
+        total = (
+            self.descriptors.nbytes
+            + self.offsets.nbytes
+            + (self.keypoints.nbytes if self.keypoints is not None else 0)
+        )
         return total / max(len(self), 1)

@@ -27,7 +27,9 @@ class Place:
 
     @property
     def position(self) -> tuple[float, float, float] | None:
-        return None if math.isnan(self.x) else (self.x, self.y, 0.0 if math.isnan(self.z) else self.z)
+        return (
+            None if math.isnan(self.x) else (self.x, self.y, 0.0 if math.isnan(self.z) else self.z)
+        )
 
     @property
     def orientation(self) -> tuple[float, float, float, float] | None:

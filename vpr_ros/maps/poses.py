@@ -1,4 +1,7 @@
-"""Poses for map places: NavSatFix -> UTM, Odometry/PoseStamped -> pose, time interpolation, keyframes.
+"""
+Poses for map places.
+
+NavSatFix -> UTM, Odometry/PoseStamped -> pose, time interpolation, keyframes.
 
 Messages are read by field name, so rclpy objects and rosbags-deserialised objects both work.
 Positions are in metres: UTM (easting, northing, altitude) for GPS, the odometry frame otherwise.
@@ -21,9 +24,9 @@ from vpr_ros.stamps import stamp_to_ns
 NAVSAT_STATUS_NO_FIX = -1
 DEFAULT_MAX_GAP_S = 1.0
 DEFAULT_MIN_MOTION_M = 2.0
-# A header stamp this far from the bag's recording time is a clock jump or an unsynchronised clock (GPS
-# time is 18 s off UTC, device clocks count from boot): the recording time is used instead, so such a
-# stamp cannot pair an image with another moment's pose.
+# A header stamp this far from the bag's recording time is a clock jump or an unsynchronised clock
+# (GPS time is 18 s off UTC, device clocks count from boot): the recording time is used instead, so
+# such a stamp cannot pair an image with another moment's pose.
 DEFAULT_MAX_STAMP_SKEW_S = 5.0
 # UTM is defined from 80 S to 84 N; beyond that utm raises OutOfRangeError (polar regions use UPS).
 UTM_LATITUDE_RANGE = (-80.0, 84.0)
@@ -39,8 +42,12 @@ class UtmZone:
 
 
 class UtmProjector:
-    """lat/lon -> UTM metres in ONE zone for a whole route (the first fix's), so a route that
-    crosses a zone border stays one continuous metric frame instead of jumping by ~600 km."""
+    """
+    Project lat/lon -> UTM metres in ONE zone for a whole route (the first fix's).
+
+    A route that crosses a zone border so stays one continuous metric frame instead of
+    jumping by ~600 km.
+    """
 
     def __init__(self, zone: UtmZone | None = None) -> None:
         self.zone = zone
@@ -56,9 +63,12 @@ class UtmProjector:
 
 
 def header_stamp_ns(msg: Any, fallback_ns: int, max_skew_s: float | None = None) -> int:
-    """The message's header stamp in ns; `fallback_ns` (e.g. the bag's receive time) when the driver left
-    it 0, or, with `max_skew_s`, when it is further than that from `fallback_ns` (a clock jump or an
-    unsynchronised clock)."""
+    """
+    Return the message's header stamp in ns.
+
+    `fallback_ns` (e.g. the bag's receive time) when the driver left it 0, or, with `max_skew_s`,
+    when it is further than that from `fallback_ns` (a clock jump or an unsynchronised clock).
+    """
     ns = stamp_to_ns(msg.header.stamp)
     if ns <= 0 or (max_skew_s is not None and abs(ns - int(fallback_ns)) > max_skew_s * 1e9):
         return int(fallback_ns)
@@ -66,7 +76,11 @@ def header_stamp_ns(msg: Any, fallback_ns: int, max_skew_s: float | None = None)
 
 
 def fix_problem(msg: Any) -> str | None:
-    """Why a NavSatFix gives no usable position (a short reason for counting), or None when it does."""
+    """
+    Why a NavSatFix gives no usable position (a short reason for counting).
+
+    None when it does.
+    """
     if int(msg.status.status) <= NAVSAT_STATUS_NO_FIX:
         return "no fix (status -1)"
     lat, lon = float(msg.latitude), float(msg.longitude)
@@ -82,7 +96,12 @@ def fix_problem(msg: Any) -> str | None:
 
 
 def navsatfix_is_valid(msg: Any) -> bool:
-    """False for NO_FIX, NaN/inf, impossible and (0, 0) coordinates (drivers publish these while searching)."""
+    """
+    Tell whether a NavSatFix has a usable position.
+
+    False for NO_FIX, NaN/inf, impossible and (0, 0) coordinates (drivers publish these while
+    searching).
+    """
     return fix_problem(msg) is None
 
 
@@ -145,10 +164,15 @@ class PoseTrack:
     def __len__(self) -> int:
         return len(self.stamps_ns)
 
-    def interpolate(self, stamps_ns: Sequence[int] | np.ndarray, max_gap_s: float = DEFAULT_MAX_GAP_S) -> TrackSamples:
-        """Linear position (and lat/lon), slerp orientation. A stamp whose nearest track sample is
-        more than `max_gap_s` away (before/after the track, or inside a GPS dropout) gets no pose
-        rather than an extrapolated guess."""
+    def interpolate(
+        self, stamps_ns: Sequence[int] | np.ndarray, max_gap_s: float = DEFAULT_MAX_GAP_S
+    ) -> TrackSamples:
+        """
+        Linear position (and lat/lon), slerp orientation.
+
+        A stamp whose nearest track sample is more than `max_gap_s` away (before/after the track,
+        or inside a GPS dropout) gets no pose rather than an extrapolated guess.
+        """
         t = np.asarray(stamps_ns, np.int64)
         if len(self) == 0:
             nan3 = np.full((len(t), 3), np.nan)
@@ -158,7 +182,11 @@ class PoseTrack:
         i0, i1 = np.clip(after - 1, 0, last), np.clip(after, 0, last)
         s0, s1 = self.stamps_ns[i0], self.stamps_ns[i1]
         span = (s1 - s0).astype(np.float64)
-        w = np.clip(np.divide((t - s0).astype(np.float64), span, out=np.zeros(len(t)), where=span > 0), 0.0, 1.0)
+        w = np.clip(
+            np.divide((t - s0).astype(np.float64), span, out=np.zeros(len(t)), where=span > 0),
+            0.0,
+            1.0,
+        )
         nearest_gap_ns = np.minimum(np.abs(t - s0), np.abs(t - s1))
         valid = nearest_gap_ns <= max_gap_s * 1e9
 
@@ -175,7 +203,8 @@ class PoseTrack:
         return TrackSamples(valid, lerp(self.positions), orientations, latlons)
 
     def with_heading_from_motion(self, min_motion_m: float = DEFAULT_MIN_MOTION_M) -> PoseTrack:
-        """Orientation as yaw along the direction of travel, for GPS which gives none.
+        """
+        Orientation as yaw along the direction of travel, for GPS which gives none.
 
         Each sample looks ahead to the first sample at least `min_motion_m` further along the
         path (so GPS jitter while crawling does not spin the heading); samples near the end,
@@ -190,21 +219,26 @@ class PoseTrack:
         has_ahead = ahead < len(self)
         if not has_ahead.any():
             return PoseTrack(self.stamps_ns, self.positions, None, self.latlons, self.utm_zone)
-        # Forward-fill the tail: samples without a far-enough successor use the last defined heading.
+        # Forward-fill the tail: samples without a far-enough successor use the last defined
+        # heading.
         ahead = np.where(has_ahead, ahead, ahead[has_ahead][-1])
         source = np.where(has_ahead, np.arange(len(self)), np.flatnonzero(has_ahead)[-1])
         delta = xy[ahead] - xy[source]
         yaw = np.arctan2(delta[:, 1], delta[:, 0])
-        return PoseTrack(self.stamps_ns, self.positions, yaw_to_quaternion(yaw), self.latlons, self.utm_zone)
+        return PoseTrack(
+            self.stamps_ns, self.positions, yaw_to_quaternion(yaw), self.latlons, self.utm_zone
+        )
 
 
 class PoseTrackBuilder:
-    """Collects pose messages of one recording (any supported type) and builds a PoseTrack.
+    """
+    Collects pose messages of one recording (any supported type) and builds a PoseTrack.
 
     NavSatFix: impossible fixes (fix_problem) are skipped; positions are UTM in the first fix's
-    zone, altitude as z, and heading comes from motion. Odometry/PoseStamped/PoseWithCovarianceStamped:
-    the message's own position and orientation, in its frame. Pass a shared `projector` to keep
-    several recordings in one UTM zone. `skipped` counts refused messages by reason.
+    zone, altitude as z, and heading comes from motion.
+    Odometry/PoseStamped/PoseWithCovarianceStamped: the message's own position and orientation, in
+    its frame. Pass a shared `projector` to keep several recordings in one UTM zone. `skipped`
+    counts refused messages by reason.
     """
 
     def __init__(self, projector: UtmProjector | None = None) -> None:
@@ -216,7 +250,11 @@ class PoseTrackBuilder:
         self.skipped: Counter[str] = Counter()
 
     def add(self, stamp_ns: int, msg: Any) -> bool:
-        """Add one message; returns False (and counts its reason) when it carries no usable pose."""
+        """
+        Add one message.
+
+        Returns False (and counts its reason) when it carries no usable pose.
+        """
         if hasattr(msg, "latitude"):
             problem = fix_problem(msg)
             if problem is None:
@@ -231,8 +269,11 @@ class PoseTrackBuilder:
             if problem is None:
                 norm = float(np.linalg.norm(orientation))
                 self._positions.append(position)
-                # A zero quaternion (position-only publishers) keeps the position, with orientation unknown.
-                self._orientations.append(orientation / norm if norm > 1e-6 else np.full(4, np.nan))
+                # A zero quaternion (position-only publishers) keeps the position, with orientation
+                # unknown.
+                self._orientations.append(
+                    orientation / norm if norm > 1e-6 else np.full(4, np.nan)
+                )
         if problem is not None:
             self.skipped[problem] += 1
             return False
@@ -243,7 +284,9 @@ class PoseTrackBuilder:
         stamps = np.asarray(self._stamps, np.int64)
         # Sort by stamp and keep the first of duplicate stamps, so interpolation spans are > 0.
         order = np.argsort(stamps, kind="stable")
-        order = order[np.concatenate([[True], np.diff(stamps[order]) > 0])] if len(order) else order
+        order = (
+            order[np.concatenate([[True], np.diff(stamps[order]) > 0])] if len(order) else order
+        )
         if len(order) < len(stamps):
             self.skipped["duplicate stamp"] += len(stamps) - len(order)
         positions = np.asarray(self._positions, np.float64).reshape(-1, 3)[order]
@@ -256,7 +299,8 @@ class PoseTrackBuilder:
 
 
 class KeyframeSelector:
-    """Online keyframe choice while streaming frames.
+    """
+    Online keyframe choice while streaming frames.
 
     A frame with a position is kept when it is at least `min_distance_m` (horizontal: GPS
     altitude noise would otherwise add keyframes while standing still) from the last kept
@@ -266,7 +310,9 @@ class KeyframeSelector:
 
     def __init__(self, min_distance_m: float = 0.0, every_n: int = 1) -> None:
         if min_distance_m < 0 or every_n < 1:
-            raise ValueError(f"need min_distance_m >= 0 and every_n >= 1, got {min_distance_m}, {every_n}")
+            raise ValueError(
+                f"need min_distance_m >= 0 and every_n >= 1, got {min_distance_m}, {every_n}"
+            )
         self.min_distance_m = float(min_distance_m)
         self.every_n = int(every_n)
         self._last_kept_xy: np.ndarray | None = None
@@ -278,7 +324,10 @@ class KeyframeSelector:
         has_position = position is not None and bool(np.isfinite(position).all())
         if has_position and self.min_distance_m > 0:
             xy = np.asarray(position, np.float64)[:2]
-            if self._last_kept_xy is not None and np.linalg.norm(xy - self._last_kept_xy) < self.min_distance_m:
+            if (
+                self._last_kept_xy is not None
+                and np.linalg.norm(xy - self._last_kept_xy) < self.min_distance_m
+            ):
                 return False
             self._last_kept_xy = xy
             return True
@@ -286,13 +335,19 @@ class KeyframeSelector:
         return (self._counted - 1) % self.every_n == 0
 
     def forget_last(self) -> None:
-        """Undo the last keep(): its frame turned out unreadable, so the next frame may take its place."""
+        """
+        Undo the last keep().
+
+        Its frame turned out unreadable, so the next frame may take its place.
+        """
         self._last_kept_xy, self._counted = self._before_last
 
 
 def select_keyframes(
-    positions: Sequence[np.ndarray | None] | np.ndarray, min_distance_m: float = 0.0, every_n: int = 1
+    positions: Sequence[np.ndarray | None] | np.ndarray,
+    min_distance_m: float = 0.0,
+    every_n: int = 1,
 ) -> list[int]:
-    """Indices of the frames KeyframeSelector keeps; a None or NaN row means "no pose"."""
+    """Return the indices of the frames KeyframeSelector keeps; a None or NaN row is "no pose"."""
     selector = KeyframeSelector(min_distance_m, every_n)
     return [i for i, position in enumerate(positions) if selector.keep(position)]

@@ -1,4 +1,5 @@
-"""Frames for map building and offline queries, from rosbag2 recordings or image folders.
+"""
+Frames for map building and offline queries, from rosbag2 recordings or image folders.
 
 Every source has `len()` (candidate frames, for progress bars), lazy iteration yielding
 `Frame`s (an image is decoded only once its frame is chosen as a keyframe, so memory stays
@@ -26,7 +27,13 @@ from rosbags.rosbag2 import ReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import BagError, ImageDecodeError, VprError
-from vpr_ros.imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, image_files, image_msg_to_rgb, read_rgb
+from vpr_ros.imaging import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    image_files,
+    image_msg_to_rgb,
+    read_rgb,
+)
 from vpr_ros.maps.poses import (
     DEFAULT_MAX_GAP_S,
     DEFAULT_MAX_STAMP_SKEW_S,
@@ -52,7 +59,8 @@ POSE_TYPES = (
 
 @dataclass
 class Frame:
-    """One camera frame with whatever pose is known. Mutable: consumers drop `image` once used.
+    """
+    One camera frame with whatever pose is known. Mutable: consumers drop `image` once used.
 
     `topic` is the bag topic, or the file name for a folder; `stamp_ns` is 0 where a folder
     gives no time. Positions are metres (UTM easting, northing, altitude for GPS).
@@ -72,7 +80,8 @@ class Frame:
 
 @dataclass
 class SourceStats:
-    """Counts of the last iteration, for logs and the end-of-build report.
+    """
+    Counts of the last iteration, for logs and the end-of-build report.
 
     `skipped` counts what was left out by "kind: reason" (kind: image, pose, stamp), e.g.
     "image: truncated JPEG" or "pose: no fix (status -1)"; `corrupt_skipped` is its image total.
@@ -91,7 +100,10 @@ class SourceStats:
         """One line per kind of skip, most frequent first; "nothing skipped" when clean."""
         lines = [f"{n} x {what}" for what, n in self.skipped.most_common()]
         if self.without_pose:
-            lines.append(f"{self.without_pose} x frame kept without a position (no pose within the allowed gap)")
+            lines.append(
+                f"{self.without_pose} x frame kept without a position (no pose within the allowed"
+                " gap)"
+            )
         return "\n".join(lines) or "nothing skipped"
 
 
@@ -100,15 +112,21 @@ def _default_typestore():
     return get_typestore(Stores.ROS2_KILTED)
 
 
-_BAG_READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, struct.error, EOFError)  # apsw: rosbags' sqlite3
-# One message's CDR that does not parse (rosbags wraps most of these in AnyReaderError): skip it, not the bag.
+# apsw: rosbags' sqlite3
+_BAG_READ_ERRORS = (AnyReaderError, ReaderError, apsw.Error, struct.error, EOFError)
+# One message's CDR that does not parse (rosbags wraps most of these in AnyReaderError): skip it,
+# not the bag.
 _MSG_DECODE_ERRORS = (AnyReaderError, ValueError, IndexError, struct.error, UnicodeDecodeError)
 
 
 @contextmanager
 def open_bag(path: str | Path) -> Iterator[AnyReader]:
-    """One rosbag2 directory (sqlite3 or mcap) opened for reading; the bag library's errors while
-    opening or reading it become BagError naming the bag and the repair."""
+    """
+    One rosbag2 directory (sqlite3 or mcap) opened for reading.
+
+    The bag library's errors while opening or reading it become BagError naming the bag and the
+    repair.
+    """
     path = Path(path)
     with _bag_errors(path):
         reader = AnyReader([path], default_typestore=_default_typestore())
@@ -128,8 +146,9 @@ def _bag_errors(path: Path) -> Iterator[None]:
         raise BagError(_not_a_bag_message(path, err)) from err
     except _BAG_READ_ERRORS as err:
         raise BagError(
-            f"rosbag {path} is damaged or truncated ({err}); a recording cut short by a crash or full disk "
-            f"can often be repaired with `ros2 bag reindex {path}`, otherwise re-record it"
+            f"rosbag {path} is damaged or truncated ({err}); a recording cut short by a crash or"
+            f" full disk can often be repaired with `ros2 bag reindex {path}`, otherwise"
+            " re-record it"
         ) from err
 
 
@@ -137,13 +156,19 @@ def _not_a_bag_message(path: Path, err: Exception) -> str:
     if not path.exists():
         return f"bag {path} does not exist: check the path"
     if path.is_file() and path.suffix in (".db3", ".mcap"):
-        return f"{path} is a storage file, not a bag: pass its directory {path.parent} (the one with metadata.yaml)"
+        return (
+            f"{path} is a storage file, not a bag: pass its directory {path.parent} (the one with"
+            " metadata.yaml)"
+        )
     if path.is_dir() and (any(path.glob("*.db3")) or any(path.glob("*.mcap"))):
         return (
             f"bag {path} has no metadata.yaml (the recording probably crashed): "
             f"run `ros2 bag reindex {path}` to regenerate it"
         )
-    return f"{path} is not a rosbag2 directory ({err}): pass a directory recorded by `ros2 bag record`"
+    return (
+        f"{path} is not a rosbag2 directory ({err}): pass a directory recorded by `ros2 bag"
+        " record`"
+    )
 
 
 @dataclass(frozen=True)
@@ -155,13 +180,14 @@ class _BagInfo:
 
 
 class BagSource:
-    """Frames of `image_topic` from one or more rosbag2 directories (sqlite3 or mcap).
+    """
+    Frames of `image_topic` from one or more rosbag2 directories (sqlite3 or mcap).
 
-    With `pose_topic` (NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped), the
-    pose topic of each bag is read first and interpolated at every image stamp (header
-    stamps; the bag time where a header stamp is 0 or more than `max_stamp_skew_s` from it, i.e.
-    a clock jump or an unsynchronised clock). GPS positions are UTM in the zone of the first
-    fix of the first bag, so several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
+    With `pose_topic` (NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped), the pose
+    topic of each bag is read first and interpolated at every image stamp (header stamps; the bag
+    time where a header stamp is 0 or more than `max_stamp_skew_s` from it, i.e. a clock jump or an
+    unsynchronised clock). GPS positions are UTM in the zone of the first fix of the first bag, so
+    several bags share one metric frame. Keyframes are chosen per bag: every `min_distance_m` of
     travel, or every `every_n`-th frame without poses. A corrupt image, a frame repeated (same
     stamp, same bytes) and an impossible pose are skipped and counted by reason in `stats`; a
     damaged bag raises BagError.
@@ -184,7 +210,11 @@ class BagSource:
         self.image_topic, self.pose_topic = image_topic, pose_topic
         self.min_distance_m, self.every_n = min_distance_m, every_n
         KeyframeSelector(min_distance_m, every_n)  # validate now, not on first iteration
-        self.max_gap_s, self.max_pixels, self.max_stamp_skew_s = max_gap_s, max_pixels, max_stamp_skew_s
+        self.max_gap_s, self.max_pixels, self.max_stamp_skew_s = (
+            max_gap_s,
+            max_pixels,
+            max_stamp_skew_s,
+        )
         self.stats = SourceStats()
         self._bags = [self._inspect(path) for path in self.paths]
 
@@ -211,16 +241,24 @@ class BagSource:
             types = {c.topic: c.msgtype for c in reader.connections}
             image_type = types.get(self.image_topic)
             pose_type = types.get(self.pose_topic) if self.pose_topic else None
-            missing = [t for t, ty in ((self.image_topic, image_type), (self.pose_topic, pose_type)) if t and ty is None]
+            missing = [
+                t
+                for t, ty in ((self.image_topic, image_type), (self.pose_topic, pose_type))
+                if t and ty is None
+            ]
             if missing:
-                raise BagError(f"bag {path} has no topic {', '.join(missing)}; {_topics_summary(types)}")
+                raise BagError(
+                    f"bag {path} has no topic {', '.join(missing)}; {_topics_summary(types)}"
+                )
             if image_type not in IMAGE_TYPES:
                 raise BagError(
-                    f"topic {self.image_topic} in {path} is {image_type}, not an image; {_topics_summary(types)}"
+                    f"topic {self.image_topic} in {path} is {image_type}, not an image;"
+                    f" {_topics_summary(types)}"
                 )
             if self.pose_topic and pose_type not in POSE_TYPES:
                 raise BagError(
-                    f"topic {self.pose_topic} in {path} is {pose_type}, not a pose; {_topics_summary(types)}"
+                    f"topic {self.pose_topic} in {path} is {pose_type}, not a pose;"
+                    f" {_topics_summary(types)}"
                 )
             count = sum(c.msgcount for c in reader.connections if c.topic == self.image_topic)
             return _BagInfo(path, image_type, pose_type, count)
@@ -238,8 +276,11 @@ class BagSource:
     def _stamp(self, msg: Any, bag_ns: int) -> int:
         stamp = header_stamp_ns(msg, bag_ns, self.max_stamp_skew_s)
         if stamp == bag_ns and header_stamp_ns(msg, bag_ns) != bag_ns:
-            self.stats.skip("stamp", f"header stamp over {self.max_stamp_skew_s:g} s from the recording time "
-                                     "(clock jump or unsynchronised clock): used the recording time")
+            self.stats.skip(
+                "stamp",
+                f"header stamp over {self.max_stamp_skew_s:g} s from the recording time "
+                "(clock jump or unsynchronised clock): used the recording time",
+            )
         return stamp
 
     def _read_track(self, reader: AnyReader, projector: UtmProjector) -> PoseTrack:
@@ -256,23 +297,31 @@ class BagSource:
         for reason, n in builder.skipped.items():
             self.stats.skip("pose", reason, n)
         if builder.skipped:
-            log.warning("%s: skipped pose messages: %s", reader.paths[0],
-                        ", ".join(f"{n} x {reason}" for reason, n in builder.skipped.most_common()))
+            log.warning(
+                "%s: skipped pose messages: %s",
+                reader.paths[0],
+                ", ".join(f"{n} x {reason}" for reason, n in builder.skipped.most_common()),
+            )
         return track
 
-    def _frames(self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int) -> Iterator[Frame]:
+    def _frames(
+        self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int
+    ) -> Iterator[Frame]:
         selector = KeyframeSelector(self.min_distance_m, self.every_n)
         connections = [c for c in reader.connections if c.topic == self.image_topic]
         previous: tuple[int, Any] = (-1, b"")
-        for offset, (connection, bag_ns, raw) in enumerate(reader.messages(connections=connections)):
+        for offset, (connection, bag_ns, raw) in enumerate(
+            reader.messages(connections=connections)
+        ):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
             except _MSG_DECODE_ERRORS as err:
                 self._skip_corrupt(bag.path, offset, "undeserialisable message", err)
                 continue
             stamp = self._stamp(msg, bag_ns)
-            # A driver or recorder repeating a frame (same stamp, same bytes): one place, not two. A new
-            # image under a repeated stamp is kept: it is information, only its stamp is poor.
+            # A driver or recorder repeating a frame (same stamp, same bytes): one place, not two.
+            # A new image under a repeated stamp is kept: it is information, only its stamp is
+            # poor.
             if (stamp, raw) == previous:
                 self.stats.skip("image", "duplicate frame")
                 continue
@@ -282,8 +331,12 @@ class BagSource:
                 sample = track.interpolate([stamp], self.max_gap_s)
                 if sample.valid[0]:
                     position = sample.positions[0]
-                    orientation = sample.orientations[0] if sample.orientations is not None else None
-                    latlon = tuple(sample.latlons[0].tolist()) if sample.latlons is not None else None
+                    orientation = (
+                        sample.orientations[0] if sample.orientations is not None else None
+                    )
+                    latlon = (
+                        tuple(sample.latlons[0].tolist()) if sample.latlons is not None else None
+                    )
             if not selector.keep(position):
                 continue
             try:
@@ -302,15 +355,17 @@ class BagSource:
 
     def _skip_corrupt(self, path: Path, offset: int, reason: str, err: Exception) -> None:
         self.stats.skip("image", reason)
-        log.warning("skipping corrupt image (%s %s message %d): %s", path, self.image_topic, offset, err)
+        log.warning(
+            "skipping corrupt image (%s %s message %d): %s", path, self.image_topic, offset, err
+        )
 
 
 def _topics_summary(types: dict[str, str]) -> str:
     images = sorted(t for t, ty in types.items() if ty in IMAGE_TYPES)
     poses = sorted(t for t, ty in types.items() if ty in POSE_TYPES)
     return (
-        f"image topics in the bag: {', '.join(images) or 'none'}; "
-        f"pose topics: {', '.join(poses) or 'none'} (all topics: {', '.join(sorted(types)) or 'none'})"
+        f"image topics in the bag: {', '.join(images) or 'none'}; pose topics:"
+        f" {', '.join(poses) or 'none'} (all topics: {', '.join(sorted(types)) or 'none'})"
     )
 
 
@@ -323,7 +378,9 @@ class _Pose:
 
 
 def parse_vpr_filename(name: str) -> _Pose | None:
-    """Pose from the standard VPR dataset file name (gmberton's VPR-datasets-downloader):
+    """
+    Pose from the standard VPR dataset file name (gmberton's VPR-datasets-downloader).
+
     @utm_east@utm_north@zone_number@zone_letter@lat@lon@pano_id@tile_num@heading@pitch@roll@height@timestamp@note@.jpg
 
     Only easting and northing are required. `heading` is a compass bearing (0 = north,
@@ -347,26 +404,33 @@ def parse_vpr_filename(name: str) -> _Pose | None:
         zone = f"{int(float(fields[3]))}{fields[4]}"
     elif latlon is not None:
         zone = str(UtmZone(*utm.from_latlon(*latlon)[2:]))
-    orientation = yaw_to_quaternion(np.array(math.radians(90.0 - heading))) if heading is not None else None
+    orientation = (
+        yaw_to_quaternion(np.array(math.radians(90.0 - heading))) if heading is not None else None
+    )
     return _Pose(np.array([easting, northing, 0.0]), orientation, latlon, zone)
 
 
 def read_poses_csv(path: Path) -> dict[str, _Pose]:
-    """file name -> pose from a CSV with a header: filename,x,y[,z][,qx,qy,qz,qw] or filename,lat,lon.
+    """
+    Read file name -> pose from a CSV with a header.
 
-    The first column is the file name (matched by base name). lat/lon become UTM in the
-    first row's zone.
+    The header: filename,x,y[,z][,qx,qy,qz,qw] or filename,lat,lon. The first column is the file
+    name (matched by base name). lat/lon become UTM in the first row's zone.
     """
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
-        raise VprError(f"poses CSV {path} is empty: it needs a header row such as filename,x,y or filename,lat,lon")
+        raise VprError(
+            f"poses CSV {path} is empty: it needs a header row such as filename,x,y or"
+            " filename,lat,lon"
+        )
     header = [h.strip().lower() for h in rows[0]]
     columns = {name: i for i, name in enumerate(header)}
     is_gps = {"lat", "lon"} <= columns.keys()
     if not is_gps and not {"x", "y"} <= columns.keys():
         raise VprError(
-            f"poses CSV {path} has columns {rows[0]}: need a header filename,x,y[,z][,qx,qy,qz,qw] or filename,lat,lon"
+            f"poses CSV {path} has columns {rows[0]}: need a header filename,x,y[,z][,qx,qy,qz,qw]"
+            " or filename,lat,lon"
         )
     has_quaternion = {"qx", "qy", "qz", "qw"} <= columns.keys()
     projector = UtmProjector()
@@ -382,19 +446,28 @@ def read_poses_csv(path: Path) -> dict[str, _Pose]:
             if is_gps:
                 lat, lon = value("lat"), value("lon")
                 easting, northing = projector.project(lat, lon)
-                pose = _Pose(np.array([easting, northing, 0.0]), None, (lat, lon), str(projector.zone))
+                pose = _Pose(
+                    np.array([easting, northing, 0.0]), None, (lat, lon), str(projector.zone)
+                )
             else:
                 z = value("z") if "z" in columns else 0.0
-                quaternion = np.array([value(k) for k in ("qx", "qy", "qz", "qw")]) if has_quaternion else None
+                quaternion = (
+                    np.array([value(k) for k in ("qx", "qy", "qz", "qw")])
+                    if has_quaternion
+                    else None
+                )
                 pose = _Pose(np.array([value("x"), value("y"), z]), quaternion)
         except (ValueError, IndexError) as err:
-            raise VprError(f"poses CSV {path} line {line} {row}: {err}; fix or remove that row") from err
+            raise VprError(
+                f"poses CSV {path} line {line} {row}: {err}; fix or remove that row"
+            ) from err
         poses[Path(row[0].strip()).name] = pose
     return poses
 
 
 class FolderSource:
-    """Image files of one folder (not recursive), in sorted file-name order.
+    """
+    Image files of one folder (not recursive), in sorted file-name order.
 
     Poses from `poses_csv` when given, else from VPR-layout file names where they follow it
     (see parse_vpr_filename); frames without either have no pose. Non-image files are
@@ -411,10 +484,14 @@ class FolderSource:
     ) -> None:
         self.folder = Path(folder)
         if not self.folder.is_dir():
-            raise VprError(f"image folder {self.folder} does not exist or is not a directory: check the path")
+            raise VprError(
+                f"image folder {self.folder} does not exist or is not a directory: check the path"
+            )
         self.files = image_files(self.folder)
         if not self.files:
-            raise VprError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}: check the path")
+            raise VprError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.folder}: check the path"
+            )
         self.poses_csv = Path(poses_csv) if poses_csv else None
         self._csv_poses = read_poses_csv(self.poses_csv) if self.poses_csv else None
         self.min_distance_m, self.every_n = min_distance_m, every_n
