@@ -1,4 +1,5 @@
-"""SeqSLAM-style temporal filtering of place matches (Milford & Wyeth, ICRA 2012).
+"""
+SeqSLAM-style temporal filtering of place matches (Milford & Wyeth, ICRA 2012).
 
 A single frame is often ambiguous; a run of consecutive frames rarely is.  For
 the latest query we score straight lines through the (query time x database
@@ -10,7 +11,7 @@ the path; each place keeps its best velocity.
 The filter is causal, so offline evaluation (``filter_sequence``) gives exactly
 what the node gets frame by frame (``SequenceMatcher.push``).
 
-Parameters:
+Configuration (``SequenceConfig``):
     length: query frames per path (SeqSLAM's ``ds``); 10 suits images a few
         metres apart.  1 turns the filter off.
     min_velocity, max_velocity, num_velocities: the velocities tried, evenly
@@ -42,14 +43,21 @@ class SequenceConfig:
 
     def __post_init__(self):
         if self.length < 1 or self.num_velocities < 1 or self.contrast_window < 0:
-            raise ValueError(f"invalid sequence parameters: {self}; length and num_velocities must be >= 1, contrast_window >= 0")
+            raise ValueError(
+                f"invalid sequence parameters: {self}; length and num_velocities must be >= 1,"
+                " contrast_window >= 0"
+            )
 
     def velocities(self) -> np.ndarray:
         return np.linspace(self.min_velocity, self.max_velocity, self.num_velocities)
 
 
 def enhance_contrast(row: np.ndarray, window: int) -> np.ndarray:
-    """Standardise each similarity against the mean and std of its database neighbours (+-window)."""
+    """
+    Standardise each similarity against the mean and std of its database neighbours.
+
+    Neighbours: +-window.
+    """
     n = len(row)
     csum = np.concatenate([[0.0], np.cumsum(row, dtype=np.float64)])
     csum2 = np.concatenate([[0.0], np.cumsum(np.square(row, dtype=np.float64))])
@@ -62,7 +70,11 @@ def enhance_contrast(row: np.ndarray, window: int) -> np.ndarray:
 
 
 class SequenceMatcher:
-    """Online filter: push one similarity row per query frame, get the best database places back."""
+    """
+    Online filter.
+
+    Push one similarity row per query frame, get the best database places back.
+    """
 
     def __init__(self, database_size: int, config: SequenceConfig = SequenceConfig()):
         self.database_size = database_size
@@ -70,16 +82,23 @@ class SequenceMatcher:
         self._rows: deque[np.ndarray] = deque(maxlen=config.length)
         # offsets[v, t]: how many database places back the path with velocity v was t frames ago.
         t = np.arange(config.length)
-        self._offsets = np.floor(config.velocities()[:, None] * t[None, :] + 0.5).astype(np.int64)  # round half up
+        # round half up
+        self._offsets = np.floor(config.velocities()[:, None] * t[None, :] + 0.5).astype(np.int64)
 
     def reset(self) -> None:
         """Forget the history (e.g. after a map reload or a jump in time)."""
         self._rows.clear()
 
     def push(self, similarity: np.ndarray, k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-        """Add the newest query's similarities to every database place [D]; return (top-k indices, scores)."""
+        """
+        Add the newest query's similarities to every database place [D].
+
+        Return (top-k indices, scores).
+        """
         if similarity.shape != (self.database_size,):
-            raise ValueError(f"similarity row has shape {similarity.shape}, expected ({self.database_size},)")
+            raise ValueError(
+                f"similarity row has shape {similarity.shape}, expected ({self.database_size},)"
+            )
         row = np.asarray(similarity, dtype=np.float32)
         if self.config.contrast_window:
             row = enhance_contrast(row, self.config.contrast_window)
@@ -98,15 +117,23 @@ class SequenceMatcher:
         places = np.arange(self.database_size)[None, None, :] - offsets[:, :, None]  # [V, T, D]
         valid = (places >= 0) & (places < self.database_size)
         picked = np.take_along_axis(
-            np.broadcast_to(history, places.shape), np.clip(places, 0, self.database_size - 1), axis=2
+            np.broadcast_to(history, places.shape),
+            np.clip(places, 0, self.database_size - 1),
+            axis=2,
         )
         # Paths that leave the database count only the frames they spend inside it.
         mean = np.where(valid, picked, 0.0).sum(axis=1) / np.maximum(valid.sum(axis=1), 1)
         return mean.max(axis=0)
 
 
-def filter_sequence(similarity: np.ndarray, config: SequenceConfig = SequenceConfig(), k: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Run the online filter over a whole query sequence [Q, D]; return ([Q, k] indices, [Q, k] scores)."""
+def filter_sequence(
+    similarity: np.ndarray, config: SequenceConfig = SequenceConfig(), k: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Run the online filter over a whole query sequence [Q, D].
+
+    Return ([Q, k] indices, [Q, k] scores).
+    """
     matcher = SequenceMatcher(similarity.shape[1], config)
     results = [matcher.push(row, k) for row in similarity]
     return np.stack([r[0] for r in results]), np.stack([r[1] for r in results])

@@ -1,4 +1,5 @@
-"""A discrete Bayes filter (HMM) over map places that follows the robot along the map's route.
+"""
+A discrete Bayes filter (HMM) over map places that follows the robot along the map's route.
 
 Why not SeqSLAM (``sequence.py``): it scores every map place on every frame and assumes
 the query moves 0.8-1.25 map places per frame. This filter keeps a sparse belief, a
@@ -66,7 +67,8 @@ DEFAULT_SPEEDS = (0.35, 0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 
 @dataclass(frozen=True)
 class TemporalConfig:
-    """Parameters of the place HMM (see the module docstring).
+    """
+    Parameters of the place HMM (see the module docstring).
 
     candidates: retrieval candidates per frame the filter looks at (the search's top K).
     max_hypotheses: (place, speed) hypotheses kept after each frame, by weight.
@@ -100,7 +102,10 @@ class TemporalConfig:
             problems.append("speeds must be a non-empty ascending list of values >= 0")
         if not 0 <= self.speed_change <= 1 or not 0 < self.jump_prob < 1:
             problems.append("speed_change must be in [0, 1] and jump_prob in (0, 1)")
-        if min(self.position_sigma, self.odom_sigma_m) <= 0 or min(self.position_sigma_per_place, self.odom_sigma_rel) < 0:
+        if (
+            min(self.position_sigma, self.odom_sigma_m) <= 0
+            or min(self.position_sigma_per_place, self.odom_sigma_rel) < 0
+        ):
             problems.append("position_sigma and odom_sigma_m must be > 0, the relative terms >= 0")
         if self.sharpness <= 0 or not 0 <= self.lost_agreement <= 1 or self.lost_frames < 0:
             problems.append("sharpness must be > 0, lost_agreement in [0, 1], lost_frames >= 0")
@@ -110,7 +115,8 @@ class TemporalConfig:
 
 @dataclass(frozen=True)
 class Route:
-    """Where the map's places lie along its route, in place units (1.0 = the median spacing).
+    """
+    Where the map's places lie along its route, in place units (1.0 = the median spacing).
 
     coords: per place, ascending. spacing_m: metres per place unit, None for a map without
     positions (coords are then place indices and odometry cannot be used). loop: the route's
@@ -125,15 +131,23 @@ class Route:
     def __post_init__(self):
         c = np.asarray(self.coords, dtype=np.float64)
         if c.ndim != 1 or len(c) == 0 or np.any(np.diff(c) < 0):
-            raise ValueError("route coordinates must be a non-empty ascending 1-D array (see Route.of_map)")
+            raise ValueError(
+                "route coordinates must be a non-empty ascending 1-D array (see Route.of_map)"
+            )
         if self.loop is not None and self.loop <= c[-1] - c[0]:
-            raise ValueError(f"a loop of length {self.loop} is shorter than the route's {c[-1] - c[0]}")
+            raise ValueError(
+                f"a loop of length {self.loop} is shorter than the route's {c[-1] - c[0]}"
+            )
         object.__setattr__(self, "coords", c)
 
     @classmethod
     def of_map(cls, positions: np.ndarray | None, count: int, loop_gap: float = 2.0) -> Route:
-        """From place positions [count, 2+] (metres, map order); place indices where positions are
-        absent or incomplete. A loop where the last place is within ``loop_gap`` spacings of the first."""
+        """
+        Build from place positions [count, 2+] (metres, map order).
+
+        Place indices where positions are absent or incomplete. A loop where the last place is
+        within ``loop_gap`` spacings of the first.
+        """
         indices = cls(np.arange(count, dtype=np.float64))
         if positions is None or len(positions) != count or count < 2:
             return indices
@@ -146,18 +160,27 @@ class Route:
             return indices
         coords = np.concatenate([[0.0], np.cumsum(steps)]) / spacing
         closing = float(np.linalg.norm(xy[-1] - xy[0])) / spacing
-        loop = coords[-1] + max(closing, 1e-6) if count > 2 * loop_gap + 2 and closing <= loop_gap else None
+        loop = (
+            coords[-1] + max(closing, 1e-6)
+            if count > 2 * loop_gap + 2 and closing <= loop_gap
+            else None
+        )
         return cls(coords, spacing, loop)
 
     def offset(self, a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
-        """Signed route distance from place ``a`` to place ``b`` (place units), the short way round on a loop."""
+        """
+        Signed route distance from place ``a`` to place ``b`` (place units).
+
+        The short way round on a loop.
+        """
         d = self.coords[b] - self.coords[a]
         return (d + self.loop / 2) % self.loop - self.loop / 2 if self.loop else d
 
 
 @dataclass
 class TemporalResult:
-    """One frame's output.
+    """
+    One frame's output.
 
     place_ids: filtered ranking (map place indices), best first; may hold places the
         retrieval did not return this frame (the track predicts them).
@@ -178,7 +201,11 @@ class TemporalResult:
 
 
 class TemporalFilter:
-    """Online place HMM: ``push`` one frame's retrieval candidates, get the filtered ranking back."""
+    """
+    Online place HMM.
+
+    ``push`` one frame's retrieval candidates, get the filtered ranking back.
+    """
 
     def __init__(self, route: Route, config: TemporalConfig = TemporalConfig()):
         self.config = config
@@ -205,7 +232,8 @@ class TemporalFilter:
 
     def push(self, candidate_ids, scores, travelled_m: float | None = None, k: int | None = None,
              frames: float = 1.0) -> TemporalResult:
-        """One frame: candidate place indices and their similarities (higher is better), best first.
+        """
+        One frame: candidate place indices and their similarities (higher is better), best first.
 
         ``travelled_m``: odometry distance along the route since the previous frame (signed:
         negative when reversing), or None. ``frames``: camera frames since the previous push
@@ -213,7 +241,9 @@ class TemporalFilter:
         camera frame. Returns the top ``k`` (default: the candidate count).
         """
         if not frames > 0:
-            raise ValueError(f"frames must be > 0 (camera frames since the previous push), got {frames}")
+            raise ValueError(
+                f"frames must be > 0 (camera frames since the previous push), got {frames}"
+            )
         odometry = self._odometry_step(travelled_m)
         ids = np.asarray(candidate_ids, dtype=np.int64).ravel()
         sims = np.asarray(scores, dtype=np.float64).ravel()
@@ -221,10 +251,15 @@ class TemporalFilter:
             raise ValueError(f"{len(ids)} candidate ids but {len(sims)} scores")
         keep = ids >= 0  # faiss pads with -1 where the map has fewer places than asked
         if np.any(ids[keep] >= self.size):
-            raise ValueError(f"candidate id {int(ids.max())} is outside the map's {self.size} places: the filter was built for another map")
+            raise ValueError(
+                f"candidate id {int(ids.max())} is outside the map's {self.size} places: the"
+                " filter was built for another map"
+            )
         ids, sims = ids[keep][: self.config.candidates], sims[keep][: self.config.candidates]
         if len(ids) == 0:
-            raise ValueError("no candidates: the filter needs at least one retrieval candidate per frame")
+            raise ValueError(
+                "no candidates: the filter needs at least one retrieval candidate per frame"
+            )
         log_lik = self.config.sharpness * self._standardise(sims)
 
         started = len(self._weights) == 0
@@ -232,7 +267,9 @@ class TemporalFilter:
         if not started:
             jumped = self._jump_prior(ids, keep_speed=True)
             places, speed_idx, weights = self._predict(odometry, frames)
-            agreement = self._agreement(weights, self._log_lik_of(places, ids, log_lik), log_lik.max())
+            agreement = self._agreement(
+                weights, self._log_lik_of(places, ids, log_lik), log_lik.max()
+            )
             self._surprised = self._surprised + 1 if agreement < self.config.lost_agreement else 0
             reset = self.config.lost_frames > 0 and self._surprised >= self.config.lost_frames
         if reset:  # a lost track keeps its speed belief: a kidnap moves the robot, not its speed
@@ -240,8 +277,12 @@ class TemporalFilter:
             self._surprised = 0
         else:
             weights = weights * (1 - self.config.jump_prob)
-            places, speed_idx, weights = _merge(np.concatenate([places, jumped[0]]), np.concatenate([speed_idx, jumped[1]]),
-                                                np.concatenate([weights, jumped[2] * self.config.jump_prob]), len(self._speeds))
+            places, speed_idx, weights = _merge(
+                np.concatenate([places, jumped[0]]),
+                np.concatenate([speed_idx, jumped[1]]),
+                np.concatenate([weights, jumped[2] * self.config.jump_prob]),
+                len(self._speeds),
+            )
         log_post = np.log(np.maximum(weights, 1e-300)) + self._log_lik_of(places, ids, log_lik)
         posterior = np.exp(log_post - log_post.max())
         posterior /= posterior.sum()
@@ -253,7 +294,11 @@ class TemporalFilter:
         return result
 
     def _odometry_step(self, travelled_m: float | None) -> float | None:
-        """Odometry distance in place units; None without odometry or on a map without positions."""
+        """
+        Odometry distance in place units.
+
+        None without odometry or on a map without positions.
+        """
         if travelled_m is None or not self.spacing_m or not math.isfinite(travelled_m):
             return None
         return travelled_m / self.spacing_m
@@ -266,15 +311,22 @@ class TemporalFilter:
         return c.position_sigma + c.position_sigma_per_place * np.abs(step)
 
     def _jumped(self, best: int, odometry: float | None, frames: float) -> bool:
-        """The best place moved farther than the motion model reaches in one push: the filter re-localized."""
+        """
+        Tell whether the best place moved farther than the motion model reaches in one push.
+
+        The filter re-localized.
+        """
         if self._best is None:
             return False
         if odometry is not None:
             expected, reach = odometry, 3 * float(self._sigma(np.array(odometry), True))
         else:
             slow, fast = self._speeds[0] * frames, self._speeds[-1] * frames
-            expected, reach = (slow + fast) / 2, (fast - slow) / 2 + 3 * float(self._sigma(np.array(fast), False))
-        # + 3 places: the best place may hop between neighbours of a broad posterior without a jump.
+            expected, reach = (slow + fast) / 2, (fast - slow) / 2 + 3 * float(
+                self._sigma(np.array(fast), False)
+            )
+        # + 3 places: the best place may hop between neighbours of a broad posterior without a
+        # jump.
         return abs(self.route.offset(self._best, best) - expected) > reach + 3.0
 
     # -- model ----------------------------------------------------------------------------
@@ -286,8 +338,12 @@ class TemporalFilter:
 
     @staticmethod
     def _agreement(weights: np.ndarray, log_lik: np.ndarray, best: float) -> float:
-        """Expected likelihood under the predicted belief, scaled so that 0 is the floor (the belief
-        predicts none of the candidates) and 1 the best candidate's likelihood."""
+        """
+        Compute the expected likelihood under the predicted belief, scaled.
+
+        Scaled so that 0 is the floor (the belief predicts none of the candidates) and 1 the best
+        candidate's likelihood.
+        """
         if best <= 0:
             return 1.0  # candidates all alike: nothing to disagree with
         expected = float(np.dot(weights, np.exp(log_lik)) / weights.sum())
@@ -295,19 +351,26 @@ class TemporalFilter:
 
     @staticmethod
     def _log_lik_of(places: np.ndarray, ids: np.ndarray, log_lik: np.ndarray) -> np.ndarray:
-        """Log-likelihood of each hypothesis' place: its candidate's, or 0 (the floor) for non-candidates."""
+        """
+        Log-likelihood of each hypothesis' place.
+
+        Its candidate's, or 0 (the floor) for non-candidates.
+        """
         order = np.argsort(ids, kind="stable")
         sorted_ids = ids[order]
         pos = np.clip(np.searchsorted(sorted_ids, places), 0, len(ids) - 1)
         hit = sorted_ids[pos] == places
         return np.where(hit, log_lik[order][pos], 0.0)
 
-    def _jump_prior(self, ids: np.ndarray, keep_speed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Mass over this frame's candidates (uniform) times the belief's speed distribution (sums to 1).
+    def _jump_prior(
+        self, ids: np.ndarray, keep_speed: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Mass over this frame's candidates (uniform) times the belief's speed distribution.
 
-        A jump moves the robot, not its speed: were jumps drawn at every speed, a look-alike
-        place that wins frame after frame would start a slow track there each time and outvote
-        a moving robot whose places the retrieval missed for a few frames.
+        The product sums to 1. A jump moves the robot, not its speed: were jumps drawn at every
+        speed, a look-alike place that wins frame after frame would start a slow track there each
+        time and outvote a moving robot whose places the retrieval missed for a few frames.
         """
         n = len(self._speeds)
         speed = np.full(n, 1.0 / n)
@@ -330,8 +393,14 @@ class TemporalFilter:
             t[0, 0] = 1.0
         return t
 
-    def _predict(self, odometry: float | None, frames: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Move every hypothesis by odometry (place units) or by its speed, and spread it over nearby places."""
+    def _predict(
+        self, odometry: float | None, frames: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Move every hypothesis by odometry (place units) or by its speed.
+
+        And spread it over nearby places.
+        """
         if odometry is not None:
             places, speed_idx, weights = self._places, self._speed_idx, self._weights
             step = np.full(len(places), odometry)
@@ -369,14 +438,19 @@ class TemporalFilter:
         if len(posterior) > m:
             top = np.argpartition(-posterior, m - 1)[:m]
             places, speed_idx, posterior = places[top], speed_idx[top], posterior[top]
-        self._places, self._speed_idx, self._weights = places, speed_idx, posterior / posterior.sum()
+        self._places, self._speed_idx, self._weights = (
+            places,
+            speed_idx,
+            posterior / posterior.sum(),
+        )
 
     def _result(self, ids: np.ndarray, k: int, reset: bool, agreement: float) -> TemporalResult:
         unique, inverse = np.unique(self._places, return_inverse=True)
         mass = np.bincount(inverse, weights=self._weights)
         order = np.lexsort((unique, -mass))  # heaviest first; ties by place index (deterministic)
         ranked, ranked_mass = unique[order], mass[order]
-        # Candidates the belief does not hold (pruned) follow in retrieval order with probability 0.
+        # Candidates the belief does not hold (pruned) follow in retrieval order with probability
+        # 0.
         extra = ids[~np.isin(ids, ranked)]
         _, first = np.unique(extra, return_index=True)
         extra = extra[np.sort(first)]
@@ -385,8 +459,15 @@ class TemporalFilter:
         pos = np.clip(np.searchsorted(unique, ids), 0, len(unique) - 1)
         candidate_scores = np.where(unique[pos] == ids, mass[pos], 0.0)
         near_best = np.abs(self.route.offset(place_ids[0], unique)) <= 1.0
-        return TemporalResult(place_ids, scores, candidate_scores, reset, agreement, float(mass[near_best].sum()),
-                              len(self._weights))
+        return TemporalResult(
+            place_ids,
+            scores,
+            candidate_scores,
+            reset,
+            agreement,
+            float(mass[near_best].sum()),
+            len(self._weights),
+        )
 
 
 def _merge(places: np.ndarray, speed_idx: np.ndarray, weights: np.ndarray, speeds: int):
@@ -396,12 +477,20 @@ def _merge(places: np.ndarray, speed_idx: np.ndarray, weights: np.ndarray, speed
     return unique // speeds, unique % speeds, np.bincount(inverse, weights=weights)
 
 
-def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: Route,
-                      config: TemporalConfig = TemporalConfig(), travelled_m: np.ndarray | None = None,
-                      frames: np.ndarray | None = None,
-                      k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Run the online filter over a whole query sequence: candidates [Q, K] (best first) and
-    scores [Q, K] -> (ranked place indices [Q, k], their posteriors [Q, k], reset flags [Q]).
+def filter_candidates(
+    candidate_ids: np.ndarray,
+    scores: np.ndarray,
+    route: Route,
+    config: TemporalConfig = TemporalConfig(),
+    travelled_m: np.ndarray | None = None,
+    frames: np.ndarray | None = None,
+    k: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    Run the online filter over a whole query sequence.
+
+    Candidates [Q, K] (best first) and scores [Q, K] -> (ranked place indices [Q, k], their
+    posteriors [Q, k], reset flags [Q]).
 
     ``travelled_m`` [Q] and ``frames`` [Q] as in ``TemporalFilter.push``. Rows shorter than ``k``
     (tiny maps) are padded with -1 and 0.
@@ -412,7 +501,16 @@ def filter_candidates(candidate_ids: np.ndarray, scores: np.ndarray, route: Rout
     probs = np.zeros((len(candidate_ids), k))
     resets = np.zeros(len(candidate_ids), bool)
     for q in range(len(candidate_ids)):
-        r = f.push(candidate_ids[q], scores[q], None if travelled_m is None else float(travelled_m[q]), k,
-                   1.0 if frames is None else float(frames[q]))
-        ranked[q, : len(r.place_ids)], probs[q, : len(r.scores)], resets[q] = r.place_ids, r.scores, r.reset
+        r = f.push(
+            candidate_ids[q],
+            scores[q],
+            None if travelled_m is None else float(travelled_m[q]),
+            k,
+            1.0 if frames is None else float(frames[q]),
+        )
+        ranked[q, : len(r.place_ids)], probs[q, : len(r.scores)], resets[q] = (
+            r.place_ids,
+            r.scores,
+            r.reset,
+        )
     return ranked, probs, resets

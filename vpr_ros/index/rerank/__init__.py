@@ -1,4 +1,5 @@
-"""Re-rankers of the global top-K: FoL mutual-NN local matching, and geometric verification.
+"""
+Re-rankers of the global top-K: FoL mutual-NN local matching, and geometric verification.
 
 A re-ranker is named by its class's ``name``; ``create_reranker`` builds one for an extractor.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 from vpr_ros.errors import ConfigError
 from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
 from vpr_ros.index.rerank.fol import FolReranker
-from vpr_ros.index.rerank.xfeat import XFeatReranker
 from vpr_ros.index.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.extractor import DescriptorExtractor
 
@@ -22,5 +22,7 @@ def reranker_names() -> tuple[str, ...]:
 
 def create_reranker(name: str, extractor: DescriptorExtractor) -> Reranker:
     if name not in RERANKERS:
-        raise ConfigError(f"unknown re-ranker {name!r}; choose none, auto or one of {', '.join(RERANKERS)}")
+        raise ConfigError(
+            f"unknown re-ranker {name!r}; choose none, auto or one of {', '.join(RERANKERS)}"
+        )
     return RERANKERS[name](extractor)
