@@ -1,4 +1,5 @@
-"""Descriptor extraction on torch, torch-compile, ONNX Runtime or TensorRT behind one interface.
+"""
+Descriptor extraction on torch, torch-compile, ONNX Runtime or TensorRT behind one interface.
 
 The backend and precision names live here (no heavy imports) so the CLI, the node's
 parameter table and the factory share one list.

@@ -1,4 +1,5 @@
-"""Cache of built inference artefacts (TensorRT engines, exported ONNX files).
+"""
+Cache of built inference artefacts (TensorRT engines, exported ONNX files).
 
 Every cached file has a JSON sidecar (``<file>.json``) holding the key it was built for
 and the sha256 it had when written.  A lookup hands the file back only when the key
@@ -78,7 +79,11 @@ class CachedFile:
         self.sidecar = self.path.with_name(self.path.name + ".json")
 
     def recorded_key(self) -> dict:
-        """The key the file was built for; ValueError/OSError when the sidecar is missing or unreadable."""
+        """
+        Return the key the file was built for.
+
+        ValueError/OSError when the sidecar is missing or unreadable.
+        """
         data = json.loads(self.sidecar.read_text())
         if not isinstance(data, dict) or not isinstance(data.get(SHA256_FIELD), str):
             raise ValueError(f"no {SHA256_FIELD!r} recorded")
@@ -88,24 +93,41 @@ class CachedFile:
         """Empty when the file still has the sha256 recorded when it was written."""
         recorded = json.loads(self.sidecar.read_text())[SHA256_FIELD]
         if file_sha256(self.path) != recorded:
-            return [f"{self.path.name} was altered or cut short after it was written (sha256 differs from its sidecar)"]
+            return [
+                f"{self.path.name} was altered or cut short after it was written (sha256 differs"
+                " from its sidecar)"
+            ]
         return []
 
-    def stale_reasons(self, key: dict, differences: Callable[[dict], list[str]] | None = None) -> list[str]:
-        """Why the cached file cannot serve ``key``; empty when it can. ``differences`` compares
-        the recorded key with the wanted one (default: field by field)."""
+    def stale_reasons(
+        self, key: dict, differences: Callable[[dict], list[str]] | None = None
+    ) -> list[str]:
+        """
+        Why the cached file cannot serve ``key``; empty when it can.
+
+        ``differences`` compares the recorded key with the wanted one (default: field by field).
+        """
         if not self.path.exists():
             return [f"no file at {self.path}"]
         try:
             recorded = self.recorded_key()
-            diff = differences(recorded) if differences else [
-                f"{k}: {recorded.get(k)!r} -> {key.get(k)!r}" for k in sorted(set(recorded) | set(key)) if recorded.get(k) != key.get(k)]
+            diff = (
+                differences(recorded)
+                if differences
+                else [
+                    f"{k}: {recorded.get(k)!r} -> {key.get(k)!r}"
+                    for k in sorted(set(recorded) | set(key))
+                    if recorded.get(k) != key.get(k)
+                ]
+            )
         except (OSError, ValueError, TypeError, KeyError) as e:
             return [f"key sidecar {self.sidecar} is missing or unreadable ({e})"]
         return diff or self.altered()
 
-    def lookup(self, key: dict, what: str, differences: Callable[[dict], list[str]] | None = None) -> Path | None:
-        """The path when it can serve ``key``, else None (and log why)."""
+    def lookup(
+        self, key: dict, what: str, differences: Callable[[dict], list[str]] | None = None
+    ) -> Path | None:
+        """Return the path when it can serve ``key``, else None (and log why)."""
         reasons = self.stale_reasons(key, differences)
         if not reasons:
             log.info("%s cache hit: %s", what, self.path)
@@ -117,24 +139,38 @@ class CachedFile:
         return None
 
     def store(self, key: dict, write: Callable[[Path], None]) -> Path:
-        """``write(tmp)`` makes the file; it replaces ``path`` atomically and its sidecar records ``key``."""
+        """
+        ``write(tmp)`` makes the file.
+
+        It replaces ``path`` atomically and its sidecar records ``key``.
+        """
         # Drop the old sidecar first: a crash between the two writes then leaves a file without
         # a key (rebuilt next time), never a new file under an old key.
         self.sidecar.unlink(missing_ok=True)
         with atomic_output(self.path) as tmp:
             write(tmp)
-        atomic_write_text(self.sidecar, json.dumps(key | {SHA256_FIELD: file_sha256(self.path)}, indent=2))
+        atomic_write_text(
+            self.sidecar, json.dumps(key | {SHA256_FIELD: file_sha256(self.path)}, indent=2)
+        )
         return self.path
 
 
 def cached_build(path: str | Path, key: dict, build: Callable[[Path], None], what: str) -> Path:
-    """``path`` when it was built for ``key`` and is intact; else ``build(tmp)`` makes it anew (atomically)."""
+    """
+    ``path`` when it was built for ``key`` and is intact.
+
+    Else ``build(tmp)`` makes it anew (atomically).
+    """
     cached = CachedFile(path)
     return cached.lookup(key, what) or cached.store(key, build)
 
 
 class EngineCache:
-    """Engines in ``directory`` named ``<stem>.engine`` with a ``<stem>.engine.json`` sidecar (key + sha256)."""
+    """
+    Engines in ``directory`` named ``<stem>.engine``.
+
+    Each with a ``<stem>.engine.json`` sidecar (key + sha256).
+    """
 
     def __init__(self, directory: str | Path, stem: str):
         self.directory = Path(directory)
@@ -146,11 +182,21 @@ class EngineCache:
         """Why the cached engine cannot serve ``key``; empty when it can."""
         if not self.engine_path.exists():
             return [f"no engine at {self.engine_path}"]
-        return self.file.stale_reasons(key.to_json(), lambda recorded: EngineKey.from_json(recorded).differences(key))
+        return self.file.stale_reasons(
+            key.to_json(), lambda recorded: EngineKey.from_json(recorded).differences(key)
+        )
 
     def lookup(self, key: EngineKey) -> Path | None:
-        """The engine path when its recorded key equals ``key`` and it is intact, else None (and log why)."""
-        return self.file.lookup(key.to_json(), "TensorRT engine", lambda recorded: EngineKey.from_json(recorded).differences(key))
+        """
+        Return the engine path when its recorded key equals ``key`` and it is intact.
+
+        Else None (and log why).
+        """
+        return self.file.lookup(
+            key.to_json(),
+            "TensorRT engine",
+            lambda recorded: EngineKey.from_json(recorded).differences(key),
+        )
 
     def store(self, key: EngineKey, engine: bytes) -> Path:
         return self.file.store(key.to_json(), lambda tmp: tmp.write_bytes(engine))

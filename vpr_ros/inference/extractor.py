@@ -1,4 +1,5 @@
-"""One interface for every descriptor backend.
+"""
+One interface for every descriptor backend.
 
 A ``DescriptorExtractor`` turns RGB uint8 images into L2-normalised float32
 descriptors.  Backends differ only in ``_run`` (preprocessed batch -> descriptors).
@@ -25,9 +26,10 @@ def _l2_normalised(descriptors: np.ndarray) -> np.ndarray:
 
 
 class DescriptorExtractor(abc.ABC):
-    """Images in, descriptors out.
+    """
+    Images in, descriptors out.
 
-    Attributes:
+    Attributes every extractor has:
         spec: the model preset (input size, normalisation, descriptor size).
         backend: "torch", "onnxruntime" or "tensorrt".
         precision: "fp32", "fp16", "bf16" or "int8".
@@ -46,14 +48,18 @@ class DescriptorExtractor(abc.ABC):
         return self.spec.dim
 
     def describe(self) -> dict:
-        """What a map manifest records about the model."""
+        """Return what a map manifest records about the model."""
         s = self.spec
         return {
             "name": s.name,
             "fingerprint": self.fingerprint,
             "input_size": list(s.input_size),
             "dim": s.dim,
-            "preprocessing": {"resize": list(s.input_size), "mean": list(s.mean), "std": list(s.std)},
+            "preprocessing": {
+                "resize": list(s.input_size),
+                "mean": list(s.mean),
+                "std": list(s.std),
+            },
         }
 
     def extract(self, images: list[np.ndarray]) -> np.ndarray:
@@ -67,18 +73,27 @@ class DescriptorExtractor(abc.ABC):
 
     @property
     def supports_local_features(self) -> bool:
-        """Whether ``extract_with_local`` works: the model has a local head and this backend runs it (FoL on torch)."""
+        """
+        Whether ``extract_with_local`` works.
+
+        The model has a local head and this backend runs it (FoL on torch).
+        """
         return False
 
     def extract_with_local(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """RGB uint8 images -> ([N, dim] L2-normalised global descriptors, per image its local rows [n_i, d] float32).
+        """
+        RGB uint8 images -> (global descriptors, local rows).
 
-        Both come from ONE forward pass (FoL: the rows of the official top-225 token selection, unpadded).
+        Global descriptors: [N, dim], L2-normalised; local rows: per image [n_i, d] float32.
+        Both come from ONE forward pass (FoL: the rows of the official top-225 token selection,
+        unpadded).
         """
         if not self.supports_local_features:
             raise BackendUnavailableError(
-                f"model {self.spec.name} on backend {self.backend} gives no local features; FoL re-ranking needs a FoL "
-                "model on backend torch (the ONNX and TensorRT graphs hold the global descriptor only)")
+                f"model {self.spec.name} on backend {self.backend} gives no local features; FoL"
+                " re-ranking needs a FoL model on backend torch (the ONNX and TensorRT graphs"
+                " hold the global descriptor only)"
+            )
         batch = np.ascontiguousarray(preprocess_batch(images, self.spec), dtype=np.float32)
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32), []
@@ -86,7 +101,11 @@ class DescriptorExtractor(abc.ABC):
         return _l2_normalised(descriptors), rows
 
     def _run_with_local(self, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Preprocessed batch -> (raw global descriptors, local rows per image); only where ``supports_local_features``."""
+        """
+        Preprocessed batch -> (raw global descriptors, local rows per image).
+
+        Only where ``supports_local_features``.
+        """
         raise NotImplementedError(f"backend {self.backend} gives no local features")
 
     @abc.abstractmethod

@@ -14,7 +14,6 @@ from vpr_ros.models.load import load_model
 log = logging.getLogger(__name__)
 
 
-
 def tensorrt_problem() -> str | None:
     """Why TensorRT cannot run here, or None when it can."""
     try:
@@ -29,15 +28,21 @@ def tensorrt_problem() -> str | None:
 
 
 def choose_backend(precision: str) -> tuple[str, str]:
-    """The backend ``auto`` means here for ``precision``, and why."""
+    """Return the backend ``auto`` means here for ``precision``, and why."""
     trt_problem = tensorrt_problem()
     if trt_problem is None:
         import tensorrt
         import torch
 
-        return "tensorrt", f"tensorrt {tensorrt.__version__} and CUDA GPU {torch.cuda.get_device_name()} present"
+        return (
+            "tensorrt",
+            f"tensorrt {tensorrt.__version__} and CUDA GPU {torch.cuda.get_device_name()} present",
+        )
     if precision == "bf16":
-        return "torch", f"{trt_problem}; ONNX Runtime has no bf16 CPU kernels, torch bf16 autocast has"
+        return (
+            "torch",
+            f"{trt_problem}; ONNX Runtime has no bf16 CPU kernels, torch bf16 autocast has",
+        )
     try:
         import onnxruntime
     except ImportError as e:
@@ -53,7 +58,8 @@ def create_extractor(
     engine_cache_dir: str | Path | None = None,
     calib_dir: str | Path | None = None,
 ) -> DescriptorExtractor:
-    """Model + weights on a backend at a precision.
+    """
+    Model + weights on a backend at a precision.
 
     ``auto`` takes TensorRT where it imports and a CUDA GPU is present, else ONNX Runtime,
     else torch (bf16 goes to torch: ONNX Runtime has no bf16 CPU path). ONNX files and
@@ -65,7 +71,9 @@ def create_extractor(
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(
+            f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+        )
     if backend == "auto":
         backend, why = choose_backend(precision)
         log.info("descriptor backend auto -> %s (%s): %s", backend, precision, why)
@@ -85,13 +93,21 @@ def create_extractor(
         try:
             from vpr_ros.inference.onnxruntime_backend import OrtExtractor
         except ImportError as e:
-            raise BackendUnavailableError(f"backend onnxruntime is not installed ({e}); pip install onnxruntime, or use backend torch") from e
+            raise BackendUnavailableError(
+                f"backend onnxruntime is not installed ({e}); pip install onnxruntime, or use"
+                " backend torch"
+            ) from e
         from vpr_ros.inference.onnx_export import cached_onnx
 
-        return OrtExtractor(spec, fingerprint, cached_onnx(net, spec, fingerprint, precision, cache_dir), precision)
+        return OrtExtractor(
+            spec, fingerprint, cached_onnx(net, spec, fingerprint, precision, cache_dir), precision
+        )
     problem = tensorrt_problem()
     if problem:
-        raise BackendUnavailableError(f"backend tensorrt cannot run: {problem}. Install TensorRT on a CUDA machine, or use backend onnxruntime")
+        raise BackendUnavailableError(
+            f"backend tensorrt cannot run: {problem}. Install TensorRT on a CUDA machine, or use"
+            " backend onnxruntime"
+        )
     from vpr_ros.inference.onnx_export import cached_onnx
     from vpr_ros.inference.tensorrt_backend import TrtExtractor, cached_engine
 

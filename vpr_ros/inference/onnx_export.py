@@ -1,4 +1,5 @@
-"""Export a model to ONNX, convert its precision, and cache the exports by weights fingerprint.
+"""
+Export a model to ONNX, convert its precision, and cache the exports by weights fingerprint.
 
 The exported graph takes ``images`` [batch, 3, H, W] float32 (preprocessed) and gives
 ``descriptors`` [batch, dim]; the batch axis is dynamic.  Precisions:
@@ -38,7 +39,9 @@ DEFAULT_OPSET = 17
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 
 
-def export_onnx(model: nn.Module, spec: ModelSpec, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(
+    model: nn.Module, spec: ModelSpec, path: str | Path, opset: int = DEFAULT_OPSET
+) -> Path:
     """Trace ``model`` (fp32, CPU) into an ONNX file with a dynamic batch axis."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +66,12 @@ def export_onnx(model: nn.Module, spec: ModelSpec, path: str | Path, opset: int 
     return path
 
 
-def quantize_int8(src: str | Path, dst: str | Path, per_channel: bool = True, op_types: tuple[str, ...] = ("MatMul",)) -> Path:
+def quantize_int8(
+    src: str | Path,
+    dst: str | Path,
+    per_channel: bool = True,
+    op_types: tuple[str, ...] = ("MatMul",),
+) -> Path:
     """Dynamic int8 quantization of ``op_types`` (weights int8, activations uint8 at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -96,7 +104,9 @@ def convert_precision(fp32_path: str | Path, dst: str | Path, precision: str) ->
     return Path(dst)
 
 
-def onnx_cache_path(cache_dir: str | Path, spec: ModelSpec, fingerprint: str, precision: str, opset: int) -> Path:
+def onnx_cache_path(
+    cache_dir: str | Path, spec: ModelSpec, fingerprint: str, precision: str, opset: int
+) -> Path:
     return Path(cache_dir) / f"{spec.name}-{fingerprint}-{precision}-opset{opset}.onnx"
 
 
@@ -108,29 +118,45 @@ def cached_onnx(
     cache_dir: str | Path | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> Path:
-    """The ONNX file for this model + weights + precision, exported on first use and reused.
+    """
+    Return the ONNX file for this model + weights + precision, exported on first use and reused.
 
     Keyed by the weights fingerprint, so new weights never reuse an old export.
     """
     if precision not in ONNX_PRECISIONS:
         raise BackendUnavailableError(
-            f"ONNX precision {precision!r} is not supported; choose one of {', '.join(ONNX_PRECISIONS)} "
-            "(for bf16 on CPU use backend torch; ONNX Runtime has no x86 bf16 kernels)"
+            f"ONNX precision {precision!r} is not supported; choose one of"
+            f" {', '.join(ONNX_PRECISIONS)} (for bf16 on CPU use backend torch; ONNX Runtime has"
+            " no x86 bf16 kernels)"
         )
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     path = onnx_cache_path(cache_dir, spec, fingerprint, precision, opset)
-    # A sidecar records what the file was built from and its sha256: a damaged or foreign file is rebuilt.
+    # A sidecar records what the file was built from and its sha256: a damaged or foreign file is
+    # rebuilt.
     key = {"model": spec.name, "fingerprint": fingerprint, "precision": precision, "opset": opset}
     if precision == "fp32":
-        return cached_build(path, key, lambda tmp: export_onnx(model, spec, tmp, opset), f"ONNX export of {spec.name}")
+        return cached_build(
+            path,
+            key,
+            lambda tmp: export_onnx(model, spec, tmp, opset),
+            f"ONNX export of {spec.name}",
+        )
     fp32 = cached_onnx(model, spec, fingerprint, "fp32", cache_dir, opset)
-    return cached_build(path, {**key, "fp32_sha256": file_sha256(fp32)}, lambda tmp: convert_precision(fp32, tmp, precision),
-                        f"ONNX {precision} of {spec.name}")
+    return cached_build(
+        path,
+        {**key, "fp32_sha256": file_sha256(fp32)},
+        lambda tmp: convert_precision(fp32, tmp, precision),
+        f"ONNX {precision} of {spec.name}",
+    )
     return path
 
 
 def write_onnx(model: nn.Module, spec: ModelSpec, precision: str, out: str | Path) -> Path:
-    """Export ``model`` at ``precision`` to the file ``out`` (replaced only when the export succeeds)."""
+    """
+    Export ``model`` at ``precision`` to the file ``out``.
+
+    The file is replaced only when the export succeeds.
+    """
     if precision not in ONNX_PRECISIONS:
         raise BackendUnavailableError(
             f"cannot export ONNX at {precision!r}; choose {', '.join(ONNX_PRECISIONS)} "

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: the fast CPU path (fp32 or dynamic int8), CUDA/TensorRT providers where present."""
+"""
+ONNX Runtime backend.
+
+The fast CPU path (fp32 or dynamic int8), CUDA/TensorRT providers where present.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ def physical_core_count() -> int:
 
 
 def execution_providers(precision: str, available: list[str], trt_cache_dir: Path) -> list:
-    """Providers in preference order for ``precision`` among those installed."""
+    """Return the providers in preference order for ``precision`` among those installed."""
     providers: list = []
     # Dynamic int8 (MatMulInteger) has no GPU kernels: it would bounce between devices.
     if precision != "int8":
@@ -67,7 +71,14 @@ def execution_providers(precision: str, available: list[str], trt_cache_dir: Pat
 class OrtExtractor(DescriptorExtractor):
     backend = "onnxruntime"
 
-    def __init__(self, spec: ModelSpec, fingerprint: str, onnx_path: str | Path, precision: str = "fp32", threads: int | None = None):
+    def __init__(
+        self,
+        spec: ModelSpec,
+        fingerprint: str,
+        onnx_path: str | Path,
+        precision: str = "fp32",
+        threads: int | None = None,
+    ):
         import onnxruntime as ort
 
         super().__init__(spec, fingerprint, precision)
@@ -76,12 +87,18 @@ class OrtExtractor(DescriptorExtractor):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_core_count()
         options.inter_op_num_threads = 1  # one image graph: parallelism is inside the ops
-        providers = execution_providers(precision, ort.get_available_providers(), self.onnx_path.parent / "ort_trt")
+        providers = execution_providers(
+            precision, ort.get_available_providers(), self.onnx_path.parent / "ort_trt"
+        )
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
         self.providers = self.session.get_providers()
         log.info(
             "onnxruntime %s session for %s (%s, %d threads): %s",
-            ort.__version__, spec.name, precision, options.intra_op_num_threads, ", ".join(self.providers),
+            ort.__version__,
+            spec.name,
+            precision,
+            options.intra_op_num_threads,
+            ", ".join(self.providers),
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -21,17 +21,24 @@ class ParityReport:
     min_cosine: float
 
     def __str__(self) -> str:
-        return f"{self.images} images: max abs diff {self.max_abs_diff:.3g}, min cosine {self.min_cosine:.6f}"
+        return (
+            f"{self.images} images: max abs diff {self.max_abs_diff:.3g}, min cosine"
+            f" {self.min_cosine:.6f}"
+        )
 
 
 def compare_descriptors(reference: np.ndarray, other: np.ndarray) -> ParityReport:
     """Row-wise agreement of two [N, dim] descriptor sets (cosine on L2-normalised rows)."""
     a = reference / np.linalg.norm(reference, axis=1, keepdims=True)
     b = other / np.linalg.norm(other, axis=1, keepdims=True)
-    return ParityReport(len(a), float(np.abs(reference - other).max()), float((a * b).sum(1).min()))
+    return ParityReport(
+        len(a), float(np.abs(reference - other).max()), float((a * b).sum(1).min())
+    )
 
 
-def parity_check(model: nn.Module, spec: ModelSpec, onnx_path: str | Path, images: list[np.ndarray]) -> ParityReport:
+def parity_check(
+    model: nn.Module, spec: ModelSpec, onnx_path: str | Path, images: list[np.ndarray]
+) -> ParityReport:
     """Torch fp32 vs the ONNX file (ONNX Runtime, CPU) on the same preprocessed images."""
     import onnxruntime as ort
 

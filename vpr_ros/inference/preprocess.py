@@ -21,4 +21,8 @@ def preprocess(rgb: np.ndarray, spec: ModelSpec) -> np.ndarray:
 
 
 def preprocess_batch(images: list[np.ndarray], spec: ModelSpec) -> np.ndarray:
-    return np.stack([preprocess(im, spec) for im in images]) if images else np.zeros((0, 3, *spec.input_size), np.float32)
+    return (
+        np.stack([preprocess(im, spec) for im in images])
+        if images
+        else np.zeros((0, 3, *spec.input_size), np.float32)
+    )

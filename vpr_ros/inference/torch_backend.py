@@ -1,4 +1,8 @@
-"""PyTorch backend: CPU (fp32 or bf16 autocast) and CUDA where present; torch.compile'd bf16 on CPU."""
+"""
+PyTorch backend.
+
+CPU (fp32 or bf16 autocast) and CUDA where present; torch.compile'd bf16 on CPU.
+"""
 
 from __future__ import annotations
 
@@ -21,14 +25,24 @@ log = logging.getLogger(__name__)
 class TorchExtractor(DescriptorExtractor):
     backend = "torch"
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, fingerprint: str, precision: str = "fp32", device: str | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: ModelSpec,
+        fingerprint: str,
+        precision: str = "fp32",
+        device: str | None = None,
+    ):
         super().__init__(spec, fingerprint, precision)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         if precision == "fp16" and self.device.type == "cuda":
             self.model.half()
         elif precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"torch backend supports fp32, bf16 and fp16 (CUDA), not {precision!r}; use backend onnxruntime for int8")
+            raise ValueError(
+                f"torch backend supports fp32, bf16 and fp16 (CUDA), not {precision!r}; use"
+                " backend onnxruntime for int8"
+            )
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -44,16 +58,19 @@ class TorchExtractor(DescriptorExtractor):
         return descriptors.float().cpu().numpy(), [r.float().cpu().numpy() for r in rows]
 
     def _forward(self, method: Callable[[torch.Tensor], Any], batch: np.ndarray) -> Any:
-        """``method`` applied to the batch on this extractor's device, at its precision."""
+        """Apply ``method`` to the batch on this extractor's device, at its precision."""
         x = torch.from_numpy(batch).to(self.device)
         if self.precision == "fp16" and self.device.type == "cuda":
             x = x.half()
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with torch.autocast(
+            self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+        ):
             return method(x)
 
 
 class CompiledTorchExtractor(DescriptorExtractor):
-    """bf16 weights and activations, compiled by torch.compile (inductor) for this CPU.
+    """
+    bf16 weights and activations, compiled by torch.compile (inductor) for this CPU.
 
     The fastest CPU path on AMX/AVX512-bf16 CPUs: inductor freezes the weights (prepacked
     for its AMX GEMM kernels, chosen by max-autotune) and fuses the element-wise ops that
@@ -64,7 +81,9 @@ class CompiledTorchExtractor(DescriptorExtractor):
 
     backend = "torch-compile"
 
-    def __init__(self, model: nn.Module, spec: ModelSpec, fingerprint: str, precision: str = "bf16"):
+    def __init__(
+        self, model: nn.Module, spec: ModelSpec, fingerprint: str, precision: str = "bf16"
+    ):
         if precision != "bf16":
             raise BackendUnavailableError(
                 f"backend torch-compile runs bf16 only, not {precision!r}; use precision bf16, "
@@ -83,12 +102,16 @@ class CompiledTorchExtractor(DescriptorExtractor):
             # only here leaves the process-wide config as it was.
             with inductor_config.patch(freezing=True):
                 self._run(np.zeros((1, 3, *spec.input_size), np.float32))
-        except Exception as e:  # inductor reports a missing compiler etc. as assorted exception types
+        # inductor reports a missing compiler etc. as assorted exception types
+        except Exception as e:
             raise BackendUnavailableError(
-                f"torch.compile of {spec.name} failed ({type(e).__name__}: {e}); it needs a working C++ compiler (g++). "
-                "Use backend torch with precision bf16, or backend onnxruntime with precision int8"
+                f"torch.compile of {spec.name} failed ({type(e).__name__}: {e}); it needs a"
+                " working C++ compiler (g++). Use backend torch with precision bf16, or backend"
+                " onnxruntime with precision int8"
             ) from e
-        log.info("torch.compile of %s (bf16, CPU) took %.1f s", spec.name, time.perf_counter() - start)
+        log.info(
+            "torch.compile of %s (bf16, CPU) took %.1f s", spec.name, time.perf_counter() - start
+        )
 
     @torch.inference_mode()
     def _run(self, batch: np.ndarray) -> np.ndarray:
