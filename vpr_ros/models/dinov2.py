@@ -1,4 +1,5 @@
-"""DINOv2 ViT/14 (facebookresearch/dinov2) in plain torch, under the official state_dict key names.
+"""
+DINOv2 ViT/14 (facebookresearch/dinov2) in plain torch, under the official state_dict key names.
 
 The official ``*_pretrain.pth`` files load strictly into ``DinoVisionTransformer``.
 Only the inference path is here (no masking, no stochastic depth, no registers).
@@ -18,7 +19,8 @@ from vpr_ros.models.spec import ModelSpec
 PATCH_SIZE = 14
 # The hub models were trained at 518 px: a 37x37 learned position grid.
 PRETRAIN_GRID = 37
-# DINOv2 resizes the position grid with a small offset on the scale factor (see interpolate_pos_embed).
+# DINOv2 resizes the position grid with a small offset on the scale factor (see
+# interpolate_pos_embed).
 POS_EMBED_OFFSET = 0.1
 
 
@@ -41,7 +43,11 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, c = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        qkv = (
+            self.qkv(x)
+            .reshape(b, n, 3, self.num_heads, c // self.num_heads)
+            .permute(2, 0, 3, 1, 4)
+        )
         return qkv[0], qkv[1], qkv[2]  # each [B, heads, N, head_dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,7 +106,8 @@ class Block(nn.Module):
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Resize a [1, 1 + M*M, C] position table to a grid_h x grid_w patch grid, CLS entry kept.
+    """
+    Resize a [1, 1 + M*M, C] position table to a grid_h x grid_w patch grid, CLS entry kept.
 
     Same as DINOv2: bicubic, no antialias, driven by ``scale_factor=(g + 0.1) / M``
     (not by the output size), in float32.
@@ -139,7 +146,8 @@ class DinoVisionTransformer(nn.Module):
         self.patch_size = PATCH_SIZE
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + PRETRAIN_GRID**2, embed_dim))
-        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # training only; kept for the key layout
+        # training only; kept for the key layout
+        self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         self.patch_embed = PatchEmbed(embed_dim)
         self.blocks = nn.ModuleList(block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
@@ -147,7 +155,8 @@ class DinoVisionTransformer(nn.Module):
         nn.init.normal_(self.cls_token, std=1e-6)
 
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
-        """Patch grid (rows, cols) of an image batch [B, 3, H, W].
+        """
+        Return the patch grid, (rows, cols), of an image batch [B, 3, H, W].
 
         Plain ints even under ONNX tracing: the image size is fixed per export.
         """
@@ -178,7 +187,7 @@ class DinoVisionTransformer(nn.Module):
         return_class_token: bool = False,
         norm: bool = True,
     ) -> tuple:
-        """Outputs of the last ``n`` blocks (int) or of the 0-based blocks listed in ``n``."""
+        """Return the outputs of the last ``n`` blocks (int) or of the 0-based blocks in ``n``."""
         depth = len(self.blocks)
         wanted = set(range(depth - n, depth)) if isinstance(n, int) else set(n)
         grid_h, grid_w = self.grid(x)
@@ -191,7 +200,10 @@ class DinoVisionTransformer(nn.Module):
         class_tokens = [out[:, 0] for out in outputs]
         patches = [out[:, 1:] for out in outputs]
         if reshape:
-            patches = [p.reshape(p.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
+            patches = [
+                p.reshape(p.shape[0], grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous()
+                for p in patches
+            ]
         if return_class_token:
             return tuple(zip(patches, class_tokens))
         return tuple(patches)
@@ -217,7 +229,11 @@ VIT_CONFIGS: dict[str, tuple[int, int, int]] = {
 
 
 def dinov2_vit(arch: str, block: type[Block] = Block) -> DinoVisionTransformer:
-    """Bare DINOv2 backbone, e.g. ``dinov2_vit("vitb14")``; loads ``dinov2_vitb14_pretrain.pth`` strictly."""
+    """
+    Build a bare DINOv2 backbone of an architecture such as ``"vitb14"``.
+
+    Loads ``dinov2_vitb14_pretrain.pth`` strictly.
+    """
     embed_dim, depth, num_heads = VIT_CONFIGS[arch]
     return DinoVisionTransformer(embed_dim, depth, num_heads, block=block)
 
@@ -238,6 +254,7 @@ def dinov2_b() -> DinoV2ClsDescriptor:
 def dinov2_l() -> DinoV2ClsDescriptor:
     return _descriptor("vitl14")
 
+
 WEIGHTS_SOURCE = "https://github.com/facebookresearch/dinov2"
 PRESETS = tuple(
     ModelSpec(
@@ -249,7 +266,12 @@ PRESETS = tuple(
         weights_source=WEIGHTS_SOURCE,
         # A bare hub pretrain; for a VPR model's backbone use checkpoints.load_backbone_pretrain.
         signature={"cls_token": (1, 1, VIT_CONFIGS[arch][0]), "blocks.0.attn.qkv.weight": None},
-        description=f"DINOv2 ViT-{size.upper()}/14, L2-normalised CLS token (dinov2_{arch}_pretrain.pth)",
+        description=(
+            f"DINOv2 ViT-{size.upper()}/14, L2-normalised CLS token (dinov2_{arch}_pretrain.pth)"
+        ),
+    ) for size, arch, build in (
+        ("s", "vits14", dinov2_s),
+        ("b", "vitb14", dinov2_b),
+        ("l", "vitl14", dinov2_l),
     )
-    for size, arch, build in (("s", "vits14", dinov2_s), ("b", "vitb14", dinov2_b), ("l", "vitl14", dinov2_l))
 )

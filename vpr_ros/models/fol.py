@@ -1,4 +1,5 @@
-"""FoL (chenshunpeng/FoL): DINOv2 + SALAD-style optimal-transport aggregator guided by CLS attention.
+"""
+FoL (chenshunpeng/FoL): DINOv2 + SALAD-style optimal-transport aggregator guided by CLS attention.
 
 ``FoLNet.forward`` gives the 8448-D global descriptor (ONNX-friendly, no
 data-dependent control flow). ``FoLNet.local_outputs`` also gives the
@@ -29,7 +30,8 @@ CLIP_QUANTILE = 0.05  # ... down to the value at this sorted position
 
 
 class DinoV2WithClsAttention(nn.Module):
-    """All blocks + final norm; also the last block's CLS->patch attention summed over heads.
+    """
+    All blocks + final norm; also the last block's CLS->patch attention summed over heads.
 
     Returns (f [B, C, h, w], t [B, C], att [B, h*w]).
     """
@@ -51,7 +53,8 @@ class DinoV2WithClsAttention(nn.Module):
 
 
 def log_optimal_transport(scores: torch.Tensor, dustbin: torch.Tensor, iters: int) -> torch.Tensor:
-    """SuperGlue's log-space Sinkhorn with a dustbin ROW of per-token logits.
+    """
+    Log-space Sinkhorn (SuperGlue's) with a dustbin ROW of per-token logits.
 
     scores [B, m, n], dustbin [B, n] -> log transport [B, m+1, n], scaled by (m+n).
     Needs n > m (more tokens than clusters: at least 126x126 px for 64 clusters).
@@ -72,29 +75,47 @@ def log_optimal_transport(scores: torch.Tensor, dustbin: torch.Tensor, iters: in
 
 
 def clip_top_values(values: torch.Tensor) -> torch.Tensor:
-    """Set the largest entries of each row to the value at sorted position int(0.05 N) (official ``replace_top_values``)."""
+    """
+    Set the largest entries of each row to the value at sorted position int(0.05 N).
+
+    The official ``replace_top_values``.
+    """
     _, top_indices = torch.topk(values, NUM_TOP_CLIPPED, dim=1)
     kth = values.sort(dim=1, descending=True).values[:, int(CLIP_QUANTILE * values.shape[1])]
     return values.scatter(1, top_indices, kth.unsqueeze(1).expand(-1, NUM_TOP_CLIPPED))
 
 
 def local_confidence(assignment: torch.Tensor) -> torch.Tensor:
-    """Per-token confidence [B, N]: mean transport mass over clusters, top values clipped, softmaxed."""
+    """
+    Per-token confidence [B, N].
+
+    Mean transport mass over clusters, top values clipped, softmaxed.
+    """
     return clip_top_values(assignment.mean(dim=1)).softmax(dim=-1)
 
 
 def top_token_mask(confidence: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """[B, h, w] float, 1 at the NUM_SELECTED most confident tokens (the discriminative regions)."""
+    """
+    Mask [B, h, w] float, 1 at the NUM_SELECTED most confident tokens.
+
+    Those are the discriminative regions.
+    """
     top = torch.topk(confidence, NUM_SELECTED, dim=-1).indices
     return torch.zeros_like(confidence).scatter(1, top, 1.0).reshape(confidence.shape[0], h, w)
 
 
-def selected_rows(local_map: torch.Tensor, selection: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Pixels of the local map [B, H', W', d] under the nearest-upsampled token mask, row-major, unpadded.
-
-    Returns (pixel mask [B, H'*W'] bool, per image its rows [n_i, d]).
+def selected_rows(
+    local_map: torch.Tensor, selection: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """
-    pixels = F.interpolate(selection.unsqueeze(1), size=local_map.shape[1:3], mode="nearest").flatten(1) > 0
+    Pixels of the local map [B, H', W', d] under the nearest-upsampled token mask.
+
+    Row-major, unpadded. Returns (pixel mask [B, H'*W'] bool, per image its rows [n_i, d]).
+    """
+    pixels = (
+        F.interpolate(selection.unsqueeze(1), size=local_map.shape[1:3], mode="nearest").flatten(1)
+        > 0
+    )
     return pixels, [local_map[i].flatten(0, 1)[pixels[i]] for i in range(len(local_map))]
 
 
@@ -113,12 +134,20 @@ class FoLAggregator(nn.Module):
         dropout: float = 0.3,
     ) -> None:
         super().__init__()
-        self.token_features = nn.Sequential(nn.Linear(num_channels, 512), nn.ReLU(), nn.Linear(512, token_dim))
+        self.token_features = nn.Sequential(
+            nn.Linear(num_channels, 512), nn.ReLU(), nn.Linear(512, token_dim)
+        )
         self.cluster_features = nn.Sequential(
-            nn.Conv2d(num_channels, 512, 1), nn.Dropout(dropout), nn.ReLU(), nn.Conv2d(512, cluster_dim, 1)
+            nn.Conv2d(num_channels, 512, 1),
+            nn.Dropout(dropout),
+            nn.ReLU(),
+            nn.Conv2d(512, cluster_dim, 1),
         )
         self.score = nn.Sequential(
-            nn.Conv2d(num_channels, 512, 1), nn.Dropout(dropout), nn.ReLU(), nn.Conv2d(512, num_clusters, 1)
+            nn.Conv2d(num_channels, 512, 1),
+            nn.Dropout(dropout),
+            nn.ReLU(),
+            nn.Conv2d(512, num_clusters, 1),
         )
 
     def assignment(self, f: torch.Tensor, mask_guide: torch.Tensor) -> torch.Tensor:
@@ -126,12 +155,22 @@ class FoLAggregator(nn.Module):
         scores = self.score(f).flatten(2)
         return log_optimal_transport(scores, 1 - mask_guide, SINKHORN_ITERS).exp()[:, :-1]
 
-    def descriptor(self, f: torch.Tensor, t: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
-        """cat(L2(token MLP), L2-per-cluster(sum_n features * P) flattened [dim x clusters]) -> L2."""
+    def descriptor(
+        self, f: torch.Tensor, t: torch.Tensor, assignment: torch.Tensor
+    ) -> torch.Tensor:
+        """
+        Compute cat(L2(token MLP), L2-per-cluster(sum_n features * P)) -> L2.
+
+        The second part is flattened [dim x clusters].
+        """
         features = self.cluster_features(f).flatten(2)  # [B, cluster_dim, N]
         clusters = torch.einsum("bdn,bkn->bdk", features, assignment)
         token = F.normalize(self.token_features(t), p=2.0, dim=-1)
-        return F.normalize(torch.cat([token, F.normalize(clusters, p=2.0, dim=1).flatten(1)], dim=-1), p=2.0, dim=-1)
+        return F.normalize(
+            torch.cat([token, F.normalize(clusters, p=2.0, dim=1).flatten(1)], dim=-1),
+            p=2.0,
+            dim=-1,
+        )
 
     def forward(self, f: torch.Tensor, t: torch.Tensor, mask_guide: torch.Tensor) -> torch.Tensor:
         return self.descriptor(f, t, self.assignment(f, mask_guide))
@@ -165,7 +204,11 @@ def padded_length(height: int) -> int:
 
 
 class FoLNet(nn.Module):
-    """``backbone=None`` leaves the head only: then call ``global_descriptor``/``head`` with (f, t, att)."""
+    """
+    ``backbone=None`` leaves the head only.
+
+    Then call ``global_descriptor``/``head`` with (f, t, att).
+    """
 
     def __init__(self, backbone: DinoV2WithClsAttention | None, num_channels: int) -> None:
         super().__init__()
@@ -178,7 +221,9 @@ class FoLNet(nn.Module):
     def mask_guide(att: torch.Tensor) -> torch.Tensor:
         return torch.where(att >= ATTENTION_FLOOR, att, torch.zeros_like(att))
 
-    def global_descriptor(self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+    def global_descriptor(
+        self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor
+    ) -> torch.Tensor:
         return self.aggregator(f, t, self.mask_guide(att))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,14 +233,18 @@ class FoLNet(nn.Module):
         return self.head(*self.backbone(x))
 
     def global_and_local(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """One backbone pass -> (global descriptors [B, 8448], per image its selected local rows [n_i, 128]).
+        """
+        One backbone pass -> (global descriptors, per image its selected local rows).
 
-        The rows are ``head``'s ``local_features[i, :num_local[i]]`` (the official selection) without the
-        padding and without the training-only outputs: what re-ranking stores and matches.
+        Global descriptors [B, 8448], local rows [n_i, 128]. The rows are ``head``'s
+        ``local_features[i, :num_local[i]]`` (the official selection) without the padding and
+        without the training-only outputs: what re-ranking stores and matches.
         """
         return self.global_and_local_head(*self.backbone(x))
 
-    def global_and_local_head(self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def global_and_local_head(
+        self, f: torch.Tensor, t: torch.Tensor, att: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         assignment = self.aggregator.assignment(f, self.mask_guide(att))
         selection = top_token_mask(local_confidence(assignment), f.shape[2], f.shape[3])
         _, rows = selected_rows(self.local_map(f), selection)
@@ -254,16 +303,23 @@ def fol_b() -> FoLNet:
 def fol_l() -> FoLNet:
     return _build("vitl14")
 
+
 PRESETS = tuple(
     ModelSpec(
         name=f"fol-{size}",
         family="FoL",
         build=build,
-        input_size=(322, 322),  # the paper's main results use 504; 322 is its training size and ~2.5x faster
+        # the paper's main results use 504; 322 is its training size and ~2.5x faster
+        input_size=(322, 322),
         dim=256 + 64 * 128,
         weights_source="https://github.com/chenshunpeng/FoL",
         signature={"aggregator.token_features.0.weight": (512, width), "upconv.weight": None},
-        description=f"FoL ViT-{size.upper()}/14 global descriptor ({release}.pth, huggingface.co/shunpeng/FoL)",
+        description=(
+            f"FoL ViT-{size.upper()}/14 global descriptor ({release}.pth,"
+            " huggingface.co/shunpeng/FoL)"
+        ),
+    ) for size, width, build, release in (
+        ("b", 768, fol_b, "FoL_base"),
+        ("l", 1024, fol_l, "FoL_large"),
     )
-    for size, width, build, release in (("b", 768, fol_b, "FoL_base"), ("l", 1024, fol_l, "FoL_large"))
 )

@@ -15,7 +15,11 @@ from vpr_ros.models.spec import ModelSpec
 
 
 def state_dict_fingerprint(model_name: str, state_dict: dict) -> str:
-    """sha256 over the model name and every tensor's name, shape, dtype and bytes (sorted by name)."""
+    """
+    Hash (sha256) the model name and every tensor's name, shape, dtype and bytes.
+
+    Tensors sorted by name.
+    """
     h = hashlib.sha256(model_name.encode())
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
@@ -25,7 +29,11 @@ def state_dict_fingerprint(model_name: str, state_dict: dict) -> str:
 
 
 def load_model(name: str, weights: str | Path | None = None) -> tuple[nn.Module, ModelSpec, str]:
-    """Build the named model and put its weights in. Returns (model in eval mode, spec, fingerprint)."""
+    """
+    Build the named model and put its weights in.
+
+    Returns (model in eval mode, spec, fingerprint).
+    """
     spec = registry.spec(name)
     model = registry.build(name)
     if weights:

@@ -1,4 +1,7 @@
-"""MutualVPR (Gucci233/MutualVPR): DINOv2-B with a multi-conv adapter in every block, GeM + Linear head.
+"""
+MutualVPR (Gucci233/MutualVPR).
+
+DINOv2-B with a multi-conv adapter in every block, GeM + Linear head.
 
 Key names follow the official modules (``backbone.blocks.N.adapter.*``,
 ``aggregation.{1,3}.*``) so released checkpoints load strictly.
@@ -26,7 +29,9 @@ class ConvBnRelu(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=True
+        )
         self.bn = nn.BatchNorm2d(out_channels, eps=1e-3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +39,8 @@ class ConvBnRelu(nn.Module):
 
 
 class MulConvAdapter(nn.Module):
-    """Inception-like adapter on the patch grid.
+    """
+    Inception-like adapter on the patch grid.
 
     Widths derive from ``dim`` as (dim, dim/2, dim/4, dim/32, dim/8, dim/32, dim/8),
     which is the official hard-coded (768, 384, 192, 24, 96, 24, 96) at dim=768.
@@ -45,8 +51,12 @@ class MulConvAdapter(nn.Module):
         super().__init__()
         hidden = dim // 2
         self.branch1 = ConvBnRelu(hidden, dim // 4, 1)
-        self.branch2 = nn.Sequential(ConvBnRelu(hidden, dim // 32, 1), ConvBnRelu(dim // 32, dim // 8, 3))
-        self.branch3 = nn.Sequential(ConvBnRelu(hidden, dim // 32, 1), ConvBnRelu(dim // 32, dim // 8, 5))
+        self.branch2 = nn.Sequential(
+            ConvBnRelu(hidden, dim // 32, 1), ConvBnRelu(dim // 32, dim // 8, 3)
+        )
+        self.branch3 = nn.Sequential(
+            ConvBnRelu(hidden, dim // 32, 1), ConvBnRelu(dim // 32, dim // 8, 5)
+        )
         self.D_fc1 = nn.Linear(dim, hidden)
         self.D_fc2 = nn.Linear(hidden, dim)
 
@@ -61,7 +71,11 @@ class MulConvAdapter(nn.Module):
 
 
 class AdapterBlock(Block):
-    """DINOv2 block whose MLP branch also carries 0.2 * adapter(norm2(x)), inside LayerScale ls2."""
+    """
+    DINOv2 block whose MLP branch also carries 0.2 * adapter(norm2(x)).
+
+    Inside LayerScale ls2.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
         super().__init__(dim, num_heads, mlp_ratio)
@@ -73,7 +87,11 @@ class AdapterBlock(Block):
 
 
 def gem_linear_head(dim: int, out_dim: int) -> nn.Sequential:
-    """L2 per location -> GeM -> Linear -> L2 on a [B, dim, h, w] map (indices match ``aggregation.*`` keys)."""
+    """
+    L2 per location -> GeM -> Linear -> L2 on a [B, dim, h, w] map.
+
+    Indices match the ``aggregation.*`` keys.
+    """
     return nn.Sequential(L2Norm(1), GeM(p=3.0), nn.Flatten(1), nn.Linear(dim, out_dim), L2Norm(1))
 
 
@@ -93,6 +111,7 @@ class MutualVPR(nn.Module):
 def mutualvpr_b() -> MutualVPR:
     return MutualVPR(dinov2_vit("vitb14", block=AdapterBlock), out_dim=512)
 
+
 PRESETS = (
     ModelSpec(
         name="mutualvpr-b",
@@ -101,7 +120,10 @@ PRESETS = (
         input_size=(504, 504),
         dim=512,
         weights_source="https://github.com/Gucci233/MutualVPR",
-        signature={"backbone.blocks.0.adapter.D_fc1.weight": (384, 768), "aggregation.3.weight": (512, 768)},
+        signature={
+            "backbone.blocks.0.adapter.D_fc1.weight": (384, 768),
+            "aggregation.3.weight": (512, 768),
+        },
         description="MutualVPR: DINOv2-B with multi-conv adapters, GeM + Linear(768, 512)",
     ),
 )

@@ -26,7 +26,11 @@ class GeM(nn.Module):
 
 
 class GeMPool(GeM):
-    """GeM that flattens and L2-normalises its output (SciceVPR's ``GeMPool``): [B, C, H, W] -> [B, C]."""
+    """
+    GeM that flattens and L2-normalises its output (SciceVPR's ``GeMPool``).
+
+    [B, C, H, W] -> [B, C].
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(gem(x, self.p, self.eps).flatten(1), p=2.0, dim=1)

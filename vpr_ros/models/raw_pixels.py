@@ -1,4 +1,5 @@
-"""The naive reference descriptor: the downsampled image's raw pixels.
+"""
+The naive reference descriptor: the downsampled image's raw pixels.
 
 Not for use: it is the yardstick the demo and benchmarks report beside the
 default, to show how much the route's appearance change costs a naive method.
@@ -18,6 +19,7 @@ class RawPixels(nn.Module):
 
 def raw_pixels() -> RawPixels:
     return RawPixels()
+
 
 PRESETS = (
     ModelSpec(

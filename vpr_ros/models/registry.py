@@ -1,4 +1,5 @@
-"""All model presets, collected from the model files (each declares its own ``PRESETS``).
+"""
+All model presets, collected from the model files (each declares its own ``PRESETS``).
 
 Adding a model: write ``models/<method>.py`` with the module and its ``PRESETS``,
 add the module to ``_MODEL_MODULES`` below, and add its golden test.
@@ -12,7 +13,9 @@ from vpr_ros.models import baseline, dinov2, fol, mutualvpr, raw_pixels, scicevp
 from vpr_ros.models.spec import ModelSpec, StateDict
 
 _MODEL_MODULES = (baseline, raw_pixels, dinov2, scicevpr, mutualvpr, fol)
-MODELS: dict[str, ModelSpec] = {spec.name: spec for module in _MODEL_MODULES for spec in module.PRESETS}
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec for module in _MODEL_MODULES for spec in module.PRESETS
+}
 DEFAULT_MODEL = "baseline"
 
 
@@ -33,7 +36,8 @@ def build(name: str) -> nn.Module:
 
 
 def guess_model(state_dict: StateDict) -> str:
-    """Which preset a state_dict most likely belongs to ('' when unclear).
+    """
+    Which preset a state_dict most likely belongs to ('' when unclear).
 
     A preset matches when every key of its signature is present with the declared
     shape; the most specific match wins (the teacher's signature extends the
@@ -41,8 +45,10 @@ def guess_model(state_dict: StateDict) -> str:
     """
     def fits(s: ModelSpec, check_shapes: bool) -> bool:
         return bool(s.signature) and all(
-            k in state_dict and (shape is None or not check_shapes or tuple(state_dict[k].shape) == shape)
-            for k, shape in s.signature.items())
+            k in state_dict
+            and (shape is None or not check_shapes or tuple(state_dict[k].shape) == shape)
+            for k, shape in s.signature.items()
+        )
 
     exact = [s for s in MODELS.values() if fits(s, True)]
     if exact:

@@ -1,4 +1,7 @@
-"""SciceVPR (shuimushan/SciceVPR): multi-layer DINOv2 maps -> token mixer -> 14 GeM regions -> encoder.
+"""
+SciceVPR (shuimushan/SciceVPR).
+
+Multi-layer DINOv2 maps -> token mixer -> 14 GeM regions -> encoder.
 
 ``SciceVPR`` is the student used at test time (each image on its own);
 ``SuperCricaVPR`` is its teacher, whose encoder attends across the images of a
@@ -30,7 +33,11 @@ REGIONS: tuple[tuple[tuple[int, int], tuple[int, int]], ...] = (
 
 
 class MultiLayerDinoV2(nn.Module):
-    """Final-norm patch maps of selected DINOv2 blocks, concatenated on channels: [B, len(layers)*C, h, w]."""
+    """
+    Final-norm patch maps of selected DINOv2 blocks, concatenated on channels.
+
+    [B, len(layers)*C, h, w].
+    """
 
     def __init__(self, dino_model: DinoVisionTransformer, out_indices: list[int]) -> None:
         super().__init__()
@@ -38,13 +45,21 @@ class MultiLayerDinoV2(nn.Module):
         self.out_indices = list(out_indices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat(self.dino_model.get_intermediate_layers(x, n=self.out_indices, reshape=True), dim=1)
+        return torch.cat(
+            self.dino_model.get_intermediate_layers(x, n=self.out_indices, reshape=True), dim=1
+        )
 
 
 class TokenMixer(nn.Module):
-    """x + MLP over the token axis of LayerNorm(x) (official ``Tokenmixen``); x is [B, C, tokens]."""
+    """
+    x + MLP over the token axis of LayerNorm(x) (official ``Tokenmixen``).
 
-    def __init__(self, channels: int, num_tokens: int = MAP_SIDE * MAP_SIDE, ratio: int = 1) -> None:
+    X is [B, C, tokens].
+    """
+
+    def __init__(
+        self, channels: int, num_tokens: int = MAP_SIDE * MAP_SIDE, ratio: int = 1
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(channels)
         self.mix = nn.Sequential(
@@ -58,7 +73,11 @@ class TokenMixer(nn.Module):
 
 
 class SciceVPR(nn.Module):
-    """Student model. ``backbone=None`` leaves only the head (input: the [B, backbone_out_dim, 16, 16] map)."""
+    """
+    Student model.
+
+    ``backbone=None`` leaves only the head (input: the [B, backbone_out_dim, 16, 16] map).
+    """
 
     encoder_layers = 1
 
@@ -73,12 +92,21 @@ class SciceVPR(nn.Module):
         super().__init__()
         self.backbone = backbone if backbone is not None else nn.Identity()
         self.conv = nn.Conv2d(backbone_out_dim, mix_in_dim, kernel_size=1)
-        self.tokenmix = nn.Sequential(*(TokenMixer(mix_in_dim, ratio=token_ratio) for _ in range(token_num)))
+        self.tokenmix = nn.Sequential(
+            *(TokenMixer(mix_in_dim, ratio=token_ratio) for _ in range(token_num))
+        )
         self.gem = GeMPool(p=3.0)
         layer = nn.TransformerEncoderLayer(
-            d_model=mix_in_dim, nhead=16, dim_feedforward=2048, dropout=0.1, activation="gelu", batch_first=False
+            d_model=mix_in_dim,
+            nhead=16,
+            dim_feedforward=2048,
+            dropout=0.1,
+            activation="gelu",
+            batch_first=False,
         )
-        self.encoder = nn.TransformerEncoder(layer, num_layers=self.encoder_layers, enable_nested_tensor=False)
+        self.encoder = nn.TransformerEncoder(
+            layer, num_layers=self.encoder_layers, enable_nested_tensor=False
+        )
 
     def mix_tokens(self, maps: torch.Tensor) -> torch.Tensor:
         """[B, backbone_out_dim, 16, 16] -> mixed tokens [B, C, 256]."""
@@ -87,10 +115,16 @@ class SciceVPR(nn.Module):
     def pool_regions(self, tokens: torch.Tensor) -> torch.Tensor:
         """[B, C, 256] -> 14 L2-normalised GeM region vectors [B, 14, C]."""
         x = tokens.reshape(tokens.shape[0], tokens.shape[1], MAP_SIDE, MAP_SIDE)
-        return torch.stack([self.gem(x[:, :, r0:r1, c0:c1]) for (r0, r1), (c0, c1) in REGIONS], dim=1)
+        return torch.stack(
+            [self.gem(x[:, :, r0:r1, c0:c1]) for (r0, r1), (c0, c1) in REGIONS], dim=1
+        )
 
     def encode(self, regions: torch.Tensor) -> torch.Tensor:
-        """Student: a length-1 sequence per region, so every region vector is transformed on its own."""
+        """
+        Student.
+
+        A length-1 sequence per region, so every region vector is transformed on its own.
+        """
         b, n, c = regions.shape
         return self.encoder(regions.reshape(1, b * n, c)).reshape(b, n * c)
 
@@ -112,7 +146,11 @@ class SuperCricaVPR(SciceVPR):
 
 
 class PCAProjection(nn.Module):
-    """Optional PCA after the descriptor (eval.py ``--pca_dim``): L2(W (x - mean)). Fitted outside the model."""
+    """
+    Optional PCA after the descriptor (eval.py ``--pca_dim``): L2(W (x - mean)).
+
+    Fitted outside the model.
+    """
 
     def __init__(self, in_dim: int, out_dim: int = 4096) -> None:
         super().__init__()
@@ -145,6 +183,7 @@ def scicevpr_l() -> SciceVPR:
 def scicevpr_teacher_b() -> SuperCricaVPR:
     return _build(SuperCricaVPR, "vitb14", [8, 9, 10, 11])
 
+
 WEIGHTS_SOURCE = "https://github.com/shuimushan/SciceVPR"
 _STUDENT_KEYS = {"encoder.layers.0.norm1.weight": None, "tokenmix.0.mix.0.weight": (256, 256)}
 PRESETS = (
@@ -156,7 +195,9 @@ PRESETS = (
         dim=14 * 768,
         weights_source=WEIGHTS_SOURCE,
         signature={"conv.weight": (768, 3072, 1, 1), **_STUDENT_KEYS},
-        description="SciceVPR student, DINOv2-B blocks 8-11 + token mixer + 14 GeM regions + encoder",
+        description=(
+            "SciceVPR student, DINOv2-B blocks 8-11 + token mixer + 14 GeM regions + encoder"
+        ),
     ),
     ModelSpec(
         name="scicevpr-l",
@@ -166,7 +207,10 @@ PRESETS = (
         dim=14 * 1024,
         weights_source=WEIGHTS_SOURCE,
         signature={"conv.weight": (1024, 4096, 1, 1), **_STUDENT_KEYS},
-        description="SciceVPR student on DINOv2-L, blocks 20-23 (no official L config; analogue of the B one)",
+        description=(
+            "SciceVPR student on DINOv2-L, blocks 20-23 (no official L config; analogue of the B"
+            " one)"
+        ),
     ),
     ModelSpec(
         name="scicevpr-teacher-b",
@@ -175,8 +219,15 @@ PRESETS = (
         input_size=(224, 224),
         dim=14 * 768,
         weights_source=WEIGHTS_SOURCE,
-        signature={"conv.weight": (768, 3072, 1, 1), **_STUDENT_KEYS, "encoder.layers.1.norm1.weight": None},
+        signature={
+            "conv.weight": (768, 3072, 1, 1),
+            **_STUDENT_KEYS,
+            "encoder.layers.1.norm1.weight": None,
+        },
         batch_independent=False,
-        description="Super-CricaVPR teacher: attends across the batch, so descriptors depend on batch composition",
+        description=(
+            "Super-CricaVPR teacher: attends across the batch, so descriptors depend on batch"
+            " composition"
+        ),
     ),
 )

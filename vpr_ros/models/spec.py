@@ -1,4 +1,5 @@
-"""What a model preset declares: what the model is, what it eats and what it gives.
+"""
+What a model preset declares: what the model is, what it eats and what it gives.
 
 Every model is an ``nn.Module`` whose ``forward`` takes a batch of preprocessed
 images ``[B, 3, H, W]`` (float32, resized to ``input_size`` and normalised with
@@ -23,7 +24,8 @@ StateDict = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A named preset.
+    """
+    A named preset.
 
     ``build`` makes the module with its default (random) initialisation.
     ``weights_source`` says where official weights are published; a preset with
