@@ -1,4 +1,5 @@
-"""The replay and measurement harness: bag player, match collector, DDS environment, process helpers.
+"""
+The replay and measurement harness: bag player, match collector, DDS environment, process helpers.
 
 Shared by the demo, the tests and the benchmarks; not part of the node.
 """

@@ -1,4 +1,8 @@
-"""Listen to the node's outputs and keep what arrives, with receive times (demo, tests, benchmark)."""
+"""
+Listen to the node's outputs and keep what arrives, with receive times.
+
+Used by the demo, tests and benchmark.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,9 @@ class OutputCollector:
         self.pose_priors: list[tuple[int, PoseWithCovarianceStamped]] = []
         self.diagnostics: list[dict] = []
         self.node.create_subscription(String, "/vpr/match", self._on_match, 100)
-        self.node.create_subscription(PoseWithCovarianceStamped, "/vpr/pose_prior", self._on_pose, 100)
+        self.node.create_subscription(
+            PoseWithCovarianceStamped, "/vpr/pose_prior", self._on_pose, 100
+        )
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
@@ -43,8 +49,17 @@ class OutputCollector:
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
             if status.name.startswith("vpr_localizer"):
-                self.diagnostics.append({"level": int.from_bytes(status.level, "little") if isinstance(status.level, bytes) else int(status.level),
-                                         "message": status.message, **{kv.key: kv.value for kv in status.values}})
+                self.diagnostics.append(
+                    {
+                        "level": (
+                            int.from_bytes(status.level, "little")
+                            if isinstance(status.level, bytes)
+                            else int(status.level)
+                        ),
+                        "message": status.message,
+                        **{kv.key: kv.value for kv in status.values},
+                    }
+                )
 
     def wait_for(self, predicate, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -1,4 +1,5 @@
-"""Environment for processes that must keep DDS on this machine (tests, demo, benchmarks).
+"""
+Environment for processes that must keep DDS on this machine (tests, demo, benchmarks).
 
 No rclpy import here: apply it before rclpy is imported or in a child's environment.
 """
@@ -12,8 +13,12 @@ LOOPBACK_PROFILE = Path(__file__).with_name("fastdds_loopback.xml")
 
 
 def loopback_dds_env(env: dict | None = None) -> dict:
-    """``env`` (default: this process's environment) with discovery on localhost, a domain of
-    this process's own unless one is set, and the loopback Fast DDS profile unless one is set."""
+    """
+    Return ``env`` (default: this process's environment) with discovery on localhost.
+
+    A domain of this process's own unless one is set, and the loopback Fast DDS profile unless
+    one is set.
+    """
     env = dict(os.environ if env is None else env)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 100))

@@ -1,16 +1,16 @@
-"""Image message fuzzing over the conversion layer (`vpr_ros.imaging.image_msg_to_rgb`).
+"""
+Image message fuzzing over the conversion layer (`vpr_ros.imaging.image_msg_to_rgb`).
 
     python -m vpr_ros.replay.fuzz_images --n 10000 --seed 0
 
-hypothesis draws the structure of each message (kind, encoding, size, step, endianness,
-data container, and one damage: truncation, extension, bit flips, a lying header field,
-a cut JPEG with its end marker put back, a PNG or JPEG header declaring a huge size, random
-bytes); numpy fills the bulk bytes from a drawn seed, which keeps 10,000 messages fast. `run_live_campaign` sends such
-messages to a live node.
-Every outcome is one of: decoded (an [H, W, 3] uint8 image, of the sent size when the
-message was valid), refused (ImageDecodeError with a reason), or a crash (anything else,
-or a valid message refused or decoded to the wrong shape). The campaign passes with 0 crashes.
-`messages(n, seed)` gives the same kind of messages for feeding a live node.
+hypothesis draws the structure of each message (kind, encoding, size, step, endianness, data
+container, and one damage: truncation, extension, bit flips, a lying header field, a cut JPEG with
+its end marker put back, a PNG or JPEG header declaring a huge size, random bytes); numpy fills the
+bulk bytes from a drawn seed, which keeps 10,000 messages fast. `run_live_campaign` sends such
+messages to a live node. Every outcome is one of: decoded (an [H, W, 3] uint8 image, of the sent
+size when the message was valid), refused (ImageDecodeError with a reason), or a crash (anything
+else, or a valid message refused or decoded to the wrong shape). The campaign passes with 0
+crashes. `messages(n, seed)` gives the same kind of messages for feeding a live node.
 """
 
 from __future__ import annotations
@@ -33,20 +33,53 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 
 from vpr_ros.errors import ImageDecodeError
-from vpr_ros.imaging import SUPPORTED_ENCODINGS, image_msg_to_rgb, rgb_to_compressed, rgb_to_image_fields
+from vpr_ros.imaging import (
+    SUPPORTED_ENCODINGS,
+    image_msg_to_rgb,
+    rgb_to_compressed,
+    rgb_to_image_fields,
+)
 
-# Small enough that a lying header cannot make the campaign allocate gigabytes, large enough for any sent image.
+# Small enough that a lying header cannot make the campaign allocate gigabytes, large enough for
+# any sent image.
 CAMPAIGN_MAX_PIXELS = 4_000_000
-RAW_DAMAGES = ("none", "row padding", "truncate", "extend", "bit flips", "lie width", "lie height", "lie step",
-               "huge header", "odd width", "big endian flag", "unsupported encoding", "empty")
-COMPRESSED_DAMAGES = ("none", "padding", "truncate", "cut + end marker", "bit flips", "huge header", "random bytes",
-                      "empty", "depth format", "other format")
+RAW_DAMAGES = (
+    "none",
+    "row padding",
+    "truncate",
+    "extend",
+    "bit flips",
+    "lie width",
+    "lie height",
+    "lie step",
+    "huge header",
+    "odd width",
+    "big endian flag",
+    "unsupported encoding",
+    "empty",
+)
+COMPRESSED_DAMAGES = (
+    "none",
+    "padding",
+    "truncate",
+    "cut + end marker",
+    "bit flips",
+    "huge header",
+    "random bytes",
+    "empty",
+    "depth format",
+    "other format",
+)
 UNSUPPORTED = ("32FC1", "nv12", "", "RGB8", "bayer_rggb", "64FC3", "rgb8 ")
 
 
 @dataclass(frozen=True)
 class Case:
-    """One generated message and what a correct decoder must give for it (None: anything but a crash)."""
+    """
+    One generated message and what a correct decoder must give for it.
+
+    None: anything but a crash.
+    """
 
     msg: Any
     label: str  # "raw/<encoding>/<damage>" or "compressed/<format>/<damage>"
@@ -62,7 +95,11 @@ def cases(draw) -> Case:
 
 
 def _container(draw, data: np.ndarray) -> Any:
-    """The data as each message flavour carries it: bytes/array.array (rclpy) or a numpy array (rosbags)."""
+    """
+    Return the data as each message flavour carries it.
+
+    Bytes/array.array (rclpy) or a numpy array (rosbags).
+    """
     kind = draw(st.sampled_from(("numpy", "bytes", "array")))
     if kind == "numpy":
         return data
@@ -73,8 +110,11 @@ def _raw_case(draw, rng: np.random.Generator) -> Case:
     encoding = draw(st.sampled_from(SUPPORTED_ENCODINGS))
     height, width = draw(st.integers(1, 40)), draw(st.integers(1, 48))
     if encoding in ("yuv422", "uyvy", "yuv422_yuy2", "yuyv"):
-        width += width % 2  # valid 4:2:2 needs an even width; "odd width" below breaks it on purpose
-    fields = rgb_to_image_fields(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), encoding)
+        # valid 4:2:2 needs an even width; "odd width" below breaks it on purpose
+        width += width % 2
+    fields = rgb_to_image_fields(
+        rng.integers(0, 256, (height, width, 3), dtype=np.uint8), encoding
+    )
     damage = draw(st.sampled_from(RAW_DAMAGES))
     data = fields["data"]
     expected: tuple[int, int, int] | None = None
@@ -83,16 +123,21 @@ def _raw_case(draw, rng: np.random.Generator) -> Case:
     elif damage == "row padding":
         pad = draw(st.integers(1, 9))
         rows = data.reshape(height, fields["step"])
-        data = np.concatenate([rows, rng.integers(0, 256, (height, pad), dtype=np.uint8)], axis=1).ravel()
+        data = np.concatenate(
+            [rows, rng.integers(0, 256, (height, pad), dtype=np.uint8)], axis=1
+        ).ravel()
         fields["step"] += pad
         expected = (height, width, 3)
     elif damage == "truncate":
         data = data[: draw(st.integers(0, max(0, data.size - 1)))]
     elif damage == "extend":
-        data = np.concatenate([data, rng.integers(0, 256, draw(st.integers(1, 64)), dtype=np.uint8)])
+        data = np.concatenate(
+            [data, rng.integers(0, 256, draw(st.integers(1, 64)), dtype=np.uint8)]
+        )
     elif damage == "bit flips":
         data = _flip_bits(data, rng, draw(st.integers(1, 16)))
-        expected = (height, width, 3)  # raw pixels carry no structure: flipped bits are still an image
+        # raw pixels carry no structure: flipped bits are still an image
+        expected = (height, width, 3)
     elif damage == "lie width":
         fields["width"] = draw(st.integers(-3, 4 * width + 3))
     elif damage == "lie height":
@@ -136,11 +181,17 @@ def _compressed_case(draw, rng: np.random.Generator) -> Case:
     elif damage == "bit flips":
         data = _flip_bits(np.frombuffer(data, np.uint8), rng, draw(st.integers(1, 8))).tobytes()
     elif damage == "huge header":
-        data = _declare_size(data, fmt, draw(st.sampled_from([(15_000, 15_000), (65_535, 65_535), (1, 60_000)])),
-                             fix_crc=draw(st.booleans()))
+        data = _declare_size(
+            data,
+            fmt,
+            draw(st.sampled_from([(15_000, 15_000), (65_535, 65_535), (1, 60_000)])),
+            fix_crc=draw(st.booleans()),
+        )
     elif damage == "random bytes":
-        data = draw(st.sampled_from((b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM"))) + \
-            rng.integers(0, 256, draw(st.integers(0, 512)), dtype=np.uint8).tobytes()
+        data = (
+            draw(st.sampled_from((b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM")))
+            + rng.integers(0, 256, draw(st.integers(0, 512)), dtype=np.uint8).tobytes()
+        )
     elif damage == "empty":
         data = b""
     elif damage == "depth format":
@@ -165,7 +216,7 @@ def _png_chunk(kind: bytes, body: bytes) -> bytes:
 
 
 def _declare_size(data: bytes, fmt: str, size: tuple[int, int], fix_crc: bool) -> bytes:
-    """The same image with a header that lies about its size (JPEG SOF0/SOF2, PNG IHDR)."""
+    """Return the same image with a header that lies about its size (JPEG SOF0/SOF2, PNG IHDR)."""
     height, width = size
     out = bytearray(data)
     if fmt == "png":
@@ -182,7 +233,11 @@ def _declare_size(data: bytes, fmt: str, size: tuple[int, int], fix_crc: bool) -
 
 
 class Tally:
-    """Outcome counts of a campaign; `crash_examples` keeps the first few crashes for the report."""
+    """
+    Outcome counts of a campaign.
+
+    `crash_examples` keeps the first few crashes for the report.
+    """
 
     def __init__(self, max_pixels: int) -> None:
         self.max_pixels = max_pixels
@@ -206,9 +261,17 @@ class Tally:
         except Exception as err:  # noqa: BLE001 - counting these is the point of the campaign
             self._crash(case, f"{type(err).__name__}: {err}")
             return
-        sane = isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
+        sane = (
+            isinstance(rgb, np.ndarray)
+            and rgb.dtype == np.uint8
+            and rgb.ndim == 3
+            and rgb.shape[2] == 3
+        )
         if not sane or (case.expected_shape is not None and rgb.shape != case.expected_shape):
-            self._crash(case, f"decoded to {getattr(rgb, 'shape', type(rgb))}, expected {case.expected_shape}")
+            self._crash(
+                case,
+                f"decoded to {getattr(rgb, 'shape', type(rgb))}, expected {case.expected_shape}",
+            )
             return
         self.decoded += 1
 
@@ -218,12 +281,20 @@ class Tally:
             self.crash_examples.append(f"{case.label}: {what}")
 
     def as_dict(self) -> dict:
-        return {"inputs": self.inputs, "decoded": self.decoded, "refused": self.refused, "crashes": self.crashes,
-                "reasons": self.reasons, "labels": self.labels, "crash_examples": self.crash_examples}
+        return {
+            "inputs": self.inputs,
+            "decoded": self.decoded,
+            "refused": self.refused,
+            "crashes": self.crashes,
+            "reasons": self.reasons,
+            "labels": self.labels,
+            "crash_examples": self.crash_examples,
+        }
 
 
 def run_image_campaign(n: int, seed: int = 0, max_pixels: int = CAMPAIGN_MAX_PIXELS) -> dict:
-    """`n` generated Image/CompressedImage messages through image_msg_to_rgb.
+    """
+    `n` generated Image/CompressedImage messages through image_msg_to_rgb.
 
     Returns inputs, decoded, refused, crashes (must be 0), reasons (Counter of refusal reasons),
     labels (Counter of "kind/encoding/damage", to show coverage) and crash_examples.
@@ -242,7 +313,11 @@ def run_image_campaign(n: int, seed: int = 0, max_pixels: int = CAMPAIGN_MAX_PIX
 
 
 def messages(n: int, seed: int = 0) -> Iterator[Case]:
-    """`n` cases drawn like the campaign's (for publishing to a live node), deterministic in `seed`."""
+    """
+    Draw `n` cases like the campaign's (for publishing to a live node).
+
+    Deterministic in `seed`.
+    """
     out: list[Case] = []
 
     @hypothesis_seed(seed)
@@ -257,7 +332,7 @@ def messages(n: int, seed: int = 0) -> Iterator[Case]:
 
 
 def as_rclpy(case: Case, stamp_ns: int, frame_id: str = "fuzz"):
-    """The generated message as an rclpy message (uint32 fields wrap as they would on the wire)."""
+    """Convert the generated message to an rclpy message (uint32 fields wrap as on the wire)."""
     from sensor_msgs.msg import CompressedImage, Image
 
     m = case.msg
@@ -282,17 +357,27 @@ def _refused(msg: Any) -> bool:
 
 
 # Lines a decoder library writes itself (not the node's logger): none may reach the node's output.
-DECODER_LINE_STARTS = ("Corrupt JPEG", "Premature end", "libpng", "[ERROR:", "[ WARN:")  # libjpeg, libpng, OpenCV
+# libjpeg, libpng, OpenCV
+DECODER_LINE_STARTS = ("Corrupt JPEG", "Premature end", "libpng", "[ERROR:", "[ WARN:")
 
 
-def run_live_campaign(workdir: str | Path, per_transport: int = 300, seed: int = 3, good_every: int = 50,
-                      model: str = "baseline") -> dict:
-    """Damaged messages from `messages(..)` through a live localize node (its own process, DDS on
-    loopback), `per_transport` on the raw topic and as many on the compressed one, with a valid frame
-    of a mapped place after every `good_every`. Per transport: sent_bad, expected_refused (what the
-    decoder refuses offline), the node's received/processed/dropped/bad/failed, good_sent,
-    good_matched (matched to their own place), node_alive, bad_frame_warnings (throttled log lines),
-    decoder_lines (lines a decoder printed itself) and seconds."""
+def run_live_campaign(
+    workdir: str | Path,
+    per_transport: int = 300,
+    seed: int = 3,
+    good_every: int = 50,
+    model: str = "baseline",
+) -> dict:
+    """
+    Send damaged messages from `messages(..)` through a live localize node.
+
+    The node runs in its own process, DDS on loopback: `per_transport` on the raw topic and as
+    many on the compressed one, with a valid frame of a mapped place after every `good_every`.
+    Per transport: sent_bad, expected_refused (what the decoder refuses offline), the node's
+    received/processed/dropped/bad/failed, good_sent, good_matched (matched to their own
+    place), node_alive, bad_frame_warnings (throttled log lines), decoder_lines (lines a
+    decoder printed itself) and seconds.
+    """
     from vpr_ros.replay.dds_env import apply_loopback_dds_env
 
     apply_loopback_dds_env()
@@ -312,9 +397,14 @@ def run_live_campaign(workdir: str | Path, per_transport: int = 300, seed: int =
     collector = OutputCollector()
     results: dict[str, dict] = {}
     try:
-        transports = (("raw", Image, "/fuzz/camera"), ("compressed", CompressedImage, "/fuzz/camera/compressed"))
+        transports = (
+            ("raw", Image, "/fuzz/camera"),
+            ("compressed", CompressedImage, "/fuzz/camera/compressed"),
+        )
         for transport, cls, topic in transports:
-            batch = [c for c in damaged if hasattr(c.msg, "format") == (transport == "compressed")][:per_transport]
+            batch = [
+                c for c in damaged if hasattr(c.msg, "format") == (transport == "compressed")
+            ][:per_transport]
             good = [_good_message(scene, transport) for scene in scenes]
             log_path = workdir / f"node_{transport}.log"
             started = time.monotonic()
@@ -323,7 +413,9 @@ def run_live_campaign(workdir: str | Path, per_transport: int = 300, seed: int =
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
             pub = collector.node.create_publisher(cls, topic, qos)
             try:
-                results[transport] = _live_phase(collector, pub, node, log_path, batch, good, good_every)
+                results[transport] = _live_phase(
+                    collector, pub, node, log_path, batch, good, good_every
+                )
             finally:
                 alive = node.poll() is None
                 stop_process(node)
@@ -343,8 +435,13 @@ def _good_message(rgb: np.ndarray, transport: str):
 
     if transport == "raw":
         fields = rgb_to_image_fields(rgb, "rgb8")
-        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
-                    step=fields["step"])
+        msg = Image(
+            height=fields["height"],
+            width=fields["width"],
+            encoding="rgb8",
+            is_bigendian=0,
+            step=fields["step"],
+        )
         msg.data = fields["data"].tobytes()
     else:
         fmt, data = rgb_to_compressed(rgb, "jpeg", 95)
@@ -354,7 +451,9 @@ def _good_message(rgb: np.ndarray, transport: str):
     return msg
 
 
-def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: list, good_every: int) -> dict:
+def _live_phase(
+    collector, pub, node, log_path: Path, batch: list[Case], good: list, good_every: int
+) -> dict:
     from vpr_ros.replay.processes import wait_for_subscriber
 
     wait_for_subscriber(pub, node, log_path)
@@ -376,13 +475,19 @@ def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: l
             time.sleep(0.4)  # let the node finish it before the next bad frame replaces it
 
     def matched() -> dict[int, dict]:
-        return {m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]: m for t, m in collector.matches
-                if t >= t0 and m["frame_id"] == "good"}
+        return {
+            m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]: m
+            for t, m in collector.matches
+            if t >= t0 and m["frame_id"] == "good"
+        }
 
     collector.wait_for(lambda: len(matched()) >= len(good_stamps), 30)
     time.sleep(1.5)  # one more diagnostics period after the last frame
     d = collector.diagnostics[-1] if collector.diagnostics else {}
-    counts = {k: int(d.get(f"frames_{k}", -1)) for k in ("received", "processed", "dropped", "bad", "failed")}
+    counts = {
+        k: int(d.get(f"frames_{k}", -1))
+        for k in ("received", "processed", "dropped", "bad", "failed")
+    }
     right = [s for s, m in matched().items()
              if m["candidates"] and m["candidates"][0]["place_id"] == good_stamps.get(s)]
     return {"sent_bad": len(batch), "expected_refused": expected_refused, **counts,
@@ -390,13 +495,23 @@ def _live_phase(collector, pub, node, log_path: Path, batch: list[Case], good: l
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=10_000, help="messages to generate (default: %(default)s)")
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument(
+        "--n", type=int, default=10_000, help="messages to generate (default: %(default)s)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     a = ap.parse_args(argv)
     result = run_image_campaign(a.n, a.seed)
-    print(json.dumps({k: (dict(v.most_common()) if isinstance(v, Counter) else v) for k, v in result.items()
-                      if k != "labels"}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: dict(v.most_common()) if isinstance(v, Counter) else v
+                for k, v in result.items()
+                if k != "labels"
+            },
+            indent=1,
+        )
+    )
     print(" ".join(f"{k}={result[k]}" for k in ("inputs", "decoded", "refused", "crashes")))
     return 0 if result["crashes"] == 0 else 1
 

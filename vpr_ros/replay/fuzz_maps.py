@@ -1,11 +1,14 @@
-"""Map fuzzing: damage real maps every way a disk, a copy or a person can, and check each is refused clearly.
+"""
+Map fuzzing.
+
+Damage real maps every way a disk, a copy or a person can, and check each is refused clearly.
 
 Damages (each applied to a fresh copy of a good map):
-  every file (manifest, index, places, descriptors): deleted, truncated (0, 1, half, all but one byte),
-  padded, replaced by the same file of another map, and single-bit flips at seeded offsets;
+  every file (manifest, index, places, descriptors): deleted, truncated (0, 1, half, all but one
+  byte), padded, replaced by the same file of another map, and single-bit flips at seeded offsets;
   every manifest key the loader reads: dropped, renamed, retyped, set out of range; each once as a
-  plain edit (the manifest checksum no longer matches) and once with the checksum recomputed
-  (a hand edit that also fixed the checksum, or a buggy writer), so the schema is tried on its own.
+  plain edit (the manifest checksum no longer matches) and once with the checksum recomputed (a
+  hand edit that also fixed the checksum, or a buggy writer), so the schema is tried on its own.
 
 Each damaged map goes through ``load_map`` (as the node and ``localize`` call it), ``vpr-ros
 inspect-map`` and ``vpr-ros localize`` (their ``main()`` in this process; a sample also as
@@ -38,15 +41,24 @@ from tqdm import tqdm
 
 from vpr_ros.errors import MapError
 from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.maps.mapdir import (DESCRIPTORS_FILE, INDEX_FILE, MANIFEST, MANIFEST_CHECKSUM, PLACES_FILE, load_map,
-                                 with_checksum, write_map)
+from vpr_ros.maps.mapdir import (
+    DESCRIPTORS_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    MANIFEST_CHECKSUM,
+    PLACES_FILE,
+    load_map,
+    with_checksum,
+    write_map,
+)
 from vpr_ros.maps.places import Place
 
 MODEL = "raw-pixels"  # the cheapest registered model: the campaign is about maps, not descriptors
 FILES = (MANIFEST, INDEX_FILE, PLACES_FILE, DESCRIPTORS_FILE)
 # Values a key is retyped to; those equal to the original's type are skipped.
 RETYPES: tuple = (None, "text", -7, 2.5, True, [], {})
-# Keys whose values the loader never reads (descriptive only): damaged with the checksum left stale only.
+# Keys whose values the loader never reads (descriptive only): damaged with the checksum left stale
+# only.
 FREE_FORM = ("sources",)
 
 
@@ -68,22 +80,55 @@ class Outcome:
 # -- base maps -------------------------------------------------------------------------------
 def random_images(n: int, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [cv2.resize(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8), (64, 48), interpolation=cv2.INTER_NEAREST)
-            for _ in range(n)]
+    return [
+        cv2.resize(
+            rng.integers(0, 255, (6, 8, 3), dtype=np.uint8),
+            (64, 48),
+            interpolation=cv2.INTER_NEAREST,
+        )
+        for _ in range(n)
+    ]
 
 
 def build_base_maps(root: Path, places: int = 24) -> tuple[dict[str, Path], Path, Path]:
-    """One good map per index type (flat, hnsw, ivfpq), another map (other images and place count)
-    whose files stand in as foreign files, and a folder of query images."""
+    """
+    Build one good map per index type (flat, hnsw, ivfpq) and the files around them.
+
+    Another map (other images and place count) whose files stand in as foreign files, and a
+    folder of query images.
+    """
     from vpr_ros.inference.factory import create_extractor
 
     extractor = create_extractor(MODEL)
 
     def write(path: Path, n: int, seed: int, kind: str, params: dict) -> Path:
-        rows = [Place(i, (i + 1) * 10**9, 100.0 * i, 50.0, 0.0, 0.0, 0.0, 0.0, 1.0, 45.0, 9.0, "32T", "fuzz", "/cam")
-                for i in range(n)]
-        return write_map(path, extractor.extract(random_images(n, seed)), rows, extractor.describe(), IndexConfig(kind, params),
-                         [{"source": "fuzz images", "topic": "/cam"}])
+        rows = [
+            Place(
+                i,
+                (i + 1) * 10**9,
+                100.0 * i,
+                50.0,
+                0.0,
+                0.0,
+                0.0,
+                0.0,
+                1.0,
+                45.0,
+                9.0,
+                "32T",
+                "fuzz",
+                "/cam",
+            )
+            for i in range(n)
+        ]
+        return write_map(
+            path,
+            extractor.extract(random_images(n, seed)),
+            rows,
+            extractor.describe(),
+            IndexConfig(kind, params),
+            [{"source": "fuzz images", "topic": "/cam"}],
+        )
 
     params = {"flat": {}, "hnsw": {"M": 8}, "ivfpq": {"nlist": 2, "m": 8, "nbits": 4}}
     maps = {kind: write(root / f"base_{kind}", places, 1, kind, p) for kind, p in params.items()}
@@ -146,7 +191,8 @@ def _file_damages(base: Path, other: Path, rng: random.Random, flips: int) -> li
     out = []
     for name in FILES:
         size = (base / name).stat().st_size
-        last = len((base / name).read_bytes().rstrip()) - 1  # all but the last meaningful byte (not a trailing newline)
+        # all but the last meaningful byte (not a trailing newline)
+        last = len((base / name).read_bytes().rstrip()) - 1
 
         def truncate(n, name=name):
             return lambda d: (d / name).write_bytes((d / name).read_bytes()[:n])
@@ -159,9 +205,22 @@ def _file_damages(base: Path, other: Path, rng: random.Random, flips: int) -> li
             return apply
 
         out.append(Damage(f"delete {name}", lambda d, name=name: (d / name).unlink()))
-        out += [Damage(f"truncate {name} to {n} of {size} bytes", truncate(n)) for n in sorted({0, 1, size // 2, last})]
-        out.append(Damage(f"pad {name} with 16 bytes", lambda d, name=name: (d / name).write_bytes((d / name).read_bytes() + b"\0" * 16)))
-        out.append(Damage(f"{name} from another map", lambda d, name=name: shutil.copyfile(other / name, d / name)))
+        out += [
+            Damage(f"truncate {name} to {n} of {size} bytes", truncate(n))
+            for n in sorted({0, 1, size // 2, last})
+        ]
+        out.append(
+            Damage(
+                f"pad {name} with 16 bytes",
+                lambda d, name=name: (d / name).write_bytes((d / name).read_bytes() + b"\0" * 16),
+            )
+        )
+        out.append(
+            Damage(
+                f"{name} from another map",
+                lambda d, name=name: shutil.copyfile(other / name, d / name),
+            )
+        )
         for _ in range(flips):
             offset, bit = rng.randrange(size), rng.randrange(8)
             out.append(Damage(f"flip bit {bit} of byte {offset} of {name}", flip(offset, bit)))
@@ -177,52 +236,102 @@ def _manifest_damages(base: Path) -> list[Damage]:
         edits = [(f"drop {label}", _drop(path)), (f"rename {label}", _rename(path))]
         edits += [(f"retype {label} to {json.dumps(v)}", _set(path, v)) for v in RETYPES
                   if type(v) is not type(original)]
-        # With the checksum recomputed, damage only what the loader reads: not descriptive keys, not the
-        # checksum itself (recomputing restores it), and not the removal of an optional key that is null.
+        # With the checksum recomputed, damage only what the loader reads: not descriptive keys,
+        # not the checksum itself (recomputing restores it), and not the removal of an optional key
+        # that is null.
         reread = path[0] not in (*FREE_FORM, MANIFEST_CHECKSUM)
         for what, edit in edits:
-            out.append(Damage(f"{what} (checksum stale)", _manifest_edit(edit, fix_checksum=False)))
+            out.append(
+                Damage(f"{what} (checksum stale)", _manifest_edit(edit, fix_checksum=False))
+            )
             if reread and not (original is None and not what.startswith("retype")):
-                out.append(Damage(f"{what} (checksum recomputed)", _manifest_edit(edit, fix_checksum=True)))
+                out.append(
+                    Damage(
+                        f"{what} (checksum recomputed)", _manifest_edit(edit, fix_checksum=True)
+                    )
+                )
     # values of the right type but out of range or inconsistent, checksum recomputed
     kind = manifest["index"]["type"]
-    values = [(("index", "type"), "bogus"), (("index", "type"), "hnsw" if kind != "hnsw" else "flat"),
-              (("index", "type"), "ivfpq" if kind != "ivfpq" else "flat"),
-              (("place_count",), 0), (("place_count",), -1), (("place_count",), manifest["place_count"] + 1),
-              (("place_count",), manifest["place_count"] - 1), (("dim",), manifest["dim"] + 1),
-              (("model", "dim"), manifest["dim"] + 1), (("model", "input_size"), [0, 0]),
-              (("format_version",), 1), (("format_version",), 99), (("format",), "other/map"),
-              (("map_id",), ""), (("created",), "yesterday"), (("files",), {}),
-              (("files", DESCRIPTORS_FILE), "0" * 64), (("files", INDEX_FILE), "not a digest"),
-              (("files", "../outside"), "0" * 64), (("model", "preprocessing", "mean"), [0.5, 0.5])]
+    values = [
+        (("index", "type"), "bogus"),
+        (("index", "type"), "hnsw" if kind != "hnsw" else "flat"),
+        (("index", "type"), "ivfpq" if kind != "ivfpq" else "flat"),
+        (("place_count",), 0),
+        (("place_count",), -1),
+        (("place_count",), manifest["place_count"] + 1),
+        (("place_count",), manifest["place_count"] - 1),
+        (("dim",), manifest["dim"] + 1),
+        (("model", "dim"), manifest["dim"] + 1),
+        (("model", "input_size"), [0, 0]),
+        (("format_version",), 1),
+        (("format_version",), 99),
+        (("format",), "other/map"),
+        (("map_id",), ""),
+        (("created",), "yesterday"),
+        (("files",), {}),
+        (("files", DESCRIPTORS_FILE), "0" * 64),
+        (("files", INDEX_FILE), "not a digest"),
+        (("files", "../outside"), "0" * 64),
+        (("model", "preprocessing", "mean"), [0.5, 0.5]),
+    ]
     for param in manifest["index"]["params"]:
         values.append((("index", "params", param), 0))
     for path, v in values:
         label = f"set {'.'.join(path)} to {json.dumps(v)}"
-        out.append(Damage(f"{label} (checksum recomputed)", _manifest_edit(_set(path, v), fix_checksum=True)))
-    out += [Damage(f"manifest replaced by {t}", lambda d, t=t: (d / MANIFEST).write_text(t)) for t in ("[]", "null", '"map"', "42")]
+        out.append(
+            Damage(
+                f"{label} (checksum recomputed)", _manifest_edit(_set(path, v), fix_checksum=True)
+            )
+        )
+    out += [
+        Damage(f"manifest replaced by {t}", lambda d, t=t: (d / MANIFEST).write_text(t))
+        for t in ("[]", "null", '"map"', "42")
+    ]
     out.append(Damage("manifest not UTF-8", lambda d: (d / MANIFEST).write_bytes(b"\xff\xfe{}")))
-    out.append(Damage("manifest nested 100000 deep", lambda d: (d / MANIFEST).write_text("[" * 100000 + "]" * 100000)))
+    out.append(
+        Damage(
+            "manifest nested 100000 deep",
+            lambda d: (d / MANIFEST).write_text("[" * 100000 + "]" * 100000),
+        )
+    )
     return out
 
 
 def catalogue(base: Path, other: Path) -> list[Damage]:
-    """Every structured damage of ``base`` (no random bit flips); ``other`` gives the foreign files."""
+    """
+    Every structured damage of ``base`` (no random bit flips).
+
+    ``other`` gives the foreign files.
+    """
     return _file_damages(base, other, random.Random(0), flips=0) + _manifest_damages(base)
 
 
 def pick(candidates: list[Damage], prefixes: list[str]) -> list[Damage]:
-    """The first damage whose name starts with each prefix (a named sample of the damage classes)."""
+    """
+    Return the first damage whose name starts with each prefix.
+
+    A named sample of the damage classes.
+    """
     return [next(d for d in candidates if d.name.startswith(p)) for p in prefixes]
 
 
-def damages(maps: dict[str, Path], other: Path, target: int, seed: int = 0) -> list[tuple[Path, Damage]]:
-    """At least ``target`` damages over the base maps: every structured damage, then bit flips to fill up."""
+def damages(
+    maps: dict[str, Path], other: Path, target: int, seed: int = 0
+) -> list[tuple[Path, Damage]]:
+    """
+    At least ``target`` damages over the base maps.
+
+    Every structured damage, then bit flips to fill up.
+    """
     rng = random.Random(seed)
     out = [(base, d) for base in maps.values() for d in catalogue(base, other)]
     per_file = -(-max(0, target - len(out)) // (len(maps) * len(FILES)))
     for base in maps.values():
-        out += [(base, d) for d in _file_damages(base, other, rng, flips=per_file) if d.name.startswith("flip")]
+        out += [
+            (base, d)
+            for d in _file_damages(base, other, rng, flips=per_file)
+            if d.name.startswith("flip")
+        ]
     return out
 
 
@@ -254,8 +363,20 @@ def check(path: Path, model: dict, queries: Path, scratch: Path) -> Outcome:
     load, detail = _load(path, model, verify=True)
     unverified, udetail = _load(path, model, verify=False)
     inspect, itext = _cli(["inspect-map", str(path)])
-    localize, ltext = _cli(["localize", "--map", str(path), "--images", str(queries), "--out", str(scratch / "matches.jsonl")])
-    notes = [detail or udetail] + [t for t in (itext, ltext) if "Traceback" in t or t.startswith(("-1", "Error"))]
+    localize, ltext = _cli(
+        [
+            "localize",
+            "--map",
+            str(path),
+            "--images",
+            str(queries),
+            "--out",
+            str(scratch / "matches.jsonl"),
+        ]
+    )
+    notes = [detail or udetail] + [
+        t for t in (itext, ltext) if "Traceback" in t or t.startswith(("-1", "Error"))
+    ]
     return Outcome(load, unverified, inspect, localize, " | ".join(n for n in notes if n))
 
 
@@ -273,34 +394,72 @@ def false_verify(o: Outcome) -> bool:
 
 
 def subprocess_check(path: Path, queries: Path, scratch: Path) -> tuple[bool, str]:
-    """The installed ``vpr-ros`` as a user runs it: inspect exit 1, localize exit 2, no traceback."""
+    """
+    Run the installed ``vpr-ros`` as a user runs it.
+
+    Inspect exit 1, localize exit 2, no traceback.
+    """
     exe = [sys.executable, "-m", "vpr_ros.cli"]
-    inspect = subprocess.run(exe + ["inspect-map", str(path)], capture_output=True, text=True, timeout=300)
-    localize = subprocess.run(exe + ["localize", "--map", str(path), "--images", str(queries), "--out", str(scratch / "m.jsonl")],
-                              capture_output=True, text=True, timeout=300)
+    inspect = subprocess.run(
+        exe + ["inspect-map", str(path)], capture_output=True, text=True, timeout=300
+    )
+    localize = subprocess.run(
+        exe
+        + [
+            "localize",
+            "--map",
+            str(path),
+            "--images",
+            str(queries),
+            "--out",
+            str(scratch / "m.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = inspect.stdout + inspect.stderr + localize.stdout + localize.stderr
-    ok = inspect.returncode == 1 and localize.returncode == 2 and "Traceback" not in text and "error:" in localize.stderr
+    ok = (
+        inspect.returncode == 1
+        and localize.returncode == 2
+        and "Traceback" not in text
+        and "error:" in localize.stderr
+    )
     return ok, f"inspect {inspect.returncode}, localize {localize.returncode}: {text[-400:]}"
 
 
-def run_map_campaign(n: int = 1000, seed: int = 0, subprocess_sample: int = 3, workdir: Path | None = None,
-                     progress: bool = True, index_types: tuple[str, ...] = ("flat", "hnsw", "ivfpq")) -> dict:
-    """Damage at least ``n`` maps (built with each of ``index_types``) and count outcomes.
+def run_map_campaign(
+    n: int = 1000,
+    seed: int = 0,
+    subprocess_sample: int = 3,
+    workdir: Path | None = None,
+    progress: bool = True,
+    index_types: tuple[str, ...] = ("flat", "hnsw", "ivfpq"),
+) -> dict:
+    """
+    Damage at least ``n`` maps (built with each of ``index_types``) and count outcomes.
 
     Returns ``inputs`` (damaged maps), ``refused`` (clear refusals on every path), ``crashes``,
-    ``false_verifies``, ``accepted`` (loaded anyway), ``subprocess_checked`` / ``subprocess_failed``,
-    and ``failures`` (up to 20 named examples of anything but a clear refusal).
+    ``false_verifies``, ``accepted`` (loaded anyway), ``subprocess_checked`` /
+    ``subprocess_failed``, and ``failures`` (up to 20 named examples of anything but a clear
+    refusal).
     """
     with contextlib.ExitStack() as stack:
-        root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vpr_fuzz_maps_")))
+        root = workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="vpr_fuzz_maps_"))
+        )
         maps, other, queries = build_base_maps(root)
         model = load_map(maps["flat"]).model
         todo = damages({k: maps[k] for k in index_types}, other, n, seed)
         counts: Counter = Counter()
         failures: list[str] = []
-        sample = set(random.Random(seed).sample(range(len(todo)), min(subprocess_sample, len(todo))))
+        sample = set(
+            random.Random(seed).sample(range(len(todo)), min(subprocess_sample, len(todo)))
+        )
         work = root / "damaged"
-        for i, (base, damage) in enumerate(tqdm(todo, desc="map fuzzing", unit="map", disable=not progress)):
+        for i, (base, damage) in enumerate(
+            tqdm(todo, desc="map fuzzing", unit="map", disable=not progress)
+        ):
             shutil.rmtree(work, ignore_errors=True)
             shutil.copytree(base, work)
             damage.apply(work)
@@ -318,18 +477,31 @@ def run_map_campaign(n: int = 1000, seed: int = 0, subprocess_sample: int = 3, w
                 if not ok:
                     counts["subprocess_failed"] += 1
                     failures.append(f"{base.name}: {damage.name} (subprocess): {why}")
-        return {k: counts[k] for k in ("inputs", "refused", "crashes", "false_verifies", "accepted",
-                                       "subprocess_checked", "subprocess_failed")} | {"failures": failures}
+        return {
+            k: counts[k]
+            for k in (
+                "inputs",
+                "refused",
+                "crashes",
+                "false_verifies",
+                "accepted",
+                "subprocess_checked",
+                "subprocess_failed",
+            )
+        } | {"failures": failures}
 
 
 # -- the node's ~/reload_map ---------------------------------------------------------------------
 def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s: float = 30.0,
                        node_args: list[str] | None = None) -> dict:
-    """A real node (own process) serving ``base``; for each damage, the map under it is damaged and
-    ``~/reload_map`` called: the reload must be refused with a message and the old map keep matching.
+    """
+    Run a real node (own process) serving ``base``.
 
-    Returns ``reloads``, ``refused`` (refused with a message), ``old_map_served`` (a frame sent after
-    the refusal was matched against the old map), ``node_alive`` and ``failures``.
+    For each damage, the map under it is damaged and ``~/reload_map`` called: the reload must be
+    refused with a message and the old map keep matching.
+
+    Returns ``reloads``, ``refused`` (refused with a message), ``old_map_served`` (a frame sent
+    after the refusal was matched against the old map), ``node_alive`` and ``failures``.
     """
     import rclpy
     from sensor_msgs.msg import Image
@@ -351,7 +523,10 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
     try:
         client = collector.node.create_client(Trigger, "/vpr_localizer/reload_map")
         if not client.wait_for_service(timeout_sec=120):
-            raise RuntimeError(f"the node never offered ~/reload_map: {(workdir / 'node.log').read_text()[-2000:]}")
+            raise RuntimeError(
+                "the node never offered ~/reload_map:"
+                f" {(workdir / 'node.log').read_text()[-2000:]}"
+            )
         pub = collector.node.create_publisher(Image, "/fuzz/camera", 10)
         wait_for_subscriber(pub, node, workdir / "node.log")
         stamp = 1000
@@ -369,11 +544,19 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
                 setattr(msg, k, v.tobytes() if k == "data" else v)
             msg.header.stamp.sec = stamp
             pub.publish(msg)
-            served = collector.wait_for(lambda: any(m["stamp"]["sec"] == stamp and m["map_id"] == old_id
-                                                    for _, m in collector.matches), timeout_s)
+            served = collector.wait_for(
+                lambda: any(
+                    m["stamp"]["sec"] == stamp and m["map_id"] == old_id
+                    for _, m in collector.matches
+                ),
+                timeout_s,
+            )
             counts["old_map_served"] += served
             if not (refused and served):
-                failures.append(f"{damage.name}: reload {result and (result.success, result.message)}, old map served: {served}")
+                failures.append(
+                    f"{damage.name}: reload {result and (result.success, result.message)}, old map"
+                    f" served: {served}"
+                )
         counts["node_alive"] = int(node.poll() is None)
         collector.node.destroy_client(client)
     finally:
@@ -381,14 +564,26 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
         collector.close()
         if rclpy.ok():
             rclpy.shutdown()
-    return {k: counts[k] for k in ("reloads", "refused", "old_map_served", "node_alive")} | {"failures": failures}
+    return {k: counts[k] for k in ("reloads", "refused", "old_map_served", "node_alive")} | {
+        "failures": failures
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Damage maps every way and count clear refusals.")
-    p.add_argument("--n", type=int, default=1000, help="at least this many damaged maps (default: %(default)s)")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=1000,
+        help="at least this many damaged maps (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--subprocess-sample", type=int, default=10, help="damaged maps also run through the vpr-ros command")
+    p.add_argument(
+        "--subprocess-sample",
+        type=int,
+        default=10,
+        help="damaged maps also run through the vpr-ros command",
+    )
     a = p.parse_args(argv)
     result = run_map_campaign(a.n, a.seed, a.subprocess_sample)
     for line in result.pop("failures"):

@@ -1,4 +1,7 @@
-"""Faults while a map is written: ``kill -9`` of ``vpr-ros build-map`` in every phase, and a full disk.
+"""
+Faults while a map is written.
+
+``kill -9`` of ``vpr-ros build-map`` in every phase, and a full disk.
 
 A killed build must never cost the map (the previous one still loads, or the new one does) and
 its leftovers must be gone after the next build; a full disk must be a clear error with the
@@ -23,28 +26,44 @@ from tqdm import tqdm
 from vpr_ros.errors import MapError
 from vpr_ros.fileio import PARTIAL
 from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.maps.mapdir import DESCRIPTORS_FILE, INDEX_FILE, MANIFEST, PLACES_FILE, load_map, write_map
+from vpr_ros.maps.mapdir import (
+    DESCRIPTORS_FILE,
+    INDEX_FILE,
+    MANIFEST,
+    PLACES_FILE,
+    load_map,
+    write_map,
+)
 from vpr_ros.maps.places import Place
 from vpr_ros.replay.fuzz_maps import MODEL, random_images
 
-# -- kill -9 during build-map ----------------------------------------------------------------------
+# -- kill -9 during build-map
+# ----------------------------------------------------------------------
 KILL_PHASES = ("extracting", DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST, "swap")
 
 
 def _partial_dirs(target: Path) -> list[Path]:
-    return [p for p in target.parent.glob(f".{target.name}{PARTIAL}*") if p.is_dir() and not p.name.endswith(".old")]
+    return [
+        p
+        for p in target.parent.glob(f".{target.name}{PARTIAL}*")
+        if p.is_dir() and not p.name.endswith(".old")
+    ]
 
 
 def debris_bytes(target: Path) -> int:
     """Bytes held by temporary entries beside ``target`` (live or dead writers')."""
     total = 0
     for p in target.parent.glob(f".{target.name}{PARTIAL}*"):
-        total += sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+        total += (
+            sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+            if p.is_dir()
+            else p.stat().st_size
+        )
     return total
 
 
 def _map_id(target: Path) -> str | None:
-    """The id of the map at ``target`` if it loads completely, else None."""
+    """Return the id of the map at ``target`` if it loads completely, else None."""
     try:
         return load_map(target).map_id
     except MapError:
@@ -52,7 +71,7 @@ def _map_id(target: Path) -> str | None:
 
 
 def _manifest_id(target: Path) -> str | None:
-    """The id in ``target``'s manifest, read cheaply (no checks): polled while a build runs."""
+    """Return the id in ``target``'s manifest, read cheaply (no checks): polled during a build."""
     try:
         return json.loads((target / MANIFEST).read_text())["map_id"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -60,7 +79,11 @@ def _manifest_id(target: Path) -> str | None:
 
 
 def _phase(target: Path, before_id: str | None, stale: set[Path]) -> str:
-    """Where a build stands, from what it has written on disk (``stale``: debris of earlier kills)."""
+    """
+    Where a build stands, from what it has written on disk.
+
+    ``stale``: debris of earlier kills.
+    """
     if _manifest_id(target) != before_id:
         return "swap"  # the new map is in place; the previous one was being removed
     partial = [d for d in _partial_dirs(target) if d not in stale]
@@ -70,8 +93,16 @@ def _phase(target: Path, before_id: str | None, stale: set[Path]) -> str:
     return next((name for name in reversed(KILL_PHASES[1:5]) if name in names), DESCRIPTORS_FILE)
 
 
-def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | None, stale: set[Path],
-               rng: random.Random, extract_s: float, timeout_s: float = 300) -> str:
+def _kill_when(
+    proc: subprocess.Popen,
+    target: Path,
+    aim: str,
+    before_id: str | None,
+    stale: set[Path],
+    rng: random.Random,
+    extract_s: float,
+    timeout_s: float = 300,
+) -> str:
     """Wait for the build to reach ``aim``, SIGKILL it; returns the phase it was in."""
     t0 = time.monotonic()
     kill_at = t0 + rng.uniform(0.2, 0.95) * extract_s
@@ -91,12 +122,14 @@ def _kill_when(proc: subprocess.Popen, target: Path, aim: str, before_id: str | 
 def make_image_folder(folder: Path, n: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(random_images(n, seed=3)):
-        cv2.imwrite(str(folder / f"@{500000 + 5 * i}@4000000@32@T@@@{i:05d}@.png"), img)  # VPR layout: a pose per image
+        # VPR layout: a pose per image
+        cv2.imwrite(str(folder / f"@{500000 + 5 * i}@4000000@32@T@@@{i:05d}@.png"), img)
     return folder
 
 
 def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) -> dict:
-    """``kill -9`` ``vpr-ros build-map`` ``n`` times, aiming in turn at every phase of KILL_PHASES.
+    """
+    ``kill -9`` ``vpr-ros build-map`` ``n`` times, aiming in turn at every phase of KILL_PHASES.
 
     After each kill the map must load (the previous one or the new one); at the end one more build
     runs and the debris beside the map is measured. Returns ``kill_trials``, ``maps_lost``,
@@ -105,8 +138,20 @@ def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) ->
     rng = random.Random(seed)
     folder = make_image_folder(workdir / "images", images)
     target = workdir / "map"
-    cmd = [sys.executable, "-m", "vpr_ros.cli", "build-map", "--images", str(folder), "--model", MODEL,
-           "--out", str(target), "--min-distance", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vpr_ros.cli",
+        "build-map",
+        "--images",
+        str(folder),
+        "--model",
+        MODEL,
+        "--out",
+        str(target),
+        "--min-distance",
+        "0",
+    ]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not _partial_dirs(target) and proc.poll() is None:
@@ -119,15 +164,26 @@ def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) ->
     for i in tqdm(range(n), desc="kill -9 trials", unit="kill"):
         before, stale = _map_id(target), set(_partial_dirs(target))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        phase = _kill_when(proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, extract_s)
+        phase = _kill_when(
+            proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, extract_s
+        )
         phases[phase] += 1
         if _map_id(target) is None:
             lost += 1
-            failures.append(f"trial {i} (aimed at {KILL_PHASES[i % len(KILL_PHASES)]}, landed {phase}): no loadable map")
+            failures.append(
+                f"trial {i} (aimed at {KILL_PHASES[i % len(KILL_PHASES)]}, landed {phase}): no"
+                " loadable map"
+            )
     left_before = debris_bytes(target)
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    return {"kill_trials": n, "maps_lost": lost, "debris_mb_before_next_build": round(left_before / 1e6, 2),
-            "debris_mb": round(debris_bytes(target) / 1e6, 2), "phases": dict(phases), "failures": failures}
+    return {
+        "kill_trials": n,
+        "maps_lost": lost,
+        "debris_mb_before_next_build": round(left_before / 1e6, 2),
+        "debris_mb": round(debris_bytes(target) / 1e6, 2),
+        "phases": dict(phases),
+        "failures": failures,
+    }
 
 
 # -- full disk -----------------------------------------------------------------------------------
@@ -136,11 +192,19 @@ def _random_map(path: Path, n: int, dim: int, seed: int = 0) -> Path:
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     model = {"name": "random", "fingerprint": "0", "input_size": [8, 8], "dim": dim,
              "preprocessing": {"resize": [8, 8], "mean": [0, 0, 0], "std": [1, 1, 1]}}
-    return write_map(path, x, [Place(i, i) for i in range(n)], model, IndexConfig("flat", pca_dim=None), [{"source": "random"}])
+    return write_map(
+        path,
+        x,
+        [Place(i, i) for i in range(n)],
+        model,
+        IndexConfig("flat", pca_dim=None),
+        [{"source": "random"}],
+    )
 
 
 def full_disk_trial(workdir: Path, size_mb: int = 3) -> dict:
-    """Replace a map on a tmpfs of ``size_mb`` (a real ENOSPC) with one that does not fit.
+    """
+    Replace a map on a tmpfs of ``size_mb`` (a real ENOSPC) with one that does not fit.
 
     Returns ``error`` (the MapError message, or what else happened), ``old_map_intact`` and
     ``left_beside`` (entries other than the map in the tmpfs); ``skipped`` with the reason where
@@ -148,13 +212,18 @@ def full_disk_trial(workdir: Path, size_mb: int = 3) -> dict:
     """
     disk = workdir / "small_disk"
     disk.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
         return {"skipped": f"cannot mount a tmpfs here: {mounted.stderr.strip()}"}
     try:
         before = load_map(_random_map(disk / "m", 40, 16)).map_id
         try:
-            _random_map(disk / "m", size_mb * 10_000, 32, seed=1)  # descriptors + index: about 2.5x the disk
+            # descriptors + index: about 2.5x the disk
+            _random_map(disk / "m", size_mb * 10_000, 32, seed=1)
             error = "no error: the oversized map was written"
         except MapError as e:
             error = str(e)

@@ -1,4 +1,5 @@
-"""Overload: 640x480 frames at camera rates the node cannot keep up with, through a live node.
+"""
+Overload: 640x480 frames at camera rates the node cannot keep up with, through a live node.
 
     python -m vpr_ros.replay.overload --rate 60 --frames 5000 --rate 300 --frames 5000
 
@@ -36,7 +37,10 @@ def _rss_mb(pid: int) -> float:
 
 
 def _totals(diagnostics: dict) -> dict[str, int]:
-    return {k: int(diagnostics[f"frames_{k}"]) for k in ("received", "processed", "dropped", "bad", "failed")}
+    return {
+        k: int(diagnostics[f"frames_{k}"])
+        for k in ("received", "processed", "dropped", "bad", "failed")
+    }
 
 
 def _settled_totals(collector, timeout: float = 30.0) -> dict[str, int]:
@@ -57,13 +61,20 @@ def _p50(values: list[float]) -> float:
     return float(np.percentile(values, 50)) if values else float("nan")
 
 
-def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((60.0, 5000), (300.0, 5000)),
-                 model: str = "baseline", extra_params: list[str] | None = None) -> list[dict]:
-    """One dict per (rate_hz, frames) phase, all through one node. Keys: rate_hz, frames (sent),
-    send_rate_hz (achieved), received, processed, dropped, bad, failed, accounted (received ==
-    processed + dropped), matches, stamps_ok, rss_start_mb, rss_end_mb, rss_growth_pct,
-    latency_p50_first_ms, latency_p50_last_ms (end to end), node_latency_p50_first_ms,
-    node_latency_p50_last_ms, seconds."""
+def run_overload(
+    workdir: str | Path,
+    phases: tuple[tuple[float, int], ...] = ((60.0, 5000), (300.0, 5000)),
+    model: str = "baseline",
+    extra_params: list[str] | None = None,
+) -> list[dict]:
+    """
+    One dict per (rate_hz, frames) phase, all through one node.
+
+    Keys: rate_hz, frames (sent), send_rate_hz (achieved), received, processed, dropped, bad,
+    failed, accounted (received == processed + dropped), matches, stamps_ok, rss_start_mb,
+    rss_end_mb, rss_growth_pct, latency_p50_first_ms, latency_p50_last_ms (end to end),
+    node_latency_p50_first_ms, node_latency_p50_last_ms, seconds.
+    """
     apply_loopback_dds_env()
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
@@ -79,8 +90,13 @@ def run_overload(workdir: str | Path, phases: tuple[tuple[float, int], ...] = ((
     messages = []
     for scene in scenes:
         fields = rgb_to_image_fields(scene, "rgb8")
-        msg = Image(height=fields["height"], width=fields["width"], encoding="rgb8", is_bigendian=0,
-                    step=fields["step"])
+        msg = Image(
+            height=fields["height"],
+            width=fields["width"],
+            encoding="rgb8",
+            is_bigendian=0,
+            step=fields["step"],
+        )
         msg.data = fields["data"].tobytes()
         msg.header.frame_id = "overload"
         messages.append(msg)
@@ -110,7 +126,8 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
     for i in tqdm(range(frames), desc=f"overload {rate_hz:g} Hz", unit="frame", leave=False):
         time.sleep(max(0.0, start + i / rate_hz - time.monotonic()))
         msg = messages[i % len(messages)]
-        now = collector.node.get_clock().now()  # a live camera's stamp: unique, and the start of its latency
+        # a live camera's stamp: unique, and the start of its latency
+        now = collector.node.get_clock().now()
         msg.header.stamp = now.to_msg()
         pub.publish(msg)
         sent.append(now.nanoseconds)
@@ -119,7 +136,10 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
     seconds = time.monotonic() - start
     after = _settled_totals(collector)
     rss_end = _rss_mb(pid)
-    delta = {k: after.get(k, 0) - before.get(k, 0) for k in ("received", "processed", "dropped", "bad", "failed")}
+    delta = {
+        k: after.get(k, 0) - before.get(k, 0)
+        for k in ("received", "processed", "dropped", "bad", "failed")
+    }
     received_matches = collector.matches[t_matches:]
     matches = [m for _, m in received_matches]
     stamps = [m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"] for m in matches]
@@ -128,13 +148,25 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
     node_ms = [float(m["latency_ms"]["total"]) for m in matches]
     quarter = max(1, len(matches) // 4)
     return {
-        "rate_hz": rate_hz, "frames": frames, "send_rate_hz": round(frames / seconds, 1), **delta,
-        "accounted": delta["received"] == delta["processed"] + delta["dropped"] + delta["bad"] + delta["failed"],
+        "rate_hz": rate_hz,
+        "frames": frames,
+        "send_rate_hz": round(frames / seconds, 1),
+        **delta,
+        "accounted": (
+            delta["received"]
+            == delta["processed"] + delta["dropped"] + delta["bad"] + delta["failed"]
+        ),
         "matches": len(matches),
-        "stamps_ok": len(matches) == delta["processed"] and all(s in sent_set for s in stamps)
-        and all(a < b for a, b in zip(stamps, stamps[1:])),
-        "rss_start_mb": round(rss_start or rss_end, 1), "rss_end_mb": round(rss_end, 1),
-        "rss_growth_pct": round(100.0 * (rss_end - (rss_start or rss_end)) / (rss_start or rss_end), 2),
+        "stamps_ok": (
+            len(matches) == delta["processed"]
+            and all(s in sent_set for s in stamps)
+            and all(a < b for a, b in zip(stamps, stamps[1:]))
+        ),
+        "rss_start_mb": round(rss_start or rss_end, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_growth_pct": round(
+            100.0 * (rss_end - (rss_start or rss_end)) / (rss_start or rss_end), 2
+        ),
         "latency_p50_first_ms": round(_p50(end_to_end_ms[:quarter]), 2),
         "latency_p50_last_ms": round(_p50(end_to_end_ms[-quarter:]), 2),
         "node_latency_p50_first_ms": round(_p50(node_ms[:quarter]), 2),
@@ -144,7 +176,7 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--rate", type=float, action="append",
                     help="frames per second of a phase (repeat; default: 60 and 300)")
     ap.add_argument("--frames", type=int, action="append",

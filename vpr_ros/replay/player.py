@@ -1,4 +1,5 @@
-"""Replay a bag's image topic onto a live topic at camera rate, restamped like a live camera.
+"""
+Replay a bag's image topic onto a live topic at camera rate, restamped like a live camera.
 
     python -m vpr_ros.replay.player --bag B --topic /camera/image_raw --sent-log sent.json
 
@@ -48,11 +49,13 @@ def read_image_messages(bag: Path, topic: str) -> tuple[type, list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--bag", type=Path, required=True, help="rosbag2 directory")
     ap.add_argument("--topic", required=True, help="image topic in the bag")
     ap.add_argument("--out-topic", help="live topic to publish on (default: --topic)")
-    ap.add_argument("--rate", type=float, default=0.0, help="frames per second (default: the bag's own timing)")
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="frames per second (default: the bag's own timing)"
+    )
     ap.add_argument("--wait-subscriber", type=float, default=60.0,
                     help="seconds to wait for a subscriber (default: %(default)s)")
     ap.add_argument("--sent-log", type=Path, help="JSON file of what was sent")
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     if pub.get_subscription_count() == 0:
-        print(f"player: nobody subscribed to {pub.topic_name} within {a.wait_subscriber} s", flush=True)
+        print(
+            f"player: nobody subscribed to {pub.topic_name} within {a.wait_subscriber} s",
+            flush=True,
+        )
         return 1
     time.sleep(0.5)  # let discovery settle on both sides before the first frame
     sent = []

@@ -1,4 +1,5 @@
-"""Start and stop the localize node and the bag player as separate processes, DDS on loopback.
+"""
+Start and stop the localize node and the bag player as separate processes, DDS on loopback.
 
 The demo, the tests and the benchmarks share these, so each runs the node the way a user does:
 its console entry point with ``--ros-args --params-file config/localize.yaml``.
@@ -35,13 +36,25 @@ def _bin(name: str) -> str:
     return str(local) if local.exists() else shutil.which(name) or name
 
 
-def start_node(map_path: Path, model: str, image_topic: str, log_path: Path, weights: str | None = None,
-               extra: list[str] | None = None) -> subprocess.Popen:
-    """The localize node as its own process, configured like a user would.
-
-    ``image_topic`` is the camera topic; one ending in /compressed selects the compressed transport.
+def start_node(
+    map_path: Path,
+    model: str,
+    image_topic: str,
+    log_path: Path,
+    weights: str | None = None,
+    extra: list[str] | None = None,
+) -> subprocess.Popen:
     """
-    base, compressed = (image_topic[: -len("/compressed")], True) if image_topic.endswith("/compressed") else (image_topic, False)
+    Start the localize node as its own process, configured like a user would.
+
+    ``image_topic`` is the camera topic; one ending in /compressed selects the compressed
+    transport.
+    """
+    base, compressed = (
+        (image_topic[: -len("/compressed")], True)
+        if image_topic.endswith("/compressed")
+        else (image_topic, False)
+    )
     cmd = [_bin("localize"), "--ros-args", "--params-file", str(_params_file()),
            "-p", f"map_path:={map_path}", "-p", f"model:={model}",
            "-p", f"image_transport:={'compressed' if compressed else 'raw'}",
@@ -49,16 +62,32 @@ def start_node(map_path: Path, model: str, image_topic: str, log_path: Path, wei
     if weights:
         cmd += ["-p", f"weights:={weights}"]
     cmd += extra or []
-    return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, env=_ros_env(), start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        stdout=open(log_path, "w"),
+        stderr=subprocess.STDOUT,
+        env=_ros_env(),
+        start_new_session=True,
+    )
 
 
-def wait_for_subscriber(pub, node: subprocess.Popen, log_path: Path, timeout: float = 60.0) -> None:
-    """Block until the node process subscribes to ``pub``'s topic; RuntimeError with its log's tail
-    when it exits or does not subscribe within ``timeout`` seconds."""
+def wait_for_subscriber(
+    pub, node: subprocess.Popen, log_path: Path, timeout: float = 60.0
+) -> None:
+    """
+    Block until the node process subscribes to ``pub``'s topic.
+
+    RuntimeError with its log's tail when it exits or does not subscribe within ``timeout``
+    seconds.
+    """
     deadline = time.monotonic() + timeout
     while pub.get_subscription_count() == 0:
         if node.poll() is not None or time.monotonic() > deadline:
-            why = "exited" if node.poll() is not None else f"did not subscribe to {pub.topic_name} within {timeout:g} s"
+            why = (
+                "exited"
+                if node.poll() is not None
+                else f"did not subscribe to {pub.topic_name} within {timeout:g} s"
+            )
             raise RuntimeError(f"the node {why}: {Path(log_path).read_text()[-2000:]}")
         time.sleep(0.05)
     time.sleep(0.5)  # let discovery settle on both sides before the first frame
@@ -75,8 +104,20 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     return proc.returncode
 
 
-def replay(bag: Path, topic: str, sent_log: Path, rate: float = 0.0, limit: int = 0) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "vpr_ros.replay.player", "--bag", str(bag), "--topic", topic, "--sent-log", str(sent_log)]
+def replay(
+    bag: Path, topic: str, sent_log: Path, rate: float = 0.0, limit: int = 0
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "vpr_ros.replay.player",
+        "--bag",
+        str(bag),
+        "--topic",
+        topic,
+        "--sent-log",
+        str(sent_log),
+    ]
     cmd += ["--rate", str(rate)] if rate else []
     cmd += ["--limit", str(limit)] if limit else []
     return subprocess.run(cmd, env=_ros_env(), capture_output=True, text=True, timeout=3600)

@@ -1,4 +1,8 @@
-"""Synthetic places and a map of them, for live-node campaigns that need a map but no bag (overload, fuzzing)."""
+"""
+Synthetic places and a map of them.
+
+For live-node campaigns that need a map but no bag (overload, fuzzing).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +13,55 @@ import numpy as np
 
 
 def scene_images(n: int, height: int = 480, width: int = 640, seed: int = 0) -> list[np.ndarray]:
-    """`n` distinct [height, width, 3] uint8 scenes: a 12x16 grid of random colour blocks, one per place."""
+    """
+    `n` distinct [height, width, 3] uint8 scenes.
+
+    A 12x16 grid of random colour blocks, one per place.
+    """
     rng = np.random.default_rng(seed)
     blocks = [rng.integers(0, 256, (12, 16, 3), dtype=np.uint8) for _ in range(n)]
-    return [np.ascontiguousarray(np.kron(b, np.ones((-(-height // 12), -(-width // 16), 1), np.uint8))[:height, :width])
-            for b in blocks]
+    return [
+        np.ascontiguousarray(
+            np.kron(b, np.ones((-(-height // 12), -(-width // 16), 1), np.uint8))[:height, :width]
+        )
+        for b in blocks
+    ]
 
 
-def build_scene_map(out: str | Path, scenes: list[np.ndarray], model: str = "baseline", topic: str = "") -> Path:
-    """A map whose place i is scene i, at (10 i, 0) metres."""
+def build_scene_map(
+    out: str | Path, scenes: list[np.ndarray], model: str = "baseline", topic: str = ""
+) -> Path:
+    """Build a map whose place i is scene i, at (10 i, 0) metres."""
     from vpr_ros.index.faiss_index import IndexConfig
     from vpr_ros.inference.factory import create_extractor
     from vpr_ros.maps.mapdir import write_map
     from vpr_ros.maps.places import Place
 
     extractor = create_extractor(model)
-    places = [Place(i, (i + 1) * 1_000_000_000, 10.0 * i, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, math.nan, math.nan, "",
-                    "synthetic scenes", topic) for i in range(len(scenes))]
-    return write_map(Path(out), extractor.extract(scenes), places, extractor.describe(), IndexConfig("flat"),
-                     [{"source": "vpr_ros.replay.scenes"}])
+    places = [
+        Place(
+            i,
+            (i + 1) * 1_000_000_000,
+            10.0 * i,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            1.0,
+            math.nan,
+            math.nan,
+            "",
+            "synthetic scenes",
+            topic,
+        )
+        for i in range(len(scenes))
+    ]
+    return write_map(
+        Path(out),
+        extractor.extract(scenes),
+        places,
+        extractor.describe(),
+        IndexConfig("flat"),
+        [{"source": "vpr_ros.replay.scenes"}],
+    )
