@@ -1,4 +1,5 @@
-"""Two drives around one loop of the demo city, written as real rosbag2 files.
+"""
+Two drives around one loop of the demo city, written as real rosbag2 files.
 
 The map drive is a sunny summer day in the right lane at constant speed; the
 query drive is an autumn dusk a month later: other light, haze, bare-ish trees,
@@ -41,7 +42,11 @@ RECOMMENDED_MATCH_RADIUS_M = 10.0
 
 
 class LoopRoute:
-    """A closed street centreline through `waypoints` with rounded corners, parametrised by arc length."""
+    """
+    A closed street centreline through `waypoints` with rounded corners.
+
+    Parametrised by arc length.
+    """
 
     def __init__(self, waypoints, corner_radius_m: float = 8.0, step_m: float = 0.05) -> None:
         corners = np.asarray(waypoints, np.float64)
@@ -54,33 +59,49 @@ class LoopRoute:
             start = here - d_in * corner_radius_m * math.tan(abs(turn) / 2)
             centre = start + np.array([-d_in[1], d_in[0]]) * corner_radius_m * np.sign(turn)
             angles = np.linspace(0.0, turn, max(int(abs(turn) * corner_radius_m / step_m), 2))
-            rot = np.stack([np.cos(angles), -np.sin(angles), np.sin(angles), np.cos(angles)], 1).reshape(-1, 2, 2)
+            rot = np.stack(
+                [np.cos(angles), -np.sin(angles), np.sin(angles), np.cos(angles)], 1
+            ).reshape(-1, 2, 2)
             arcs.append(centre + rot @ (start - centre))
         # Consecutive arcs are joined by the straight streets; close the loop and resample evenly.
         points = np.concatenate(arcs + [arcs[0][:1]])
         along = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
         self.length_m = float(along[-1])
         self._s = np.arange(0.0, self.length_m, step_m)
-        self._xy = np.stack([np.interp(self._s, along, points[:, 0]), np.interp(self._s, along, points[:, 1])], 1)
-        self._tangent = np.roll(self._xy, -1, 0) - np.roll(self._xy, 1, 0)  # interpolated as a vector: no wrap
+        self._xy = np.stack(
+            [np.interp(self._s, along, points[:, 0]), np.interp(self._s, along, points[:, 1])], 1
+        )
+        # interpolated as a vector: no wrap
+        self._tangent = np.roll(self._xy, -1, 0) - np.roll(self._xy, 1, 0)
 
     def at(self, s_m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Centreline positions [N, 2] and headings [N] (radians) at arc lengths `s_m` (wrapping around)."""
+        """
+        Return centreline positions [N, 2] and headings [N] (radians) at arc lengths `s_m`.
+
+        Arc lengths wrap around.
+        """
         s = np.asarray(s_m, np.float64)
-        xy, tangent = ([np.interp(s, self._s, table[:, axis], period=self.length_m) for axis in (0, 1)]
-                       for table in (self._xy, self._tangent))
+        xy, tangent = (
+            [np.interp(s, self._s, table[:, axis], period=self.length_m) for axis in (0, 1)]
+            for table in (self._xy, self._tangent)
+        )
         return np.stack(xy, -1), np.arctan2(tangent[1], tangent[0])
 
 
 @dataclass(frozen=True)
 class Drive:
-    """Where the camera is at time t (seconds from the start) on a route: speed, lane and yaw profiles."""
+    """
+    Where the camera is at time t (seconds from the start) on a route.
+
+    Speed, lane and yaw profiles.
+    """
 
     route: LoopRoute
     start_m: float
     mean_speed_mps: float
     speed_variation: float  # relative amplitude of a slow speed oscillation
-    lane_offset_m: float  # from the centreline, positive to the left (right-hand traffic: negative)
+    # from the centreline, positive to the left (right-hand traffic: negative)
+    lane_offset_m: float
     lane_wander_m: float
     yaw_wander_rad: float
     camera_height_m: float
@@ -88,14 +109,17 @@ class Drive:
 
     def arc_length(self, t: np.ndarray) -> np.ndarray:
         omega = 2 * math.pi / 23.0  # one speed cycle every 23 s
-        surge = self.speed_variation * (1 - np.cos(omega * t + self.phase)) / omega  # integral of the oscillation
+        # integral of the oscillation
+        surge = self.speed_variation * (1 - np.cos(omega * t + self.phase)) / omega
         return self.start_m + self.mean_speed_mps * (t + surge)
 
     def poses(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Camera positions [N, 2] (local metres) and yaws [N] at times `t` [N] seconds."""
         s = self.arc_length(np.asarray(t, np.float64))
         centre, heading = self.route.at(s)
-        lateral = self.lane_offset_m + self.lane_wander_m * np.sin(2 * math.pi * s / 170.0 + self.phase)
+        lateral = self.lane_offset_m + self.lane_wander_m * np.sin(
+            2 * math.pi * s / 170.0 + self.phase
+        )
         left = np.stack([-np.sin(heading), np.cos(heading)], -1)
         yaw = heading + self.yaw_wander_rad * np.sin(2 * math.pi * s / 65.0 + 2 * self.phase)
         return centre + lateral[:, None] * left, yaw
@@ -124,19 +148,45 @@ class Traversal:
     def camera_poses(self) -> list[CameraPose]:
         xy, yaw = self.drive.poses(self.frame_times_s)
         height = self.drive.camera_height_m
-        return [CameraPose(float(x), float(y), float(a), height=height) for (x, y), a in zip(xy, yaw)]
+        return [
+            CameraPose(float(x), float(y), float(a), height=height) for (x, y), a in zip(xy, yaw)
+        ]
 
 
-def demo_traversals(frames: int = 400, route: LoopRoute | None = None) -> tuple[Traversal, Traversal]:
-    """The map traversal (`frames` frames, once around the loop) and the query traversal (faster, fewer frames)."""
+def demo_traversals(
+    frames: int = 400, route: LoopRoute | None = None
+) -> tuple[Traversal, Traversal]:
+    """
+    Return the map traversal and the query traversal.
+
+    The map traversal has `frames` frames, once around the loop; the query traversal is
+    faster, with fewer frames.
+    """
     route = route or LoopRoute(DEMO_LOOP)
     map_speed = route.length_m / (frames / CAMERA_HZ)
-    map_drive = Drive(route, start_m=0.0, mean_speed_mps=map_speed, speed_variation=0.03, lane_offset_m=-2.5,
-                      lane_wander_m=0.15, yaw_wander_rad=math.radians(0.5), camera_height_m=1.6, phase=0.0)
+    map_drive = Drive(
+        route,
+        start_m=0.0,
+        mean_speed_mps=map_speed,
+        speed_variation=0.03,
+        lane_offset_m=-2.5,
+        lane_wander_m=0.15,
+        yaw_wander_rad=math.radians(0.5),
+        camera_height_m=1.6,
+        phase=0.0,
+    )
     query_speedup = 1.12
-    query_drive = Drive(route, start_m=7.3, mean_speed_mps=map_speed * query_speedup, speed_variation=0.15,
-                        lane_offset_m=-1.5, lane_wander_m=0.6, yaw_wander_rad=math.radians(3.0),
-                        camera_height_m=1.45, phase=1.7)
+    query_drive = Drive(
+        route,
+        start_m=7.3,
+        mean_speed_mps=map_speed * query_speedup,
+        speed_variation=0.15,
+        lane_offset_m=-1.5,
+        lane_wander_m=0.6,
+        yaw_wander_rad=math.radians(3.0),
+        camera_height_m=1.45,
+        phase=1.7,
+    )
     query_frames = int(frames / query_speedup)
     return (Traversal(map_drive, Appearance.sunny_summer(), frames, MAP_EPOCH_NS),
             Traversal(query_drive, Appearance.autumn_dusk(), query_frames, QUERY_EPOCH_NS))
@@ -144,7 +194,7 @@ def demo_traversals(frames: int = 400, route: LoopRoute | None = None) -> tuple[
 
 def ground_truth(query: Traversal, reference: Traversal,
                  radius_m: float = RECOMMENDED_MATCH_RADIUS_M) -> list[np.ndarray]:
-    """For each query frame, the reference frame indices whose camera was within `radius_m` metres."""
+    """Return, for each query frame, the reference frames whose camera was within `radius_m` m."""
     return positives_by_distance(query.frame_positions(), reference.frame_positions(), radius_m)
 
 
@@ -155,7 +205,11 @@ def local_to_latlon(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _BagMessages:
-    """Builds and serialises the demo's messages (camera, GPS fix, odometry) with the ROS 2 Kilted types."""
+    """
+    Builds and serialises the demo's messages (camera, GPS fix, odometry).
+
+    With the ROS 2 Kilted types.
+    """
 
     def __init__(self, compressed: bool) -> None:
         self.store = get_typestore(Stores.ROS2_KILTED)
@@ -165,32 +219,53 @@ class _BagMessages:
     def _header(self, stamp_ns: int, frame_id: str):
         sec, nanosec = ns_to_sec_nanosec(stamp_ns)
         return self.types["std_msgs/msg/Header"](
-            stamp=self.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec), frame_id=frame_id)
+            stamp=self.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec),
+            frame_id=frame_id,
+        )
 
     def image(self, rgb: np.ndarray, stamp_ns: int) -> bytes:
         if self.compressed:
             fmt, jpeg = rgb_to_compressed(rgb, "jpeg", quality=90)
             msg = self.types["sensor_msgs/msg/CompressedImage"](
-                header=self._header(stamp_ns, "camera"), format=fmt, data=np.frombuffer(jpeg, np.uint8))
+                header=self._header(stamp_ns, "camera"),
+                format=fmt,
+                data=np.frombuffer(jpeg, np.uint8),
+            )
         else:
             h, w, _ = rgb.shape
             msg = self.types["sensor_msgs/msg/Image"](
-                header=self._header(stamp_ns, "camera"), height=h, width=w, encoding="rgb8", is_bigendian=0,
-                step=w * 3, data=rgb.reshape(-1))
+                header=self._header(stamp_ns, "camera"),
+                height=h,
+                width=w,
+                encoding="rgb8",
+                is_bigendian=0,
+                step=w * 3,
+                data=rgb.reshape(-1),
+            )
         return self.store.serialize_cdr(msg, msg.__msgtype__)
 
     def fix(self, lat: float, lon: float, stamp_ns: int) -> bytes:
-        status = self.types["sensor_msgs/msg/NavSatStatus"](status=0, service=1)  # STATUS_FIX, SERVICE_GPS
+        # STATUS_FIX, SERVICE_GPS
+        status = self.types["sensor_msgs/msg/NavSatStatus"](status=0, service=1)
         msg = self.types["sensor_msgs/msg/NavSatFix"](
-            header=self._header(stamp_ns, "gps"), status=status, latitude=float(lat), longitude=float(lon),
-            altitude=12.0, position_covariance=np.diag([0.05, 0.05, 0.2]).ravel(), position_covariance_type=2)
+            header=self._header(stamp_ns, "gps"),
+            status=status,
+            latitude=float(lat),
+            longitude=float(lon),
+            altitude=12.0,
+            position_covariance=np.diag([0.05, 0.05, 0.2]).ravel(),
+            position_covariance_type=2,
+        )
         return self.store.serialize_cdr(msg, msg.__msgtype__)
 
     def odometry(self, xy: np.ndarray, yaw: float, speed: float, stamp_ns: int) -> bytes:
         t = self.types
         pose = t["geometry_msgs/msg/Pose"](
             position=t["geometry_msgs/msg/Point"](x=float(xy[0]), y=float(xy[1]), z=0.0),
-            orientation=t["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2)))
+            orientation=t["geometry_msgs/msg/Quaternion"](
+                x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2)
+            ),
+        )
         twist = t["geometry_msgs/msg/Twist"](
             linear=t["geometry_msgs/msg/Vector3"](x=float(speed), y=0.0, z=0.0),
             angular=t["geometry_msgs/msg/Vector3"](x=0.0, y=0.0, z=0.0))
@@ -204,8 +279,15 @@ class _BagMessages:
 _STORAGE = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
-def write_traversal_bag(path: Path, traversal: Traversal, world: StreetWorld, storage: str = "sqlite3",
-                        compressed: bool = False, odometry: bool = True, progress: bool = True) -> Path:
+def write_traversal_bag(
+    path: Path,
+    traversal: Traversal,
+    world: StreetWorld,
+    storage: str = "sqlite3",
+    compressed: bool = False,
+    odometry: bool = True,
+    progress: bool = True,
+) -> Path:
     """Render `traversal` and write it as a rosbag2 directory at `path` (which must not exist)."""
     if storage not in _STORAGE:
         raise ValueError(f"storage {storage!r} is not supported; use one of {sorted(_STORAGE)}")
@@ -218,8 +300,11 @@ def write_traversal_bag(path: Path, traversal: Traversal, world: StreetWorld, st
     lat, lon = local_to_latlon(gps_xy)
     odom_xy, odom_yaw = traversal.drive.poses(odom_t)
     odom_speed = np.gradient(traversal.drive.arc_length(odom_t), odom_t)
-    camera_topic, camera_type = ((COMPRESSED_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage") if compressed
-                                 else (CAMERA_TOPIC, "sensor_msgs/msg/Image"))
+    camera_topic, camera_type = (
+        (COMPRESSED_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage")
+        if compressed
+        else (CAMERA_TOPIC, "sensor_msgs/msg/Image")
+    )
     events = [(int(s), 0, k) for k, s in enumerate(traversal.frame_stamps_ns())]
     events += [(traversal.epoch_ns + int(round(t * 1e9)), 1, k) for k, t in enumerate(gps_t)]
     if odometry:
@@ -227,11 +312,24 @@ def write_traversal_bag(path: Path, traversal: Traversal, world: StreetWorld, st
     events.sort()
     poses = traversal.camera_poses()
     with Writer(path, version=9, storage_plugin=_STORAGE[storage]) as writer:
-        conns = [writer.add_connection(camera_topic, camera_type, typestore=messages.store),
-                 writer.add_connection(GPS_TOPIC, "sensor_msgs/msg/NavSatFix", typestore=messages.store)]
+        conns = [
+            writer.add_connection(camera_topic, camera_type, typestore=messages.store),
+            writer.add_connection(
+                GPS_TOPIC, "sensor_msgs/msg/NavSatFix", typestore=messages.store
+            ),
+        ]
         if odometry:
-            conns.append(writer.add_connection(ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=messages.store))
-        bar = tqdm(total=traversal.frames, desc=f"rendering {Path(path).name}", unit="frame", disable=not progress)
+            conns.append(
+                writer.add_connection(
+                    ODOM_TOPIC, "nav_msgs/msg/Odometry", typestore=messages.store
+                )
+            )
+        bar = tqdm(
+            total=traversal.frames,
+            desc=f"rendering {Path(path).name}",
+            unit="frame",
+            disable=not progress,
+        )
         for stamp, kind, k in events:
             if kind == 0:
                 data = messages.image(world.render(poses[k], traversal.appearance), stamp)
@@ -239,15 +337,23 @@ def write_traversal_bag(path: Path, traversal: Traversal, world: StreetWorld, st
             elif kind == 1:
                 data = messages.fix(lat[k], lon[k], stamp)
             else:
-                data = messages.odometry(odom_xy[k], float(odom_yaw[k]), float(odom_speed[k]), stamp)
+                data = messages.odometry(
+                    odom_xy[k], float(odom_yaw[k]), float(odom_speed[k]), stamp
+                )
             writer.write(conns[kind], stamp, data)
         bar.close()
     return Path(path)
 
 
-def write_demo_bags(out_dir: str | Path, frames: int = 400, seed: int = 0, storage: str = "sqlite3",
-                    compressed: bool = False) -> tuple[Path, Path]:
-    """Render the demo city twice and write `map` and `query` rosbag2 directories under `out_dir`.
+def write_demo_bags(
+    out_dir: str | Path,
+    frames: int = 400,
+    seed: int = 0,
+    storage: str = "sqlite3",
+    compressed: bool = False,
+) -> tuple[Path, Path]:
+    """
+    Render the demo city twice and write `map` and `query` rosbag2 directories under `out_dir`.
 
     Existing bags there are left alone: remove them to regenerate.
     """

@@ -1,4 +1,5 @@
-"""`vpr-ros demo`: the whole job for real, in separate processes talking over DDS.
+"""
+`vpr-ros demo`: the whole job for real, in separate processes talking over DDS.
 
 1. bags: the user's, or a synthetic route rendered twice (map / query traversal);
 2. a map from the first bag (`build_map`, the same code as `vpr-ros build-map`);
@@ -23,13 +24,31 @@ from vpr_ros.replay.dds_env import apply_loopback_dds_env
 from vpr_ros.replay.processes import replay, start_node, stop_process
 from vpr_ros.stamps import stamp_to_ns
 
+
 SEQUENCE_LENGTH = 10  # frames, for the offline temporal-filtering row of the report
-def summarize(matches: list[tuple[int, dict]], pose_priors: list, sent: list, query_xy: np.ndarray, threshold_m: float) -> dict:
-    """Join matches and pose priors to sent frames by stamp: recall@1, pose-prior precision and fraction, latency."""
+
+
+def summarize(
+    matches: list[tuple[int, dict]],
+    pose_priors: list,
+    sent: list,
+    query_xy: np.ndarray,
+    threshold_m: float,
+) -> dict:
+    """
+    Join matches and pose priors to sent frames by stamp.
+
+    Recall@1, pose-prior precision and fraction, latency.
+    """
     frame_of_stamp = {s: i for i, s, _ in sent}
-    priors = [(frame_of_stamp[stamp_to_ns(msg.header.stamp)], msg.pose.pose.position) for _, msg in pose_priors
-              if stamp_to_ns(msg.header.stamp) in frame_of_stamp]
-    prior_err = np.array([np.hypot(pos.x - query_xy[i][0], pos.y - query_xy[i][1]) for i, pos in priors])
+    priors = [
+        (frame_of_stamp[stamp_to_ns(msg.header.stamp)], msg.pose.pose.position)
+        for _, msg in pose_priors
+        if stamp_to_ns(msg.header.stamp) in frame_of_stamp
+    ]
+    prior_err = np.array(
+        [np.hypot(pos.x - query_xy[i][0], pos.y - query_xy[i][1]) for i, pos in priors]
+    )
     rows = []
     for received_ns, m in matches:
         stamp = stamp_to_ns(m["stamp"])
@@ -37,7 +56,9 @@ def summarize(matches: list[tuple[int, dict]], pose_priors: list, sent: list, qu
         if i is None or not m["candidates"] or m["candidates"][0]["position"] is None:
             continue
         best = np.array(m["candidates"][0]["position"][:2])
-        rows.append((i, best, (received_ns - stamp) * 1e-6, m["latency_ms"]["total"], m["confidence"]))
+        rows.append(
+            (i, best, (received_ns - stamp) * 1e-6, m["latency_ms"]["total"], m["confidence"])
+        )
     if not rows:
         return {"frames_sent": len(sent), "frames_matched": 0}
     idx = np.array([r[0] for r in rows])
@@ -54,16 +75,35 @@ def summarize(matches: list[tuple[int, dict]], pose_priors: list, sent: list, qu
         "pose_priors": len(priors),
         "pose_prior_precision": float(np.mean(prior_err <= threshold_m)) if len(priors) else None,
         "pose_prior_fraction": len(priors) / len(sent),
-        "latency_end_to_end_ms": {"p50": float(np.percentile(e2e, 50)), "p95": float(np.percentile(e2e, 95))},
-        "latency_node_pipeline_ms": {"p50": float(np.percentile(node, 50)), "p95": float(np.percentile(node, 95))},
-        "_idx": idx, "_best": best, "_correct": err <= threshold_m,
+        "latency_end_to_end_ms": {
+            "p50": float(np.percentile(e2e, 50)),
+            "p95": float(np.percentile(e2e, 95)),
+        },
+        "latency_node_pipeline_ms": {
+            "p50": float(np.percentile(node, 50)),
+            "p95": float(np.percentile(node, 95)),
+        },
+        "_idx": idx,
+        "_best": best,
+        "_correct": err <= threshold_m,
     }
 
 
-def _map_and_offline_rows(model: str, weights: str | None, map_bag: Path, query_bag: Path, a, map_dir: Path):
-    """Build a map with ``model`` and run every query frame through the pipeline offline (no ROS), once per
-    configuration: plain, the place filter (hmm) and SeqSLAM with velocities from the routes' spacing."""
-    from vpr_ros.evaluation.evaluate import extract_queries, ground_truth, report_rows, run_configurations
+def _map_and_offline_rows(
+    model: str, weights: str | None, map_bag: Path, query_bag: Path, a, map_dir: Path
+):
+    """
+    Build a map with ``model`` and run every query frame through the pipeline offline (no ROS).
+
+    Once per configuration: plain, the place filter (hmm) and SeqSLAM with velocities from
+    the routes' spacing.
+    """
+    from vpr_ros.evaluation.evaluate import (
+        extract_queries,
+        ground_truth,
+        report_rows,
+        run_configurations,
+    )
     from vpr_ros.inference.factory import create_extractor
     from vpr_ros.localizer import LocalizerConfig
     from vpr_ros.maps.build import build_map
@@ -71,20 +111,34 @@ def _map_and_offline_rows(model: str, weights: str | None, map_bag: Path, query_
     from vpr_ros.maps.sources import BagSource
 
     extractor = create_extractor(model, weights)
-    build_map(BagSource([map_bag], a.image_topic, a.pose_topic, min_distance_m=a.min_distance), extractor, map_dir)
+    build_map(
+        BagSource([map_bag], a.image_topic, a.pose_topic, min_distance_m=a.min_distance),
+        extractor,
+        map_dir,
+    )
     vpr_map = load_map(map_dir, extractor.describe())
     source = BagSource([query_bag], a.image_topic, a.pose_topic, min_distance_m=0.0)
     queries, frames = extract_queries(source, extractor, total=len(source))
     positives, gt = ground_truth(vpr_map, frames, a.threshold_m, None)
     sequence = _sequence_config([f.position for f in frames], [p.position for p in vpr_map.places])
-    configs = [LocalizerConfig(top_k=20, temporal="none"), LocalizerConfig(top_k=20, temporal="hmm"),
-               LocalizerConfig(top_k=20, temporal="seqslam", sequence=sequence)]
-    return vpr_map, frames, report_rows(run_configurations(vpr_map, extractor, queries, positives, gt, configs)), gt
+    configs = [
+        LocalizerConfig(top_k=20, temporal="none"),
+        LocalizerConfig(top_k=20, temporal="hmm"),
+        LocalizerConfig(top_k=20, temporal="seqslam", sequence=sequence),
+    ]
+    return (
+        vpr_map,
+        frames,
+        report_rows(run_configurations(vpr_map, extractor, queries, positives, gt, configs)),
+        gt,
+    )
 
 
 def _sequence_config(query_positions, map_positions) -> SequenceConfig:
-    """Velocities (map places per query frame) around the routes' typical ratio of steps, +-30 %."""
-    step = lambda p: float(np.median(np.linalg.norm(np.diff(np.asarray(p)[:, :2], axis=0), axis=1)))  # noqa: E731
+    """Return velocities (map places per query frame) around the routes' ratio of steps, +-30 %."""
+    def step(p):
+        return float(np.median(np.linalg.norm(np.diff(np.asarray(p)[:, :2], axis=0), axis=1)))
+
     v = step(query_positions) / step(map_positions)
     return SequenceConfig(length=SEQUENCE_LENGTH, min_velocity=0.7 * v, max_velocity=1.3 * v)
 
@@ -96,11 +150,17 @@ def run_demo(a) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if bool(a.bag) != bool(a.query_bag):
-        raise SystemExit("vpr-ros demo: give both --bag and --query-bag, or neither for the synthetic route")
+        raise SystemExit(
+            "vpr-ros demo: give both --bag and --query-bag, or neither for the synthetic route"
+        )
     if a.bag:
         map_bag, query_bag = a.bag, a.query_bag
     else:
-        from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, RECOMMENDED_MATCH_RADIUS_M, write_demo_bags
+        from vpr_ros.demo.route import (
+            COMPRESSED_CAMERA_TOPIC,
+            RECOMMENDED_MATCH_RADIUS_M,
+            write_demo_bags,
+        )
 
         print(f"[1/5] rendering the synthetic route: 2 traversals x {a.frames} frames", flush=True)
         shutil.rmtree(out / "bags", ignore_errors=True)  # the demo owns its output directory
@@ -110,16 +170,30 @@ def run_demo(a) -> int:
         a.threshold_m = a.threshold_m or RECOMMENDED_MATCH_RADIUS_M
     a.threshold_m = a.threshold_m or 25.0
 
-    print(f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw pixels)", flush=True)
-    vpr_map, q_frames, offline, gt = _map_and_offline_rows(a.model, a.weights, map_bag, query_bag, a, out / "map")
-    offline.update(_map_and_offline_rows("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2])
+    print(
+        f"[2/5] building the map from {map_bag} and scoring the queries offline ({a.model} and raw"
+        " pixels)",
+        flush=True,
+    )
+    vpr_map, q_frames, offline, gt = _map_and_offline_rows(
+        a.model, a.weights, map_bag, query_bag, a, out / "map"
+    )
+    offline.update(
+        _map_and_offline_rows("raw-pixels", None, map_bag, query_bag, a, out / "map_raw_pixels")[2]
+    )
     print(format_table(offline), flush=True)
     query_xy = np.array([f.position[:2] for f in q_frames])
 
     runs = {}
-    for step, (label, params) in enumerate((("plain", ["-p", "temporal:=none"]), ("best", [])), start=3):
-        print(f"[{step}/5] the localize node, {label} configuration ({' '.join(params[1::2]) or 'defaults'}): "
-              "replaying the query bag onto the camera topic at camera rate", flush=True)
+    for step, (label, params) in enumerate(
+        (("plain", ["-p", "temporal:=none"]), ("best", [])), start=3
+    ):
+        print(
+            f"[{step}/5] the localize node, {label} configuration"
+            f" ({' '.join(params[1::2]) or 'defaults'}): replaying the query bag onto the camera"
+            " topic at camera rate",
+            flush=True,
+        )
         runs[label] = _run_node(vpr_map.path, query_bag, query_xy, a, out / label, params)
 
     print("[5/5] report", flush=True)
@@ -134,18 +208,29 @@ def run_demo(a) -> int:
         "map_places": len(vpr_map),
     })
     if "_idx" in best:
-        png = plot_trajectory_matches(np.array([p.position[:2] for p in vpr_map.places]), query_xy[best["_idx"]], best["_best"],
-                                      best["_correct"], out / "trajectory.png",
-                                      f"{a.model}: R@1 {best['recall_at_1']:.2f} within {a.threshold_m:g} m")
+        png = plot_trajectory_matches(
+            np.array([p.position[:2] for p in vpr_map.places]),
+            query_xy[best["_idx"]],
+            best["_best"],
+            best["_correct"],
+            out / "trajectory.png",
+            f"{a.model}: R@1 {best['recall_at_1']:.2f} within {a.threshold_m:g} m",
+        )
         report["trajectory_png"] = str(png)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _print_report(report)
     return 0 if best.get("frames_matched") else 1
 
 
-def _run_node(map_path: Path, query_bag: Path, query_xy: np.ndarray, a, out: Path, params: list[str]) -> dict:
-    """The node in its own process with ``params`` on top of config/localize.yaml, the query bag replayed onto
-    its camera topic by another; what came back on /vpr/match and /vpr/pose_prior, summarized."""
+def _run_node(
+    map_path: Path, query_bag: Path, query_xy: np.ndarray, a, out: Path, params: list[str]
+) -> dict:
+    """
+    Run the node in its own process and replay the query bag onto its camera topic.
+
+    The node gets ``params`` on top of config/localize.yaml; another process replays the query
+    bag. Returns what came back on /vpr/match and /vpr/pose_prior, summarized.
+    """
     from vpr_ros.replay.collector import OutputCollector
 
     out.mkdir(parents=True, exist_ok=True)
@@ -154,7 +239,10 @@ def _run_node(map_path: Path, query_bag: Path, query_xy: np.ndarray, a, out: Pat
     try:
         played = replay(query_bag, a.image_topic, out / "sent.json", a.rate)
         if played.returncode != 0:
-            raise SystemExit(f"vpr-ros demo: the player failed: {played.stdout}{played.stderr}\nnode log: {out / 'node.log'}")
+            raise SystemExit(
+                f"vpr-ros demo: the player failed: {played.stdout}{played.stderr}\nnode log:"
+                f" {out / 'node.log'}"
+            )
         sent = json.loads((out / "sent.json").read_text())["frames"]
         collector.wait_for(lambda: len(collector.matches) >= len(sent), timeout=10.0)
         time.sleep(1.5)  # one more diagnostics period
@@ -165,24 +253,41 @@ def _run_node(map_path: Path, query_bag: Path, query_xy: np.ndarray, a, out: Pat
         f.writelines(json.dumps(m) + "\n" for _, m in collector.matches)
     summary = summarize(collector.matches, collector.pose_priors, sent, query_xy, a.threshold_m)
     diag = collector.diagnostics[-1] if collector.diagnostics else {}
-    summary.update({"frames_dropped_by_node": int(diag.get("frames_dropped", -1)), "frames_bad": int(diag.get("frames_bad", -1)),
-                    "node_exit_code": code, "params": params})
+    summary.update(
+        {
+            "frames_dropped_by_node": int(diag.get("frames_dropped", -1)),
+            "frames_bad": int(diag.get("frames_bad", -1)),
+            "node_exit_code": code,
+            "params": params,
+        }
+    )
     return summary
 
 
 def _print_report(r: dict) -> None:
     print("\n=== vpr_ros demo ===")
     for label, run in (("plain (temporal none)", r["plain"]), ("best (node defaults)", r)):
-        print(f"{label}: frames sent {run['frames_sent']}, matched {run.get('frames_matched', 0)}, dropped by the node "
-              f"{run['frames_dropped_by_node']}, bad {run['frames_bad']}")
+        print(
+            f"{label}: frames sent {run['frames_sent']}, matched {run.get('frames_matched', 0)},"
+            f" dropped by the node {run['frames_dropped_by_node']}, bad {run['frames_bad']}"
+        )
         if "recall_at_1" in run:
             lat, node = run["latency_end_to_end_ms"], run["latency_node_pipeline_ms"]
-            precision = "-" if run["pose_prior_precision"] is None else f"{run['pose_prior_precision']:.3f}"
-            print(f"  Recall@1 over DDS {run['recall_at_1']:.3f} (within {run['threshold_m']:g} m; median error "
-                  f"{run['median_error_m']:.1f} m); pose priors {run['pose_priors']} ({run['pose_prior_fraction']:.0%} of frames), "
-                  f"{precision} of them within {run['threshold_m']:g} m")
-            print(f"  latency publish->match p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; node pipeline p50 "
-                  f"{node['p50']:.1f} ms, p95 {node['p95']:.1f} ms")
+            precision = (
+                "-"
+                if run["pose_prior_precision"] is None
+                else f"{run['pose_prior_precision']:.3f}"
+            )
+            print(
+                f"  Recall@1 over DDS {run['recall_at_1']:.3f} (within {run['threshold_m']:g} m;"
+                f" median error {run['median_error_m']:.1f} m); pose priors {run['pose_priors']}"
+                f" ({run['pose_prior_fraction']:.0%} of frames), {precision} of them within"
+                f" {run['threshold_m']:g} m"
+            )
+            print(
+                f"  latency publish->match p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms; node"
+                f" pipeline p50 {node['p50']:.1f} ms, p95 {node['p95']:.1f} ms"
+            )
     for name, row in r["offline"].items():
         print(f"offline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
     if "trajectory_png" in r:

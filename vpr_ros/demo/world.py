@@ -1,4 +1,5 @@
-"""A procedural city for the demo: streets on a grid, building facades, trees, parked cars.
+"""
+A procedural city for the demo: streets on a grid, building facades, trees, parked cars.
 
 Rendering is a vectorised 2.5D raycaster (one ray per image column against the
 nearby block boxes, then the facade, ground and sky are shaded per pixel from
@@ -66,14 +67,18 @@ def _hash01(*keys: np.ndarray | int) -> np.ndarray:
 
 
 def _frac(a: np.ndarray, period: float) -> np.ndarray:
-    """a mod period in [0, period) (much faster than np.mod on float arrays)."""
+    """Compute a mod period in [0, period) (much faster than np.mod on float arrays)."""
     period = np.float32(period)
     return a - period * np.floor(a * (np.float32(1.0) / period))
 
 
 @dataclass(frozen=True)
 class CameraPose:
-    """Camera on the ground plane: position in local metres (x east, y north), yaw CCW from east."""
+    """
+    Camera on the ground plane.
+
+    Position in local metres (x east, y north), yaw CCW from east.
+    """
 
     x: float
     y: float
@@ -120,34 +125,71 @@ class Appearance:
     @classmethod
     def sunny_summer(cls) -> Appearance:
         return cls(
-            sun_azimuth=math.radians(200), sun_elevation=math.radians(50), sun_strength=0.5,
-            ambient=0.55, light_rgb=(1.0, 0.98, 0.94), sky_zenith_rgb=(0.25, 0.45, 0.85),
-            sky_horizon_rgb=(0.70, 0.80, 0.95), cloud_cover=0.25, fog_distance_m=math.inf,
-            fog_rgb=(0.75, 0.80, 0.90), foliage_rgb=(0.22, 0.45, 0.15), foliage_density=1.0,
-            lit_window_fraction=0.0, lamps_on=False, parked_car_seed=1, parked_car_probability=0.45,
-            exposure=1.0, gamma=1.0, noise_sigma=1.5,
+            sun_azimuth=math.radians(200),
+            sun_elevation=math.radians(50),
+            sun_strength=0.5,
+            ambient=0.55,
+            light_rgb=(1.0, 0.98, 0.94),
+            sky_zenith_rgb=(0.25, 0.45, 0.85),
+            sky_horizon_rgb=(0.70, 0.80, 0.95),
+            cloud_cover=0.25,
+            fog_distance_m=math.inf,
+            fog_rgb=(0.75, 0.80, 0.90),
+            foliage_rgb=(0.22, 0.45, 0.15),
+            foliage_density=1.0,
+            lit_window_fraction=0.0,
+            lamps_on=False,
+            parked_car_seed=1,
+            parked_car_probability=0.45,
+            exposure=1.0,
+            gamma=1.0,
+            noise_sigma=1.5,
         )
 
     @classmethod
     def autumn_dusk(cls) -> Appearance:
-        """Low, weak, warm sun from the west, haze, thinning autumn trees, lights on, other cars parked."""
+        """
+        Low, weak, warm sun from the west, haze, thinning autumn trees.
+
+        Lights on, other cars parked.
+        """
         return cls(
-            sun_azimuth=math.radians(250), sun_elevation=math.radians(20), sun_strength=0.25,
-            ambient=0.5, light_rgb=(1.15, 0.85, 0.60), sky_zenith_rgb=(0.22, 0.20, 0.40),
-            sky_horizon_rgb=(0.95, 0.55, 0.35), cloud_cover=0.6, fog_distance_m=150.0,
-            fog_rgb=(0.55, 0.42, 0.40), foliage_rgb=(0.70, 0.38, 0.10), foliage_density=0.7,
-            lit_window_fraction=0.25, lamps_on=True, parked_car_seed=2, parked_car_probability=0.45,
-            exposure=0.95, gamma=1.15, noise_sigma=4.0,
+            sun_azimuth=math.radians(250),
+            sun_elevation=math.radians(20),
+            sun_strength=0.25,
+            ambient=0.5,
+            light_rgb=(1.15, 0.85, 0.60),
+            sky_zenith_rgb=(0.22, 0.20, 0.40),
+            sky_horizon_rgb=(0.95, 0.55, 0.35),
+            cloud_cover=0.6,
+            fog_distance_m=150.0,
+            fog_rgb=(0.55, 0.42, 0.40),
+            foliage_rgb=(0.70, 0.38, 0.10),
+            foliage_density=0.7,
+            lit_window_fraction=0.25,
+            lamps_on=True,
+            parked_car_seed=2,
+            parked_car_probability=0.45,
+            exposure=0.95,
+            gamma=1.15,
+            noise_sigma=4.0,
         )
 
 
 class _SpriteCanvas:
-    """The frame's albedo, shading and depth buffers, onto which billboards are painted with a depth test."""
+    """
+    The frame's albedo, shading and depth buffers.
 
-    def __init__(self, rgb, shade, depth, horizon: float, camera_height: float, appearance: Appearance) -> None:
+    Billboards are painted onto them with a depth test.
+    """
+
+    def __init__(
+        self, rgb, shade, depth, horizon: float, camera_height: float, appearance: Appearance
+    ) -> None:
         self.rgb, self.shade, self.depth = rgb, shade, depth
         self.horizon, self.camera_height = horizon, camera_height
-        self.lit = appearance.ambient + 0.55 * appearance.sun_strength  # sprites: half in sun on average
+        # sprites: half in sun on average
+        self.lit = appearance.ambient + 0.55 * appearance.sun_strength
         self.foliage_density = appearance.foliage_density
         self.cx = self.z = self.scale = 0.0
 
@@ -169,14 +211,23 @@ class _SpriteCanvas:
         self.shade[window][region] = shade
         self.depth[window][region] = self.z
 
-    def box(self, z_lo: float, z_hi: float, width_m: float, colour, emissive: bool = False) -> None:
+    def box(
+        self, z_lo: float, z_hi: float, width_m: float, colour, emissive: bool = False
+    ) -> None:
         window = self._window(z_lo, z_hi, max(width_m * self.scale / 2, 0.5))
         if window is not None:
             mask = np.ones(self.depth[window].shape, bool)
             self._paint(window, mask, colour, 1.0 if emissive else self.lit)
 
-    def crown(self, template: np.ndarray, centre_h: float, radius: float, aspect: float, foliage: np.ndarray) -> None:
-        """A tree crown: the template (brightness, leafiness) sampled at the pixels it covers."""
+    def crown(
+        self,
+        template: np.ndarray,
+        centre_h: float,
+        radius: float,
+        aspect: float,
+        foliage: np.ndarray,
+    ) -> None:
+        """Paint a tree crown: the template (brightness, leafiness) sampled at its pixels."""
         half = radius * self.scale
         window = self._window(centre_h - radius * aspect, centre_h + radius * aspect, half)
         if window is None:
@@ -193,27 +244,42 @@ class _SpriteCanvas:
 
 
 class StreetWorld:
-    """A grid city: street centrelines at multiples of `block_pitch_m`, blocks in between.
+    """
+    A grid city: street centrelines at multiples of `block_pitch_m`, blocks in between.
 
     Streets run along x = i * pitch and y = j * pitch for i in [0, blocks_x], j in
     [0, blocks_y]; routes should stay inside that range. A ring of extra blocks
     around it keeps the skyline filled.
     """
 
-    def __init__(self, seed: int = 0, blocks_x: int = 6, blocks_y: int = 5, block_pitch_m: float = 60.0,
-                 street_width_m: float = 16.0, camera: PinholeCamera = PinholeCamera(),
-                 render_scale: float = 0.5) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        blocks_x: int = 6,
+        blocks_y: int = 5,
+        block_pitch_m: float = 60.0,
+        street_width_m: float = 16.0,
+        camera: PinholeCamera = PinholeCamera(),
+        render_scale: float = 0.5,
+    ) -> None:
         self.seed = seed
         self.pitch = block_pitch_m
         self.half_street = street_width_m / 2
         self.road_half = self.half_street - 3.0  # 3 m sidewalks
         self.camera = camera
-        # Shading is evaluated on a coarser raster and upsampled; sensor noise is added at full size.
+        # Shading is evaluated on a coarser raster and upsampled; sensor noise is added at full
+        # size.
         self._raster = PinholeCamera(
-            round(camera.width * render_scale), round(camera.height * render_scale), camera.hfov_deg)
+            round(camera.width * render_scale),
+            round(camera.height * render_scale),
+            camera.hfov_deg,
+        )
         rng = np.random.default_rng(seed)
         i, j = np.meshgrid(np.arange(-2, blocks_x + 2), np.arange(-2, blocks_y + 2), indexing="ij")
-        lo_x, lo_y = i.ravel() * self.pitch + self.half_street, j.ravel() * self.pitch + self.half_street
+        lo_x, lo_y = (
+            i.ravel() * self.pitch + self.half_street,
+            j.ravel() * self.pitch + self.half_street,
+        )
         side = self.pitch - 2 * self.half_street
         self.block_min = np.stack([lo_x, lo_y], 1).astype(np.float64)
         self.block_max = self.block_min + side
@@ -221,10 +287,14 @@ class StreetWorld:
         self._make_buildings(rng, n_faces=4 * len(self.block_min))
         self._make_street_furniture(rng, blocks_x, blocks_y)
         self._crowns = self._make_crown_templates()
-        self._noise_tile = rng.standard_normal((camera.height + 64, camera.width + 64, 3)).astype(np.float32)
+        self._noise_tile = rng.standard_normal((camera.height + 64, camera.width + 64, 3)).astype(
+            np.float32
+        )
 
     # ---- world generation ---------------------------------------------------------------
-    def _make_buildings(self, rng: np.random.Generator, n_faces: int, max_per_face: int = 6) -> None:
+    def _make_buildings(
+        self, rng: np.random.Generator, n_faces: int, max_per_face: int = 6
+    ) -> None:
         """Split each block face into buildings; every building gets its own facade parameters."""
         widths = rng.uniform(6.0, 15.0, (n_faces, max_per_face))
         starts = np.concatenate([np.zeros((n_faces, 1)), np.cumsum(widths, 1)[:, :-1]], 1)
@@ -238,48 +308,84 @@ class StreetWorld:
         self.floor_h = rng.uniform(2.9, 3.8, n).astype(np.float32)
         self.ground_floor_h = self.floor_h * rng.uniform(1.1, 1.4, n).astype(np.float32)
         parapet = rng.uniform(0.3, 1.2, n)
-        self.building_h = (self.ground_floor_h + (floors - 1) * self.floor_h + parapet).astype(np.float32)
-        wall = _WALL_PALETTE[rng.integers(0, len(_WALL_PALETTE), n)] * rng.uniform(0.85, 1.15, (n, 1))
+        self.building_h = (self.ground_floor_h + (floors - 1) * self.floor_h + parapet).astype(
+            np.float32
+        )
+        wall = _WALL_PALETTE[rng.integers(0, len(_WALL_PALETTE), n)] * rng.uniform(
+            0.85, 1.15, (n, 1)
+        )
         self.wall_rgb = np.clip(wall + rng.normal(0, 0.03, (n, 3)), 0, 1).astype(np.float32)
         light_trim = rng.uniform(0.75, 0.95, (n, 1))
-        self.trim_rgb = np.where(rng.random((n, 1)) < 0.5, self.wall_rgb * 0.6, light_trim).astype(np.float32)
-        self.glass_rgb = rng.uniform(0.10, 0.30, (n, 3)).astype(np.float32) * np.array([0.9, 1.0, 1.1], np.float32)
+        self.trim_rgb = np.where(rng.random((n, 1)) < 0.5, self.wall_rgb * 0.6, light_trim).astype(
+            np.float32
+        )
+        self.glass_rgb = rng.uniform(0.10, 0.30, (n, 3)).astype(np.float32) * np.array(
+            [0.9, 1.0, 1.1], np.float32
+        )
         self.bay_m = rng.uniform(1.8, 3.6, n).astype(np.float32)
         self.window_w = rng.uniform(0.35, 0.7, n).astype(np.float32)  # fraction of the bay
         self.window_h = rng.uniform(0.35, 0.65, n).astype(np.float32)  # fraction of the floor
-        self.band_style = rng.integers(0, 3, n)  # 0 plain, 1 a band under each floor, 2 brick courses
+        # 0 plain, 1 a band under each floor, 2 brick courses
+        self.band_style = rng.integers(0, 3, n)
         self.has_shop = rng.random(n) < 0.6
         self.sign_rgb = _SIGN_PALETTE[rng.integers(0, len(_SIGN_PALETTE), n)]
-        self.sign_text_rgb = np.where(self.sign_rgb.mean(1, keepdims=True) > 0.4, 0.05, 0.95).astype(np.float32)
-        self.sign_span = np.sort(rng.uniform(0.05, 0.95, (n, 2)), 1).astype(np.float32)  # of the width
+        self.sign_text_rgb = np.where(
+            self.sign_rgb.mean(1, keepdims=True) > 0.4, 0.05, 0.95
+        ).astype(np.float32)
+        # of the width
+        self.sign_span = np.sort(rng.uniform(0.05, 0.95, (n, 2)), 1).astype(np.float32)
         self.door_at = rng.uniform(0.1, 0.9, n).astype(np.float32)
 
     @staticmethod
     def _make_crown_templates(variants: int = 8, size: int = 64) -> np.ndarray:
-        """(variants, size, size, 2): leaf brightness and leafiness (leaf where above 1 - density; -1 outside)."""
+        """
+        (variants, size, size, 2).
+
+        Leaf brightness and leafiness (leaf where above 1 - density; -1 outside).
+        """
         t = np.linspace(-1, 1, size, dtype=np.float32)
         b, a = np.meshgrid(t, t, indexing="ij")
         templates = []
         for k in range(variants):
-            lobes = np.sin(a * 5.5 + k) * np.sin(b * 7.0 + 2 * k) + 0.5 * np.sin(a * 13.8 - b * 10.7 + k)
+            lobes = np.sin(a * 5.5 + k) * np.sin(b * 7.0 + 2 * k) + 0.5 * np.sin(
+                a * 13.8 - b * 10.7 + k
+            )
             inside = a * a + b * b < 0.8 + 0.15 * lobes
-            leafiness = np.where(inside, 0.5 + 0.35 * lobes + 0.25 * np.sin(a * 29.0 + b * 34.0), -1.0)
+            leafiness = np.where(
+                inside, 0.5 + 0.35 * lobes + 0.25 * np.sin(a * 29.0 + b * 34.0), -1.0
+            )
             templates.append(np.stack([0.75 + 0.25 * lobes, leafiness], -1))
         return np.stack(templates).astype(np.float32)
 
-    def _street_segments(self, blocks_x: int, blocks_y: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(start, unit direction) of each street between two intersections, both directions' axes."""
+    def _street_segments(
+        self, blocks_x: int, blocks_y: int
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """
+        Return (start, unit direction) of each street between two intersections.
+
+        Both directions' axes.
+        """
         p, segments = self.pitch, []
         for i in range(-1, blocks_x + 2):
             for j in range(-1, blocks_y + 1):
-                segments.append((np.array([i * p, j * p + self.half_street]), np.array([0.0, 1.0])))
+                segments.append(
+                    (np.array([i * p, j * p + self.half_street]), np.array([0.0, 1.0]))
+                )
         for j in range(-1, blocks_y + 2):
             for i in range(-1, blocks_x + 1):
-                segments.append((np.array([i * p + self.half_street, j * p]), np.array([1.0, 0.0])))
+                segments.append(
+                    (np.array([i * p + self.half_street, j * p]), np.array([1.0, 0.0]))
+                )
         return segments
 
-    def _make_street_furniture(self, rng: np.random.Generator, blocks_x: int, blocks_y: int) -> None:
-        """Trees and lamp posts on the sidewalks (fixed); parking slots at the kerb (filled per appearance)."""
+    def _make_street_furniture(
+        self, rng: np.random.Generator, blocks_x: int, blocks_y: int
+    ) -> None:
+        """
+        Trees and lamp posts on the sidewalks (fixed).
+
+        Parking slots at the kerb (filled per appearance).
+        """
         length = self.face_length
         trees, lamps, slots = [], [], []
         for start, direction in self._street_segments(blocks_x, blocks_y):
@@ -288,7 +394,9 @@ class StreetWorld:
                 if rng.random() < 0.65:
                     s = rng.uniform(1.5, 5.0)
                     while s < length - 1.5:
-                        trees.append(start + direction * s + normal * side * (self.half_street - 1.6))
+                        trees.append(
+                            start + direction * s + normal * side * (self.half_street - 1.6)
+                        )
                         s += rng.uniform(6.0, 12.0)
                 for s in np.arange(rng.uniform(4, 14), length - 2, 22.0):
                     lamps.append(start + direction * s + normal * side * (self.road_half + 0.4))
@@ -321,7 +429,8 @@ class StreetWorld:
         above = np.float32(horizon) - rows  # (H, 1) pixels above the horizon
         hit = np.isfinite(depth_col)
         z_col = depth_col.astype(np.float32)[None, :]
-        v = pose.height + above * np.where(hit, z_col, 0) / f  # height on the facade of every pixel
+        # height on the facade of every pixel
+        v = pose.height + above * np.where(hit, z_col, 0) / f
         is_wall = (v >= 0) & (v < np.where(hit, self.building_h[building], 0)[None, :])
         is_ground = ~is_wall & (above < 0)
 
@@ -345,12 +454,21 @@ class StreetWorld:
             fog = 1.0 - np.exp(-np.minimum(depth, 1e6) / np.float32(appearance.fog_distance_m))
             rgb += fog[..., None] * (np.array(appearance.fog_rgb, np.float32) - rgb)
         if (w, h) != (self.camera.width, self.camera.height):
-            rgb = cv2.resize(rgb, (self.camera.width, self.camera.height), interpolation=cv2.INTER_LINEAR)
+            rgb = cv2.resize(
+                rgb, (self.camera.width, self.camera.height), interpolation=cv2.INTER_LINEAR
+            )
         return self._tone_map(rgb, pose, appearance)
 
     def _cast(self, origin: np.ndarray, ray: np.ndarray):
-        """Nearest block face hit by each column's ray: depth, building id, metres along face, face normal axis."""
-        near = np.linalg.norm((self.block_min + self.block_max) / 2 - origin, axis=1) < _MAX_VIEW_M + self.face_length
+        """
+        Nearest block face hit by each column's ray.
+
+        Depth, building id, metres along face, face normal axis.
+        """
+        near = (
+            np.linalg.norm((self.block_min + self.block_max) / 2 - origin, axis=1)
+            < _MAX_VIEW_M + self.face_length
+        )
         bmin, bmax = self.block_min[near] - origin, self.block_max[near] - origin
         with np.errstate(divide="ignore", invalid="ignore"):
             inv = 1.0 / ray  # (W, 2)
@@ -365,7 +483,8 @@ class StreetWorld:
         cols = np.arange(len(ray))
         depth = entry[cols, nearest]
         depth[depth > _MAX_VIEW_M] = np.inf
-        x_face = t_near[cols, nearest, 0] >= t_near[cols, nearest, 1]  # entered through an x = const face
+        # entered through an x = const face
+        x_face = t_near[cols, nearest, 0] >= t_near[cols, nearest, 1]
         point = origin + depth[:, None] * ray
         lo, hi = self.block_min[near][nearest], self.block_max[near][nearest]
         # Faces 0..3: west, east, south, north; u runs left to right as seen from the street.
@@ -381,9 +500,21 @@ class StreetWorld:
         u_local = u - self.building_start[face_id, k]
         building = face_id * self.max_per_face + k
         normal = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]], np.float32)[face]
-        return depth, building, (u_local.astype(np.float32), self.building_width[face_id, k].astype(np.float32)), normal
+        return (
+            depth,
+            building,
+            (u_local.astype(np.float32), self.building_width[face_id, k].astype(np.float32)),
+            normal,
+        )
 
-    def _facade(self, v: np.ndarray, building: np.ndarray, u_face, normal: np.ndarray, appearance: Appearance):
+    def _facade(
+        self,
+        v: np.ndarray,
+        building: np.ndarray,
+        u_face,
+        normal: np.ndarray,
+        appearance: Appearance,
+    ):
         """Per-pixel facade material (as an index into the per-column palette) and shading."""
         u, width = u_face
         w = len(building)
@@ -412,14 +543,22 @@ class StreetWorld:
         window = above_ground_floor & in_window_col & in_window_row & (v < top - 0.6)
         material = np.full(v.shape, _WALL, np.int32)
         material[window] = _GLASS
-        frame = above_ground_floor & (v < top - 0.6) & (
-            (on_frame_col & in_window_row) | (in_window_col & (np.abs(np.abs(fv - 0.55) - wh / 2) < 0.05)))
+        frame = (
+            above_ground_floor
+            & (v < top - 0.6)
+            & (
+                (on_frame_col & in_window_row)
+                | (in_window_col & (np.abs(np.abs(fv - 0.55) - wh / 2) < 0.05))
+            )
+        )
         material[frame] = _TRIM
         cornice = v > top - 0.5
         band = (self.band_style[building] == 1) & (fv < 0.08) & above_ground_floor
         material[cornice | band] = _TRIM
         if appearance.lit_window_fraction > 0:
-            lit = window & (_hash01(building, bay_idx, np.maximum(storey, 0)) < appearance.lit_window_fraction)
+            lit = window & (
+                _hash01(building, bay_idx, np.maximum(storey, 0)) < appearance.lit_window_fraction
+            )
             material[lit] = _LIT_GLASS
         # Ground floor: shop sign band with "lettering", shop windows, door.
         sign_row = (v > ground_h - 1.05) & (v < ground_h - 0.2)
@@ -430,29 +569,38 @@ class StreetWorld:
         material[low & shop_glass_col] = _SHOP_GLASS
         material[(v < 2.3) & door_col] = _DOOR
 
-        sun = np.array([math.cos(appearance.sun_azimuth), math.sin(appearance.sun_azimuth)], np.float32)
+        sun = np.array(
+            [math.cos(appearance.sun_azimuth), math.sin(appearance.sun_azimuth)], np.float32
+        )
         facing = np.maximum(normal @ sun, 0.0) * math.cos(appearance.sun_elevation)
         # Shadow of the building across the street falls on the lower part of a sunlit facade.
-        shadow_length = 2 * self.half_street * math.tan(appearance.sun_elevation) / np.maximum(facing, 1e-3)
+        shadow_length = (
+            2 * self.half_street * math.tan(appearance.sun_elevation) / np.maximum(facing, 1e-3)
+        )
         shadow_top = _SHADOW_CASTER_HEIGHT_M - shadow_length
         sunlit = (v > shadow_top[None, :]) * facing[None, :]
         shade = appearance.ambient + appearance.sun_strength * sunlit
-        brick = (self.band_style[building] == 2)[None, :] & (_frac(v * np.float32(3.3), 1.0) < 0.14)
+        brick = (self.band_style[building] == 2)[None, :] & (
+            _frac(v * np.float32(3.3), 1.0) < 0.14
+        )
         shade = shade * np.where(brick, np.float32(0.85), np.float32(1.0))
-        shade[material == _LIT_GLASS] = 1.0  # emissive: its palette entry already divides out the light tint
+        # emissive: its palette entry already divides out the light tint
+        shade[material == _LIT_GLASS] = 1.0
         material += (col * _FACADE_MATERIALS)[None, :].astype(np.int32)
         return material, shade.astype(np.float32)
 
     def _ground(self, origin, fwd, right, xc, above, cam_h, f, appearance):
         """Road, markings, kerbs and sidewalks below the horizon, with building shadows."""
-        z = (cam_h * f / np.maximum(-above, 1e-3)).astype(np.float32)  # (rows, 1), rows below the horizon
+        # (rows, 1), rows below the horizon
+        z = (cam_h * f / np.maximum(-above, 1e-3)).astype(np.float32)
         # Relative to the street grid origin nearest the camera, so float32 keeps centimetres.
         p = np.float32(self.pitch)
         ox, oy = (float(o - self.pitch * math.floor(o / self.pitch)) for o in origin)
         gx = np.float32(ox) + z * (fwd[0] + xc * right[0]).astype(np.float32)[None, :]
         gy = np.float32(oy) + z * (fwd[1] + xc * right[1]).astype(np.float32)[None, :]
         ax, ay = _frac(gx, p), _frac(gy, p)
-        dx, dy = np.minimum(ax, p - ax), np.minimum(ay, p - ay)  # distance to the nearest street centreline
+        # distance to the nearest street centreline
+        dx, dy = np.minimum(ax, p - ax), np.minimum(ay, p - ay)
         rh, hs = self.road_half, self.half_street
         on_road = (dx < rh) | (dy < rh)
         material = np.where(on_road, _ROAD, _SIDEWALK).astype(np.int32)
@@ -463,12 +611,16 @@ class StreetWorld:
         zebra = ((dx < rh) & (np.abs(dy - hs - 1.5) < 1.5) & (_frac(gx, 1.2) < 0.6)) | (
             (dy < rh) & (np.abs(dx - hs - 1.5) < 1.5) & (_frac(gy, 1.2) < 0.6))
         material[dashes_x | dashes_y | zebra] = _MARKING
-        # A point is in shadow if walking from it towards the sun meets a block before the roofline.
+        # A point is in shadow if walking from it towards the sun meets a block before the
+        # roofline.
         reach = _SHADOW_CASTER_HEIGHT_M / math.tan(appearance.sun_elevation)
         qx = _frac(ax + np.float32(reach * math.cos(appearance.sun_azimuth)), p)
         qy = _frac(ay + np.float32(reach * math.sin(appearance.sun_azimuth)), p)
         blocked = (qx > hs) & (qx < p - hs) & (qy > hs) & (qy < p - hs)
-        shade = appearance.ambient + appearance.sun_strength * math.sin(appearance.sun_elevation) * ~blocked
+        shade = (
+            appearance.ambient
+            + appearance.sun_strength * math.sin(appearance.sun_elevation) * ~blocked
+        )
         tiles = (material == _SIDEWALK) & ((_frac(gx, 1.0) < 0.05) | (_frac(gy, 1.0) < 0.05))
         shade = shade * np.where(tiles, np.float32(0.8), np.float32(1.0))
         return material, shade.astype(np.float32), z
@@ -492,21 +644,32 @@ class StreetWorld:
     def _sky(self, above, xc, yaw, f, appearance):
         elevation = np.clip(above / f, 0, None)  # (H, 1) ~ tan of the elevation angle
         t = 1.0 - np.exp(-3.0 * elevation)
-        zen, hor = np.array(appearance.sky_zenith_rgb, np.float32), np.array(appearance.sky_horizon_rgb, np.float32)
+        zen, hor = np.array(appearance.sky_zenith_rgb, np.float32), np.array(
+            appearance.sky_horizon_rgb, np.float32
+        )
         sky = hor + t[..., None] * (zen - hor)  # (H, 1, 3)
         # Clouds live on the sky dome (azimuth, elevation), so they stay put as the camera moves;
         # they are smooth, so they are evaluated on a 4x coarser grid and upsampled.
         azimuth = (yaw - np.arctan(xc[::4])).astype(np.float32)[None, :]
         el = elevation[::4]
-        cloud = (np.sin(azimuth * 5.0 + 1.3) * np.sin(el * 9.0 + azimuth * 2.0)
-                 + 0.6 * np.sin(azimuth * 13.0 - el * 17.0) + 0.3 * np.sin(azimuth * 31.0 + el * 23.0))
+        cloud = (
+            np.sin(azimuth * 5.0 + 1.3) * np.sin(el * 9.0 + azimuth * 2.0)
+            + 0.6 * np.sin(azimuth * 13.0 - el * 17.0)
+            + 0.3 * np.sin(azimuth * 31.0 + el * 23.0)
+        )
         cover = np.clip((cloud * 0.5 + 0.5) - (1.0 - appearance.cloud_cover), 0, 1) * 1.5
         cover = cv2.resize(cover, (len(xc), len(elevation)), interpolation=cv2.INTER_LINEAR)
         cloud_rgb = np.float32(0.92) * np.array(appearance.light_rgb, np.float32)
         return (sky + np.clip(cover, 0, 1)[..., None] * (cloud_rgb - sky)).astype(np.float32)
 
-    def _draw_sprites(self, canvas: _SpriteCanvas, origin, fwd, right, appearance: Appearance) -> None:
-        """Trees, lamp posts and parked cars as camera-facing billboards, far to near, depth-tested per pixel."""
+    def _draw_sprites(
+        self, canvas: _SpriteCanvas, origin, fwd, right, appearance: Appearance
+    ) -> None:
+        """
+        Trees, lamp posts and parked cars as camera-facing billboards.
+
+        Painted far to near, depth-tested per pixel.
+        """
         f, w = self._raster.focal_px, self._raster.width
         parked = _hash01(np.arange(len(self.parking_slots)), self.seed, appearance.parked_car_seed)
         cars = self.parking_slots[parked < appearance.parked_car_probability]
@@ -514,7 +677,11 @@ class StreetWorld:
         items += [(p, "lamp", k) for k, p in self._visible(self.lamps, origin, fwd, right)]
         items += [(p, "car", k) for k, p in self._visible(cars, origin, fwd, right)]
         items.sort(key=lambda item: -float((item[0] - origin) @ fwd))
-        lamp_head = _WARM_LIGHT / np.array(appearance.light_rgb, np.float32) if appearance.lamps_on else (0.5, 0.5, 0.5)
+        lamp_head = (
+            _WARM_LIGHT / np.array(appearance.light_rgb, np.float32)
+            if appearance.lamps_on
+            else (0.5, 0.5, 0.5)
+        )
         for position, kind, index in items:
             rel = position - origin
             z = float(rel @ fwd)
@@ -523,18 +690,28 @@ class StreetWorld:
                 radius, trunk, aspect, tint = self.tree_shape[index]
                 canvas.box(0.0, trunk + radius * 0.5, 0.35, (0.28, 0.20, 0.14))
                 foliage = np.array(appearance.foliage_rgb, np.float32) * np.float32(tint)
-                canvas.crown(self._crowns[index % len(self._crowns)], trunk + radius * aspect, radius, aspect, foliage)
+                canvas.crown(
+                    self._crowns[index % len(self._crowns)],
+                    trunk + radius * aspect,
+                    radius,
+                    aspect,
+                    foliage,
+                )
             elif kind == "lamp":
                 canvas.box(0.0, 5.5, 0.18, (0.15, 0.15, 0.17))
                 canvas.box(5.3, 5.7, 0.6, lamp_head, emissive=appearance.lamps_on)
             else:
-                colour = _CAR_PALETTE[int(_hash01(index, appearance.parked_car_seed) * len(_CAR_PALETTE))]
+                colour = _CAR_PALETTE[
+                    int(_hash01(index, appearance.parked_car_seed) * len(_CAR_PALETTE))
+                ]
                 canvas.box(0.25, 1.0, 1.8, colour)
                 canvas.box(1.0, 1.45, 1.5, (0.12, 0.14, 0.17))  # windows
                 canvas.box(0.0, 0.3, 1.9, (0.05, 0.05, 0.05))  # wheels
 
     @staticmethod
-    def _visible(points: np.ndarray, origin, fwd, right, max_depth: float = 90.0) -> list[tuple[int, np.ndarray]]:
+    def _visible(
+        points: np.ndarray, origin, fwd, right, max_depth: float = 90.0
+    ) -> list[tuple[int, np.ndarray]]:
         if len(points) == 0:
             return []
         rel = points - origin
