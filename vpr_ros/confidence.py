@@ -1,4 +1,5 @@
-"""Calibrated match confidence: the probability that the best match is right.
+"""
+Calibrated match confidence: the probability that the best match is right.
 
 Features of one frame (each in its natural range, none tied to a descriptor's scale):
 - ``margin``: the ratio test on descriptor distances, 1 - d1/d_alt, where d_alt is the
@@ -33,8 +34,12 @@ def distances(scores: np.ndarray) -> np.ndarray:
 
 
 def ratio_margin(scores: np.ndarray, elsewhere: np.ndarray) -> float:
-    """1 - d1/d_alt for candidate similarities [K] (best first): d_alt is the first candidate marked
-    ``elsewhere`` (far from the best place), or the last candidate when none is. 0 for one candidate."""
+    """
+    Compute 1 - d1/d_alt for candidate similarities [K] (best first).
+
+    d_alt is the first candidate marked ``elsewhere`` (far from the best place), or the last
+    candidate when none is. 0 for one candidate.
+    """
     if len(scores) < 2:
         return 0.0
     d = distances(scores)
@@ -43,10 +48,19 @@ def ratio_margin(scores: np.ndarray, elsewhere: np.ndarray) -> float:
     return float(np.clip(1.0 - d[0] / alt, 0.0, 1.0))
 
 
-def elsewhere(ids: np.ndarray, positions_xy: np.ndarray | None, radius_m: float = 25.0, radius_places: int = 2) -> np.ndarray:
-    """Which candidates [K] (map place indices, best first) lie elsewhere than the best one: farther
-    than ``radius_m`` (the Localizer's ambiguity radius) where the map has positions, else more than
-    ``radius_places`` places away in map order (neighbouring frames of an image folder look alike)."""
+def elsewhere(
+    ids: np.ndarray,
+    positions_xy: np.ndarray | None,
+    radius_m: float = 25.0,
+    radius_places: int = 2,
+) -> np.ndarray:
+    """
+    Which candidates [K] (map place indices, best first) lie elsewhere than the best one.
+
+    Farther than ``radius_m`` (the Localizer's ambiguity radius) where the map has positions, else
+    more than ``radius_places`` places away in map order (neighbouring frames of an image folder
+    look alike).
+    """
     ids = np.asarray(ids)
     if positions_xy is None or not np.isfinite(positions_xy[ids[0]]).all():
         return np.abs(ids - ids[0]) > radius_places
@@ -54,10 +68,18 @@ def elsewhere(ids: np.ndarray, positions_xy: np.ndarray | None, radius_m: float 
     return np.nan_to_num(dist, nan=np.inf) > radius_m
 
 
-def frame_features(scores: np.ndarray, ids: np.ndarray, positions_xy: np.ndarray | None, temporal=None) -> dict[str, float]:
-    """One frame's confidence features from its retrieval candidates (similarities and place
-    indices, best first) and, when the temporal filter ran, its ``TemporalResult``."""
-    features = {"margin": ratio_margin(scores, elsewhere(ids, positions_xy)) if len(ids) > 1 else 0.0}
+def frame_features(
+    scores: np.ndarray, ids: np.ndarray, positions_xy: np.ndarray | None, temporal=None
+) -> dict[str, float]:
+    """
+    Compute one frame's confidence features.
+
+    From its retrieval candidates (similarities and place indices, best first) and, when the
+    temporal filter ran, its ``TemporalResult``.
+    """
+    features = {
+        "margin": ratio_margin(scores, elsewhere(ids, positions_xy)) if len(ids) > 1 else 0.0
+    }
     if temporal is not None:
         features["support"] = float(temporal.support)
     return features
@@ -78,7 +100,9 @@ class ConfidenceModel:
     def __call__(self, **values: float) -> float:
         missing = [f for f in self.features if values.get(f) is None]
         if missing:
-            raise ValueError(f"confidence model needs {missing}; it was fitted on {list(self.features)}")
+            raise ValueError(
+                f"confidence model needs {missing}; it was fitted on {list(self.features)}"
+            )
         z = self.bias + sum(w * float(values[f]) for f, w in zip(self.features, self.weights))
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 

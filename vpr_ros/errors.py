@@ -1,4 +1,5 @@
-"""Exceptions with messages that say what went wrong and what to do about it.
+"""
+Exceptions with messages that say what went wrong and what to do about it.
 
 Every error a user can cause derives from VprError, so the CLI and the node can
 report it in one line without a traceback.
@@ -10,7 +11,8 @@ class VprError(Exception):
 
 
 class ImageDecodeError(VprError):
-    """An image could not be decoded or has an unsupported encoding or size.
+    """
+    An image could not be decoded or has an unsupported encoding or size.
 
     `reason` is a short fixed phrase ("truncated JPEG", "odd width for YUV 4:2:2", ...) for
     counting bad frames by kind; the message carries the details and the fix.

@@ -1,4 +1,5 @@
-"""File helpers shared by maps and caches: checksums and all-or-nothing writes.
+"""
+File helpers shared by maps and caches: checksums and all-or-nothing writes.
 
 A reader never sees a half-written file or directory: everything is written beside
 its target and renamed into place in one step.  A writer killed with ``kill -9``
@@ -41,7 +42,8 @@ def file_sha256(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
+    """
+    Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
 
     Readers never see a half-written file, and a crash leaves only a stray temp file.
     """
@@ -92,8 +94,12 @@ def _fsync_tree(root: Path) -> None:
 
 
 def _locked_file(path: Path, blocking: bool) -> int | None:
-    """An fd holding an exclusive flock on ``path``, or None when another process holds it
-    or the file was removed (or replaced) while we waited for the lock."""
+    """
+    Open an fd holding an exclusive flock on ``path``.
+
+    None when another process holds it or the file was removed (or replaced) while we waited
+    for the lock.
+    """
     try:
         fd = os.open(path, os.O_RDWR)
     except FileNotFoundError:
@@ -121,7 +127,11 @@ def _lock_new_writer(parent: Path, prefix: str) -> tuple[Path, int]:
 
 
 def _entries_of(lock: Path) -> tuple[Path, Path]:
-    """(the writer's new directory, where it parks the previous target during a non-atomic swap)."""
+    """
+    Return the writer's new directory and where it parks the previous target.
+
+    The previous target is parked there during a non-atomic swap.
+    """
     stem = lock.with_name(lock.name[: -len(_LOCK_SUFFIX)])
     return stem, stem.with_name(stem.name + _OLD_SUFFIX)
 
@@ -145,7 +155,8 @@ def _size(path: Path) -> int:
 
 
 def remove_debris(target: str | Path) -> int:
-    """Remove what killed writers of ``target`` left beside it; returns the bytes freed.
+    """
+    Remove what killed writers of ``target`` left beside it; returns the bytes freed.
 
     Never touches a live writer's entries: a lock file is only cleaned while we hold
     its flock (the kernel drops a dead writer's lock), and a writer creates its lock
@@ -182,7 +193,8 @@ def remove_debris(target: str | Path) -> int:
 
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
+    """
+    Yield a fresh temporary directory beside ``target``; on success it replaces ``target``.
 
     On any exception (including KeyboardInterrupt) the temporary directory is removed
     and an existing ``target`` is left untouched.  Debris of killed writers of the same
@@ -216,10 +228,18 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
 
 
 def out_of_space(error: BaseException, directory: Path, needed: int) -> str | None:
-    """Why a write failed when the disk is full, else None: its errno says so, or (numpy and faiss
-    report a short write without an errno) ``directory`` has less than ``needed`` bytes free."""
+    """
+    Why a write failed when the disk is full, else None.
+
+    Its errno says so, or (numpy and faiss report a short write without an errno) ``directory`` has
+    less than ``needed`` bytes free.
+    """
     free = shutil.disk_usage(directory).free
-    full_errno = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    full_errno = isinstance(error, OSError) and error.errno in (
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+    )
     if full_errno or "No space left on device" in str(error) or free < needed:
         return f"the disk is full (about {needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)"
     return None

@@ -1,4 +1,5 @@
-"""ROS image messages <-> RGB uint8 arrays: one path for live topics and rosbags.
+"""
+ROS image messages <-> RGB uint8 arrays: one path for live topics and rosbags.
 
 Works on anything with the sensor_msgs field names: rclpy messages (`data` is
 array.array) and rosbags-deserialised messages (`data` is a numpy uint8 array).
@@ -37,12 +38,17 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 @dataclass(frozen=True)
 class _Layout:
-    """How one raw encoding lays out a pixel, and the OpenCV code that turns it (as 8-bit) into RGB."""
+    """
+    How one raw encoding lays out a pixel.
+
+    And the OpenCV code that turns it (as 8-bit) into RGB.
+    """
 
     dtype: str
     channels: int
     to_rgb: int | None  # None: already RGB
-    from_rgb: int | None  # inverse for rgb_to_image_fields (None: identity; mono/bayer handled apart)
+    # inverse for rgb_to_image_fields (None: identity; mono/bayer handled apart)
+    from_rgb: int | None
 
 
 _GRAY = cv2.COLOR_GRAY2RGB
@@ -88,7 +94,8 @@ COMPRESSED_FORMATS: tuple[str, ...] = ("jpeg", "png")
 
 
 def image_msg_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """sensor_msgs Image or CompressedImage (rclpy or rosbags object) -> [H, W, 3] uint8 RGB.
+    """
+    sensor_msgs Image or CompressedImage (rclpy or rosbags object) -> [H, W, 3] uint8 RGB.
 
     For rgb8 without row padding the result is a (possibly read-only) view of `msg.data`,
     so the per-frame cost is zero copies; every other encoding costs one conversion.
@@ -126,8 +133,8 @@ def _raw_to_rgb(msg: Any, max_pixels: int) -> np.ndarray:
     layout = _LAYOUTS.get(encoding)
     if layout is None:
         raise ImageDecodeError(
-            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)} "
-            "(or a CompressedImage in jpeg/png): set the camera driver to one of these",
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+            " (or a CompressedImage in jpeg/png): set the camera driver to one of these",
             reason="unsupported encoding",
         )
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
@@ -157,16 +164,22 @@ def _raw_to_rgb(msg: Any, max_pixels: int) -> np.ndarray:
         )
     dtype = np.dtype(layout.dtype).newbyteorder(">" if msg.is_bigendian else "<")
     # Views all the way: drop row padding, reinterpret bytes as pixels.
-    pixels = buf.reshape(height, step)[:, :row_bytes].view(dtype).reshape(height, width, layout.channels)
+    pixels = (
+        buf.reshape(height, step)[:, :row_bytes]
+        .view(dtype)
+        .reshape(height, width, layout.channels)
+    )
     if itemsize == 2:
         pixels = (pixels >> 8).astype(np.uint8)  # 16-bit -> 8-bit keeps the top byte
     if layout.channels == 1 or layout.to_rgb is not None:
         plane = pixels[..., 0] if layout.channels == 1 else pixels
         try:
             return cv2.cvtColor(np.ascontiguousarray(plane), layout.to_rgb)
-        except cv2.error as err:  # the checks above should leave none; a frame must never escape as cv2.error
+        # the checks above should leave none; a frame must never escape as cv2.error
+        except cv2.error as err:
             raise ImageDecodeError(
-                f"{encoding} image {width}x{height} could not be converted to RGB ({err}); check the camera driver",
+                f"{encoding} image {width}x{height} could not be converted to RGB ({err}); check"
+                " the camera driver",
                 reason="colour conversion failed",
             ) from err
     return np.ascontiguousarray(pixels)
@@ -190,7 +203,8 @@ _PNG_START = b"\x89PNG\r\n\x1a\n"
 def decode_image_bytes(
     data: Any, what: str, max_pixels: int = DEFAULT_MAX_PIXELS, any_format: bool = True
 ) -> np.ndarray:
-    """Encoded image bytes -> [H, W, 3] uint8 RGB, refusing anything truncated or corrupt.
+    """
+    Decode encoded image bytes -> [H, W, 3] uint8 RGB, refusing anything truncated or corrupt.
 
     JPEG and PNG always; with `any_format` also the other formats of IMAGE_SUFFIXES (image files;
     a CompressedImage carries only JPEG or PNG). The declared size is checked against
@@ -200,16 +214,17 @@ def decode_image_bytes(
     buf = _as_bytes_array(data)
     if buf.size == 0:
         raise ImageDecodeError(
-            f"{what} has empty data: the publisher or file wrote nothing; check the camera driver", reason="empty data"
+            f"{what} has empty data: the publisher or file wrote nothing; check the camera driver",
+            reason="empty data",
         )
     raw = buf.tobytes()
     if raw.startswith(_JPEG_START):
         return _decode_jpeg(raw, what, max_pixels)
     if not (any_format or raw.startswith(_PNG_START)):
         raise ImageDecodeError(
-            f"{what} ({len(raw)} bytes) could not be decoded: it is neither JPEG nor PNG "
-            f"(starts with {raw[:8].hex(' ')}); "
-            "the data is corrupt or in a format image_transport does not use; check the publisher or re-record",
+            f"{what} ({len(raw)} bytes) could not be decoded: it is neither JPEG nor PNG (starts"
+            f" with {raw[:8].hex(' ')}); the data is corrupt or in a format image_transport does"
+            " not use; check the publisher or re-record",
             reason="neither JPEG nor PNG",
         )
     return _decode_with_pillow(raw, what, max_pixels)
@@ -221,35 +236,46 @@ def _decode_jpeg(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
     try:
         height, width, _, _ = simplejpeg.decode_jpeg_header(raw)
     except ValueError as err:
-        raise _undecodable(what, len(raw), "JPEG", err, "truncated JPEG" if cut else "corrupt JPEG header") from err
+        raise _undecodable(
+            what, len(raw), "JPEG", err, "truncated JPEG" if cut else "corrupt JPEG header"
+        ) from err
     _check_size(width, height, max_pixels, what)
     try:
-        # strict: libjpeg's warnings (data cut short, corrupt entropy data) are errors, not grey pixels.
+        # strict: libjpeg's warnings (data cut short, corrupt entropy data) are errors, not grey
+        # pixels.
         return simplejpeg.decode_jpeg(raw, colorspace="RGB", strict=True)
     except ValueError as err:
         truncated = cut or "premature end" in str(err).lower()
-        raise _undecodable(what, len(raw), "JPEG", err, "truncated JPEG" if truncated else "corrupt JPEG data") from err
+        raise _undecodable(
+            what, len(raw), "JPEG", err, "truncated JPEG" if truncated else "corrupt JPEG data"
+        ) from err
 
 
 def _decode_with_pillow(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
     kind = "PNG" if raw.startswith(_PNG_START) else "image"
     if kind == "PNG" and raw[12:16] == b"IHDR" and len(raw) >= 24:
-        # Pillow would stop a PNG bomb only at 179 MP: check its declared size against max_pixels first.
+        # Pillow would stop a PNG bomb only at 179 MP: check its declared size against max_pixels
+        # first.
         _check_size(*struct.unpack(">II", raw[16:24]), max_pixels, what)
     try:
         image = PilImage.open(io.BytesIO(raw))  # reads the header only
     except PilImage.DecompressionBombError as err:
-        raise ImageDecodeError(f"{what} declares {err}: resize on the camera driver", reason="too many pixels") from err
-    except Exception as err:  # Pillow's format plugins raise many types (OSError, SyntaxError, ...) on bad headers
+        raise ImageDecodeError(
+            f"{what} declares {err}: resize on the camera driver", reason="too many pixels"
+        ) from err
+    # Pillow's format plugins raise many types (OSError, SyntaxError, ...) on bad headers
+    except Exception as err:
         raise _undecodable(what, len(raw), kind, err, f"corrupt {kind} header") from err
     _check_size(image.width, image.height, max_pixels, what)
     try:
         image.load()
-        if image.mode.startswith("I;16"):  # 16-bit gray: keep the top byte, as for raw 16-bit encodings
+        # 16-bit gray: keep the top byte, as for raw 16-bit encodings
+        if image.mode.startswith("I;16"):
             gray = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
             return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
         return np.asarray(image.convert("RGB"))
-    except Exception as err:  # any failure of the decoder on these bytes is a bad image, never a crash
+    # any failure of the decoder on these bytes is a bad image, never a crash
+    except Exception as err:
         truncated = "truncated" in str(err).lower()
         reason = f"truncated {kind}" if truncated else f"corrupt {kind} data"
         raise _undecodable(what, len(raw), kind, err, reason) from err
@@ -257,14 +283,14 @@ def _decode_with_pillow(raw: bytes, what: str, max_pixels: int) -> np.ndarray:
 
 def _undecodable(what: str, size: int, kind: str, err: Exception, reason: str) -> ImageDecodeError:
     return ImageDecodeError(
-        f"{what} ({size} bytes) could not be decoded as {kind}: {reason} ({err}); "
-        "the data was damaged in transit or recording: check the publisher, network bandwidth, or re-record",
+        f"{what} ({size} bytes) could not be decoded as {kind}: {reason} ({err}); the data was"
+        " damaged in transit or recording: check the publisher, network bandwidth, or re-record",
         reason=reason,
     )
 
 
 def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """An image file -> [H, W, 3] uint8 RGB; ImageDecodeError names the file and the problem."""
+    """Read an image file -> [H, W, 3] uint8 RGB; ImageDecodeError names the file and problem."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -275,20 +301,28 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
 
 
 def image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
-    """The image files (IMAGE_SUFFIXES, any case) in `folder`, sorted by path; empty when there are none."""
+    """
+    Return the image files (IMAGE_SUFFIXES, any case) in `folder`, sorted by path.
+
+    Empty when there are none.
+    """
     paths = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
     return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str) -> dict[str, Any]:
-    """[H, W, 3] uint8 RGB -> sensor_msgs/Image fields (height, width, encoding, is_bigendian, step, data).
+    """
+    Convert [H, W, 3] uint8 RGB -> sensor_msgs/Image fields.
 
-    `data` is a 1-D uint8 numpy array, which rosbags needs; for an rclpy message assign
-    `data.tobytes()` (rclpy copies bytes fast but iterates a numpy array).
+    The fields: height, width, encoding, is_bigendian, step, data. `data` is a 1-D uint8 numpy
+    array, which rosbags needs; for an rclpy message assign `data.tobytes()` (rclpy copies
+    bytes fast but iterates a numpy array).
     """
     layout = _LAYOUTS.get(encoding)
     if layout is None:
-        raise ImageDecodeError(f"cannot encode to {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}")
+        raise ImageDecodeError(
+            f"cannot encode to {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}"
+        )
     rgb = _check_rgb(rgb)
     if encoding.startswith("bayer_"):
         pixels = _mosaic(rgb, encoding.split("_")[1].rstrip("0123456789"))
@@ -324,7 +358,9 @@ def _mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
 def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> tuple[str, bytes]:
     """[H, W, 3] uint8 RGB -> (CompressedImage.format, data) as image_transport writes them."""
     if fmt not in COMPRESSED_FORMATS:
-        raise ImageDecodeError(f"cannot compress to {fmt!r}; supported: {', '.join(COMPRESSED_FORMATS)}")
+        raise ImageDecodeError(
+            f"cannot compress to {fmt!r}; supported: {', '.join(COMPRESSED_FORMATS)}"
+        )
     bgr = cv2.cvtColor(_check_rgb(rgb), cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else []
     ok, encoded = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", bgr, params)
@@ -335,5 +371,7 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
-        raise ImageDecodeError(f"expected an [H, W, 3] uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+        raise ImageDecodeError(
+            f"expected an [H, W, 3] uint8 RGB array, got {rgb.dtype} {rgb.shape}"
+        )
     return np.ascontiguousarray(rgb)

@@ -8,7 +8,11 @@ NS_PER_S = 1_000_000_000
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """A builtin_interfaces/Time (rclpy or rosbags message, or a ``{"sec", "nanosec"}`` dict) -> nanoseconds."""
+    """
+    Convert a builtin_interfaces/Time -> nanoseconds.
+
+    An rclpy or rosbags message, or a ``{"sec", "nanosec"}`` dict.
+    """
     if isinstance(stamp, dict):
         return int(stamp["sec"]) * NS_PER_S + int(stamp["nanosec"])
     return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
@@ -20,6 +24,6 @@ def ns_to_sec_nanosec(ns: int) -> tuple[int, int]:
 
 
 def ns_to_stamp_dict(ns: int) -> dict[str, int]:
-    """The JSON form used in PlaceMatch: ``{"sec": ..., "nanosec": ...}``."""
+    """Return the JSON form used in PlaceMatch: ``{"sec": ..., "nanosec": ...}``."""
     sec, nanosec = ns_to_sec_nanosec(ns)
     return {"sec": sec, "nanosec": nanosec}

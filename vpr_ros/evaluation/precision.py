@@ -1,4 +1,5 @@
-"""Precision and recall of confident matches: which best matches to trust, at what confidence.
+"""
+Precision and recall of confident matches: which best matches to trust, at what confidence.
 
 Each query has one best match, right or wrong, and a confidence. Accepting the matches with
 confidence >= t gives, as in VPR-Bench (Zaffar et al., IJCV 2021):
@@ -32,7 +33,7 @@ class PrecisionRecall:
 
     @property
     def recall_at_full_precision(self) -> float:
-        """Highest recall with no wrong match accepted (0 when the most confident match is wrong)."""
+        """Highest recall with no wrong match accepted (0 when the most confident one is wrong)."""
         full = self.precision >= 1.0
         return float(self.recall[full].max()) if full.any() else 0.0
 
@@ -41,8 +42,11 @@ class PrecisionRecall:
         return (float(self.precision[0]) + self.recall_at_full_precision) / 2
 
 
-def precision_recall(confidence: np.ndarray, correct: np.ndarray, has_positive: np.ndarray | None = None) -> PrecisionRecall:
-    """The curve from per-query confidence [Q] and whether the best match is right [Q].
+def precision_recall(
+    confidence: np.ndarray, correct: np.ndarray, has_positive: np.ndarray | None = None
+) -> PrecisionRecall:
+    """
+    Compute the curve from per-query confidence [Q] and whether the best match is right [Q].
 
     ``has_positive`` [Q]: whether the query has any true place in the map (default: all); queries
     without one count in no recall denominator, and their accepted matches are wrong.
@@ -50,7 +54,10 @@ def precision_recall(confidence: np.ndarray, correct: np.ndarray, has_positive: 
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     if confidence.shape != correct.shape or confidence.ndim != 1 or len(confidence) == 0:
-        raise ValueError(f"confidence {confidence.shape} and correct {correct.shape} must be equal, non-empty 1-D arrays")
+        raise ValueError(
+            f"confidence {confidence.shape} and correct {correct.shape} must be equal, non-empty"
+            " 1-D arrays"
+        )
     positives = len(correct) if has_positive is None else int(np.count_nonzero(has_positive))
     if positives == 0:
         raise ValueError("no query has a true place in the map: recall is undefined")
@@ -70,8 +77,14 @@ class OperatingPoint:
     accepted_fraction: float  # frames that get a pose prior
 
 
-def at_min_confidence(confidence: np.ndarray, correct: np.ndarray, min_confidence: float) -> OperatingPoint:
-    """Precision of the matches the node would publish as pose priors, and the share of frames that get one."""
+def at_min_confidence(
+    confidence: np.ndarray, correct: np.ndarray, min_confidence: float
+) -> OperatingPoint:
+    """
+    Precision of the matches the node would publish as pose priors.
+
+    And the share of frames that get one.
+    """
     confidence = np.asarray(confidence, dtype=np.float64)
     accepted = confidence >= min_confidence
     n = int(accepted.sum())
@@ -80,14 +93,22 @@ def at_min_confidence(confidence: np.ndarray, correct: np.ndarray, min_confidenc
 
 
 def lowest_threshold_for_precision(curve: PrecisionRecall, target: float) -> float | None:
-    """The lowest confidence threshold whose accepted matches reach ``target`` precision (None if none does)."""
+    """
+    Return the lowest confidence threshold whose accepted matches reach ``target`` precision.
+
+    None if none does.
+    """
     ok = curve.precision >= target
     return float(curve.thresholds[ok].min()) if ok.any() else None
 
 
 def summary(confidence: np.ndarray, correct: np.ndarray, min_confidence: float) -> dict:
-    """The numbers `vpr-ros eval` reports: AUC-PR, Recall@100% precision, Extended Precision, and the
-    precision / pose-prior fraction at ``min_confidence``."""
+    """
+    Return the numbers `vpr-ros eval` reports.
+
+    AUC-PR, Recall@100% precision, Extended Precision, and the precision / pose-prior fraction at
+    ``min_confidence``.
+    """
     curve = precision_recall(confidence, correct)
     point = at_min_confidence(confidence, correct, min_confidence)
     return {
@@ -106,7 +127,9 @@ def plot_precision_recall(curves: dict[str, PrecisionRecall], path: Path, title:
 
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     for name, c in curves.items():
-        ax.plot(c.recall, c.precision, label=f"{name} (AUC {c.auc:.2f}, EP {c.extended_precision:.2f})")
+        ax.plot(
+            c.recall, c.precision, label=f"{name} (AUC {c.auc:.2f}, EP {c.extended_precision:.2f})"
+        )
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1.0)

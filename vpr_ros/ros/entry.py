@@ -1,5 +1,9 @@
-"""The `localize` console entry point: answers --help without touching DDS, and a Ctrl-C at any moment
-(even while the model loads) ends it quietly."""
+"""
+The `localize` console entry point.
+
+Answers --help without touching DDS, and a Ctrl-C at any moment (even while the model loads) ends
+it quietly.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""A one-item mailbox: the newest frame replaces an unprocessed older one, which is counted as dropped."""
+"""
+A one-item mailbox.
+
+The newest frame replaces an unprocessed older one, which is counted as dropped.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ class LatestSlot:
             self._cond.notify()
 
     def take(self, timeout: float | None = None) -> Any:
-        """The newest item, or None after ``timeout`` or once closed."""
+        """Return the newest item, or None after ``timeout`` or once closed."""
         with self._cond:
             self._cond.wait_for(lambda: self._item is not None or self._closed, timeout)
             item, self._item = self._item, None

@@ -15,7 +15,8 @@ class PipelineStats:
         self._latencies: collections.deque[float] = collections.deque(maxlen=window)
         self.counts = collections.Counter()
         self.last_error = ""
-        self._failures: collections.deque[float] = collections.deque(maxlen=10_000)  # monotonic times
+        # monotonic times
+        self._failures: collections.deque[float] = collections.deque(maxlen=10_000)
         self._last_report = (time.monotonic(), collections.Counter())
 
     def count(self, what: str, n: int = 1) -> None:
@@ -33,8 +34,12 @@ class PipelineStats:
             self._latencies.append(ms)
 
     def snapshot(self, recent_s: float = 10.0) -> dict:
-        """Totals, rates since the previous snapshot, latency percentiles over the window,
-        and how many failures happened in the last ``recent_s`` seconds (status follows these, not totals)."""
+        """
+        Return totals, rates since the previous snapshot, latency percentiles over the window.
+
+        And how many failures happened in the last ``recent_s`` seconds (status follows these,
+        not totals).
+        """
         now = time.monotonic()
         with self._lock:
             recent = sum(1 for t in self._failures if now - t <= recent_s)
@@ -47,7 +52,11 @@ class PipelineStats:
         return {
             "counts": dict(counts),
             "rates_hz": {k: (counts[k] - before[k]) / dt for k in ("received", "processed")},
-            "latency_ms": {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))} if lat is not None else None,
+            "latency_ms": (
+                {"p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))}
+                if lat is not None
+                else None
+            ),
             "last_error": last_error,
             "recent_failures": recent,
         }
