@@ -10,7 +10,8 @@ from vpr_ros.replay.dds_env import apply_loopback_dds_env
 
 # Before anything imports rclpy: discovery on this machine only, a domain of our own.
 apply_loopback_dds_env()
-# Exported ONNX files go to a directory of this run, not the user's cache (child processes inherit it).
+# Exported ONNX files go to a directory of this run, not the user's cache (child processes inherit
+# it).
 os.environ["VPR_ROS_CACHE_DIR"] = tempfile.mkdtemp(prefix="vpr_ros_test_cache_")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,14 +24,23 @@ LINT_EXCLUDES = [
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test saying why."""
+    """Return a path under ../shared, or skip the test saying why."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent: the shared data (../shared beside the repository) is not on this machine")
+        pytest.skip(
+            f"{path} is absent: the shared data (../shared beside the repository) is not on this"
+            " machine"
+        )
     return path
 
 
 def needs_shared(*parts: str) -> pytest.MarkDecorator:
     """Skip the decorated test, saying why, when ``../shared/<parts>`` is absent."""
     path = SHARED.joinpath(*parts)
-    return pytest.mark.skipif(not path.exists(), reason=f"{path} is absent: the shared data (../shared beside the repository) is not on this machine")
+    return pytest.mark.skipif(
+        not path.exists(),
+        reason=(
+            f"{path} is absent: the shared data (../shared beside the repository) is not on this"
+            " machine"
+        ),
+    )

@@ -1,6 +1,10 @@
-"""Faulty bags through build-map (issue 9, defect 5 and the bag campaign): real rosbag2 bags written
-with rosbags (sqlite3 and mcap). Each fault is either skipped, counted by reason and the map built
-correctly from the rest, or the build refused with a clear error and nothing written."""
+"""
+Faulty bags through build-map (issue 9, defect 5 and the bag campaign).
+
+Real rosbag2 bags written with rosbags (sqlite3 and mcap). Each fault is either skipped,
+counted by reason and the map built correctly from the rest, or the build refused with a
+clear error and nothing written.
+"""
 
 from __future__ import annotations
 
@@ -30,8 +34,10 @@ CAMERA, GPS = "/camera/image_raw", "/gps/fix"
 
 
 def _header(stamp_ns: int, frame_id: str):
-    return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // S, nanosec=stamp_ns % S),
-                                    frame_id=frame_id)
+    return T["std_msgs/msg/Header"](
+        stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // S, nanosec=stamp_ns % S),
+        frame_id=frame_id,
+    )
 
 
 def _latlon(t_s: float) -> tuple[float, float]:
@@ -50,12 +56,18 @@ class Recording:
 
     frames: list[dict] = field(default_factory=lambda: [
         {"t": 0.05 + k / 10, "bag_t": 0.07 + k / 10, "k": k, "fields": None} for k in range(40)])
-    fixes: list[dict] = field(default_factory=lambda: [
-        {"t": k / 5, "bag_t": k / 5 + 0.01, "latlon": _latlon(k / 5), "status": 0} for k in range(21)])
+    fixes: list[dict] = field(
+        default_factory=lambda: [
+            {"t": k / 5, "bag_t": k / 5 + 0.01, "latlon": _latlon(k / 5), "status": 0}
+            for k in range(21)
+        ]
+    )
     compressed: bool = False
 
     def write(self, path: Path, storage: StoragePlugin = StoragePlugin.SQLITE3) -> Path:
-        camera_type = "sensor_msgs/msg/CompressedImage" if self.compressed else "sensor_msgs/msg/Image"
+        camera_type = (
+            "sensor_msgs/msg/CompressedImage" if self.compressed else "sensor_msgs/msg/Image"
+        )
         with Writer(path, version=9, storage_plugin=storage) as writer:
             cam = writer.add_connection(CAMERA, camera_type, typestore=TS)
             gps = writer.add_connection(GPS, "sensor_msgs/msg/NavSatFix", typestore=TS)
@@ -70,7 +82,9 @@ class Recording:
                 data = fix.get("raw") or TS.serialize_cdr(msg, msg.__msgtype__)
                 events.append((fix["bag_t"], gps, data))
             for frame in self.frames:
-                header = _header(T0 + int(round(frame["t"] * S)) if frame["t"] is not None else 0, "camera")
+                header = _header(
+                    T0 + int(round(frame["t"] * S)) if frame["t"] is not None else 0, "camera"
+                )
                 if self.compressed:
                     fmt, data = frame["fields"] or rgb_to_compressed(_rgb(frame["k"]), "jpeg", 95)
                     msg = T["sensor_msgs/msg/CompressedImage"](header=header, format=fmt,
@@ -79,7 +93,8 @@ class Recording:
                     fields = frame["fields"] or rgb_to_image_fields(_rgb(frame["k"]), "rgb8")
                     msg = T["sensor_msgs/msg/Image"](header=header, **fields)
                 events.append((frame["bag_t"], cam, TS.serialize_cdr(msg, msg.__msgtype__)))
-            for bag_t, conn, data in events:  # written in the order given: a recorder's order may be odd
+            # written in the order given: a recorder's order may be odd
+            for bag_t, conn, data in events:
                 writer.write(conn, T0 + int(round(bag_t * S)), data)
         return path
 
@@ -97,22 +112,48 @@ def _assert_positions_right(frames, tolerance_m: float = 0.05) -> None:
 
 
 def _build(bag: Path, out: Path, *extra: str) -> int:
-    return main(["build-map", "--bag", str(bag), "--image-topic", CAMERA, "--pose-topic", GPS, "--min-distance", "0",
-                 "--model", "raw-pixels", "--out", str(out), *extra])
+    return main(
+        [
+            "build-map",
+            "--bag",
+            str(bag),
+            "--image-topic",
+            CAMERA,
+            "--pose-topic",
+            GPS,
+            "--min-distance",
+            "0",
+            "--model",
+            "raw-pixels",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 # --- impossible fixes (defect 5) ----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("storage", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
-def test_impossible_fixes_are_skipped_per_message_and_counted(tmp_path: Path, storage, capsys) -> None:
+def test_impossible_fixes_are_skipped_per_message_and_counted(
+    tmp_path: Path, storage, capsys
+) -> None:
     rec = Recording()
-    bad = {3: (95.0, 10.0, 0), 5: (math.nan, math.nan, 0), 7: (*_latlon(1.4), -1), 9: (0.0, 0.0, 0),
-           11: (85.0, 9.0, 0), 13: (48.0, 200.0, 0)}
+    bad = {
+        3: (95.0, 10.0, 0),
+        5: (math.nan, math.nan, 0),
+        7: (*_latlon(1.4), -1),
+        9: (0.0, 0.0, 0),
+        11: (85.0, 9.0, 0),
+        13: (48.0, 200.0, 0),
+    }
     for i, (lat, lon, status) in bad.items():
         rec.fixes[i].update(latlon=(lat, lon), status=status)
     bag = rec.write(tmp_path / "bag", storage)
     frames, source = _frames(bag)
-    assert len(frames) == 40 and source.stats.without_pose == 0  # gaps of 0.4 s stay under max_gap_s
+    # gaps of 0.4 s stay under max_gap_s
+    assert len(frames) == 40 and source.stats.without_pose == 0
     _assert_positions_right(frames)
     assert dict(source.stats.skipped) == {
         "pose: latitude/longitude out of range": 2, "pose: NaN or infinite coordinates": 1,
@@ -120,7 +161,10 @@ def test_impossible_fixes_are_skipped_per_message_and_counted(tmp_path: Path, st
         "pose: outside UTM (latitude beyond 84 N / 80 S)": 1}
     assert _build(bag, tmp_path / "map") == 0
     report = capsys.readouterr().out
-    assert "2 x pose: latitude/longitude out of range" in report and "1 x pose: (0, 0) placeholder" in report
+    assert (
+        "2 x pose: latitude/longitude out of range" in report
+        and "1 x pose: (0, 0) placeholder" in report
+    )
     places = load_map(tmp_path / "map").places
     assert len(places) == 40
     for place in places:  # the map holds the right positions, not just the right count
@@ -130,8 +174,12 @@ def test_impossible_fixes_are_skipped_per_message_and_counted(tmp_path: Path, st
 
 @pytest.mark.parametrize(
     ("latlon", "status", "reason"),
-    [((95.0, 10.0), 0, "out of range"), ((math.nan, math.nan), 0, "NaN"), ((48.1, 11.5), -1, "no fix"),
-     ((0.0, 0.0), 0, "(0, 0) placeholder")],
+    [
+        ((95.0, 10.0), 0, "out of range"),
+        ((math.nan, math.nan), 0, "NaN"),
+        ((48.1, 11.5), -1, "no fix"),
+        ((0.0, 0.0), 0, "(0, 0) placeholder"),
+    ],
 )
 def test_a_map_with_no_usable_position_is_refused_unless_asked_for(
     tmp_path: Path, latlon, status, reason, capsys
@@ -142,7 +190,12 @@ def test_a_map_with_no_usable_position_is_refused_unless_asked_for(
     bag = rec.write(tmp_path / "bag")
     assert _build(bag, tmp_path / "map") == 2
     err = capsys.readouterr().err
-    assert "has a usable position" in err and "--allow-no-poses" in err and "21 x pose: " in err and reason in err
+    assert (
+        "has a usable position" in err
+        and "--allow-no-poses" in err
+        and "21 x pose: " in err
+        and reason in err
+    )
     assert not (tmp_path / "map").exists()
     assert _build(bag, tmp_path / "map", "--allow-no-poses") == 0
     places = load_map(tmp_path / "map").places
@@ -165,26 +218,41 @@ def test_build_map_refuses_in_python_too(tmp_path: Path) -> None:
 
 def test_bad_raw_frames_are_skipped_and_the_build_completes(tmp_path: Path, capsys) -> None:
     rec = Recording()
-    odd = {"height": 4, "width": 5, "encoding": "yuv422", "is_bigendian": 0, "step": 10, "data": np.zeros(40, np.uint8)}
+    odd = {
+        "height": 4,
+        "width": 5,
+        "encoding": "yuv422",
+        "is_bigendian": 0,
+        "step": 10,
+        "data": np.zeros(40, np.uint8),
+    }
     short = {**rgb_to_image_fields(_rgb(0), "rgb8"), "step": 10}
     rec.frames[4]["fields"], rec.frames[9]["fields"] = odd, short
     bag = rec.write(tmp_path / "bag", StoragePlugin.MCAP)
     assert _build(bag, tmp_path / "map") == 0
     out = capsys.readouterr().out
-    assert "1 x image: odd width for YUV 4:2:2" in out and "1 x image: step smaller than a row" in out
+    assert (
+        "1 x image: odd width for YUV 4:2:2" in out and "1 x image: step smaller than a row" in out
+    )
     assert len(load_map(tmp_path / "map").places) == 38
 
 
 def test_bad_compressed_frames_are_skipped_and_the_build_completes(tmp_path: Path) -> None:
     rec = Recording(compressed=True)
     textured = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    good = rgb_to_compressed(textured, "jpeg", 95)[1]  # large enough that 40 % ends in the entropy data
-    rec.frames[3]["fields"] = ("jpeg", good[: int(len(good) * 0.4)] + b"\xff\xd9")  # cut, end marker appended
+    # large enough that 40 % ends in the entropy data
+    good = rgb_to_compressed(textured, "jpeg", 95)[1]
+    # cut, end marker appended
+    rec.frames[3]["fields"] = ("jpeg", good[: int(len(good) * 0.4)] + b"\xff\xd9")
     rec.frames[6]["fields"] = ("jpeg", b"")
     rec.frames[8]["fields"] = ("png", b"\x89PNG\r\n\x1a\n" + bytes(40))
     frames, source = _frames(rec.write(tmp_path / "bag"))
     assert len(frames) == 37 and 3 not in [f.index for f in frames]
-    assert source.stats.skipped == {"image: truncated JPEG": 1, "image: empty data": 1, "image: corrupt PNG header": 1}
+    assert source.stats.skipped == {
+        "image: truncated JPEG": 1,
+        "image: empty data": 1,
+        "image: corrupt PNG header": 1,
+    }
     _assert_positions_right(frames)
 
 
@@ -216,9 +284,11 @@ def test_camera_clock_jump_uses_the_recording_time(tmp_path: Path) -> None:
         # The recording time is 20 ms after the true stamp: 0.2 m of travel, not 600 m.
         assert f.position[0] == pytest.approx(E0 + SPEED * (0.07 + k / 10), abs=0.15)
     assert source.stats.skipped == {
-        "stamp: header stamp over 5 s from the recording time (clock jump or unsynchronised clock): "
-        "used the recording time": 8}
-    # Fixes on the recording time are 10 ms late: 0.1 m at 10 m/s, where a glitch would have cost kilometres.
+        "stamp: header stamp over 5 s from the recording time (clock jump or unsynchronised"
+        " clock): used the recording time": 8
+    }
+    # Fixes on the recording time are 10 ms late: 0.1 m at 10 m/s, where a glitch would have cost
+    # kilometres.
     _assert_positions_right([f for f in frames if f.index not in jumped], tolerance_m=0.15)
 
 
@@ -245,9 +315,12 @@ def test_undeserialisable_pose_message_is_skipped(tmp_path: Path) -> None:
 
 # --- damaged bags and missing topics: refused clearly, nothing written ---------------------------
 
+
 @pytest.mark.parametrize("storage", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
 @pytest.mark.parametrize("keep", [0.3, 0.7])
-def test_truncated_bag_is_refused_and_nothing_written(tmp_path: Path, storage, keep: float, capsys) -> None:
+def test_truncated_bag_is_refused_and_nothing_written(
+    tmp_path: Path, storage, keep: float, capsys
+) -> None:
     bag = Recording().write(tmp_path / "bag", storage)
     data_file = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
     data_file.write_bytes(data_file.read_bytes()[: int(data_file.stat().st_size * keep)])

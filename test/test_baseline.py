@@ -1,4 +1,3 @@
-
 import cv2
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from vpr_ros.models import registry
 from vpr_ros.models.baseline import EfficientNetLite0Trunk, GridCNNDescriptor, SameConv2d
 
 NORDLAND = SHARED / "data" / "nordland_trimmed"
-# Every 4th of the 3576 places keeps the test fast; the full set gives 0.545 (bench/baseline_selection.py).
+# Every 4th of the 3576 places keeps the test fast; the full set gives 0.545
+# (bench/baseline_selection.py).
 NORDLAND_STEP = 4
 MIN_RECALL_AT_1 = 0.55  # measured 0.615 on this subset
 
@@ -50,9 +50,14 @@ def test_descriptor_shape_and_norm_and_batch_independence():
 def test_baseline_preset_extracts_from_any_image_size():
     extractor = create_extractor("baseline", backend="torch")
     rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (480, 640, 3), np.uint8), rng.integers(0, 256, (32, 64, 3), np.uint8)]
+    images = [
+        rng.integers(0, 256, (480, 640, 3), np.uint8),
+        rng.integers(0, 256, (32, 64, 3), np.uint8),
+    ]
     descriptors = extractor.extract(images)
-    assert descriptors.shape == (2, registry.spec("baseline").dim) and descriptors.dtype == np.float32
+    assert (
+        descriptors.shape == (2, registry.spec("baseline").dim) and descriptors.dtype == np.float32
+    )
     np.testing.assert_allclose(np.linalg.norm(descriptors, axis=1), 1.0, rtol=1e-5)
     # Same weights, same fingerprint: maps built with it stay valid across runs.
     assert create_extractor("baseline", backend="torch").fingerprint == extractor.fingerprint
@@ -66,10 +71,14 @@ def load_season(season: str) -> list[np.ndarray]:
 @needs_shared("data", "nordland_trimmed")
 def test_baseline_recognises_nordland_winter_against_summer():
     extractor = create_extractor("baseline", backend="torch")
-    summer, winter = extractor.extract(load_season("summer")), extractor.extract(load_season("winter"))
+    summer, winter = extractor.extract(load_season("summer")), extractor.extract(
+        load_season("winter")
+    )
     frames = np.arange(len(winter))
     # Tolerance 0 on the subset: the right place among places 4 frames (40 source frames) apart.
-    recall = recall_at_n(rank_database(winter, summer, 1), positives_by_frame(frames, frames, 0), (1,))
+    recall = recall_at_n(
+        rank_database(winter, summer, 1), positives_by_frame(frames, frames, 0), (1,)
+    )
     assert recall[1] >= MIN_RECALL_AT_1
 
 

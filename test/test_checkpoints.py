@@ -1,4 +1,8 @@
-"""Official checkpoint layouts load into the models; files that do not fit give a WeightsError that says why."""
+"""
+Official checkpoint layouts load into the models.
+
+Files that do not fit give a WeightsError that says why.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ def tiny_dino(width: int = WIDTH, block: type[Block] = Block) -> DinoVisionTrans
 
 def tiny_scicevpr(seed: int) -> SciceVPR:
     torch.manual_seed(seed)
-    return SciceVPR(MultiLayerDinoV2(tiny_dino(), [0, 1]), backbone_out_dim=2 * WIDTH, mix_in_dim=WIDTH).eval()
+    return SciceVPR(
+        MultiLayerDinoV2(tiny_dino(), [0, 1]), backbone_out_dim=2 * WIDTH, mix_in_dim=WIDTH
+    ).eval()
 
 
 def tiny_mutualvpr(seed: int) -> MutualVPR:
@@ -58,7 +64,11 @@ def test_official_layouts_round_trip(tmp_path: Path, wrapper: str | None, prefix
     source = tiny_scicevpr(seed=1)
     state = {prefix + k: v for k, v in source.state_dict().items()}
     # As util.save_checkpoint writes it: extra entries, numpy recalls included.
-    obj = state if wrapper is None else {wrapper: state, "epoch_num": 3, "recalls": np.array([80.5, 90.1])}
+    obj = (
+        state
+        if wrapper is None
+        else {wrapper: state, "epoch_num": 3, "recalls": np.array([80.5, 90.1])}
+    )
     target = tiny_scicevpr(seed=2)
     assert not torch.equal(target.conv.weight, source.conv.weight)
     assert load_official(target, save(tmp_path, obj)) is target
@@ -67,14 +77,19 @@ def test_official_layouts_round_trip(tmp_path: Path, wrapper: str | None, prefix
 
 def test_loaded_model_reproduces_outputs(tmp_path: Path) -> None:
     source = tiny_fol(seed=1)
-    target = load_official(tiny_fol(seed=2), save(tmp_path, {"model_state_dict": source.state_dict()}))
+    target = load_official(
+        tiny_fol(seed=2), save(tmp_path, {"model_state_dict": source.state_dict()})
+    )
     x = torch.randn(1, 3, 126, 126)  # 81 tokens: FoL needs more tokens than its 64 clusters
     with torch.no_grad():
         torch.testing.assert_close(target(x), source(x), atol=0, rtol=0)
 
 
 def test_other_models_file_names_missing_and_unexpected_keys(tmp_path: Path) -> None:
-    path = save(tmp_path, {"model_state_dict": {"module." + k: v for k, v in tiny_fol(0).state_dict().items()}})
+    path = save(
+        tmp_path,
+        {"model_state_dict": {"module." + k: v for k, v in tiny_fol(0).state_dict().items()}},
+    )
     with pytest.raises(WeightsError) as err:
         load_official(tiny_mutualvpr(0), path)
     message = str(err.value)
@@ -86,7 +101,9 @@ def test_other_models_file_names_missing_and_unexpected_keys(tmp_path: Path) -> 
 
 def test_wrong_width_names_shape_mismatches(tmp_path: Path) -> None:
     path = save(tmp_path, tiny_dino(width=32).state_dict())
-    with pytest.raises(WeightsError, match=r"shape mismatches: cls_token: file \[1, 1, 32\] vs model \[1, 1, 64\]"):
+    with pytest.raises(
+        WeightsError, match=r"shape mismatches: cls_token: file \[1, 1, 32\] vs model \[1, 1, 64\]"
+    ):
         load_official(tiny_dino(), path)
 
 

@@ -12,7 +12,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_yaml_is_generated_from_the_parameter_table():
-    # One source: vpr_ros/parameters.py. Regenerate with: python -m vpr_ros.parameters > config/localize.yaml
+    # One source: vpr_ros/parameters.py. Regenerate with: python -m vpr_ros.parameters >
+    # config/localize.yaml
     assert (REPO / "config/localize.yaml").read_text() == parameters.render_yaml()
 
 
@@ -20,7 +21,8 @@ def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
     text = (REPO / "config/localize.yaml").read_text()
     params = yaml.safe_load(text)[parameters.NODE_NAME]["ros__parameters"]
     assert params == parameters.defaults()
-    assert all(type(params[p.name]) is type(p.default) for p in parameters.PARAMETERS)  # ROS types are strict
+    # ROS types are strict
+    assert all(type(params[p.name]) is type(p.default) for p in parameters.PARAMETERS)
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("    ") and not line.strip().startswith("#"):
@@ -52,8 +54,11 @@ def test_bad_parameter_values_are_named_with_what_is_allowed(name, value, says):
 def test_defaults_are_valid_and_velocity_order_is_checked():
     assert parameters.problems(parameters.defaults()) == []
     bad = {**parameters.defaults(), "sequence_min_velocity": 2.0, "sequence_max_velocity": 1.0}
-    assert parameters.problems(bad) == ["sequence_min_velocity (2.0) must not exceed sequence_max_velocity (1.0)"]
-    assert parameters.problems({**parameters.defaults(), "base_sigma_m": 5}) == []  # an int for a double is fine
+    assert parameters.problems(bad) == [
+        "sequence_min_velocity (2.0) must not exceed sequence_max_velocity (1.0)"
+    ]
+    # an int for a double is fine
+    assert parameters.problems({**parameters.defaults(), "base_sigma_m": 5}) == []
 
 
 def test_launch_file_compiles_and_declares_the_documented_arguments():
@@ -64,12 +69,17 @@ def test_launch_file_compiles_and_declares_the_documented_arguments():
 
 
 def test_launch_file_starts_the_node_with_its_arguments():
-    pytest.importorskip("launch_ros", reason="launch_ros is not on PyPI; this runs on a machine with a ROS 2 install")
+    pytest.importorskip(
+        "launch_ros",
+        reason="launch_ros is not on PyPI; this runs on a machine with a ROS 2 install",
+    )
     from launch.actions import DeclareLaunchArgument
     from launch_ros.actions import Node
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("localize_launch", REPO / "launch/localize.launch.py")
+    spec = importlib.util.spec_from_file_location(
+        "localize_launch", REPO / "launch/localize.launch.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()

@@ -1,4 +1,8 @@
-"""`vpr-ros demo` end to end on a short synthetic route: node, player and collector in their own processes."""
+"""
+`vpr-ros demo` end to end on a short synthetic route.
+
+Node, player and collector in their own processes.
+"""
 
 import json
 import subprocess
@@ -7,8 +11,12 @@ import sys
 
 def test_demo_runs_end_to_end_and_reports(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "vpr_ros.cli", "demo", "--frames", "80", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "vpr_ros.cli", "demo", "--frames", "80", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "=== vpr_ros demo ===" in r.stdout
     report = json.loads((out / "report.json").read_text())
@@ -26,4 +34,6 @@ def test_demo_runs_end_to_end_and_reports(tmp_path):
     assert report["pose_priors"] > 0 and 0.0 <= report["pose_prior_precision"] <= 1.0
     assert report["pose_prior_fraction"] == report["pose_priors"] / report["frames_sent"]
     assert (out / "trajectory.png").stat().st_size > 20_000
-    assert len((out / "best" / "matches.jsonl").read_text().splitlines()) == report["frames_matched"]
+    assert (
+        len((out / "best" / "matches.jsonl").read_text().splitlines()) == report["frames_matched"]
+    )

@@ -1,4 +1,8 @@
-"""The synthetic demo: deterministic rendering, real rosbag2 output, and an honest appearance change."""
+"""
+The synthetic demo.
+
+Deterministic rendering, real rosbag2 output, and an honest appearance change.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +46,9 @@ def _read(path):
     out = {}
     with AnyReader([path], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
         for conn, stamp, raw in reader.messages():
-            out.setdefault(conn.topic, []).append((stamp, conn.msgtype, reader.deserialize(raw, conn.msgtype)))
+            out.setdefault(conn.topic, []).append(
+                (stamp, conn.msgtype, reader.deserialize(raw, conn.msgtype))
+            )
     return out
 
 
@@ -54,7 +60,9 @@ def test_render_is_deterministic_and_seeded(world, traversals):
     pose = traversals[0].camera_poses()[5]
     image = world.render(pose, traversals[0].appearance)
     assert image.shape == (480, 640, 3) and image.dtype == np.uint8
-    np.testing.assert_array_equal(image, StreetWorld(seed=0).render(pose, traversals[0].appearance))
+    np.testing.assert_array_equal(
+        image, StreetWorld(seed=0).render(pose, traversals[0].appearance)
+    )
     other_city = StreetWorld(seed=1).render(pose, traversals[0].appearance)
     assert np.abs(other_city.astype(int) - image).mean() > 10
     # The image has structure (facades, sky, road), not a flat fill.
@@ -74,13 +82,17 @@ def test_traversals_are_deterministic(traversals):
 @pytest.mark.parametrize("storage,compressed", [("sqlite3", False), ("mcap", True)])
 def test_bag_has_topics_counts_types_and_stamps(tmp_path, world, traversals, storage, compressed):
     reference = traversals[0]
-    path = write_traversal_bag(tmp_path / "map", reference, world, storage, compressed, progress=False)
+    path = write_traversal_bag(
+        tmp_path / "map", reference, world, storage, compressed, progress=False
+    )
     topics = _read(path)
     camera_topic = COMPRESSED_CAMERA_TOPIC if compressed else CAMERA_TOPIC
     assert set(topics) == {camera_topic, GPS_TOPIC, ODOM_TOPIC}
     camera, gps, odom = topics[camera_topic], topics[GPS_TOPIC], topics[ODOM_TOPIC]
     assert (len(camera), len(gps), len(odom)) == (FRAMES, FRAMES // 2, FRAMES)
-    assert {m[1] for m in camera} == {"sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"}
+    assert {m[1] for m in camera} == {
+        "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+    }
     assert {m[1] for m in gps} == {"sensor_msgs/msg/NavSatFix"}
     assert {m[1] for m in odom} == {"nav_msgs/msg/Odometry"}
 
@@ -90,7 +102,9 @@ def test_bag_has_topics_counts_types_and_stamps(tmp_path, world, traversals, sto
     assert np.all(np.diff(stamps) == 100_000_000)
     gps_stamps = np.array([_stamp_ns(m[2]) for m in gps])
     assert np.all(np.diff(gps_stamps) == 200_000_000)
-    assert not set(gps_stamps) & set(stamps), "GPS must not share camera stamps, so poses need interpolating"
+    assert not set(gps_stamps) & set(
+        stamps
+    ), "GPS must not share camera stamps, so poses need interpolating"
     assert {m[2].header.frame_id for m in camera} == {"camera"}
 
     first = camera[0][2]
@@ -100,7 +114,12 @@ def test_bag_has_topics_counts_types_and_stamps(tmp_path, world, traversals, sto
         decoded = cv2.cvtColor(cv2.imdecode(first.data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         assert np.abs(decoded.astype(int) - expected).mean() < 4
     else:
-        assert (first.encoding, first.height, first.width, first.step) == ("rgb8", 480, 640, 640 * 3)
+        assert (first.encoding, first.height, first.width, first.step) == (
+            "rgb8",
+            480,
+            640,
+            640 * 3,
+        )
         np.testing.assert_array_equal(first.data.reshape(480, 640, 3), expected)
 
 
@@ -124,7 +143,9 @@ def test_query_revisits_the_map_places_from_another_viewpoint():
     spacing = np.linalg.norm(np.diff(reference.frame_positions(), axis=0), axis=1)
     assert 1.0 < spacing.mean() < 2.0
     # Every query frame has map frames nearby, but the two drives never coincide.
-    distance = np.linalg.norm(query.frame_positions()[:, None] - reference.frame_positions()[None], axis=2)
+    distance = np.linalg.norm(
+        query.frame_positions()[:, None] - reference.frame_positions()[None], axis=2
+    )
     nearest = distance.min(1)
     assert nearest.max() < 3.0 and np.median(nearest) > 0.4
     assert all(len(g) > 0 for g in ground_truth(query, reference, 10.0))
@@ -142,10 +163,16 @@ def _raw_pixels(image: np.ndarray) -> np.ndarray:
 
 def _patch_normalised(image: np.ndarray, patch: int = 8) -> np.ndarray:
     """SeqSLAM-style: 64x32 grayscale, each 8x8 patch normalised to zero mean and unit variance."""
-    gray = cv2.resize(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (64, 32), interpolation=cv2.INTER_AREA)
-    patches = gray.astype(np.float32).reshape(32 // patch, patch, 64 // patch, patch).swapaxes(1, 2)
+    gray = cv2.resize(
+        cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), (64, 32), interpolation=cv2.INTER_AREA
+    )
+    patches = (
+        gray.astype(np.float32).reshape(32 // patch, patch, 64 // patch, patch).swapaxes(1, 2)
+    )
     patches = patches.reshape(-1, patch * patch)
-    return ((patches - patches.mean(1, keepdims=True)) / (patches.std(1, keepdims=True) + 1e-3)).ravel()
+    return (
+        (patches - patches.mean(1, keepdims=True)) / (patches.std(1, keepdims=True) + 1e-3)
+    ).ravel()
 
 
 def _recall_at_1(query: np.ndarray, reference: np.ndarray, positives) -> float:
@@ -167,7 +194,9 @@ def test_appearance_change_defeats_raw_pixels_but_not_patch_normalisation(world)
     recall = {}
     for name, describe in (("raw", _raw_pixels), ("patch", _patch_normalised)):
         ref_desc = np.stack([describe(i) for i in ref_images])
-        recall[name] = _recall_at_1(np.stack([describe(i) for i in query_images]), ref_desc, positives)
+        recall[name] = _recall_at_1(
+            np.stack([describe(i) for i in query_images]), ref_desc, positives
+        )
         same_light = np.stack([describe(i) for i in same_light_images])
         recall[name + "_same_light"] = _recall_at_1(same_light, ref_desc, positives)
     # Places stay recognisable: under the map's light the viewpoint change alone is easy...

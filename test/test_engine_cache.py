@@ -1,7 +1,8 @@
-"""A corrupted or foreign file in the engine cache is detected and rebuilt, never loaded (issue 9, faults).
+"""
+A corrupted or foreign file in the engine cache is detected and rebuilt, never loaded.
 
-TensorRT itself is absent on these machines, so engines are opaque bytes here; the ONNX
-files are real exports run by ONNX Runtime.
+(Issue 9, faults.) TensorRT itself is absent on these machines, so engines are opaque bytes
+here; the ONNX files are real exports run by ONNX Runtime.
 """
 
 import json
@@ -33,7 +34,9 @@ def test_corrupted_engine_is_rebuilt_with_the_reason(tmp_path, caplog, damage):
     if damage == "bit flip":
         _flip_a_bit(cache.engine_path)
     else:
-        cache.engine_path.write_bytes(cache.engine_path.read_bytes()[: 0 if damage == "emptied" else 50])
+        cache.engine_path.write_bytes(
+            cache.engine_path.read_bytes()[: 0 if damage == "emptied" else 50]
+        )
     with caplog.at_level(logging.WARNING, logger="vpr_ros.inference.engine_cache"):
         assert cache.lookup(KEY) is None
     assert "model.engine was altered or cut short" in caplog.text
@@ -43,20 +46,27 @@ def test_corrupted_engine_is_rebuilt_with_the_reason(tmp_path, caplog, damage):
 
 def test_foreign_engine_is_rebuilt(tmp_path, caplog):
     other = EngineCache(tmp_path / "other", "model")
-    other.store(EngineKey(**KEY.to_json() | {"input_size": (322, 322), "onnx_sha256": "cd" * 32}), b"another model's engine")
+    other.store(
+        EngineKey(**KEY.to_json() | {"input_size": (322, 322), "onnx_sha256": "cd" * 32}),
+        b"another model's engine",
+    )
     cache = EngineCache(tmp_path, "model")
     shutil.copy(other.engine_path, cache.engine_path)  # an engine dropped in without its sidecar
     with caplog.at_level(logging.WARNING):
         assert cache.lookup(KEY) is None
     assert "sidecar" in caplog.text
     shutil.copy(other.key_path, cache.key_path)  # ... and with the sidecar of what it really is
-    assert sorted(r.split(":")[0] for r in cache.stale_reasons(KEY)) == ["input_size", "onnx_sha256"]
+    assert sorted(r.split(":")[0] for r in cache.stale_reasons(KEY)) == [
+        "input_size",
+        "onnx_sha256",
+    ]
 
 
 def test_sidecar_without_digest_is_stale(tmp_path):
     cache = EngineCache(tmp_path, "model")
     cache.store(KEY, b"engine")
-    cache.key_path.write_text(json.dumps(KEY.to_json()))  # a sidecar from before digests were recorded
+    # a sidecar from before digests were recorded
+    cache.key_path.write_text(json.dumps(KEY.to_json()))
     assert "sidecar" in cache.stale_reasons(KEY)[0]
 
 
@@ -84,7 +94,8 @@ def test_damaged_onnx_export_is_detected_and_rebuilt(tmp_path, raw_pixels, damag
 
     cached_build(path, key, export, "ONNX export")
     expected = _run(path, spec)
-    assert cached_build(path, key, export, "ONNX export") == path and len(exports) == 1  # intact: reused
+    # intact: reused
+    assert cached_build(path, key, export, "ONNX export") == path and len(exports) == 1
     if damage == "truncated":
         path.write_bytes(path.read_bytes()[:300])
     elif damage == "bit flip":
@@ -103,8 +114,15 @@ def test_damaged_onnx_export_is_detected_and_rebuilt(tmp_path, raw_pixels, damag
 def test_backend_rebuilds_a_damaged_cached_export(tmp_path):
     from vpr_ros.inference.factory import create_extractor
 
-    images = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(2)]
-    expected = create_extractor("raw-pixels", None, "onnxruntime", "fp32", tmp_path).extract(images)
+    images = [
+        np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(2)
+    ]
+    expected = create_extractor("raw-pixels", None, "onnxruntime", "fp32", tmp_path).extract(
+        images
+    )
     (cached,) = tmp_path.glob("*.onnx")
     cached.write_bytes(cached.read_bytes()[:300])
-    np.testing.assert_array_equal(create_extractor("raw-pixels", None, "onnxruntime", "fp32", tmp_path).extract(images), expected)
+    np.testing.assert_array_equal(
+        create_extractor("raw-pixels", None, "onnxruntime", "fp32", tmp_path).extract(images),
+        expected,
+    )

@@ -1,6 +1,10 @@
-"""Image fuzzing (issue 9 campaign): generated Image/CompressedImage messages through the conversion
-layer give a decoded image or an ImageDecodeError with a reason, never anything else. CI-sized here;
-bench/bench_reliability.py runs 10,000 and more."""
+"""
+Image fuzzing (issue 9 campaign) of the conversion layer.
+
+Generated Image/CompressedImage messages through the conversion layer give a decoded image or
+an ImageDecodeError with a reason, never anything else. CI-sized here;
+bench/bench_reliability.py runs 10,000 and more.
+"""
 
 from __future__ import annotations
 
@@ -18,12 +22,23 @@ def test_generated_messages_never_crash_the_decoder() -> None:
     assert result["inputs"] == N == result["decoded"] + result["refused"]
     # The campaign reached every encoding, both compressed formats and every kind of damage.
     labels = result["labels"]
-    assert {label.split("/")[1] for label in labels if label.startswith("raw/")} == set(SUPPORTED_ENCODINGS)
-    assert {label.split("/")[1] for label in labels if label.startswith("compressed/")} == {"jpeg", "png"}
+    assert {label.split("/")[1] for label in labels if label.startswith("raw/")} == set(
+        SUPPORTED_ENCODINGS
+    )
+    assert {label.split("/")[1] for label in labels if label.startswith("compressed/")} == {
+        "jpeg",
+        "png",
+    }
     assert {label.split("/")[2] for label in labels} == set(RAW_DAMAGES) | set(COMPRESSED_DAMAGES)
-    # Refusals carry reasons that name the problem; valid messages decoded (checked per message above).
+    # Refusals carry reasons that name the problem; valid messages decoded (checked per message
+    # above).
     assert result["refused"] > N / 4 and result["decoded"] > N / 4
-    for reason in ("too many pixels", "truncated JPEG", "data size differs from step*height", "unsupported encoding"):
+    for reason in (
+        "too many pixels",
+        "truncated JPEG",
+        "data size differs from step*height",
+        "unsupported encoding",
+    ):
         assert result["reasons"][reason] > 0, reason
 
 
@@ -43,14 +58,22 @@ def test_live_node_survives_bad_messages_and_keeps_matching(tmp_path) -> None:
     assert sum(r["sent_bad"] for r in results.values()) >= 500
     for transport, r in results.items():
         assert r["node_alive"] and r["failed"] == 0, (transport, r)
-        # Reliable QoS and a pause per frame: the node sees (nearly) every message and accounts for each one.
+        # Reliable QoS and a pause per frame: the node sees (nearly) every message and accounts for
+        # each one.
         sent = r["sent_bad"] + r["good_sent"]
         assert 0.95 * sent <= r["received"] <= sent, (transport, r)
         assert r["received"] == r["processed"] + r["dropped"] + r["bad"], (transport, r)
-        # Every message the decoder refuses offline is counted bad (or was replaced before its turn).
+        # Every message the decoder refuses offline is counted bad (or was replaced before its
+        # turn).
         assert r["expected_refused"] > 200, (transport, r)
-        assert r["bad"] + r["dropped"] >= r["expected_refused"] - (sent - r["received"]), (transport, r)
+        assert r["bad"] + r["dropped"] >= r["expected_refused"] - (sent - r["received"]), (
+            transport,
+            r,
+        )
         # The good frames among them still reach their own place.
         assert r["good_sent"] == 6 and r["good_matched"] == r["good_sent"], (transport, r)
         # Bad frames are logged throttled (log_throttle_s 1.0) with their reason; no decoder lines.
-        assert 0 < r["bad_frame_warnings"] <= r["seconds"] + 2 and r["decoder_lines"] == 0, (transport, r)
+        assert 0 < r["bad_frame_warnings"] <= r["seconds"] + 2 and r["decoder_lines"] == 0, (
+            transport,
+            r,
+        )

@@ -24,7 +24,19 @@ BagCompressedImage = TYPESTORE.types["sensor_msgs/msg/CompressedImage"]
 BagHeader = TYPESTORE.types["std_msgs/msg/Header"]
 BagTime = TYPESTORE.types["builtin_interfaces/msg/Time"]
 
-LOSSLESS = {"rgb8", "bgr8", "rgba8", "bgra8", "rgb16", "bgr16", "rgba16", "bgra16", "8UC3", "8UC4", "16UC3"}
+LOSSLESS = {
+    "rgb8",
+    "bgr8",
+    "rgba8",
+    "bgra8",
+    "rgb16",
+    "bgr16",
+    "rgba16",
+    "bgra16",
+    "8UC3",
+    "8UC4",
+    "16UC3",
+}
 MONO = {"mono8", "mono16", "8UC1", "16UC1"}
 YUV = {"yuv422", "uyvy", "yuv422_yuy2", "yuyv"}
 BAYER = {e for e in SUPPORTED_ENCODINGS if e.startswith("bayer_")}
@@ -43,7 +55,7 @@ def _rclpy_image(fields: dict) -> RclpyImage:
 
 
 def _bag_image(fields: dict):
-    """A rosbags message as a bag reader returns it: serialised to CDR and back."""
+    """Return a rosbags message as a bag reader returns it: serialised to CDR and back."""
     msg = BagImage(header=BagHeader(stamp=BagTime(sec=1, nanosec=5), frame_id="cam"), **fields)
     cdr = TYPESTORE.serialize_cdr(msg, BagImage.__msgtype__)
     return TYPESTORE.deserialize_cdr(cdr, BagImage.__msgtype__)
@@ -63,9 +75,11 @@ def _make_compressed(kind: str, fmt: str, data: bytes):
 
 
 def _expected(rgb: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
-    """What the round trip must give back, and the largest per-pixel error allowed."""
+    """Return what the round trip must give back, and the largest per-pixel error allowed."""
     if encoding in MONO:
-        gray = (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).round().clip(0, 255).astype(np.uint8)
+        gray = (
+            (rgb.astype(np.float64) @ [0.299, 0.587, 0.114]).round().clip(0, 255).astype(np.uint8)
+        )
         return np.repeat(gray[..., None], 3, axis=2), 1
     if encoding in YUV:
         return rgb, 2  # on a flat image 4:2:2 chroma subsampling loses nothing but rounding
@@ -75,7 +89,8 @@ def _expected(rgb: np.ndarray, encoding: str) -> tuple[np.ndarray, int]:
 @pytest.mark.parametrize("kind", ["rclpy", "rosbags"])
 @pytest.mark.parametrize("encoding", SUPPORTED_ENCODINGS)
 def test_round_trip_every_encoding(kind: str, encoding: str) -> None:
-    # Flat colour survives every encoding (even Bayer demosaicing and 4:2:2), so checks channel order.
+    # Flat colour survives every encoding (even Bayer demosaicing and 4:2:2), so checks channel
+    # order.
     flat = np.empty((32, 48, 3), np.uint8)
     flat[:] = (200, 100, 30)
     textured = _random_rgb()
@@ -92,7 +107,14 @@ def test_bayer_pattern_puts_red_where_the_encoding_says() -> None:
     # A 2x2 rggb cell with R=255 at (0,0) only: demosaiced red must peak there.
     mosaic = np.zeros((8, 8), np.uint8)
     mosaic[0::2, 0::2] = 255
-    fields = {"height": 8, "width": 8, "encoding": "bayer_rggb8", "is_bigendian": 0, "step": 8, "data": mosaic.ravel()}
+    fields = {
+        "height": 8,
+        "width": 8,
+        "encoding": "bayer_rggb8",
+        "is_bigendian": 0,
+        "step": 8,
+        "data": mosaic.ravel(),
+    }
     out = image_msg_to_rgb(_bag_image(fields))
     assert out[2, 2, 0] == 255 and out[2, 2, 2] == 0
 
@@ -101,11 +123,25 @@ def test_row_padding_and_big_endian_are_honoured() -> None:
     rgb = _random_rgb(10, 7)
     padded = np.zeros((10, 7 * 3 + 5), np.uint8)
     padded[:, : 7 * 3] = rgb.reshape(10, -1)
-    fields = {"height": 10, "width": 7, "encoding": "rgb8", "is_bigendian": 0, "step": 26, "data": padded.ravel()}
+    fields = {
+        "height": 10,
+        "width": 7,
+        "encoding": "rgb8",
+        "is_bigendian": 0,
+        "step": 26,
+        "data": padded.ravel(),
+    }
     assert np.array_equal(image_msg_to_rgb(_rclpy_image(fields)), rgb)
 
     gray16 = (np.arange(12).reshape(3, 4) * 4096).astype(">u2")
-    fields = {"height": 3, "width": 4, "encoding": "mono16", "is_bigendian": 1, "step": 8, "data": gray16.view(np.uint8).ravel()}
+    fields = {
+        "height": 3,
+        "width": 4,
+        "encoding": "mono16",
+        "is_bigendian": 1,
+        "step": 8,
+        "data": gray16.view(np.uint8).ravel(),
+    }
     out = image_msg_to_rgb(_bag_image(fields))
     assert np.array_equal(out[..., 1], (gray16 >> 8).astype(np.uint8))
 
@@ -139,15 +175,40 @@ def _raw_fields(**overrides) -> dict:
 @pytest.mark.parametrize(
     ("msg_factory", "expected_words"),
     [
-        (lambda: _bag_image(_raw_fields(encoding="32FC1")), ["unsupported image encoding '32FC1'", "rgb8", "bayer_rggb8"]),
-        (lambda: _bag_image(_raw_fields(width=0, step=0, data=np.zeros(0, np.uint8))), ["0x4", "empty image"]),
-        (lambda: _rclpy_image(_raw_fields(data=np.zeros(10, np.uint8))), ["carries 10 bytes", "truncated"]),
+        (
+            lambda: _bag_image(_raw_fields(encoding="32FC1")),
+            ["unsupported image encoding '32FC1'", "rgb8", "bayer_rggb8"],
+        ),
+        (
+            lambda: _bag_image(_raw_fields(width=0, step=0, data=np.zeros(0, np.uint8))),
+            ["0x4", "empty image"],
+        ),
+        (
+            lambda: _rclpy_image(_raw_fields(data=np.zeros(10, np.uint8))),
+            ["carries 10 bytes", "truncated"],
+        ),
         (lambda: _bag_image(_raw_fields(step=3)), ["step 3", "18 bytes per row"]),
         (lambda: _make_compressed("rclpy", "jpeg", b""), ["empty data"]),
-        (lambda: _make_compressed("rosbags", "jpeg", b"this is not an image"), ["could not be decoded", "corrupt"]),
-        (lambda: _make_compressed("rclpy", "jpeg", rgb_to_compressed(_random_rgb(), "jpeg")[1][:700]), ["truncated"]),
-        (lambda: _make_compressed("rosbags", "png", rgb_to_compressed(_random_rgb(), "png")[1][:-30]), ["truncated"]),
-        (lambda: _make_compressed("rclpy", "16UC1; compressedDepth png", b"\x00" * 20), ["depth image"]),
+        (
+            lambda: _make_compressed("rosbags", "jpeg", b"this is not an image"),
+            ["could not be decoded", "corrupt"],
+        ),
+        (
+            lambda: _make_compressed(
+                "rclpy", "jpeg", rgb_to_compressed(_random_rgb(), "jpeg")[1][:700]
+            ),
+            ["truncated"],
+        ),
+        (
+            lambda: _make_compressed(
+                "rosbags", "png", rgb_to_compressed(_random_rgb(), "png")[1][:-30]
+            ),
+            ["truncated"],
+        ),
+        (
+            lambda: _make_compressed("rclpy", "16UC1; compressedDepth png", b"\x00" * 20),
+            ["depth image"],
+        ),
     ],
 )
 def test_bad_input_raises_with_a_useful_message(msg_factory, expected_words: list[str]) -> None:
@@ -158,7 +219,8 @@ def test_bad_input_raises_with_a_useful_message(msg_factory, expected_words: lis
 
 
 def test_corrupt_jpeg_body_is_detected() -> None:
-    # Markers intact, entropy-coded data replaced by junk: OpenCV returns None or we must not crash.
+    # Markers intact, entropy-coded data replaced by junk: OpenCV returns None or we must not
+    # crash.
     good = rgb_to_compressed(_random_rgb(), "jpeg")[1]
     junk = good[:20] + bytes(len(good) - 22) + good[-2:]
     with pytest.raises(ImageDecodeError, match="could not be decoded"):
@@ -184,7 +246,8 @@ def test_reverse_conversion_rejects_bad_arguments() -> None:
         rgb_to_compressed(_random_rgb(), "webp")
 
 
-# --- issue 9, defect 4: each of these failed on the OpenCV-only decoder ---------------------------
+# --- issue 9, defect 4: each of these failed on the OpenCV-only decoder
+# ---------------------------
 
 def _jpeg(h: int = 120, w: int = 160) -> bytes:
     return rgb_to_compressed(_random_rgb(h, w, seed=3), "jpeg", quality=90)[1]
@@ -217,23 +280,32 @@ def test_valid_image_followed_by_padding_decodes(fmt: str) -> None:
     _, data = rgb_to_compressed(rgb, fmt)
     expected = image_msg_to_rgb(_make_compressed("rclpy", fmt, data))
     for padding in (b"\x00" * 64, b"\xff" * 7, bytes(range(256))):
-        assert np.array_equal(image_msg_to_rgb(_make_compressed("rosbags", fmt, data + padding)), expected)
+        assert np.array_equal(
+            image_msg_to_rgb(_make_compressed("rosbags", fmt, data + padding)), expected
+        )
 
 
 def _huge_png(side: int) -> bytes:
-    """A real gray PNG of side x side zeros (about 220 KB for 15000), written row by row."""
+    """Write a real gray PNG of side x side zeros (about 220 KB for 15000), row by row."""
     import struct
     import zlib
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     compressor, row, parts = zlib.compressobj(9), bytes(side + 1), []
     for _ in range(side):
         parts.append(compressor.compress(row))
     parts.append(compressor.flush())
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
 
 
 _CHILD = """
@@ -258,7 +330,9 @@ def _decode_in_child(tmp_path, data: bytes):
 
     path = tmp_path / "image.bin"
     path.write_bytes(data)
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout, done.stderr
 
@@ -266,7 +340,9 @@ def _decode_in_child(tmp_path, data: bytes):
 def test_png_declaring_15000x15000_is_refused_from_its_header(tmp_path) -> None:
     stdout, _ = _decode_in_child(tmp_path, _huge_png(15000))
     grew_mb = float(stdout.split("grew_mb")[1])
-    assert grew_mb < 50, f"decoding grew the process by {grew_mb:.0f} MB: the pixels were allocated before the check"
+    assert (
+        grew_mb < 50
+    ), f"decoding grew the process by {grew_mb:.0f} MB: the pixels were allocated before the check"
     assert "refused: too many pixels" in stdout and "15000x15000" in stdout
 
 

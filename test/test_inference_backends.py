@@ -1,4 +1,5 @@
-"""ONNX export, ONNX Runtime backend, backend choice and the TensorRT engine cache key logic.
+"""
+ONNX export, ONNX Runtime backend, backend choice and the TensorRT engine cache key logic.
 
 Real images from ../shared/data; models built with seeded random weights (no official
 weights can be downloaded here).
@@ -29,6 +30,7 @@ from vpr_ros.inference.onnxruntime_backend import OrtExtractor, physical_core_co
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.inference.torch_backend import CompiledTorchExtractor
 from vpr_ros.models import registry
+
 
 def real_image_paths() -> list[Path]:
     nordland = sorted(shared_path("data", "nordland_trimmed", "winter").glob("*.png"))[::1200]
@@ -63,7 +65,9 @@ def dinov2_s(tmp_path_factory):
 @pytest.fixture(scope="module")
 def dinov2_s_fp32(dinov2_s, real_images):
     model, spec, fingerprint, cache = dinov2_s
-    ort_fp32 = OrtExtractor(spec, fingerprint, cached_onnx(model, spec, fingerprint, "fp32", cache), "fp32")
+    ort_fp32 = OrtExtractor(
+        spec, fingerprint, cached_onnx(model, spec, fingerprint, "fp32", cache), "fp32"
+    )
     return ort_fp32, torch_descriptors(model, spec, real_images)
 
 
@@ -78,7 +82,8 @@ def test_dinov2_s_int8_stays_within_cosine_099_of_fp32(dinov2_s, dinov2_s_fp32, 
     model, spec, fingerprint, cache = dinov2_s
     path = cached_onnx(model, spec, fingerprint, "int8", cache)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert "MatMulInteger" in ops and "ConvInteger" not in ops  # MatMuls quantized, patch conv left fp32
+    # MatMuls quantized, patch conv left fp32
+    assert "MatMulInteger" in ops and "ConvInteger" not in ops
     int8 = OrtExtractor(spec, fingerprint, path, "int8").extract(real_images)
     report = compare_descriptors(dinov2_s_fp32[1], int8)
     assert report.max_abs_diff > 1e-5, "int8 gave fp32 results: nothing was quantized"
@@ -89,7 +94,7 @@ def test_dynamic_batch_gives_the_same_per_image_descriptors(dinov2_s_fp32, real_
     ort_fp32 = dinov2_s_fp32[0]
     batch = preprocess_batch(real_images[:3], ort_fp32.spec)
     together = ort_fp32.extract_preprocessed(batch)
-    alone = np.concatenate([ort_fp32.extract_preprocessed(batch[i : i + 1]) for i in range(3)])
+    alone = np.concatenate([ort_fp32.extract_preprocessed(batch[i:i + 1]) for i in range(3)])
     assert together.shape == (3, ort_fp32.dim)
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
@@ -118,7 +123,9 @@ def test_onnx_export_is_cached_by_fingerprint_precision_and_opset(dinov2_s, dino
 def test_vpr_model_onnx_export_matches_torch(name, tmp_path, real_images):
     model, spec, fingerprint = seeded(name)
     images = real_images[-1:]  # Tokyo day image; one keeps the ViT-B export test short
-    ort_fp32 = OrtExtractor(spec, fingerprint, cached_onnx(model, spec, fingerprint, "fp32", tmp_path), "fp32")
+    ort_fp32 = OrtExtractor(
+        spec, fingerprint, cached_onnx(model, spec, fingerprint, "fp32", tmp_path), "fp32"
+    )
     report = compare_descriptors(torch_descriptors(model, spec, images), ort_fp32.extract(images))
     assert report.max_abs_diff < 1e-4, report
     assert report.min_cosine > 0.9999, report
@@ -126,7 +133,9 @@ def test_vpr_model_onnx_export_matches_torch(name, tmp_path, real_images):
 
 def test_auto_picks_onnxruntime_here_and_says_why(tmp_path, caplog):
     if tensorrt_problem() is None:
-        pytest.skip("TensorRT and a GPU are present: auto picks tensorrt (tested in test_tensorrt.py)")
+        pytest.skip(
+            "TensorRT and a GPU are present: auto picks tensorrt (tested in test_tensorrt.py)"
+        )
     with caplog.at_level(logging.INFO, logger="vpr_ros.inference.factory"):
         extractor = create_extractor("raw-pixels", backend="auto", engine_cache_dir=tmp_path)
     assert extractor.backend == "onnxruntime"
@@ -137,14 +146,18 @@ def test_auto_with_bf16_picks_torch_because_ort_has_no_cpu_bf16(tmp_path, caplog
     if tensorrt_problem() is None:
         pytest.skip("TensorRT and a GPU are present: auto picks tensorrt")
     with caplog.at_level(logging.INFO, logger="vpr_ros.inference.factory"):
-        extractor = create_extractor("raw-pixels", backend="auto", precision="bf16", engine_cache_dir=tmp_path)
+        extractor = create_extractor(
+            "raw-pixels", backend="auto", precision="bf16", engine_cache_dir=tmp_path
+        )
     assert extractor.backend == "torch"
     assert "no bf16 CPU kernels" in caplog.text
 
 
 def test_onnxruntime_refuses_bf16_with_a_fix(tmp_path):
     with pytest.raises(BackendUnavailableError, match="bf16.*backend torch"):
-        create_extractor("raw-pixels", backend="onnxruntime", precision="bf16", engine_cache_dir=tmp_path)
+        create_extractor(
+            "raw-pixels", backend="onnxruntime", precision="bf16", engine_cache_dir=tmp_path
+        )
 
 
 def test_tensorrt_unavailable_is_reported_with_a_fix(tmp_path):
@@ -154,7 +167,9 @@ def test_tensorrt_unavailable_is_reported_with_a_fix(tmp_path):
         create_extractor("raw-pixels", backend="tensorrt", engine_cache_dir=tmp_path)
 
 
-def test_dinov2_s_torch_compile_bf16_stays_within_cosine_099_of_fp32(dinov2_s, dinov2_s_fp32, real_images):
+def test_dinov2_s_torch_compile_bf16_stays_within_cosine_099_of_fp32(
+    dinov2_s, dinov2_s_fp32, real_images
+):
     model, spec, fingerprint, _ = dinov2_s
     compiled = CompiledTorchExtractor(model, spec, fingerprint, "bf16")
     assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
@@ -170,7 +185,8 @@ def test_torch_compile_backend_is_selected_and_refuses_other_precisions(tmp_path
     extractor = create_extractor("raw-pixels", backend="torch-compile", precision="bf16")
     assert isinstance(extractor, CompiledTorchExtractor) and extractor.backend == "torch-compile"
     expected = create_extractor("raw-pixels", backend="torch").extract(real_images)
-    np.testing.assert_allclose(extractor.extract(real_images), expected, atol=1e-2)  # bf16 rounding only
+    # bf16 rounding only
+    np.testing.assert_allclose(extractor.extract(real_images), expected, atol=1e-2)
     with pytest.raises(BackendUnavailableError, match="bf16 only.*use precision bf16"):
         create_extractor("raw-pixels", backend="torch-compile", precision="fp32")
 
@@ -180,7 +196,9 @@ def test_fingerprint_and_descriptors_identical_across_backends(tmp_path, real_im
     on_ort = create_extractor("raw-pixels", backend="onnxruntime", engine_cache_dir=tmp_path)
     assert on_torch.fingerprint == on_ort.fingerprint
     assert on_torch.describe() == on_ort.describe()
-    np.testing.assert_allclose(on_torch.extract(real_images), on_ort.extract(real_images), atol=1e-6)
+    np.testing.assert_allclose(
+        on_torch.extract(real_images), on_ort.extract(real_images), atol=1e-6
+    )
 
 
 def test_export_command_writes_onnx_and_prints_parity_once(tmp_path, capsys):
@@ -188,7 +206,10 @@ def test_export_command_writes_onnx_and_prints_parity_once(tmp_path, capsys):
 
     images = shared_path("data", "gardens_point_sample", "night")
     out = tmp_path / "raw.onnx"
-    assert main(["export", "--model", "raw-pixels", "--out", str(out), "--check-images", str(images)]) == 0
+    assert (
+        main(["export", "--model", "raw-pixels", "--out", str(out), "--check-images", str(images)])
+        == 0
+    )
     assert out.stat().st_size > 0
     printed = capsys.readouterr().out
     assert "10 images" in printed and "min cosine 1.000000" in printed
@@ -215,7 +236,10 @@ def test_engine_cache_reuses_an_engine_whose_key_matches(tmp_path):
     assert cache.lookup(EngineKey(**KEY.to_json() | {"input_size": (224, 224)})) == path
     assert path.read_bytes() == b"engine bytes"
     assert json.loads(cache.key_path.read_text())["tensorrt_version"] == "10.3.0"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dinov2-s-123-fp16.engine", "dinov2-s-123-fp16.engine.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dinov2-s-123-fp16.engine",
+        "dinov2-s-123-fp16.engine.json",
+    ]
 
 
 @pytest.mark.parametrize(

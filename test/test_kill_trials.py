@@ -1,7 +1,9 @@
-"""kill -9 during `vpr-ros build-map`, aimed at every phase (issue 9, defect 3 and the fault campaign).
+"""
+kill -9 during `vpr-ros build-map`, aimed at every phase.
 
-After each kill the map still loads (the previous one or the new one); after the next build no
-temporary directory or lock file is left beside it. The bench runs the 50-trial version.
+(Issue 9, defect 3 and the fault campaign.) After each kill the map still loads (the previous
+one or the new one); after the next build no temporary directory or lock file is left beside
+it. The bench runs the 50-trial version.
 """
 
 import pytest
@@ -15,5 +17,8 @@ def test_killed_builds_lose_no_map_and_the_next_build_leaves_no_debris(tmp_path)
     assert result["maps_lost"] == 0, result["failures"]
     assert result["debris_mb"] == 0.0
     assert sum(result["phases"].values()) == len(KILL_PHASES)
-    # the kills reached both the extraction and the write phases (where they land exactly varies with timing)
-    assert "extracting" in result["phases"] and set(result["phases"]) - {"extracting"}, result["phases"]
+    # the kills reached both the extraction and the write phases (where they land exactly varies
+    # with timing)
+    assert "extracting" in result["phases"] and set(result["phases"]) - {"extracting"}, result[
+        "phases"
+    ]

@@ -1,4 +1,8 @@
-"""The map's packed local-feature store: round trip, checksums, and refusal of missing/damaged/mismatched files."""
+"""
+The map's packed local-feature store.
+
+Round trip, checksums, and refusal of missing/damaged/mismatched files.
+"""
 
 import hashlib
 import json
@@ -9,7 +13,12 @@ import pytest
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
 from vpr_ros.index.rerank.base import LocalFeatures
 from vpr_ros.fileio import atomic_directory
-from vpr_ros.maps.local_features import LOCAL_DIR, LocalFeatureStore, LocalFeatureWriter, stored_reranker
+from vpr_ros.maps.local_features import (
+    LOCAL_DIR,
+    LocalFeatureStore,
+    LocalFeatureWriter,
+    stored_reranker,
+)
 
 DESCRIPTION = {"reranker": "fol", "dim": 8, "model_fingerprint": "abc123"}
 
@@ -43,10 +52,17 @@ def test_round_trip_float_rows_are_fp16_without_padding(tmp_path, places) -> Non
         assert got.keypoints is None
         np.testing.assert_array_equal(got.descriptors, features.descriptors.astype(np.float16))
     assert store.bytes_per_place == (18 * 8 * 2 + 5 * 8) / 4  # rows + offsets, nothing else
-    assert store.meta["rows"] == 18 and store.meta["dtype"] == "float16" and store.meta["reranker"] == "fol"
+    assert (
+        store.meta["rows"] == 18
+        and store.meta["dtype"] == "float16"
+        and store.meta["reranker"] == "fol"
+    )
     assert stored_reranker(tmp_path) == "fol"
-    # every file the manifest must protect, with its real sha256, named relative to the map directory
-    assert set(files) == {f"{LOCAL_DIR}/{n}" for n in ("descriptors.bin", "offsets.npy", "meta.json")}
+    # every file the manifest must protect, with its real sha256, named relative to the map
+    # directory
+    assert set(files) == {
+        f"{LOCAL_DIR}/{n}" for n in ("descriptors.bin", "offsets.npy", "meta.json")
+    }
     for name, digest in files.items():
         assert hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() == digest
     with pytest.raises(IndexError, match="outside"):
@@ -55,8 +71,13 @@ def test_round_trip_float_rows_are_fp16_without_padding(tmp_path, places) -> Non
 
 def test_uint8_rows_and_keypoints_kept_as_given(tmp_path) -> None:
     rng = np.random.default_rng(1)
-    places = [LocalFeatures(rng.integers(0, 256, (n, 8), dtype=np.uint8), rng.uniform(0, 640, (n, 2)).astype(np.float32))
-              for n in (3, 7)]
+    places = [
+        LocalFeatures(
+            rng.integers(0, 256, (n, 8), dtype=np.uint8),
+            rng.uniform(0, 640, (n, 2)).astype(np.float32),
+        )
+        for n in (3, 7)
+    ]
     files = write(tmp_path, places)
     assert f"{LOCAL_DIR}/keypoints.bin" in files
     store = LocalFeatureStore.open(tmp_path, DESCRIPTION)
@@ -99,7 +120,9 @@ def test_missing_local_features_say_how_to_rebuild(tmp_path) -> None:
         LocalFeatureStore.open(tmp_path, DESCRIPTION)
 
 
-@pytest.mark.parametrize("field, value", [("reranker", "geometric"), ("dim", 16), ("model_fingerprint", "other")])
+@pytest.mark.parametrize(
+    "field, value", [("reranker", "geometric"), ("dim", 16), ("model_fingerprint", "other")]
+)
 def test_features_of_another_reranker_or_model_are_refused(tmp_path, places, field, value) -> None:
     write(tmp_path, places)
     with pytest.raises(MapModelMismatchError, match=f"{field}: map has"):

@@ -27,7 +27,9 @@ def extractor():
 
 @pytest.fixture(scope="module")
 def vpr_map(tmp_path_factory, images, extractor):
-    return load_map(build_test_map(tmp_path_factory.mktemp("m") / "map", images), extractor.describe())
+    return load_map(
+        build_test_map(tmp_path_factory.mktemp("m") / "map", images), extractor.describe()
+    )
 
 
 def test_localize_finds_each_place_and_fills_the_match(vpr_map, extractor, images):
@@ -41,7 +43,11 @@ def test_localize_finds_each_place_and_fills_the_match(vpr_map, extractor, image
         cov = np.array(m.covariance_xy)
         assert np.allclose(cov, cov.T) and np.all(np.linalg.eigvalsh(cov) >= 25.0 - 1e-6)
     d = json.loads(m.to_json())
-    assert d["schema"] == SCHEMA and d["stamp"] == {"sec": 123, "nanosec": 456} and d["frame_id"] == "cam"
+    assert (
+        d["schema"] == SCHEMA
+        and d["stamp"] == {"sec": 123, "nanosec": 456}
+        and d["frame_id"] == "cam"
+    )
     assert d["map_id"] == vpr_map.map_id and d["model"] == "baseline"
     assert set(d["latency_ms"]) == {"descriptor", "search", "total"}
     assert d["candidates"][0]["map_stamp"] == {"sec": 15, "nanosec": 0}
@@ -50,23 +56,41 @@ def test_localize_finds_each_place_and_fills_the_match(vpr_map, extractor, image
 def test_a_place_seen_twice_far_apart_is_ambiguous(tmp_path, images, extractor):
     # Place 0 appears again 500 m away: the ratio test must drop and the covariance must widen.
     imgs = images[:5] + [images[0]]
-    places = [Place(i, i, 1000.0 + 10 * i, 2000.0) for i in range(5)] + [Place(5, 5, 1500.0, 2000.0)]
-    path = write_map(tmp_path / "m", extractor.extract(imgs), places, extractor.describe(), IndexConfig("flat"), [])
+    places = [Place(i, i, 1000.0 + 10 * i, 2000.0) for i in range(5)] + [
+        Place(5, 5, 1500.0, 2000.0)
+    ]
+    path = write_map(
+        tmp_path / "m",
+        extractor.extract(imgs),
+        places,
+        extractor.describe(),
+        IndexConfig("flat"),
+        [],
+    )
     loc = Localizer(load_map(path), extractor, LocalizerConfig(top_k=5, temporal="none"))
     ambiguous = loc.localize(perturb(images[0], 1))
     clear = loc.localize(perturb(images[3], 1))
     assert {c.place_id for c in ambiguous.candidates[:2]} == {0, 5}
-    assert ambiguous.confidence < clear.confidence and ambiguous.pose_prior is None  # no prior for a near-tie elsewhere
+    # no prior for a near-tie elsewhere
+    assert ambiguous.confidence < clear.confidence and ambiguous.pose_prior is None
     assert ambiguous.covariance_xy[0][0] > 10 * clear.covariance_xy[0][0]
     assert math.sqrt(ambiguous.covariance_xy[0][0]) > 100  # spread over the 500 m between the two
 
 
 def test_sequence_filter_ranks_by_path_scores(vpr_map, extractor, images):
-    sequence = SequenceConfig(length=4, min_velocity=1, max_velocity=1, num_velocities=1, contrast_window=0)
-    loc = Localizer(vpr_map, extractor, LocalizerConfig(top_k=3, temporal="seqslam", sequence=sequence))
+    sequence = SequenceConfig(
+        length=4, min_velocity=1, max_velocity=1, num_velocities=1, contrast_window=0
+    )
+    loc = Localizer(
+        vpr_map, extractor, LocalizerConfig(top_k=3, temporal="seqslam", sequence=sequence)
+    )
     matches = [loc.localize(perturb(img, 50 + i)) for i, img in enumerate(images[:8])]
     assert [m.best.place_id for m in matches] == list(range(8))
-    assert all(c.temporal_score is not None and c.rerank_score is None for m in matches for c in m.candidates)
+    assert all(
+        c.temporal_score is not None and c.rerank_score is None
+        for m in matches
+        for c in m.candidates
+    )
     # the path score of the winner is the mean similarity along the diagonal it followed
     sims = [m.best.score for m in matches[4:8]]
     assert matches[7].best.temporal_score == pytest.approx(np.mean(sims), abs=1e-5)

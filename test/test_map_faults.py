@@ -1,4 +1,5 @@
-"""Damaged maps, full disks and killed writers (issue 9, defects 1-3 and the map campaign).
+"""
+Damaged maps, full disks and killed writers (issue 9, defects 1-3 and the map campaign).
 
 Every damage must end in a MapError that names the file or field and says how to fix it; no
 other exception, no "verifies" for a map the loader refuses, no debris left by dead writers.
@@ -33,7 +34,14 @@ def _write(path: Path, n: int = 40, dim: int = 16, seed: int = 0) -> Path:
     x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     places = [Place(i, 10**9 * i, float(i), 0.0) for i in range(n)]
-    return write_map(path, x, places, {**MODEL, "dim": dim}, IndexConfig("flat", pca_dim=None), [{"source": "test"}])
+    return write_map(
+        path,
+        x,
+        places,
+        {**MODEL, "dim": dim},
+        IndexConfig("flat", pca_dim=None),
+        [{"source": "test"}],
+    )
 
 
 def _edit_manifest(path: Path, edit, fix_checksum: bool = True) -> None:
@@ -55,27 +63,77 @@ def good_map(tmp_path):
 
 # -- defect 1 and 2: each damage the issue found, now a MapError naming what is wrong -------------
 DAMAGES = {
-    "map_id dropped": (lambda p: _edit_manifest(p, lambda m: m.pop("map_id"), fix_checksum=False), True, "was altered"),
-    "map_id dropped, checksum fixed": (lambda p: _edit_manifest(p, lambda m: m.pop("map_id")), True, "'map_id' must be present"),
-    "model dropped": (lambda p: _edit_manifest(p, lambda m: m.pop("model")), True, "'model' must be present"),
-    "index type hnsw without its params": (lambda p: _edit_manifest(p, lambda m: m["index"].__setitem__("type", "hnsw")), True,
-                                           "'index.params.M' must be present"),
-    "index type bogus": (lambda p: _edit_manifest(p, lambda m: m["index"].__setitem__("type", "bogus")), True,
-                         "'index.type' must be one of flat, hnsw, ivfpq"),
-    "files dropped": (lambda p: _edit_manifest(p, lambda m: m.pop("files")), True, "'files' must be present"),
-    "manifest is a list": (lambda p: (p / "manifest.json").write_text("[1, 2]"), True, "not a vpr_ros map manifest"),
-    "descriptors truncated": (lambda p: (p / "descriptors.npy").write_bytes((p / "descriptors.npy").read_bytes()[:200]), False,
-                              "descriptors.npy cannot be read"),
-    "index.faiss foreign bytes": (lambda p: (p / "index.faiss").write_bytes(b"\xff" * 64), False, "index.faiss cannot be read"),
-    "index.faiss truncated": (lambda p: (p / "index.faiss").write_bytes((p / "index.faiss").read_bytes()[:100]), False,
-                              "index.faiss cannot be read"),
+    "map_id dropped": (
+        lambda p: _edit_manifest(p, lambda m: m.pop("map_id"), fix_checksum=False),
+        True,
+        "was altered",
+    ),
+    "map_id dropped, checksum fixed": (
+        lambda p: _edit_manifest(p, lambda m: m.pop("map_id")),
+        True,
+        "'map_id' must be present",
+    ),
+    "model dropped": (
+        lambda p: _edit_manifest(p, lambda m: m.pop("model")),
+        True,
+        "'model' must be present",
+    ),
+    "index type hnsw without its params": (
+        lambda p: _edit_manifest(p, lambda m: m["index"].__setitem__("type", "hnsw")),
+        True,
+        "'index.params.M' must be present",
+    ),
+    "index type bogus": (
+        lambda p: _edit_manifest(p, lambda m: m["index"].__setitem__("type", "bogus")),
+        True,
+        "'index.type' must be one of flat, hnsw, ivfpq",
+    ),
+    "files dropped": (
+        lambda p: _edit_manifest(p, lambda m: m.pop("files")),
+        True,
+        "'files' must be present",
+    ),
+    "manifest is a list": (
+        lambda p: (p / "manifest.json").write_text("[1, 2]"),
+        True,
+        "not a vpr_ros map manifest",
+    ),
+    "descriptors truncated": (
+        lambda p: (p / "descriptors.npy").write_bytes((p / "descriptors.npy").read_bytes()[:200]),
+        False,
+        "descriptors.npy cannot be read",
+    ),
+    "index.faiss foreign bytes": (
+        lambda p: (p / "index.faiss").write_bytes(b"\xff" * 64),
+        False,
+        "index.faiss cannot be read",
+    ),
+    "index.faiss truncated": (
+        lambda p: (p / "index.faiss").write_bytes((p / "index.faiss").read_bytes()[:100]),
+        False,
+        "index.faiss cannot be read",
+    ),
     "places with fewer rows, digest updated": (
-        lambda p: (write_places(p / "places.csv", [Place(i, 0) for i in range(5)]), _refresh_digest(p, "places.csv")), True,
-        "places.csv has 5 places, the manifest says 40"),
+        lambda p: (
+            write_places(p / "places.csv", [Place(i, 0) for i in range(5)]),
+            _refresh_digest(p, "places.csv"),
+        ),
+        True,
+        "places.csv has 5 places, the manifest says 40",
+    ),
     "descriptors float64, digest updated": (
-        lambda p: (np.save(p / "descriptors.npy", np.zeros((40, 16))), _refresh_digest(p, "descriptors.npy")), True,
-        "descriptors.npy holds float64"),
-    "old format 1": (lambda p: _edit_manifest(p, lambda m: m.__setitem__("format_version", 1)), True, "old map format 1"),
+        lambda p: (
+            np.save(p / "descriptors.npy", np.zeros((40, 16))),
+            _refresh_digest(p, "descriptors.npy"),
+        ),
+        True,
+        "descriptors.npy holds float64",
+    ),
+    "old format 1": (
+        lambda p: _edit_manifest(p, lambda m: m.__setitem__("format_version", 1)),
+        True,
+        "old map format 1",
+    ),
 }
 
 
@@ -102,7 +160,9 @@ def test_inspect_map_never_says_verifies_for_a_map_localize_refuses(good_map, ca
     (good_map / "descriptors.npy").write_bytes((good_map / "descriptors.npy").read_bytes()[:200])
     assert cli_main(["inspect-map", str(good_map)]) == 1
     out = capsys.readouterr().out
-    assert "verifies   NO" in out and "files.descriptors.npy" in out and "verifies   yes" not in out
+    assert (
+        "verifies   NO" in out and "files.descriptors.npy" in out and "verifies   yes" not in out
+    )
 
 
 def test_inspect_map_verifies_a_good_map(good_map, capsys):
@@ -119,19 +179,36 @@ def test_manifest_checksum_catches_any_edit(good_map):
 def test_localize_refuses_a_damaged_map_in_one_line(good_map, tmp_path):
     _edit_manifest(good_map, lambda m: m.pop("model"))
     (tmp_path / "q").mkdir()
-    r = subprocess.run([sys.executable, "-m", "vpr_ros.cli", "localize", "--map", str(good_map), "--images", str(tmp_path / "q")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vpr_ros.cli",
+            "localize",
+            "--map",
+            str(good_map),
+            "--images",
+            str(tmp_path / "q"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "'model' must be present" in r.stderr
 
 
 @pytest.mark.slow
 def test_map_fuzzing_every_damage_is_a_clear_refusal(tmp_path):
-    result = run_map_campaign(n=0, subprocess_sample=1, workdir=tmp_path, progress=False, index_types=("hnsw",))
+    result = run_map_campaign(
+        n=0, subprocess_sample=1, workdir=tmp_path, progress=False, index_types=("hnsw",)
+    )
     assert result["inputs"] >= 400
     assert result["refused"] == result["inputs"], "\n".join(result["failures"])
     assert result["crashes"] == 0 and result["false_verifies"] == 0 and result["accepted"] == 0
-    assert result["subprocess_checked"] == 1 and result["subprocess_failed"] == 0, result["failures"]
+    assert result["subprocess_checked"] == 1 and result["subprocess_failed"] == 0, result[
+        "failures"
+    ]
 
 
 # -- full disk ------------------------------------------------------------------------------------
@@ -139,7 +216,10 @@ def test_full_disk_is_a_clear_error_and_the_old_map_stays(tmp_path):
     result = full_disk_trial(tmp_path)  # a real ENOSPC on a 3 MiB tmpfs of its own
     if "skipped" in result:
         pytest.skip(result["skipped"])
-    assert "the disk is full" in result["error"] and "previous map there (if any) is unchanged" in result["error"]
+    assert (
+        "the disk is full" in result["error"]
+        and "previous map there (if any) is unchanged" in result["error"]
+    )
     assert result["old_map_intact"]
     assert result["left_beside"] == []  # nothing half-written beside the map
 
@@ -153,7 +233,9 @@ def _write_slowly(target: Path, release: Path | None) -> None:
 
 
 def _partials(target: Path) -> list[str]:
-    return sorted(p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}{PARTIAL}"))
+    return sorted(
+        p.name for p in target.parent.iterdir() if p.name.startswith(f".{target.name}{PARTIAL}")
+    )
 
 
 def _start_writer(target: Path, release: Path | None) -> mp.Process:
@@ -161,9 +243,14 @@ def _start_writer(target: Path, release: Path | None) -> mp.Process:
     before = set(_partials(target))
     proc.start()
     deadline = time.time() + 60
-    while not any(n.endswith(".lock") for n in set(_partials(target)) - before) and time.time() < deadline:
+    while (
+        not any(n.endswith(".lock") for n in set(_partials(target)) - before)
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
-    while time.time() < deadline and not any((target.parent / n / "descriptors.npy").exists() for n in set(_partials(target)) - before):
+    while time.time() < deadline and not any(
+        (target.parent / n / "descriptors.npy").exists() for n in set(_partials(target)) - before
+    ):
         time.sleep(0.05)
     return proc
 
@@ -180,8 +267,10 @@ def test_next_writer_removes_dead_writers_debris_but_never_a_live_one(tmp_path):
     release = tmp_path / "release"
     live = _start_writer(target, release)  # a writer cleans dead writers' debris as it starts
     live_entries = _partials(target)
-    assert len(live_entries) == 2 and not set(live_entries) & set(dead_entries)  # dead and legacy debris gone
-    assert remove_debris(target) == 0  # another cleaner while the live writer works: nothing of it touched
+    # dead and legacy debris gone
+    assert len(live_entries) == 2 and not set(live_entries) & set(dead_entries)
+    # another cleaner while the live writer works: nothing of it touched
+    assert remove_debris(target) == 0
     assert _partials(target) == live_entries
     assert load_map(target).map_id == before
     release.touch()

@@ -26,12 +26,36 @@ def _descriptors(n, dim=16, seed=0):
 
 
 def _places(n):
-    return [Place(i, 1_000_000_000 * i, 500000.0 + i, 4000000.0 + 2 * i, 0.0, 0, 0, 0, 1, 45.0, 9.0, "32T", "bag", "/cam")
-            for i in range(n)]
+    return [
+        Place(
+            i,
+            1_000_000_000 * i,
+            500000.0 + i,
+            4000000.0 + 2 * i,
+            0.0,
+            0,
+            0,
+            0,
+            1,
+            45.0,
+            9.0,
+            "32T",
+            "bag",
+            "/cam",
+        )
+        for i in range(n)
+    ]
 
 
 def _write(path, n=50, model=MODEL):
-    return write_map(path, _descriptors(n), _places(n), model, IndexConfig("flat"), [{"bag": "b", "image_topic": "/cam"}])
+    return write_map(
+        path,
+        _descriptors(n),
+        _places(n),
+        model,
+        IndexConfig("flat"),
+        [{"bag": "b", "image_topic": "/cam"}],
+    )
 
 
 def test_places_round_trip_keeps_nan_and_values(tmp_path):
@@ -134,7 +158,10 @@ def test_process_killed_mid_write_leaves_old_map_intact(tmp_path):
     proc = mp.get_context("spawn").Process(target=_slow_write, args=(tmp_path / "m",))
     proc.start()
     deadline = time.time() + 30
-    while not any(p.name.startswith(".m.partial-") for p in tmp_path.iterdir()) and time.time() < deadline:
+    while (
+        not any(p.name.startswith(".m.partial-") for p in tmp_path.iterdir())
+        and time.time() < deadline
+    ):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.join()

@@ -1,4 +1,4 @@
-"""The pure-torch models against golden vectors produced by the official code (shared/reference)."""
+"""The pure-torch models against golden vectors made by the official code (shared/reference)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,9 @@ def test_dinov2_tiny_matches_official(size: str) -> None:
         for n in ([2, 3], 2):
             maps = torch.stack(model.get_intermediate_layers(x, n=n, reshape=True))
             torch.testing.assert_close(maps, expected_maps, **TOKEN_TOL)
-        cls = torch.stack([c for _, c in model.get_intermediate_layers(x, n=2, return_class_token=True)])
+        cls = torch.stack(
+            [c for _, c in model.get_intermediate_layers(x, n=2, return_class_token=True)]
+        )
         torch.testing.assert_close(cls, out["intermediate_n2_cls"], **TOKEN_TOL)
         pos = interpolate_pos_embed(model.pos_embed, grid, grid)
     torch.testing.assert_close(pos, out["interpolated_pos_embed"], atol=1e-6, rtol=1e-5)
@@ -71,9 +73,14 @@ def test_dinov2_tiny_matches_official(size: str) -> None:
 @needs_reference
 @pytest.mark.parametrize(
     ("name", "cls", "widths"),
-    [("scicevpr_head", SciceVPR, (3072, 768)), ("super_cricavpr_head_small", SuperCricaVPR, (256, 64))],
+    [
+        ("scicevpr_head", SciceVPR, (3072, 768)),
+        ("super_cricavpr_head_small", SuperCricaVPR, (256, 64)),
+    ],
 )
-def test_scicevpr_heads_match_official(name: str, cls: type[SciceVPR], widths: tuple[int, int]) -> None:
+def test_scicevpr_heads_match_official(
+    name: str, cls: type[SciceVPR], widths: tuple[int, int]
+) -> None:
     g = golden(name)
     head = loaded(cls(None, *widths), g["state_dict"])
     x, out = g["input"], g["outputs"]
@@ -82,7 +89,7 @@ def test_scicevpr_heads_match_official(name: str, cls: type[SciceVPR], widths: t
         regions = head.pool_regions(tokens)
         encoded = head.encode(regions)
         descriptor = head(x)
-        one_by_one = torch.cat([head(x[i : i + 1]) for i in range(len(x))])
+        one_by_one = torch.cat([head(x[i:i + 1]) for i in range(len(x))])
     torch.testing.assert_close(tokens[0], out["tokenmix_out_img0"], **TOKEN_TOL)
     torch.testing.assert_close(regions, out["regions_gem"], **DESCRIPTOR_TOL)
     torch.testing.assert_close(encoded, out["encoder_out"].reshape(encoded.shape), **TOKEN_TOL)
@@ -94,7 +101,9 @@ def test_scicevpr_heads_match_official(name: str, cls: type[SciceVPR], widths: t
 def test_scicevpr_student_is_batch_independent_teacher_is_not() -> None:
     student = golden("scicevpr_head")["outputs"]
     teacher = golden("super_cricavpr_head_small")["outputs"]
-    torch.testing.assert_close(student["descriptor"], student["descriptor_batch1_each"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        student["descriptor"], student["descriptor_batch1_each"], atol=1e-6, rtol=0
+    )
     assert (teacher["descriptor"] - teacher["descriptor_batch1_each"]).abs().max() > 1e-3
 
 
@@ -129,7 +138,9 @@ def test_fol_head_matches_official() -> None:
     with torch.no_grad():
         result = model.head(f, t, att.clone())
         global_only = model.global_descriptor(f, t, att.clone())
-    torch.testing.assert_close(result.global_descriptor, out["global_descriptor"], **DESCRIPTOR_TOL)
+    torch.testing.assert_close(
+        result.global_descriptor, out["global_descriptor"], **DESCRIPTOR_TOL
+    )
     torch.testing.assert_close(global_only, out["global_descriptor"], **DESCRIPTOR_TOL)
     torch.testing.assert_close(result.local_map[:1], out["local_all"], **DESCRIPTOR_TOL)
     torch.testing.assert_close(result.mask_separate, out["mask_separate"], **DESCRIPTOR_TOL)
@@ -140,8 +151,10 @@ def test_fol_head_matches_official() -> None:
     torch.testing.assert_close(result.loss_kl_2, out["loss_kl_2"], **DESCRIPTOR_TOL)
     assert list(result.local_features.shape) == out["local_feature_shape"].tolist()
     assert torch.equal(result.num_local, out["local_feature_nonzero_rows"])
-    torch.testing.assert_close(result.local_features[:, :64], out["local_feature_first64"], **DESCRIPTOR_TOL)
-    assert not result.local_features[0, result.num_local[0] :].any()  # zero padding
+    torch.testing.assert_close(
+        result.local_features[:, :64], out["local_feature_first64"], **DESCRIPTOR_TOL
+    )
+    assert not result.local_features[0, result.num_local[0]:].any()  # zero padding
 
 
 @needs_reference

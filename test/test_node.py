@@ -57,13 +57,16 @@ class NodeUnderTest:
 def _raw(rgb, stamp_s: int, frame_id="cam_test", encoding="rgb8"):
     msg = Image()
     for k, v in rgb_to_image_fields(rgb, encoding).items():
-        setattr(msg, k, v.tobytes() if k == "data" else v)  # rclpy copies bytes fast, arrays element by element
+        # rclpy copies bytes fast, arrays element by element
+        setattr(msg, k, v.tobytes() if k == "data" else v)
     msg.header.stamp.sec, msg.header.frame_id = stamp_s, frame_id
     return msg
 
 
 def _publisher(node, cls, topic):
-    pub = node.create_publisher(cls, topic, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
+    pub = node.create_publisher(
+        cls, topic, QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    )
     deadline = time.monotonic() + 60
     while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -84,7 +87,9 @@ def test_node_matches_places_with_source_stamps_and_frames(tmp_path, map_dir, im
         for i, img in enumerate(images):
             pub.publish(_raw(perturb(img, 100 + i), stamp_s=5000 + i))
             time.sleep(0.25)  # slower than the node: nothing should be dropped
-        assert collector.wait_for(lambda: len(_matches_after(collector, t0)) >= N_PLACES, 30), node.log_text()
+        assert collector.wait_for(
+            lambda: len(_matches_after(collector, t0)) >= N_PLACES, 30
+        ), node.log_text()
         matches = _matches_after(collector, t0)
         by_stamp = {m["stamp"]["sec"]: m for m in matches}
         assert sorted(by_stamp) == list(range(5000, 5000 + N_PLACES))
@@ -118,15 +123,20 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(tmp_path, map_dir, im
         zero.header.stamp.sec = 6001
         short = _raw(images[0], 6002)
         short.data = bytes(short.data)[:1000]
-        huge = Image(height=20000, width=20000, encoding="mono8", step=20000)  # 400 MP claimed, no data
+        # 400 MP claimed, no data
+        huge = Image(height=20000, width=20000, encoding="mono8", step=20000)
         huge.header.stamp.sec = 6003
         for m in (bad_encoding, zero, short, huge):
             pub.publish(m)
             time.sleep(0.2)
         pub.publish(_raw(images[3], 6010))
-        assert collector.wait_for(lambda: any(m["stamp"]["sec"] == 6010 for m in _matches_after(collector, t0)), 20), node.log_text()
+        assert collector.wait_for(
+            lambda: any(m["stamp"]["sec"] == 6010 for m in _matches_after(collector, t0)), 20
+        ), node.log_text()
         assert [m["stamp"]["sec"] for m in _matches_after(collector, t0)] == [6010]
-        assert collector.wait_for(lambda: any(int(d.get("frames_bad", 0)) >= 4 for d in collector.diagnostics[-3:]), 5)
+        assert collector.wait_for(
+            lambda: any(int(d.get("frames_bad", 0)) >= 4 for d in collector.diagnostics[-3:]), 5
+        )
         assert node.proc.poll() is None
         log = node.log_text()
         assert "weird42" in log
@@ -135,7 +145,9 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(tmp_path, map_dir, im
 
 
 def test_compressed_transport_and_corrupt_jpeg(tmp_path, map_dir, images, collector):
-    node = NodeUnderTest(tmp_path, map_dir, ["-p", "image_transport:=compressed", "-p", "image_qos:=reliable"])
+    node = NodeUnderTest(
+        tmp_path, map_dir, ["-p", "image_transport:=compressed", "-p", "image_qos:=reliable"]
+    )
     try:
         pub = _publisher(collector.node, CompressedImage, "/test/camera/compressed")
         t0 = collector._now()
@@ -147,7 +159,9 @@ def test_compressed_transport_and_corrupt_jpeg(tmp_path, map_dir, images, collec
         good = CompressedImage(format=fmt, data=data)
         good.header.stamp.sec, good.header.frame_id = 7001, "cam_c"
         pub.publish(good)
-        assert collector.wait_for(lambda: any(m["stamp"]["sec"] == 7001 for m in _matches_after(collector, t0)), 20), node.log_text()
+        assert collector.wait_for(
+            lambda: any(m["stamp"]["sec"] == 7001 for m in _matches_after(collector, t0)), 20
+        ), node.log_text()
         got = [m for m in _matches_after(collector, t0)]
         assert [m["stamp"]["sec"] for m in got] == [7001]
         assert got[0]["candidates"][0]["place_id"] == 5 and got[0]["frame_id"] == "cam_c"
@@ -156,22 +170,32 @@ def test_compressed_transport_and_corrupt_jpeg(tmp_path, map_dir, images, collec
 
 
 def test_latest_frame_wins_and_drops_are_counted(tmp_path, map_dir, images, collector):
-    # Reliable QoS: every frame reaches the node, so what is dropped is dropped by the node, not by DDS.
+    # Reliable QoS: every frame reaches the node, so what is dropped is dropped by the node, not by
+    # DDS.
     node = NodeUnderTest(tmp_path, map_dir, ["-p", "image_qos:=reliable"])
     try:
         pub = _publisher(collector.node, Image, "/test/camera")
         t0 = collector._now()
-        big = [cv2.resize(img, (1280, 960)) for img in images]  # bigger frames: slower to preprocess
+        # bigger frames: slower to preprocess
+        big = [cv2.resize(img, (1280, 960)) for img in images]
         burst = [_raw(big[i % N_PLACES], 8000 + i) for i in range(40)]
-        for msg in burst:  # faster than the node processes, slow enough for its executor to take each one
+        # faster than the node processes, slow enough for its executor to take each one
+        for msg in burst:
             pub.publish(msg)
             time.sleep(0.002)
-        assert collector.wait_for(lambda: any(m["stamp"]["sec"] == 8039 for m in _matches_after(collector, t0)), 30), node.log_text()
+        assert collector.wait_for(
+            lambda: any(m["stamp"]["sec"] == 8039 for m in _matches_after(collector, t0)), 30
+        ), node.log_text()
         time.sleep(1.5)
         got = [m["stamp"]["sec"] for m in _matches_after(collector, t0)]
-        assert got == sorted(got) and got[-1] == 8039  # in order, and the newest frame is never dropped
+        # in order, and the newest frame is never dropped
+        assert got == sorted(got) and got[-1] == 8039
         d = collector.diagnostics[-1]
-        received, processed, dropped = int(d["frames_received"]), int(d["frames_processed"]), int(d["frames_dropped"])
+        received, processed, dropped = (
+            int(d["frames_received"]),
+            int(d["frames_processed"]),
+            int(d["frames_dropped"]),
+        )
         # DDS may already replace frames in the subscription's history (KEEP_LAST) before the node
         # sees them; of those it does see, every one is either processed or counted as dropped.
         assert received <= 40 and dropped > 0 and processed + dropped == received
@@ -180,7 +204,9 @@ def test_latest_frame_wins_and_drops_are_counted(tmp_path, map_dir, images, coll
         assert node.stop() == 0, node.log_text()
 
 
-def test_reload_map_refuses_a_damaged_map_and_keeps_the_old_one(tmp_path, map_dir, images, collector):
+def test_reload_map_refuses_a_damaged_map_and_keeps_the_old_one(
+    tmp_path, map_dir, images, collector
+):
     local_map = tmp_path / "map"
     shutil.copytree(map_dir, local_map)
     node = NodeUnderTest(tmp_path, local_map)
@@ -195,7 +221,9 @@ def test_reload_map_refuses_a_damaged_map_and_keeps_the_old_one(tmp_path, map_di
         pub = _publisher(collector.node, Image, "/test/camera")
         t0 = collector._now()
         pub.publish(_raw(images[2], 9000))
-        assert collector.wait_for(lambda: any(m["stamp"]["sec"] == 9000 for m in _matches_after(collector, t0)), 20), node.log_text()
+        assert collector.wait_for(
+            lambda: any(m["stamp"]["sec"] == 9000 for m in _matches_after(collector, t0)), 20
+        ), node.log_text()
         shutil.rmtree(local_map)
         shutil.copytree(map_dir, local_map)
         result = client.call(Trigger.Request(), timeout_sec=30)
@@ -210,8 +238,13 @@ def test_node_without_a_map_waits_and_reports_error(tmp_path, images, collector)
     try:
         pub = _publisher(collector.node, Image, "/test/camera")
         pub.publish(_raw(images[0], 9500))
-        assert collector.wait_for(lambda: any(d["message"] == "no map loaded" and int(d["frames_without_map"]) >= 1
-                                              for d in collector.diagnostics[-3:]), 10), node.log_text()
+        assert collector.wait_for(
+            lambda: any(
+                d["message"] == "no map loaded" and int(d["frames_without_map"]) >= 1
+                for d in collector.diagnostics[-3:]
+            ),
+            10,
+        ), node.log_text()
         assert node.proc.poll() is None
         assert "no map at" in node.log_text() and "vpr-ros build-map" in node.log_text()
     finally:
@@ -233,8 +266,17 @@ def test_bad_parameter_ends_the_node_with_one_clear_line(tmp_path, map_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("override", ["model:=nope", "top_k:=abc", "map_path:=123", "verify_map:=maybe",
-                                      "diagnostics_period_s:=-1.0", "min_confidence:=2.0"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model:=nope",
+        "top_k:=abc",
+        "map_path:=123",
+        "verify_map:=maybe",
+        "diagnostics_period_s:=-1.0",
+        "min_confidence:=2.0",
+    ],
+)
 def test_wrong_parameter_types_and_ranges_end_the_node_with_one_line(tmp_path, map_dir, override):
     node = NodeUnderTest(tmp_path, map_dir, ["-p", override])
     assert node.proc.wait(60) == 2
@@ -251,12 +293,19 @@ def test_interrupt_during_start_up_ends_quietly(tmp_path, map_dir):
 
 
 def test_help_prints_the_parameters_without_starting_ros():
-    script = ("import sys\nfrom vpr_ros.ros import entry\n"
-              "try:\n    entry.main(['localize', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-              "assert 'rclpy' not in sys.modules, 'rclpy was imported'\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    script = (
+        "import sys\nfrom vpr_ros.ros import entry\ntry:\n    entry.main(['localize',"
+        " '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\nassert 'rclpy' not in"
+        " sys.modules, 'rclpy was imported'\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
-    assert "min_confidence (double, default 0.8) [0, 1]" in out.stdout and "~/reload_map" in out.stdout
+    assert (
+        "min_confidence (double, default 0.8) [0, 1]" in out.stdout
+        and "~/reload_map" in out.stdout
+    )
 
 
 def _set_parameters(node, params: dict) -> list:
@@ -266,13 +315,19 @@ def _set_parameters(node, params: dict) -> list:
     client = node.create_client(SetParameters, "/vpr_localizer/set_parameters")
     assert client.wait_for_service(30)
     # The collector's executor spins this node; a blocking call waits on it.
-    result = client.call(SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
-                                                           for k, v in params.items()]), timeout_sec=30)
+    result = client.call(
+        SetParameters.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in params.items()]
+        ),
+        timeout_sec=30,
+    )
     node.destroy_client(client)
     return result.results
 
 
-def test_param_set_is_validated_and_applied_without_a_restart(tmp_path, map_dir, images, collector):
+def test_param_set_is_validated_and_applied_without_a_restart(
+    tmp_path, map_dir, images, collector
+):
     node = NodeUnderTest(tmp_path, map_dir)
     try:
         pub = _publisher(collector.node, Image, "/test/camera")
@@ -291,17 +346,23 @@ def test_param_set_is_validated_and_applied_without_a_restart(tmp_path, map_dir,
 
 
 def test_diagnostics_recover_after_a_bad_frame(tmp_path, map_dir, images, collector):
-    node = NodeUnderTest(tmp_path, map_dir, ["-p", "diagnostics_period_s:=0.2"])  # a 2 s failure window
+    # a 2 s failure window
+    node = NodeUnderTest(tmp_path, map_dir, ["-p", "diagnostics_period_s:=0.2"])
     try:
         pub = _publisher(collector.node, Image, "/test/camera")
         bad = _raw(images[0], 9800)
         bad.data = bad.data[:100]  # truncated raw frame
         pub.publish(bad)
-        assert collector.wait_for(lambda: any(d["level"] == 1 for d in collector.diagnostics[-3:]), 10), node.log_text()
+        assert collector.wait_for(
+            lambda: any(d["level"] == 1 for d in collector.diagnostics[-3:]), 10
+        ), node.log_text()
         for i in range(4):
             pub.publish(_raw(perturb(images[i], i), 9801 + i))
             time.sleep(0.8)
-        assert collector.wait_for(lambda: collector.diagnostics[-1]["level"] == 0
-                                  and int(collector.diagnostics[-1]["frames_bad"]) >= 1, 10), collector.diagnostics[-1]
+        assert collector.wait_for(
+            lambda: collector.diagnostics[-1]["level"] == 0
+            and int(collector.diagnostics[-1]["frames_bad"]) >= 1,
+            10,
+        ), collector.diagnostics[-1]
     finally:
         assert node.stop() == 0, node.log_text()

@@ -1,7 +1,10 @@
-"""Overload (issue 9 campaign), CI-sized: 640x480 frames at 60 Hz and at 300 Hz through a live node.
+"""
+Overload (issue 9 campaign), CI-sized: 640x480 frames at 60 Hz and at 300 Hz through a live node.
+
 The node drops what it cannot process (newest frame wins) and accounts for every frame it received;
-every match belongs to a processed frame; memory and latency stay flat. The long variant (5,000 frames
-per rate) runs in bench/bench_reliability.py through the same function."""
+every match belongs to a processed frame; memory and latency stay flat. The long variant (5,000
+frames per rate) runs in bench/bench_reliability.py through the same function.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ def test_overload_at_60_and_300_hz(tmp_path) -> None:
         assert r["failed"] == 0 and r["bad"] == 0, r
         assert r["accounted"], f"received != processed + dropped: {r}"
         assert r["stamps_ok"], f"a match's stamp is not a processed frame's: {r}"
-        # Best-effort camera QoS: DDS may lose frames before the node sees them (about half at 300 Hz
-        # on a loaded 2-core machine); what the node receives it must account for, as above.
+        # Best-effort camera QoS: DDS may lose frames before the node sees them (about half at 300
+        # Hz on a loaded 2-core machine); what the node receives it must account for, as above.
         assert r["received"] > 0.2 * r["frames"] and r["processed"] > 20, r
         assert r["rss_growth_pct"] <= 5.0, r
         # Flat latency: the last quarter's median within 2x (+20 ms) of the first's; an unbounded
         # queue would grow it with every frame instead.
         assert r["latency_p50_last_ms"] <= 2 * r["latency_p50_first_ms"] + 20, r
-    assert results[1]["dropped"] > results[0]["dropped"], results  # 300 Hz is beyond the node on any CPU here
+    # 300 Hz is beyond the node on any CPU here
+    assert results[1]["dropped"] > results[0]["dropped"], results

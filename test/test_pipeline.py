@@ -1,4 +1,8 @@
-"""bag -> map -> localize -> eval through the `vpr-ros` command, on the synthetic route; bad inputs."""
+"""
+bag -> map -> localize -> eval through the `vpr-ros` command, on the synthetic route.
+
+Bad inputs.
+"""
 
 from __future__ import annotations
 
@@ -20,19 +24,42 @@ QUERY_FRAMES = 107  # the query drive is faster: fewer frames over the same loop
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=FRAMES, storage="mcap", compressed=True)
+    return write_demo_bags(
+        tmp_path_factory.mktemp("bags"), frames=FRAMES, storage="mcap", compressed=True
+    )
 
 
 @pytest.fixture(scope="module")
 def built_map(bags, tmp_path_factory):
     out = tmp_path_factory.mktemp("maps") / "route_map"
-    assert main(["build-map", "--bag", str(bags[0]), "--image-topic", CAMERA_TOPIC, "--pose-topic", GPS_TOPIC,
-                 "--min-distance", "2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "build-map",
+                "--bag",
+                str(bags[0]),
+                "--image-topic",
+                CAMERA_TOPIC,
+                "--pose-topic",
+                GPS_TOPIC,
+                "--min-distance",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def _cli(*args: str, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vpr_ros.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vpr_ros.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_every_command_has_help():
@@ -54,8 +81,22 @@ def test_built_map_records_model_sources_and_gps_places(built_map, bags):
 
 def test_localize_writes_one_place_match_per_query(built_map, bags, tmp_path):
     out = tmp_path / "matches.jsonl"
-    assert main(["localize", "--map", str(built_map), "--bag", str(bags[1]), "--image-topic", CAMERA_TOPIC,
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "localize",
+                "--map",
+                str(built_map),
+                "--bag",
+                str(bags[1]),
+                "--image-topic",
+                CAMERA_TOPIC,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == QUERY_FRAMES
     assert all(m["schema"] == "vpr_ros/PlaceMatch/1" and len(m["candidates"]) == 5 for m in lines)
@@ -67,8 +108,28 @@ def test_localize_writes_one_place_match_per_query(built_map, bags, tmp_path):
 
 def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, capsys):
     out = tmp_path / "eval"
-    assert main(["eval", "--map", str(built_map), "--bag", str(bags[1]), "--image-topic", CAMERA_TOPIC,
-                 "--pose-topic", GPS_TOPIC, "--threshold-m", "10", "--sequence-length", "5", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--map",
+                str(built_map),
+                "--bag",
+                str(bags[1]),
+                "--image-topic",
+                CAMERA_TOPIC,
+                "--pose-topic",
+                GPS_TOPIC,
+                "--threshold-m",
+                "10",
+                "--sequence-length",
+                "5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "| baseline |" in table and "R@20" in table
     results = json.loads((out / "results.json").read_text())
@@ -81,7 +142,9 @@ def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, caps
 
 
 def test_bag_without_the_topic_lists_the_topics_it_has(bags, tmp_path):
-    r = _cli("build-map", "--bag", str(bags[0]), "--image-topic", "/nope", "--out", str(tmp_path / "m"))
+    r = _cli(
+        "build-map", "--bag", str(bags[0]), "--image-topic", "/nope", "--out", str(tmp_path / "m")
+    )
     assert r.returncode == 2
     assert "/nope" in r.stderr and CAMERA_TOPIC in r.stderr
     assert not (tmp_path / "m").exists()
@@ -94,26 +157,56 @@ def test_truncated_bag_is_named_with_a_fix(bags, tmp_path):
     shutil.copytree(bags[0], bag)
     data = next(bag.glob("*.mcap"))
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
-    r = _cli("build-map", "--bag", str(bag), "--image-topic", CAMERA_TOPIC, "--out", str(tmp_path / "m"))
+    r = _cli(
+        "build-map", "--bag", str(bag), "--image-topic", CAMERA_TOPIC, "--out", str(tmp_path / "m")
+    )
     assert r.returncode == 2, r.stderr
     assert str(bag) in r.stderr and ("reindex" in r.stderr or "re-record" in r.stderr)
     assert not (tmp_path / "m").exists()
 
 
 def test_map_from_another_model_is_refused(built_map, bags):
-    r = _cli("localize", "--map", str(built_map), "--model", "raw-pixels", "--bag", str(bags[1]), "--image-topic", CAMERA_TOPIC)
+    r = _cli(
+        "localize",
+        "--map",
+        str(built_map),
+        "--model",
+        "raw-pixels",
+        "--bag",
+        str(bags[1]),
+        "--image-topic",
+        CAMERA_TOPIC,
+    )
     assert r.returncode == 2
     assert "another model" in r.stderr and "name: map has 'baseline'" in r.stderr
 
 
 def test_dinov2_model_without_weights_says_where_to_get_them(bags, tmp_path):
-    r = _cli("build-map", "--bag", str(bags[0]), "--image-topic", CAMERA_TOPIC, "--model", "mutualvpr-b", "--out", str(tmp_path / "m"))
+    r = _cli(
+        "build-map",
+        "--bag",
+        str(bags[0]),
+        "--image-topic",
+        CAMERA_TOPIC,
+        "--model",
+        "mutualvpr-b",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert r.returncode == 2
     assert "github.com/Gucci233/MutualVPR" in r.stderr and "--weights" in r.stderr
 
 
 def test_no_map_at_the_path(tmp_path, bags):
-    r = _cli("localize", "--map", str(tmp_path / "none"), "--bag", str(bags[1]), "--image-topic", CAMERA_TOPIC)
+    r = _cli(
+        "localize",
+        "--map",
+        str(tmp_path / "none"),
+        "--bag",
+        str(bags[1]),
+        "--image-topic",
+        CAMERA_TOPIC,
+    )
     assert r.returncode == 2 and "no map at" in r.stderr
 
 
@@ -123,8 +216,24 @@ def test_ctrl_c_during_build_leaves_the_existing_map_untouched(built_map, bags, 
     target = tmp_path / "m"
     shutil.copytree(built_map, target)
     before = read_manifest(target)["map_id"]
-    proc = subprocess.Popen([sys.executable, "-m", "vpr_ros.cli", "build-map", "--bag", str(bags[0]), "--image-topic", CAMERA_TOPIC,
-                             "--min-distance", "0", "--out", str(target)], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vpr_ros.cli",
+            "build-map",
+            "--bag",
+            str(bags[0]),
+            "--image-topic",
+            CAMERA_TOPIC,
+            "--min-distance",
+            "0",
+            "--out",
+            str(target),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = ""
     while "building map:" not in seen or "img/s" not in seen.split("building map:")[-1]:
         chunk = proc.stderr.read(1)  # tqdm's progress bar: extraction is under way

@@ -1,4 +1,8 @@
-"""Re-ranking through the whole pipeline: build-map stores local features, the localizer re-sorts with them."""
+"""
+Re-ranking through the whole pipeline.
+
+Build-map stores local features, the localizer re-sorts with them.
+"""
 
 from __future__ import annotations
 
@@ -28,14 +32,27 @@ class ListSource(list):
 
 
 def frames(images) -> ListSource:
-    return ListSource(Frame(index=i, stamp_ns=(i + 1) * 10**9, image=img, position=np.array([10.0 * i, 0.0, 0.0]),
-                            orientation=None, latlon=None, utm_zone=None, source="test", topic="/camera")
-                      for i, img in enumerate(images))
+    return ListSource(
+        Frame(
+            index=i,
+            stamp_ns=(i + 1) * 10**9,
+            image=img,
+            position=np.array([10.0 * i, 0.0, 0.0]),
+            orientation=None,
+            latlon=None,
+            utm_zone=None,
+            source="test",
+            topic="/camera",
+        )
+        for i, img in enumerate(images)
+    )
 
 
 @pytest.fixture(scope="module")
 def extractor() -> TorchExtractor:
-    return TorchExtractor(tiny_fol(), registry.spec("fol-b"), fingerprint="tiny-fol-pipeline", device="cpu")
+    return TorchExtractor(
+        tiny_fol(), registry.spec("fol-b"), fingerprint="tiny-fol-pipeline", device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +63,33 @@ def images():
 @pytest.fixture(scope="module")
 def fol_map(tmp_path_factory, extractor, images):
     out = tmp_path_factory.mktemp("fol") / "map"
-    return build_map(frames(images), extractor, out, IndexConfig("flat"), batch_size=4, reranker=create_reranker("fol", extractor))
+    return build_map(
+        frames(images),
+        extractor,
+        out,
+        IndexConfig("flat"),
+        batch_size=4,
+        reranker=create_reranker("fol", extractor),
+    )
 
 
-def test_map_holds_verified_local_features_and_rerank_fills_rerank_score(fol_map, extractor, images):
+def test_map_holds_verified_local_features_and_rerank_fills_rerank_score(
+    fol_map, extractor, images
+):
     vpr_map = load_map(fol_map, extractor.describe())
-    assert any(name.startswith("local/") for name in vpr_map.manifest["files"])  # protected by the manifest
-    localizer = Localizer(vpr_map, extractor, LocalizerConfig(top_k=3, rerank="auto", rerank_top_k=4, temporal="none"))
+    # protected by the manifest
+    assert any(name.startswith("local/") for name in vpr_map.manifest["files"])
+    localizer = Localizer(
+        vpr_map,
+        extractor,
+        LocalizerConfig(top_k=3, rerank="auto", rerank_top_k=4, temporal="none"),
+    )
     assert localizer.reranker is not None and localizer.reranker.name == "fol"
     m = localizer.localize(perturb(images[2], 5))
     assert m.rerank == "fol" and "rerank" in m.latency_ms
     scores = [c.rerank_score for c in m.candidates]
-    assert all(s is not None and s >= 0 and float(s).is_integer() for s in scores)  # FoL: counts of mutual matches
+    # FoL: counts of mutual matches
+    assert all(s is not None and s >= 0 and float(s).is_integer() for s in scores)
     assert scores == sorted(scores, reverse=True)
     assert m.best.place_id == 2
 
@@ -66,16 +98,24 @@ def test_rebuilding_the_index_keeps_the_local_features(fol_map, extractor):
     rebuild_index(fol_map, IndexConfig("hnsw"))
     vpr_map = load_map(fol_map, extractor.describe())
     assert vpr_map.manifest["index"]["type"] == "hnsw"
-    assert Localizer(vpr_map, extractor, LocalizerConfig(rerank="fol", temporal="none")).local_store is not None
+    assert (
+        Localizer(vpr_map, extractor, LocalizerConfig(rerank="fol", temporal="none")).local_store
+        is not None
+    )
 
 
-def test_fol_on_a_map_without_local_features_is_refused_with_the_rebuild_command(tmp_path, extractor, images):
+def test_fol_on_a_map_without_local_features_is_refused_with_the_rebuild_command(
+    tmp_path, extractor, images
+):
     plain = build_map(frames(images), extractor, tmp_path / "plain", IndexConfig("flat"))
     vpr_map = load_map(plain, extractor.describe())
     with pytest.raises(LocalFeaturesMissingError, match="vpr-ros build-map --rerank fol"):
         Localizer(vpr_map, extractor, LocalizerConfig(rerank="fol"))
     # auto falls back to no re-ranking on such a map
     assert Localizer(vpr_map, extractor, LocalizerConfig(rerank="auto")).reranker is None
-    assert math.isfinite(Localizer(vpr_map, extractor, LocalizerConfig(rerank="auto", temporal="none"))
-                         .localize(images[0]).confidence)
+    assert math.isfinite(
+        Localizer(vpr_map, extractor, LocalizerConfig(rerank="auto", temporal="none"))
+        .localize(images[0])
+        .confidence
+    )
     assert np.isfinite(vpr_map.descriptors).all()

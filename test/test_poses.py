@@ -29,7 +29,9 @@ from vpr_ros.maps.poses import (
 S = 1_000_000_000
 
 
-def _fix(lat: float, lon: float, alt: float = 10.0, status: int = NavSatStatus.STATUS_FIX) -> NavSatFix:
+def _fix(
+    lat: float, lon: float, alt: float = 10.0, status: int = NavSatStatus.STATUS_FIX
+) -> NavSatFix:
     return NavSatFix(latitude=lat, longitude=lon, altitude=alt, status=NavSatStatus(status=status))
 
 
@@ -43,7 +45,8 @@ def test_known_latlon_to_utm_pair() -> None:
 
 
 def test_route_across_a_zone_border_stays_in_the_first_zone() -> None:
-    # 6 deg E is the border between zones 31 and 32; 0.2 deg of longitude at the equator is 22.264 km.
+    # 6 deg E is the border between zones 31 and 32; 0.2 deg of longitude at the equator is 22.264
+    # km.
     projector = UtmProjector()
     e0, n0 = projector.project(0.0, 5.9)
     e1, n1 = projector.project(0.0, 6.1)
@@ -60,13 +63,17 @@ def test_invalid_fixes_are_skipped() -> None:
     assert builder.add(0, _fix(37.7, -122.5))
     assert not builder.add(S, _fix(37.7, -122.5, status=-1))
     assert not builder.add(2 * S, _fix(float("nan"), float("nan")))
-    assert builder.skipped == {"no fix (status -1)": 1, "NaN or infinite coordinates": 1} and len(builder.build()) == 1
+    assert (
+        builder.skipped == {"no fix (status -1)": 1, "NaN or infinite coordinates": 1}
+        and len(builder.build()) == 1
+    )
 
 
 @pytest.mark.parametrize(
     ("lat", "lon", "status", "reason"),
     [
-        (95.0, 10.0, 0, "latitude/longitude out of range"),  # utm raised OutOfRangeError and stopped build-map
+        # utm raised OutOfRangeError and stopped build-map
+        (95.0, 10.0, 0, "latitude/longitude out of range"),
         (48.0, 181.0, 0, "latitude/longitude out of range"),
         (85.0, 10.0, 0, "outside UTM (latitude beyond 84 N / 80 S)"),
         (-80.5, 10.0, 0, "outside UTM (latitude beyond 84 N / 80 S)"),
@@ -129,11 +136,17 @@ def test_pose_messages_of_every_type() -> None:
 
 def test_rosbags_messages_read_the_same_way() -> None:
     types = get_typestore(Stores.ROS2_KILTED).types
-    header = types["std_msgs/msg/Header"](stamp=types["builtin_interfaces/msg/Time"](sec=3, nanosec=7), frame_id="gps")
+    header = types["std_msgs/msg/Header"](
+        stamp=types["builtin_interfaces/msg/Time"](sec=3, nanosec=7), frame_id="gps"
+    )
     fix = types["sensor_msgs/msg/NavSatFix"](
         header=header,
         status=types["sensor_msgs/msg/NavSatStatus"](status=0, service=1),
-        latitude=51.2, longitude=7.5, altitude=1.0, position_covariance=np.zeros(9), position_covariance_type=0,
+        latitude=51.2,
+        longitude=7.5,
+        altitude=1.0,
+        position_covariance=np.zeros(9),
+        position_covariance_type=0,
     )
     assert header_stamp_ns(fix, fallback_ns=99) == 3 * S + 7
     builder = PoseTrackBuilder()
@@ -147,20 +160,34 @@ def test_rosbags_messages_read_the_same_way() -> None:
 
 
 def test_slerp_halfway_between_two_yaws() -> None:
-    q = slerp(yaw_to_quaternion(np.array([0.0])), yaw_to_quaternion(np.array([math.pi / 2])), np.array([0.5]))
+    q = slerp(
+        yaw_to_quaternion(np.array([0.0])),
+        yaw_to_quaternion(np.array([math.pi / 2])),
+        np.array([0.5]),
+    )
     assert q[0] == pytest.approx([0.0, 0.0, math.sin(math.pi / 8), math.cos(math.pi / 8)])
     # 170 deg -> -170 deg goes the short way, through 180 deg, not through 0.
-    q = slerp(yaw_to_quaternion(np.radians([170.0])), yaw_to_quaternion(np.radians([-170.0])), np.array([0.5]))
+    q = slerp(
+        yaw_to_quaternion(np.radians([170.0])),
+        yaw_to_quaternion(np.radians([-170.0])),
+        np.array([0.5]),
+    )
     assert abs(math.degrees(quaternion_to_yaw(q[0]))) == pytest.approx(180.0)
 
 
 def _l_track() -> PoseTrack:
     positions = np.array([[0.0, 0, 0], [10, 0, 0], [10, 10, 0]])
-    return PoseTrack(np.array([0, S, 2 * S]), positions, yaw_to_quaternion(np.array([0.0, math.pi / 2, math.pi / 2])))
+    return PoseTrack(
+        np.array([0, S, 2 * S]),
+        positions,
+        yaw_to_quaternion(np.array([0.0, math.pi / 2, math.pi / 2])),
+    )
 
 
 def test_interpolation_is_linear_and_slerped_inside_and_refused_beyond_the_gap() -> None:
-    samples = _l_track().interpolate([S // 2, 3 * S // 2, -S // 2, -3 * S // 2, 29 * S // 10, 35 * S // 10])
+    samples = _l_track().interpolate(
+        [S // 2, 3 * S // 2, -S // 2, -3 * S // 2, 29 * S // 10, 35 * S // 10]
+    )
     assert samples.valid.tolist() == [True, True, True, False, True, False]
     assert samples.positions[0] == pytest.approx([5.0, 0, 0])
     assert samples.positions[1] == pytest.approx([10.0, 5, 0])
@@ -182,7 +209,9 @@ def test_heading_from_gps_motion() -> None:
     # East 5 samples 1 m apart, then north: yaw 0 then pi/2 (ENU).
     east = [[x, 0.0, 0.0] for x in range(5)]
     north = [[4.0, y, 0.0] for y in range(1, 6)]
-    track = PoseTrack(np.arange(10) * S, np.array(east + north)).with_heading_from_motion(min_motion_m=1.0)
+    track = PoseTrack(np.arange(10) * S, np.array(east + north)).with_heading_from_motion(
+        min_motion_m=1.0
+    )
     yaw = quaternion_to_yaw(track.orientations)
     assert yaw[:4] == pytest.approx([0.0] * 4)
     assert yaw[4:] == pytest.approx([math.pi / 2] * 6)  # the tail keeps the last heading
@@ -198,19 +227,29 @@ def test_builder_sorts_dedups_and_gives_gps_a_heading() -> None:
     track = builder.build()
     assert track.stamps_ns.tolist() == [0, S, 2 * S]
     assert track.latlons[:, 0] == pytest.approx([0.0, 0.0001, 0.0002])
-    assert np.diff(track.positions[:, 1]) == pytest.approx([11.053, 11.053], abs=0.002)  # 110574 m/deg * 0.9996 scale
+    # 110574 m/deg * 0.9996 scale
+    assert np.diff(track.positions[:, 1]) == pytest.approx([11.053, 11.053], abs=0.002)
     assert quaternion_to_yaw(track.orientations) == pytest.approx([math.pi / 2] * 3, abs=1e-6)
 
 
 def test_keyframes_by_distance() -> None:
-    positions = np.array([[0.4 * i, 0.0, 50.0 * (i % 2)] for i in range(10)])  # altitude noise ignored
+    # altitude noise ignored
+    positions = np.array([[0.4 * i, 0.0, 50.0 * (i % 2)] for i in range(10)])
     assert select_keyframes(positions, min_distance_m=1.0) == [0, 3, 6, 9]
     assert select_keyframes(positions, min_distance_m=0.0) == list(range(10))
 
 
 def test_keyframes_every_n_without_poses_and_mixed() -> None:
     assert select_keyframes([None] * 7, every_n=3) == [0, 3, 6]
-    mixed = [np.array([0.0, 0, 0]), None, None, np.array([0.5, 0, 0]), np.array([2.0, 0, 0]), None, np.array([np.nan] * 3)]
+    mixed = [
+        np.array([0.0, 0, 0]),
+        None,
+        None,
+        np.array([0.5, 0, 0]),
+        np.array([2.0, 0, 0]),
+        None,
+        np.array([np.nan] * 3),
+    ]
     assert select_keyframes(mixed, min_distance_m=1.0, every_n=2) == [0, 1, 4, 5]
     with pytest.raises(ValueError):
         KeyframeSelector(every_n=0)

@@ -30,7 +30,11 @@ def test_most_confident_match_wrong_gives_zero_recall_at_full_precision():
 
 
 def test_tied_confidences_are_one_point_and_queries_without_a_place_count_only_as_errors():
-    curve = precision_recall(np.array([0.5, 0.5, 0.2]), np.array([True, False, True]), has_positive=np.array([True, False, True]))
+    curve = precision_recall(
+        np.array([0.5, 0.5, 0.2]),
+        np.array([True, False, True]),
+        has_positive=np.array([True, False, True]),
+    )
     np.testing.assert_allclose(curve.thresholds, [0.5, 0.2])
     np.testing.assert_allclose(curve.precision, [0.5, 2 / 3])
     np.testing.assert_allclose(curve.recall, [0.5, 1.0])
@@ -52,5 +56,7 @@ def test_bad_input_is_refused_and_plot_is_written(tmp_path):
         precision_recall(np.array([0.1, 0.2]), np.array([True]))
     with pytest.raises(ValueError, match="no query"):
         precision_recall(np.array([0.1]), np.array([False]), has_positive=np.array([False]))
-    png = plot_precision_recall({"a": precision_recall(np.array([0.9, 0.1]), np.array([True, False]))}, tmp_path / "pr.png")
+    png = plot_precision_recall(
+        {"a": precision_recall(np.array([0.9, 0.1]), np.array([True, False]))}, tmp_path / "pr.png"
+    )
     assert png.read_bytes()[:4] == b"\x89PNG"

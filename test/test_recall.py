@@ -1,7 +1,12 @@
 import numpy as np
 import pytest
 
-from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, rank_database, recall_at_n
+from vpr_ros.evaluation.recall import (
+    positives_by_distance,
+    positives_by_frame,
+    rank_database,
+    recall_at_n,
+)
 
 
 def test_rank_database_orders_by_cosine_similarity():
@@ -30,7 +35,11 @@ def test_positives_by_distance_uses_metres_radius():
 def test_recall_at_n_counts_first_true_match():
     ranked = np.array([[3, 0, 1], [2, 1, 0], [4, 4, 4]])
     positives = [np.array([0]), np.array([2]), np.array([1])]
-    assert recall_at_n(ranked, positives, (1, 2, 5)) == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 5: pytest.approx(2 / 3)}
+    assert recall_at_n(ranked, positives, (1, 2, 5)) == {
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(2 / 3),
+        5: pytest.approx(2 / 3),
+    }
 
 
 def test_recall_at_n_rejects_mismatched_ground_truth():
@@ -45,5 +54,7 @@ def test_recall_end_to_end_on_noisy_copies():
     database /= np.linalg.norm(database, axis=1, keepdims=True)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
     frames = np.arange(50)
-    recall = recall_at_n(rank_database(query, database, 5), positives_by_frame(frames, frames, 0), (1,))
+    recall = recall_at_n(
+        rank_database(query, database, 5), positives_by_frame(frames, frames, 0), (1,)
+    )
     assert recall[1] == 1.0

@@ -1,4 +1,8 @@
-"""Every registered preset, checked the same way: declared size, unit norm, batch (in)dependence, weights policy."""
+"""
+Every registered preset, checked the same way.
+
+Declared size, unit norm, batch (in)dependence, weights policy.
+"""
 
 from __future__ import annotations
 

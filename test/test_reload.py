@@ -1,4 +1,7 @@
-"""~/reload_map on damaged maps (issue 9, defect 1): a real node in its own process, a Trigger client here.
+"""
+~/reload_map on damaged maps (issue 9, defect 1).
+
+A real node in its own process, a Trigger client here.
 
 Every damage class the issue found killed the node or installed a broken map; now each reload is
 refused with a message and the old map keeps serving matches. A node started on a damaged map
@@ -15,18 +18,36 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not 
 from std_srvs.srv import Trigger  # noqa: E402
 
 from vpr_ros.replay.collector import OutputCollector  # noqa: E402
-from vpr_ros.replay.fuzz_maps import MODEL, build_base_maps, catalogue, node_reload_sample, pick  # noqa: E402
+from vpr_ros.replay.fuzz_maps import (  # noqa: E402
+    MODEL, build_base_maps, catalogue, node_reload_sample, pick,
+)
 from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
 
-# The issue's damage classes: KeyError map_id / model / efSearch / files, AttributeError (list), mmap
-# ValueError, faiss RuntimeError, the unknown index type, and a few of each file kind besides.
-VERIFIED = ["drop map_id (checksum stale)", "drop map_id (checksum recomputed)", "drop model (checksum recomputed)",
-            'set index.type to "hnsw"', 'set index.type to "bogus"', "drop files (checksum recomputed)",
-            "manifest replaced by []", "manifest not UTF-8", "set format_version to 1", "delete index.faiss",
-            "truncate descriptors.npy to 1 ", "index.faiss from another map", "places.csv from another map",
-            "delete manifest.json"]
-UNVERIFIED = ["truncate index.faiss to 1 ", "truncate descriptors.npy to 1 ", "index.faiss from another map",
-              "delete places.csv", "truncate places.csv to 1 "]
+# The issue's damage classes: KeyError map_id / model / efSearch / files, AttributeError (list),
+# mmap ValueError, faiss RuntimeError, the unknown index type, and a few of each file kind besides.
+VERIFIED = [
+    "drop map_id (checksum stale)",
+    "drop map_id (checksum recomputed)",
+    "drop model (checksum recomputed)",
+    'set index.type to "hnsw"',
+    'set index.type to "bogus"',
+    "drop files (checksum recomputed)",
+    "manifest replaced by []",
+    "manifest not UTF-8",
+    "set format_version to 1",
+    "delete index.faiss",
+    "truncate descriptors.npy to 1 ",
+    "index.faiss from another map",
+    "places.csv from another map",
+    "delete manifest.json",
+]
+UNVERIFIED = [
+    "truncate index.faiss to 1 ",
+    "truncate descriptors.npy to 1 ",
+    "index.faiss from another map",
+    "delete places.csv",
+    "truncate places.csv to 1 ",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +62,9 @@ def maps(tmp_path_factory):
 def test_each_damaged_reload_is_refused_and_the_old_map_keeps_serving(tmp_path, maps, verify):
     base, candidates = maps
     picks = pick(candidates, VERIFIED if verify else UNVERIFIED)
-    result = node_reload_sample(base, picks, tmp_path, node_args=[] if verify else ["-p", "verify_map:=false"])
+    result = node_reload_sample(
+        base, picks, tmp_path, node_args=[] if verify else ["-p", "verify_map:=false"]
+    )
     assert result["reloads"] == len(picks)
     assert result["refused"] == len(picks), result["failures"]
     assert result["old_map_served"] == len(picks), result["failures"]
@@ -53,7 +76,14 @@ def test_node_started_on_a_damaged_map_stays_up_and_takes_the_repaired_map(tmp_p
     base, candidates = maps
     live = tmp_path / "map"
     collector = OutputCollector()
-    for damage in pick(candidates, ["drop model (checksum recomputed)", "manifest replaced by []", "truncate index.faiss to 1 "]):
+    for damage in pick(
+        candidates,
+        [
+            "drop model (checksum recomputed)",
+            "manifest replaced by []",
+            "truncate index.faiss to 1 ",
+        ],
+    ):
         shutil.rmtree(live, ignore_errors=True)
         shutil.copytree(base, live)
         damage.apply(live)
@@ -63,7 +93,10 @@ def test_node_started_on_a_damaged_map_stays_up_and_takes_the_repaired_map(tmp_p
             client = collector.node.create_client(Trigger, "/vpr_localizer/reload_map")
             assert client.wait_for_service(timeout_sec=120), log.read_text()
             time.sleep(0.5)
-            assert node.poll() is None and "map not loaded" in log.read_text(), (damage.name, log.read_text())
+            assert node.poll() is None and "map not loaded" in log.read_text(), (
+                damage.name,
+                log.read_text(),
+            )
             shutil.rmtree(live)
             shutil.copytree(base, live)
             result = client.call(Trigger.Request(), timeout_sec=30)

@@ -1,4 +1,8 @@
-"""FoL re-ranking against the official test_FoL.py golden vectors, the fp16 map store, and the same-pass local features."""
+"""
+FoL re-ranking against the official test_FoL.py golden vectors.
+
+Also the fp16 map store, and the same-pass local features.
+"""
 
 from __future__ import annotations
 
@@ -21,18 +25,28 @@ from vpr_ros.models import registry
 from vpr_ros.models.dinov2 import DinoVisionTransformer
 from vpr_ros.models.fol import DinoV2WithClsAttention, FoLNet, padded_length
 
-OFFICIAL_PADDED_BYTES = 3600 * 128 * 4  # official layout: every image padded to [3600, 128] float32 (322/504 px)
+# official layout: every image padded to [3600, 128] float32 (322/504 px)
+OFFICIAL_PADDED_BYTES = 3600 * 128 * 4
 
 
 def tiny_fol() -> FoLNet:
-    """FoL at the preset's 322 px with a tiny DINOv2 (128 wide, 4 blocks), seeded random weights: cheap, same code path."""
+    """
+    Build FoL at the preset's 322 px with a tiny DINOv2 (128 wide, 4 blocks), seeded weights.
+
+    Random weights: cheap, same code path.
+    """
     torch.manual_seed(0)
-    return FoLNet(DinoV2WithClsAttention(DinoVisionTransformer(embed_dim=128, depth=4, num_heads=2)), num_channels=128).eval()
+    return FoLNet(
+        DinoV2WithClsAttention(DinoVisionTransformer(embed_dim=128, depth=4, num_heads=2)),
+        num_channels=128,
+    ).eval()
 
 
 @pytest.fixture(scope="module")
 def extractor() -> TorchExtractor:
-    return TorchExtractor(tiny_fol(), registry.spec("fol-b"), fingerprint="tiny-fol-test", device="cpu")
+    return TorchExtractor(
+        tiny_fol(), registry.spec("fol-b"), fingerprint="tiny-fol-test", device="cpu"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +64,9 @@ def padded(rows: np.ndarray, length: int) -> np.ndarray:
     return out
 
 
-def golden_rerank(reranker: FolReranker, golden: dict, i: int, db: list[LocalFeatures], pad: bool = False):
+def golden_rerank(
+    reranker: FolReranker, golden: dict, i: int, db: list[LocalFeatures], pad: bool = False
+):
     query = split(golden["query_local_packed"], golden["query_lengths"])[i]
     candidates = [db[j] for j in golden["predictions"][i].tolist()]
     if pad:  # the official input: zero rows up to pad_len
@@ -67,24 +83,29 @@ def test_golden_counts_and_order(extractor, golden) -> None:
         order, counts = golden_rerank(reranker, golden, i, db)
         np.testing.assert_array_equal(counts, golden["match_counts"][i].numpy())
         _, padded_counts = golden_rerank(reranker, golden, i, db, pad=True)
-        np.testing.assert_array_equal(padded_counts, counts)  # the official zero padding changes nothing
+        # the official zero padding changes nothing
+        np.testing.assert_array_equal(padded_counts, counts)
         official = golden["rerank_order"][i].numpy()
         assert (np.diff(counts[order]) <= 0).all()
-        # Ours keeps the global order inside a tie; the official order differs only inside tie blocks.
+        # Ours keeps the global order inside a tie; the official order differs only inside tie
+        # blocks.
         np.testing.assert_array_equal(order, np.argsort(-counts, kind="stable"))
         for count in np.unique(counts):
             block = counts[official] == count
             assert set(order[block]) == set(official[block])
         if i == 0:  # no ties: exactly the official order
             np.testing.assert_array_equal(order, official)
-            np.testing.assert_array_equal(golden["predictions"][0].numpy()[order], golden["reranked_predictions"][0].numpy())
-    # query 1's tie at count 5 (positions 3, 5, 8): official 8, 3, 5 (SIMD sort) or 8, 5, 3; ours 3, 5, 8
+            np.testing.assert_array_equal(
+                golden["predictions"][0].numpy()[order], golden["reranked_predictions"][0].numpy()
+            )
+    # query 1's tie at count 5 (positions 3, 5, 8): official 8, 3, 5 (SIMD sort) or 8, 5, 3; ours
+    # 3, 5, 8
     order, _ = golden_rerank(reranker, golden, 1, db)
     assert order[3:6].tolist() == [3, 5, 8]
 
 
 def test_golden_surviving_pairs(golden) -> None:
-    """Every individual match equals the reference's independent float64 mutual-NN recomputation."""
+    """Every single match equals the reference's independent float64 mutual-NN recomputation."""
     queries = split(golden["query_local_packed"], golden["query_lengths"])
     db = split(golden["db_local_packed"], golden["db_lengths"])
     ours = []
@@ -96,12 +117,17 @@ def test_golden_surviving_pairs(golden) -> None:
 
 
 def test_edge_cases_count_every_surviving_pair(extractor, golden) -> None:
-    """Our choice: a single mutual pair counts (official: 0), so edge candidate 1 (one genuine match) scores 1."""
+    """
+    Our choice.
+
+    A single mutual pair counts (official: 0), so edge candidate 1 (one genuine match) scores 1.
+    """
     reranker = FolReranker(extractor)
     query = LocalFeatures(golden["edge_query_local"].numpy())
     candidates = [LocalFeatures(c) for c in golden["edge_candidate_local"].numpy()]
     order, counts = reranker.rerank(query, candidates, np.zeros(4))
-    np.testing.assert_array_equal(counts, golden["edge_mnn_above_threshold"].numpy())  # [0, 1, 1, 2]
+    # [0, 1, 1, 2]
+    np.testing.assert_array_equal(counts, golden["edge_mnn_above_threshold"].numpy())
     official = golden["edge_match_counts"].numpy()  # [0, 0, 1, 2]
     assert (counts != official).tolist() == [False, True, False, False]
     np.testing.assert_array_equal(order, [3, 1, 2, 0])  # the tie 1 == 1 keeps the input order
@@ -111,7 +137,9 @@ def test_edge_cases_count_every_surviving_pair(extractor, golden) -> None:
     # empty query or candidate rows: score 0, no exception
     empty = LocalFeatures(np.zeros((0, 128), np.float32))
     np.testing.assert_array_equal(reranker.rerank(empty, candidates, np.zeros(4))[1], np.zeros(4))
-    np.testing.assert_array_equal(reranker.rerank(query, [empty, candidates[3]], np.array([0.9, 0.1]))[0], [1, 0])
+    np.testing.assert_array_equal(
+        reranker.rerank(query, [empty, candidates[3]], np.array([0.9, 0.1]))[0], [1, 0]
+    )
 
 
 def test_counts_from_the_fp16_store_equal_fp32(tmp_path, extractor, golden) -> None:
@@ -131,17 +159,29 @@ def test_counts_from_the_fp16_store_equal_fp32(tmp_path, extractor, golden) -> N
     assert store.bytes_per_place == (golden["db_lengths"].sum().item() * 128 * 2 + 15 * 8) / 14
 
 
-def test_map_without_local_features_is_refused_with_the_rebuild_command(tmp_path, extractor) -> None:
+def test_map_without_local_features_is_refused_with_the_rebuild_command(
+    tmp_path, extractor
+) -> None:
     reranker = FolReranker(extractor)
     descriptors = np.eye(3, extractor.dim, dtype=np.float32)
-    map_dir = write_map(tmp_path / "map", descriptors, [Place(i, i) for i in range(3)], extractor.describe(),
-                        IndexConfig(), [{"source": "test"}])
-    with pytest.raises(LocalFeaturesMissingError, match=r"`vpr-ros build-map --rerank fol --out MAP \.\.\.`"):
+    map_dir = write_map(
+        tmp_path / "map",
+        descriptors,
+        [Place(i, i) for i in range(3)],
+        extractor.describe(),
+        IndexConfig(),
+        [{"source": "test"}],
+    )
+    with pytest.raises(
+        LocalFeaturesMissingError, match=r"`vpr-ros build-map --rerank fol --out MAP \.\.\.`"
+    ):
         LocalFeatureStore.open(map_dir, reranker.describe(), place_count=3)
 
 
 def test_extractor_without_local_head_is_refused() -> None:
-    flat = TorchExtractor(torch.nn.Flatten(), registry.spec("fol-b"), fingerprint="no-local-head", device="cpu")
+    flat = TorchExtractor(
+        torch.nn.Flatten(), registry.spec("fol-b"), fingerprint="no-local-head", device="cpu"
+    )
     assert not flat.supports_local_features
     with pytest.raises(BackendUnavailableError, match="backend torch"):
         FolReranker(flat)
@@ -150,7 +190,11 @@ def test_extractor_without_local_head_is_refused() -> None:
 
 
 def test_global_and_local_head_is_the_official_selection() -> None:
-    """On the official FoL-B head golden: same global descriptor, and the rows are the padded official rows minus padding."""
+    """
+    On the official FoL-B head golden.
+
+    Same global descriptor, and the rows are the padded official rows minus padding.
+    """
     g = torch.load(shared_path("reference", "fol_b_head.pt"), weights_only=True)
     model = FoLNet(None, num_channels=768)
     model.load_state_dict(g["state_dict"], strict=True)
@@ -164,8 +208,8 @@ def test_global_and_local_head_is_the_official_selection() -> None:
     for i, r in enumerate(rows):
         assert r.shape[1] == 128 and len(r) <= padded_length(89) == 3600
         torch.testing.assert_close(r[:64], out["local_feature_first64"][i], atol=1e-5, rtol=1e-4)
-    # all rows of image 0 (the one whose full local map is stored), rebuilt independently: the official
-    # nearest resize 23 -> 89 takes source pixel floor(d * 23 / 89)
+    # all rows of image 0 (the one whose full local map is stored), rebuilt independently: the
+    # official nearest resize 23 -> 89 takes source pixel floor(d * 23 / 89)
     source = torch.arange(89) * 23 // 89
     pixels = out["selection_mask_23"][0][source][:, source] > 0
     torch.testing.assert_close(rows[0], out["local_all"][0][pixels], atol=1e-5, rtol=1e-4)
@@ -173,8 +217,14 @@ def test_global_and_local_head_is_the_official_selection() -> None:
 
 @pytest.mark.slow
 def test_one_forward_pass_gives_global_and_stored_rows(tmp_path, extractor) -> None:
-    """Real images at 322 px: extract_with_local == extract (global) and == head's padded rows; bytes per place."""
-    images = [read_rgb(p) for p in image_files(shared_path("data", "gardens_point_sample", "day"))[:3]]
+    """
+    Real images at 322 px.
+
+    Extract_with_local == extract (global) and == head's padded rows; bytes per place.
+    """
+    images = [
+        read_rgb(p) for p in image_files(shared_path("data", "gardens_point_sample", "day"))[:3]
+    ]
     descriptors, rows = extractor.extract_with_local(images)
     np.testing.assert_allclose(descriptors, extractor.extract(images), atol=1e-6)
     batch = torch.from_numpy(preprocess_batch(images, extractor.spec))
@@ -196,5 +246,8 @@ def test_one_forward_pass_gives_global_and_stored_rows(tmp_path, extractor) -> N
     assert store.bytes_per_place < OFFICIAL_PADDED_BYTES / 2
     # the query matched against the map: an image matches itself best
     global_scores = map_descriptors @ descriptors[0]
-    order, counts = reranker.rerank(reranker.query_features(images[0]), [store[j] for j in range(3)], global_scores)
-    assert order[0] == 0 and counts[0] == len(rows[0])  # fp16 copy of itself: every row is its own mutual match
+    order, counts = reranker.rerank(
+        reranker.query_features(images[0]), [store[j] for j in range(3)], global_scores
+    )
+    # fp16 copy of itself: every row is its own mutual match
+    assert order[0] == 0 and counts[0] == len(rows[0])

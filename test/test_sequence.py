@@ -1,10 +1,17 @@
 import numpy as np
 import pytest
 
-from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher, enhance_contrast, filter_sequence
+from vpr_ros.index.sequence import (
+    SequenceConfig,
+    SequenceMatcher,
+    enhance_contrast,
+    filter_sequence,
+)
 
 
-def noisy_diagonal(num_queries: int, database_size: int, start: int, velocity: float, noise: float, seed: int = 0) -> np.ndarray:
+def noisy_diagonal(
+    num_queries: int, database_size: int, start: int, velocity: float, noise: float, seed: int = 0
+) -> np.ndarray:
     """Similarity matrix: true place of query q is start + velocity * q, buried in noise."""
     rng = np.random.default_rng(seed)
     similarity = rng.normal(scale=noise, size=(num_queries, database_size)).astype(np.float32)
@@ -49,7 +56,9 @@ def test_online_push_equals_offline_filter_and_returns_top_k_sorted():
 
 def test_length_one_is_plain_argmax():
     similarity, _ = noisy_diagonal(20, 50, start=0, velocity=1.0, noise=0.8)
-    filtered, scores = filter_sequence(similarity, SequenceConfig(length=1, num_velocities=1, contrast_window=0))
+    filtered, scores = filter_sequence(
+        similarity, SequenceConfig(length=1, num_velocities=1, contrast_window=0)
+    )
     assert filtered[:, 0].tolist() == similarity.argmax(axis=1).tolist()
     np.testing.assert_allclose(scores[:, 0], similarity.max(axis=1))
 
@@ -57,14 +66,21 @@ def test_length_one_is_plain_argmax():
 def test_path_score_is_mean_similarity_along_the_line():
     similarity = np.zeros((3, 10), np.float32)
     similarity[0, 2], similarity[1, 3], similarity[2, 4] = 0.3, 0.6, 0.9
-    config = SequenceConfig(length=3, min_velocity=1.0, max_velocity=1.0, num_velocities=1, contrast_window=0)
+    config = SequenceConfig(
+        length=3, min_velocity=1.0, max_velocity=1.0, num_velocities=1, contrast_window=0
+    )
     filtered, scores = filter_sequence(similarity, config)
     assert filtered[2, 0] == 4
     assert scores[2, 0] == pytest.approx(0.6)
 
 
 def test_reset_forgets_history():
-    matcher = SequenceMatcher(10, SequenceConfig(length=3, min_velocity=1.0, max_velocity=1.0, num_velocities=1, contrast_window=0))
+    matcher = SequenceMatcher(
+        10,
+        SequenceConfig(
+            length=3, min_velocity=1.0, max_velocity=1.0, num_velocities=1, contrast_window=0
+        ),
+    )
     matcher.push(np.eye(10, dtype=np.float32)[2])
     matcher.push(np.eye(10, dtype=np.float32)[3])
     matcher.reset()

@@ -30,7 +30,8 @@ SHARED_SUMMER = SHARED / "data" / "nordland_trimmed" / "summer"
 
 def _header(stamp_ns: int, frame_id: str):
     return T["std_msgs/msg/Header"](
-        stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // S, nanosec=stamp_ns % S), frame_id=frame_id
+        stamp=T["builtin_interfaces/msg/Time"](sec=stamp_ns // S, nanosec=stamp_ns % S),
+        frame_id=frame_id,
     )
 
 
@@ -60,11 +61,17 @@ def _write_bag(
     """Camera at 10 Hz; GPS at 2 Hz (one NO_FIX), or odometry at 20 Hz turning at 0.5 rad/s."""
     with Writer(path, version=9, storage_plugin=storage) as writer:
         if image == "raw":
-            image_conn = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=TS)
+            image_conn = writer.add_connection(
+                "/camera/image_raw", "sensor_msgs/msg/Image", typestore=TS
+            )
         else:
-            image_conn = writer.add_connection("/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=TS)
+            image_conn = writer.add_connection(
+                "/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage", typestore=TS
+            )
         if pose == "gps":
-            pose_conn = writer.add_connection("/gps/fix", "sensor_msgs/msg/NavSatFix", typestore=TS)
+            pose_conn = writer.add_connection(
+                "/gps/fix", "sensor_msgs/msg/NavSatFix", typestore=TS
+            )
             for k, t in enumerate(np.arange(gps_start_s, CAMERA_S + 0.01, 0.5)):
                 lat, lon = utm.to_latlon(ORIGIN_E + _east(t), ORIGIN_N, *ZONE)
                 status = -1 if k == 2 else 0  # a NO_FIX with junk coordinates must be ignored
@@ -84,7 +91,9 @@ def _write_bag(
                     pose=T["geometry_msgs/msg/PoseWithCovariance"](
                         pose=T["geometry_msgs/msg/Pose"](
                             position=T["geometry_msgs/msg/Point"](x=t, y=-t, z=0.0),
-                            orientation=T["geometry_msgs/msg/Quaternion"](x=0.0, y=0.0, z=math.sin(t / 4), w=math.cos(t / 4)),
+                            orientation=T["geometry_msgs/msg/Quaternion"](
+                                x=0.0, y=0.0, z=math.sin(t / 4), w=math.cos(t / 4)
+                            ),
                         ),
                         covariance=np.zeros(36),
                     ),
@@ -96,10 +105,14 @@ def _write_bag(
                         covariance=np.zeros(36),
                     ),
                 )
-                writer.write(pose_conn, int(round(t * S)), TS.serialize_cdr(odom, odom.__msgtype__))
+                writer.write(
+                    pose_conn, int(round(t * S)), TS.serialize_cdr(odom, odom.__msgtype__)
+                )
         for k, stamp in enumerate(_camera_stamps()):
             if image == "raw":
-                msg = T["sensor_msgs/msg/Image"](header=_header(stamp, "camera"), **rgb_to_image_fields(_colour(k), "rgb8"))
+                msg = T["sensor_msgs/msg/Image"](
+                    header=_header(stamp, "camera"), **rgb_to_image_fields(_colour(k), "rgb8")
+                )
             else:
                 fmt, data = rgb_to_compressed(_colour(k), "jpeg", quality=95)
                 data = data[: len(data) // 2] if k == corrupt_frame else data
@@ -118,7 +131,9 @@ def _expected_east(stamp_ns: int, gps_start_s: float = 0.0) -> float:
 
 @pytest.mark.parametrize("storage", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
 @pytest.mark.parametrize("image", ["raw", "compressed"])
-def test_bag_with_gps_interpolates_at_image_stamps(tmp_path: Path, storage: StoragePlugin, image: str) -> None:
+def test_bag_with_gps_interpolates_at_image_stamps(
+    tmp_path: Path, storage: StoragePlugin, image: str
+) -> None:
     bag = _write_bag(tmp_path / "bag", storage, image)
     topic = "/camera/image_raw" if image == "raw" else "/camera/image_raw/compressed"
     source = BagSource([bag], topic, "/gps/fix")
@@ -133,7 +148,8 @@ def test_bag_with_gps_interpolates_at_image_stamps(tmp_path: Path, storage: Stor
         assert frame.position[2] == pytest.approx(30.0)
         assert frame.utm_zone == "31N"
         assert frame.latlon == pytest.approx(utm.to_latlon(*frame.position[:2], *ZONE), abs=1e-6)
-        assert quaternion_to_yaw(frame.orientation) == pytest.approx(0.0, abs=1e-3)  # heading east, from motion
+        # heading east, from motion
+        assert quaternion_to_yaw(frame.orientation) == pytest.approx(0.0, abs=1e-3)
         assert (frame.index, frame.source, frame.topic) == (k, str(bag), topic)
 
 
@@ -141,9 +157,13 @@ def test_bag_keyframes_by_distance(tmp_path: Path) -> None:
     bag = _write_bag(tmp_path / "bag", StoragePlugin.MCAP)
     every = list(BagSource(bag, "/camera/image_raw", "/gps/fix"))
     kept = list(BagSource(bag, "/camera/image_raw", "/gps/fix", min_distance_m=2.0))
-    assert [f.index for f in kept] == select_keyframes([f.position for f in every], min_distance_m=2.0)
+    assert [f.index for f in kept] == select_keyframes(
+        [f.position for f in every], min_distance_m=2.0
+    )
     gaps = np.diff([f.position[0] for f in kept])
-    assert (gaps >= 2.0).all() and len(kept) == pytest.approx((_east(2.95) - _east(0.05)) / 2.0, abs=3)
+    assert (gaps >= 2.0).all() and len(kept) == pytest.approx(
+        (_east(2.95) - _east(0.05)) / 2.0, abs=3
+    )
 
 
 def test_bag_with_odometry_slerps_orientation(tmp_path: Path) -> None:
@@ -158,17 +178,24 @@ def test_bag_with_odometry_slerps_orientation(tmp_path: Path) -> None:
 
 
 def test_frames_before_gps_starts_get_no_pose_and_every_n(tmp_path: Path) -> None:
-    bag = _write_bag(tmp_path / "bag", StoragePlugin.SQLITE3, gps_start_s=1.5)  # fixes 1.5, 2.0, (NO_FIX), 3.0
+    # fixes 1.5, 2.0, (NO_FIX), 3.0
+    bag = _write_bag(tmp_path / "bag", StoragePlugin.SQLITE3, gps_start_s=1.5)
     source = BagSource(bag, "/camera/image_raw", "/gps/fix", min_distance_m=1.0, every_n=3)
     frames = list(source)
     unposed = [f.index for f in frames if f.position is None]
-    assert unposed == [0, 3]  # frames 0..4 (t < 0.5 s) are > 1 s before the first fix: every 3rd kept
-    assert source.stats.without_pose == 2 and all(f.position is not None for f in frames if f.index >= 5)
-    assert frames[2].position[0] == pytest.approx(_expected_east(1.5 * S, 1.5), abs=0.01)  # held, not extrapolated
+    # frames 0..4 (t < 0.5 s) are > 1 s before the first fix: every 3rd kept
+    assert unposed == [0, 3]
+    assert source.stats.without_pose == 2 and all(
+        f.position is not None for f in frames if f.index >= 5
+    )
+    # held, not extrapolated
+    assert frames[2].position[0] == pytest.approx(_expected_east(1.5 * S, 1.5), abs=0.01)
 
 
 def test_corrupt_image_in_a_good_bag_is_skipped_and_counted(tmp_path: Path, caplog) -> None:
-    bag = _write_bag(tmp_path / "bag", StoragePlugin.MCAP, image="compressed", corrupt_frame=4, pose="none")
+    bag = _write_bag(
+        tmp_path / "bag", StoragePlugin.MCAP, image="compressed", corrupt_frame=4, pose="none"
+    )
     source = BagSource(bag, "/camera/image_raw/compressed", every_n=2)
     with caplog.at_level(logging.WARNING):
         frames = list(source)
@@ -179,7 +206,10 @@ def test_corrupt_image_in_a_good_bag_is_skipped_and_counted(tmp_path: Path, capl
 
 
 def test_several_bags_share_one_index_range_and_utm_zone(tmp_path: Path) -> None:
-    bags = [_write_bag(tmp_path / "a", StoragePlugin.SQLITE3), _write_bag(tmp_path / "b", StoragePlugin.MCAP)]
+    bags = [
+        _write_bag(tmp_path / "a", StoragePlugin.SQLITE3),
+        _write_bag(tmp_path / "b", StoragePlugin.MCAP),
+    ]
     source = BagSource(bags, "/camera/image_raw", "/gps/fix", min_distance_m=5.0)
     frames = list(source)
     assert len(source) == 60
@@ -194,7 +224,9 @@ def test_missing_topic_lists_the_topics_the_bag_has(tmp_path: Path) -> None:
     with pytest.raises(BagError) as err:
         BagSource(bag, "/front/image", "/gps/fix")
     assert "no topic /front/image" in str(err.value)
-    assert "image topics in the bag: /camera/image_raw" in str(err.value) and "pose topics: /gps/fix" in str(err.value)
+    assert "image topics in the bag: /camera/image_raw" in str(
+        err.value
+    ) and "pose topics: /gps/fix" in str(err.value)
     with pytest.raises(BagError, match="not an image"):
         BagSource(bag, "/gps/fix")
     with pytest.raises(BagError, match="no topic /odom"):
@@ -202,7 +234,9 @@ def test_missing_topic_lists_the_topics_the_bag_has(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("storage", [StoragePlugin.SQLITE3, StoragePlugin.MCAP])
-def test_truncated_bag_names_the_bag_and_the_repair(tmp_path: Path, storage: StoragePlugin) -> None:
+def test_truncated_bag_names_the_bag_and_the_repair(
+    tmp_path: Path, storage: StoragePlugin
+) -> None:
     bag = _write_bag(tmp_path / "bag", storage)
     storage_file = next(p for p in bag.iterdir() if p.suffix in (".db3", ".mcap"))
     data = storage_file.read_bytes()
@@ -217,7 +251,7 @@ def test_sqlite_bag_corrupt_in_the_middle_fails_while_reading(tmp_path: Path) ->
     db = next(bag.glob("*.db3"))
     data = bytearray(db.read_bytes())
     middle = len(data) // 2
-    data[middle : middle + 8192] = bytes(range(256)) * 32
+    data[middle:middle + 8192] = bytes(range(256)) * 32
     db.write_bytes(bytes(data))
     source = BagSource(bag, "/camera/image_raw", "/gps/fix")  # the header pages are intact
     with pytest.raises(BagError, match="damaged or truncated"):
@@ -243,16 +277,23 @@ def test_vpr_filename_parse() -> None:
     pose = parse_vpr_filename("@0543256.96@4178906.34@10@S@37.75@-122.51@pano@@90@@@@@@.jpg")
     assert pose.position.tolist() == [543256.96, 4178906.34, 0.0]
     assert pose.utm_zone == "10S" and pose.latlon == (37.75, -122.51)
-    assert quaternion_to_yaw(pose.orientation) == pytest.approx(0.0)  # compass 90 (east) is ENU yaw 0
+    # compass 90 (east) is ENU yaw 0
+    assert quaternion_to_yaw(pose.orientation) == pytest.approx(0.0)
     short = parse_vpr_filename("@543256.96@4178906.34@.jpg")
-    assert short.position.tolist() == [543256.96, 4178906.34, 0.0] and short.utm_zone is None and short.latlon is None
+    assert (
+        short.position.tolist() == [543256.96, 4178906.34, 0.0]
+        and short.utm_zone is None
+        and short.latlon is None
+    )
     derived = parse_vpr_filename("@0543256.96@4178906.34@@@37.75@-122.51@.png")
     assert derived.utm_zone == "10S" and derived.orientation is None
     assert parse_vpr_filename("images-00010.png") is None
     assert parse_vpr_filename("@north@east@x@.jpg") is None
 
 
-def test_folder_with_vpr_names_sorted_non_images_ignored_corrupt_skipped(tmp_path: Path, caplog) -> None:
+def test_folder_with_vpr_names_sorted_non_images_ignored_corrupt_skipped(
+    tmp_path: Path, caplog
+) -> None:
     names = [f"@{500000 + 3 * k:.2f}@{1000 + k:.2f}@31@N@@@@.jpg" for k in range(5)]
     for k, name in enumerate(names):
         _write_jpg(tmp_path / name, k)
@@ -274,10 +315,17 @@ def test_folder_with_xy_csv(tmp_path: Path) -> None:
     for k in range(3):
         _write_jpg(tmp_path / f"img_{k}.jpg", k)
     csv_path = tmp_path / "poses.csv"
-    csv_path.write_text("filename,x,y,z,qx,qy,qz,qw\nimg_0.jpg,1,2,3,0,0,0,1\nsub/img_2.jpg,4,5,6,0,0,1,0\n")
+    csv_path.write_text(
+        "filename,x,y,z,qx,qy,qz,qw\nimg_0.jpg,1,2,3,0,0,0,1\nsub/img_2.jpg,4,5,6,0,0,1,0\n"
+    )
     frames = list(FolderSource(tmp_path, poses_csv=csv_path))
     assert [f.topic for f in frames] == ["img_0.jpg", "img_1.jpg", "img_2.jpg"]
-    assert frames[0].position.tolist() == [1.0, 2.0, 3.0] and frames[0].orientation.tolist() == [0, 0, 0, 1]
+    assert frames[0].position.tolist() == [1.0, 2.0, 3.0] and frames[0].orientation.tolist() == [
+        0,
+        0,
+        0,
+        1,
+    ]
     assert frames[1].position is None
     assert frames[2].position.tolist() == [4.0, 5.0, 6.0] and frames[2].utm_zone is None
 
@@ -286,11 +334,13 @@ def test_folder_with_latlon_csv(tmp_path: Path) -> None:
     for k in range(2):
         _write_jpg(tmp_path / f"{k}.png", k)
     csv_path = tmp_path / "gps.csv"
-    csv_path.write_text("filename,lat,lon\n0.png,51.2,7.5\n1.png,51.2,5.9\n")  # second one lies in zone 31
+    # second one lies in zone 31
+    csv_path.write_text("filename,lat,lon\n0.png,51.2,7.5\n1.png,51.2,5.9\n")
     frames = list(FolderSource(tmp_path, poses_csv=csv_path))
     assert frames[0].position[:2] == pytest.approx([395201.310, 5673135.241], abs=1e-3)
     assert frames[0].utm_zone == frames[1].utm_zone == "32U" and frames[1].latlon == (51.2, 5.9)
-    assert frames[1].position[0] == pytest.approx(395201.310 - 111_560, abs=1_000)  # 1.6 deg west, one frame
+    # 1.6 deg west, one frame
+    assert frames[1].position[0] == pytest.approx(395201.310 - 111_560, abs=1_000)
 
 
 def test_bad_csv_and_folder_errors(tmp_path: Path) -> None:

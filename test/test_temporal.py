@@ -1,5 +1,9 @@
-"""The place HMM on synthetic sequences: speed changes, a stop, reversing with odometry, a kidnap,
-cost independent of map size, online == offline."""
+"""
+The place HMM on synthetic sequences.
+
+Speed changes, a stop, reversing with odometry, a kidnap, cost independent of map size, online ==
+offline.
+"""
 
 import numpy as np
 import pytest
@@ -9,9 +13,15 @@ from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter, filter
 K = 10
 
 
-def observe(truth: np.ndarray, size: int, hit_rate: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval candidates [Q, K] best first: the true place on top in ``hit_rate`` of the frames,
-    otherwise at a random rank or missing, among random look-alikes."""
+def observe(
+    truth: np.ndarray, size: int, hit_rate: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Simulate retrieval candidates [Q, K], best first.
+
+    The true place on top in ``hit_rate`` of the frames, otherwise at a random rank or missing,
+    among random look-alikes.
+    """
     rng = np.random.default_rng(seed)
     ids = np.zeros((len(truth), K), np.int64)
     scores = np.sort(rng.uniform(0.3, 0.6, size=(len(truth), K)))[:, ::-1]
@@ -28,7 +38,9 @@ def observe(truth: np.ndarray, size: int, hit_rate: float, seed: int = 0) -> tup
 
 
 def track(speeds_per_frame: np.ndarray, start: float) -> np.ndarray:
-    return np.rint(start + np.concatenate([[0.0], np.cumsum(speeds_per_frame[1:])])).astype(np.int64)
+    return np.rint(start + np.concatenate([[0.0], np.cumsum(speeds_per_frame[1:])])).astype(
+        np.int64
+    )
 
 
 def followed(ranked: np.ndarray, truth: np.ndarray, warmup: int = 10) -> float:
@@ -38,7 +50,13 @@ def followed(ranked: np.ndarray, truth: np.ndarray, warmup: int = 10) -> float:
 def test_follows_speed_changes_that_single_frames_miss():
     # 3x up and down again, each over 40 frames (4 s at 10 Hz). An instant 3x step is followed
     # only after a re-localization (speed changes are slow in the model: see TemporalConfig).
-    speeds = np.r_[np.full(40, 0.5), np.linspace(0.5, 1.5, 40), np.full(40, 1.5), np.linspace(1.5, 0.5, 40), np.full(20, 0.5)]
+    speeds = np.r_[
+        np.full(40, 0.5),
+        np.linspace(0.5, 1.5, 40),
+        np.full(40, 1.5),
+        np.linspace(1.5, 0.5, 40),
+        np.full(20, 0.5),
+    ]
     truth = track(speeds, 100)
     ids, scores = observe(truth, 2000, hit_rate=0.45)
     ranked, _, _ = filter_candidates(ids, scores, Route(np.arange(2000.0)))
@@ -62,8 +80,12 @@ def test_frames_dropped_by_the_node_are_accounted_for():
 
 
 def test_a_stop_is_reacquired_and_held():
-    """No speed 0 in the model (see DEFAULT_SPEEDS): the belief overshoots a sudden stop, re-localizes
-    at the stop within a few frames (reported), holds it, and follows when the robot moves on."""
+    """
+    No speed 0 in the model (see DEFAULT_SPEEDS).
+
+    The belief overshoots a sudden stop, re-localizes at the stop within a few frames (reported),
+    holds it, and follows when the robot moves on.
+    """
     speeds = np.r_[np.full(40, 1.0), np.zeros(50), np.full(40, 1.0)]
     truth = track(speeds, 50)
     ids, scores = observe(truth, 1000, hit_rate=0.8, seed=1)
@@ -75,7 +97,8 @@ def test_a_stop_is_reacquired_and_held():
 
 def test_odometry_drives_it_backwards_too():
     spacing = 2.0
-    speeds = np.r_[np.full(50, 0.8), np.full(50, -0.8)]  # places per frame; reversing after 50 frames
+    # places per frame; reversing after 50 frames
+    speeds = np.r_[np.full(50, 0.8), np.full(50, -0.8)]
     truth = track(speeds, 300)
     ids, scores = observe(truth, 1000, hit_rate=0.5, seed=2)
     travelled = np.r_[0.0, np.diff(truth) * spacing]
@@ -96,7 +119,8 @@ def test_kidnapped_robot_is_reported_and_found_again():
 
 
 def test_lost_track_restarts_after_lost_frames():
-    config = TemporalConfig(lost_frames=5, jump_prob=1e-12)  # jumps too unlikely to re-localize first
+    # jumps too unlikely to re-localize first
+    config = TemporalConfig(lost_frames=5, jump_prob=1e-12)
     truth = track(np.ones(60), 100)
     truth[30:] += 1000
     ids, scores = observe(truth, 2000, hit_rate=1.0, seed=4)
@@ -109,7 +133,11 @@ def test_lost_track_restarts_after_lost_frames():
 
 
 def test_cost_does_not_grow_with_map_size():
-    """The same sequence on a 1k and a 1M place map: same answers (shifted) and the same bounded work."""
+    """
+    The same sequence on a 1k and a 1M place map.
+
+    Same answers (shifted) and the same bounded work.
+    """
     truth = track(np.full(80, 0.9), 200)
     ids, scores = observe(truth, 1000, hit_rate=0.5, seed=5)
     config = TemporalConfig()
@@ -120,7 +148,8 @@ def test_cost_does_not_grow_with_map_size():
         a, b = small.push(i, s), big.push(i + shift, s)
         assert a.hypotheses == b.hypotheses <= config.max_hypotheses
         np.testing.assert_array_equal(a.place_ids + shift, b.place_ids)
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)  # float64 route coordinates near 1e6
+        # float64 route coordinates near 1e6
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
 
 
 def test_online_equals_offline_and_candidate_scores_line_up():
@@ -134,7 +163,9 @@ def test_online_equals_offline_and_candidate_scores_line_up():
         np.testing.assert_allclose(r.scores, probs[q])
         assert r.reset == resets[q]
         for cid, p in zip(ids[q], r.candidate_scores):
-            assert p == pytest.approx(r.scores[list(r.place_ids).index(cid)] if cid in r.place_ids else p)
+            assert p == pytest.approx(
+                r.scores[list(r.place_ids).index(cid)] if cid in r.place_ids else p
+            )
         assert np.all(np.diff(r.scores) <= 1e-12) and 0 < r.support <= 1
 
 
@@ -171,7 +202,11 @@ def test_a_closed_loop_carries_the_robot_from_the_last_place_to_the_first():
 
 
 def test_eval_runs_the_filter_on_a_real_map(tmp_path):
-    """`evaluate` with the localizer's hmm filter through a written map and its faiss index: better than plain."""
+    """
+    `evaluate` with the localizer's hmm filter through a written map and its faiss index.
+
+    Better than plain.
+    """
     from vpr_ros.evaluation.evaluate import Queries, evaluate
     from vpr_ros.localizer import Localizer, LocalizerConfig
     from vpr_ros.evaluation.recall import positives_by_distance
@@ -183,21 +218,44 @@ def test_eval_runs_the_filter_on_a_real_map(tmp_path):
     rng = np.random.default_rng(8)
     db = rng.standard_normal((n, dim)).astype(np.float32)
     db /= np.linalg.norm(db, axis=1, keepdims=True)
-    places = [Place(i, i, 500000.0 + 2.0 * i, 4000000.0, 0.0, 0, 0, 0, 1, 45.0, 9.0, "32T", "bag", "/cam") for i in range(n)]
+    places = [
+        Place(
+            i, i, 500000.0 + 2.0 * i, 4000000.0, 0.0, 0, 0, 0, 1, 45.0, 9.0, "32T", "bag", "/cam"
+        )
+        for i in range(n)
+    ]
     model = {"name": "baseline", "fingerprint": "t", "input_size": [32, 64], "dim": dim,
              "preprocessing": {"resize": [32, 64], "mean": [0, 0, 0], "std": [1, 1, 1]}}
-    write_map(tmp_path / "m", db, places, model, IndexConfig("flat"), [{"bag": "b", "image_topic": "/cam"}])
+    write_map(
+        tmp_path / "m",
+        db,
+        places,
+        model,
+        IndexConfig("flat"),
+        [{"bag": "b", "image_topic": "/cam"}],
+    )
     vpr_map = load_map(tmp_path / "m", model)
     truth = track(np.full(150, 0.7), 20)
     queries = db[truth] + rng.standard_normal((len(truth), dim)).astype(np.float32) * 0.25
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     xy = np.array([p.position[:2] for p in vpr_map.places])
     positives = positives_by_distance(xy[truth] - xy.mean(0), xy - xy.mean(0), 2.5)
-    plain = evaluate(Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="none")), Queries(queries), positives, "within 2.5 m")
-    filtered = evaluate(Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="hmm")), Queries(queries), positives,
-                        "within 2.5 m")
+    plain = evaluate(
+        Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="none")),
+        Queries(queries),
+        positives,
+        "within 2.5 m",
+    )
+    filtered = evaluate(
+        Localizer(vpr_map, None, LocalizerConfig(top_k=20, temporal="hmm")),
+        Queries(queries),
+        positives,
+        "within 2.5 m",
+    )
     assert plain.recalls[1] < 0.8 and filtered.recalls[1] >= plain.recalls[1] + 0.1
     for r in (plain, filtered):
-        assert r.confidence.shape == (len(truth),) and np.all((r.confidence >= 0) & (r.confidence <= 1))
+        assert r.confidence.shape == (len(truth),) and np.all(
+            (r.confidence >= 0) & (r.confidence <= 1)
+        )
     right = plain.correct_top1()
     assert plain.confidence[right].mean() > plain.confidence[~right].mean()

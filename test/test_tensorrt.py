@@ -1,4 +1,8 @@
-"""TensorRT backend: the real build and run path. Runs only where tensorrt and a CUDA GPU are present."""
+"""
+TensorRT backend: the real build and run path.
+
+Runs only where tensorrt and a CUDA GPU are present.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-trt = pytest.importorskip("tensorrt", reason="tensorrt is not installed (it cannot be pip-installed on CPU machines)")
+trt = pytest.importorskip(
+    "tensorrt", reason="tensorrt is not installed (it cannot be pip-installed on CPU machines)"
+)
 if not torch.cuda.is_available():
     pytest.skip("TensorRT needs a CUDA GPU and torch sees none", allow_module_level=True)
 
@@ -20,13 +26,18 @@ from vpr_ros.imaging import read_rgb  # noqa: E402
 from vpr_ros.inference.onnx_export import cached_onnx  # noqa: E402
 from vpr_ros.inference.parity import compare_descriptors  # noqa: E402
 from vpr_ros.inference.preprocess import preprocess_batch  # noqa: E402
-from vpr_ros.inference.tensorrt_backend import TrtExtractor, cached_engine, engine_key  # noqa: E402
+from vpr_ros.inference.tensorrt_backend import (  # noqa: E402
+    TrtExtractor, cached_engine, engine_key,
+)
 from vpr_ros.models import registry  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def images() -> list[np.ndarray]:
     paths = sorted(shared_path("data", "nordland_trimmed", "winter").glob("*.png"))[::300]
-    return [read_rgb(p) for p in paths] + [read_rgb(shared_path("data", "tokyo_pair", "query.jpg"))]
+    return [read_rgb(p) for p in paths] + [
+        read_rgb(shared_path("data", "tokyo_pair", "query.jpg"))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +60,28 @@ def test_auto_picks_tensorrt():
     assert backend == "tensorrt" and trt.__version__ in why
 
 
-@pytest.mark.parametrize("precision, min_cosine", [("fp32", 0.9999), ("fp16", 0.999), ("bf16", 0.99)])
+@pytest.mark.parametrize(
+    "precision, min_cosine", [("fp32", 0.9999), ("fp16", 0.999), ("bf16", 0.99)]
+)
 def test_engine_matches_torch_and_is_reused(dinov2_s, images, precision, min_cosine, caplog):
     if precision == "bf16" and not hasattr(trt.BuilderFlag, "BF16"):
         pytest.skip(f"TensorRT {trt.__version__} has no BF16")
     model, spec, fingerprint, cache, onnx_path = dinov2_s
     engine = cached_engine(onnx_path, spec, fingerprint, precision, cache)
-    assert EngineCache(cache, engine.name.removesuffix(".engine")).stale_reasons(engine_key(onnx_path, spec, precision)) == []
+    assert (
+        EngineCache(cache, engine.name.removesuffix(".engine")).stale_reasons(
+            engine_key(onnx_path, spec, precision)
+        )
+        == []
+    )
     extractor = TrtExtractor(spec, fingerprint, engine, precision)
     report = compare_descriptors(expected(model, spec, images), extractor.extract(images))
     assert report.min_cosine >= min_cosine, report
     # batch > 1 and batch > MAX_BATCH give the same per-image rows as batch 1
     batch = preprocess_batch(images, spec)
-    one_by_one = np.concatenate([extractor.extract_preprocessed(batch[i : i + 1]) for i in range(len(batch))])
+    one_by_one = np.concatenate(
+        [extractor.extract_preprocessed(batch[i:i + 1]) for i in range(len(batch))]
+    )
     np.testing.assert_allclose(extractor.extract_preprocessed(batch), one_by_one, atol=1e-3)
     mtime = engine.stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
@@ -75,5 +95,8 @@ def test_int8_engine_with_calibration_folder(dinov2_s, images):
     calib_dir = shared_path("data", "nordland_trimmed", "summer")
     engine = cached_engine(onnx_path, spec, fingerprint, "int8", cache, calib_dir=calib_dir)
     assert list(cache.glob("calib-*.cache")), "calibration scales were not cached"
-    report = compare_descriptors(expected(model, spec, images), TrtExtractor(spec, fingerprint, engine, "int8").extract(images))
+    report = compare_descriptors(
+        expected(model, spec, images),
+        TrtExtractor(spec, fingerprint, engine, "int8").extract(images),
+    )
     assert report.min_cosine >= 0.98, report
