@@ -1,4 +1,5 @@
-"""Descriptor backends head to head: ms per image at batch 1 and agreement with torch fp32.
+"""
+Descriptor backends head to head: ms per image at batch 1 and agreement with torch fp32.
 
     .venv/bin/python bench/bench_backends.py --models dinov2-s dinov2-b --runs 10
 
@@ -35,7 +36,10 @@ DEFAULT_MODELS = ("baseline", "dinov2-s", "dinov2-b", "scicevpr-b", "mutualvpr-b
 
 def real_images() -> list[np.ndarray]:
     paths = sorted((SHARED_DATA / "nordland_trimmed" / "winter").glob("*.png"))[::450]
-    paths += [SHARED_DATA / "tokyo_pair" / "query.jpg", SHARED_DATA / "tokyo_pair" / "database.png"]
+    paths += [
+        SHARED_DATA / "tokyo_pair" / "query.jpg",
+        SHARED_DATA / "tokyo_pair" / "database.png",
+    ]
     return [read_rgb(p) for p in paths]
 
 
@@ -56,7 +60,12 @@ def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
         "torch-compile bf16": CompiledTorchExtractor(model, spec, fingerprint, "bf16"),
     }
     for precision in ("fp32", "int8"):
-        found[f"onnxruntime {precision}"] = OrtExtractor(spec, fingerprint, cached_onnx(model, spec, fingerprint, precision, cache_dir), precision)
+        found[f"onnxruntime {precision}"] = OrtExtractor(
+            spec,
+            fingerprint,
+            cached_onnx(model, spec, fingerprint, precision, cache_dir),
+            precision,
+        )
     if tensorrt_problem() is None:
         from vpr_ros.inference.tensorrt_backend import TrtExtractor, cached_engine
 
@@ -86,21 +95,32 @@ def bench_model(name: str, images: list[np.ndarray], runs: int, cache_dir: Path)
         ms = float(np.median(times[label]))
         agreement = compare_descriptors(reference, extractor.extract(images))
         size = "x".join(map(str, spec.input_size))
-        rows.append(f"| {name} | {size} | {label} | {ms * 1000:.1f} | {base / ms:.2f}x | {agreement.min_cosine:.5f} |")
+        rows.append(
+            f"| {name} | {size} | {label} | {ms * 1000:.1f} | {base / ms:.2f}x |"
+            f" {agreement.min_cosine:.5f} |"
+        )
         print(rows[-1], flush=True)
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per configuration (after one warm-up)")
-    parser.add_argument("--cache-dir", type=Path, help="where ONNX files/engines go (default: a temporary folder)")
+    parser.add_argument(
+        "--runs", type=int, default=10, help="timed runs per configuration (after one warm-up)"
+    )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="where ONNX files/engines go (default: a temporary folder)"
+    )
     args = parser.parse_args()
     images = real_images()
     header = [
-        f"batch 1, median of {args.runs} runs; cosine: min over {len(images)} real images vs torch fp32; "
-        f"{torch.get_num_threads()} torch threads",
+        (
+            f"batch 1, median of {args.runs} runs; cosine: min over {len(images)} real images vs"
+            f" torch fp32; {torch.get_num_threads()} torch threads"
+        ),
         "",
         "| model | input | backend | ms/image | vs torch fp32 | min cosine |",
         "|---|---|---|---|---|---|",

@@ -1,4 +1,5 @@
-"""`build-map` throughput against bare descriptor extraction of the same frames, in one run.
+"""
+`build-map` throughput against bare descriptor extraction of the same frames, in one run.
 
 Goal (issue 2): build-map images/s >= 0.9 x bare extraction images/s.
 
@@ -14,7 +15,7 @@ from common import IMAGE_TOPIC, POSE_TOPIC, demo_bags
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--model", default="baseline")
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -32,7 +33,8 @@ def main() -> None:
     extractor.extract(images[: a.batch_size])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(images), a.batch_size):
-        extractor.extract(images[i : i + a.batch_size])  # preprocessing + network, as the extractor does it
+        # preprocessing + network, as the extractor does it
+        extractor.extract(images[i:i + a.batch_size])
     bare = len(images) / (time.perf_counter() - t0)
 
     t0 = time.perf_counter()
@@ -40,7 +42,9 @@ def main() -> None:
     full = len(images) / (time.perf_counter() - t0)
     print(f"model {a.model}, {len(images)} frames of 640x480 from a rosbag2 (sqlite3)")
     print(f"bare extraction (decoded images in memory -> descriptors): {bare:.1f} img/s")
-    print(f"build-map (read bag, decode, interpolate poses, extract, index, write): {full:.1f} img/s")
+    print(
+        f"build-map (read bag, decode, interpolate poses, extract, index, write): {full:.1f} img/s"
+    )
     print(f"ratio build-map / bare: {full / bare:.3f} (goal >= 0.9)")
 
 

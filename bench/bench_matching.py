@@ -1,4 +1,5 @@
-"""Matches a robot can act on: the pipeline's configurations on every data set, as the node runs them.
+"""
+Matches a robot can act on: the pipeline's configurations on every data set, as the node runs them.
 
     .venv/bin/python bench/bench_matching.py [--datasets nordland demo gardens] [--work DIR]
 
@@ -14,8 +15,8 @@ Data sets (../shared/data; each is skipped, saying so, when absent):
 - demo: the synthetic route (`vpr_ros.demo.route`), map keyframes every 2 m, right within 10 m.
 - gardens: ten Gardens Point places, day queries against the night map, right at the exact place
   (and within one place).
-Ends with one line `nordland_r1=... demo_r1=... gardens_r1=...` for the node's defaults (rerank auto
-= xfeat on these maps, temporal hmm).
+Ends with one line `nordland_r1=... demo_r1=... gardens_r1=...` for the node's defaults (rerank
+auto = xfeat on these maps, temporal hmm).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import numpy as np
 
 from common import SHARED_DATA
 
-from vpr_ros.evaluation.evaluate import extract_queries, format_table, ground_truth, report_rows, run_configurations  # noqa: E402
+from vpr_ros.evaluation.evaluate import (  # noqa: E402
+    extract_queries, format_table, ground_truth, report_rows, run_configurations,
+)
 from vpr_ros.index.faiss_index import IndexConfig  # noqa: E402
 from vpr_ros.index.rerank import create_reranker  # noqa: E402
 from vpr_ros.inference.factory import create_extractor  # noqa: E402
@@ -42,7 +45,11 @@ RERANKER = "xfeat"
 
 
 def sources(name: str, work: Path):
-    """(map source, query source factory, threshold_m, frame tolerances) of a data set, or None when absent."""
+    """
+    Return a data set's (map source, query source factory, threshold_m, frame tolerances).
+
+    None when the data set is absent.
+    """
     if name == "nordland":
         root = SHARED_DATA / "nordland_trimmed"
         if not root.is_dir():
@@ -54,11 +61,20 @@ def sources(name: str, work: Path):
             return None
         return (FolderSource(root / "night"), lambda: FolderSource(root / "day"), None, (0, 1))
     if name == "demo":
-        from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, RECOMMENDED_MATCH_RADIUS_M, write_demo_bags
+        from vpr_ros.demo.route import (
+            COMPRESSED_CAMERA_TOPIC,
+            GPS_TOPIC,
+            RECOMMENDED_MATCH_RADIUS_M,
+            write_demo_bags,
+        )
 
         map_bag, query_bag = write_demo_bags(work / "bags", frames=400, compressed=True)
-        return (BagSource([map_bag], COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, min_distance_m=2.0),
-                lambda: BagSource([query_bag], COMPRESSED_CAMERA_TOPIC, GPS_TOPIC), RECOMMENDED_MATCH_RADIUS_M, (None,))
+        return (
+            BagSource([map_bag], COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, min_distance_m=2.0),
+            lambda: BagSource([query_bag], COMPRESSED_CAMERA_TOPIC, GPS_TOPIC),
+            RECOMMENDED_MATCH_RADIUS_M,
+            (None,),
+        )
     raise ValueError(f"unknown data set {name!r}")
 
 
@@ -66,7 +82,9 @@ def costs(localizer: Localizer, queries, n: int = 200) -> dict[str, float]:
     """Median per-frame ms of the re-ranking and temporal stages over the first ``n`` queries."""
     stages: dict[str, list[float]] = {}
     for q in range(min(n, len(queries.descriptors))):
-        m = localizer.match(queries.descriptors[q], queries.local[q] if queries.local is not None else None)
+        m = localizer.match(
+            queries.descriptors[q], queries.local[q] if queries.local is not None else None
+        )
         for stage in ("search", "rerank", "temporal"):
             if stage in m.latency_ms:
                 stages.setdefault(stage, []).append(m.latency_ms[stage])
@@ -81,12 +99,22 @@ def run(name: str, work: Path) -> dict | None:
     map_source, query_source, threshold_m, tolerances = found
     extractor = create_extractor("baseline")
     reranker = create_reranker(RERANKER, extractor)
-    map_dir = build_map(map_source, extractor, work / f"{name}_map", IndexConfig("auto"), allow_no_poses=threshold_m is None,
-                        reranker=reranker)
+    map_dir = build_map(
+        map_source,
+        extractor,
+        work / f"{name}_map",
+        IndexConfig("auto"),
+        allow_no_poses=threshold_m is None,
+        reranker=reranker,
+    )
     vpr_map = load_map(map_dir, extractor.describe())
     source = query_source()
     queries, frames = extract_queries(source, extractor, reranker, total=len(source))
-    configs = [LocalizerConfig(top_k=20, rerank=r, temporal=t) for r in ("none", RERANKER) for t in ("none", "hmm")]
+    configs = [
+        LocalizerConfig(top_k=20, rerank=r, temporal=t)
+        for r in ("none", RERANKER)
+        for t in ("none", "hmm")
+    ]
     out = {}
     for tolerance in tolerances:
         positives, gt = ground_truth(vpr_map, frames, threshold_m or 0.0, tolerance)
@@ -96,15 +124,20 @@ def run(name: str, work: Path) -> dict | None:
             row["cost_ms"] = costs(Localizer(vpr_map, extractor, config), queries)
         print(f"\n{name}: {len(frames)} queries against {len(vpr_map)} places, right {gt}")
         print(format_table(rows))
-        print("per-frame cost, median ms: " + "; ".join(f"{k}: {v['cost_ms']}" for k, v in rows.items()))
+        print(
+            "per-frame cost, median ms: "
+            + "; ".join(f"{k}: {v['cost_ms']}" for k, v in rows.items())
+        )
         out[gt] = rows
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["nordland", "demo", "gardens"])
-    parser.add_argument("--work", type=Path, help="working directory (default: a new temporary one)")
+    parser.add_argument(
+        "--work", type=Path, help="working directory (default: a new temporary one)"
+    )
     parser.add_argument("--json", type=Path, help="also write every row here")
     a = parser.parse_args()
     work = a.work or Path(tempfile.mkdtemp(prefix="vpr_matching_"))
@@ -113,7 +146,12 @@ def main() -> None:
     if a.json:
         a.json.write_text(json.dumps(results, indent=2) + "\n")
     best = f"baseline + {RERANKER} + hmm"
-    print(" ".join(f"{name}_r1={next(iter(rows.values()))[best]['recall']['R@1']:.3f}" for name, rows in results.items()))
+    print(
+        " ".join(
+            f"{name}_r1={next(iter(rows.values()))[best]['recall']['R@1']:.3f}"
+            for name, rows in results.items()
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Node overhead: publish -> /vpr/match latency over DDS, divided by bare descriptor + search latency.
+"""
+Node overhead: publish -> /vpr/match latency over DDS, divided by bare descriptor + search latency.
 
 Both are measured in this run on the same query frames: the bare one by calling
 Localizer.localize in this process, the node one by replaying the query bag to
@@ -22,10 +23,12 @@ from vpr_ros.stamps import stamp_to_ns  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--model", default="baseline")
     ap.add_argument("--frames", type=int, default=150, help="frames per traversal")
-    ap.add_argument("--rate", type=float, default=4.0, help="replay rate, Hz (slow enough that nothing queues)")
+    ap.add_argument(
+        "--rate", type=float, default=4.0, help="replay rate, Hz (slow enough that nothing queues)"
+    )
     a = ap.parse_args()
 
     from vpr_ros.replay.processes import replay, start_node, stop_process
@@ -38,7 +41,9 @@ def main() -> None:
 
     work, map_bag, query_bag = demo_bags(a.frames)
     extractor = create_extractor(a.model)
-    map_dir = build_map(BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=2.0), extractor, work / "map")
+    map_dir = build_map(
+        BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=2.0), extractor, work / "map"
+    )
     localizer = Localizer(load_map(map_dir, extractor.describe()), extractor)
 
     frames = [f.image for f in BagSource([query_bag], IMAGE_TOPIC)]
@@ -53,7 +58,8 @@ def main() -> None:
             time.sleep(max(0.0, period_s - (time.perf_counter() - t0)))
         return out
 
-    # Back to back (warm caches) and at the replay cadence, as the node sees frames (idle gaps cool them).
+    # Back to back (warm caches) and at the replay cadence, as the node sees frames (idle gaps cool
+    # them).
     warm, bare = bare_latency(0.0), bare_latency(1.0 / a.rate)
 
     collector = OutputCollector()
@@ -67,20 +73,42 @@ def main() -> None:
         stop_process(node)
         collector.close()
     stamps = {s for _, s, _ in sent}
-    e2e = [(t - stamp_to_ns(m["stamp"])) * 1e-6 for t, m in collector.matches if stamp_to_ns(m["stamp"]) in stamps][1:]  # first frame warms the node
+    # first frame warms the node
+    e2e = [
+        (t - stamp_to_ns(m["stamp"])) * 1e-6
+        for t, m in collector.matches
+        if stamp_to_ns(m["stamp"]) in stamps
+    ][1:]
     node_pipeline = [m["latency_ms"]["total"] for _, m in collector.matches][1:]
     w, b, n, p = percentiles(warm), percentiles(bare), percentiles(e2e), percentiles(node_pipeline)
-    print(f"model {a.model} ({extractor.backend}/{extractor.precision}), {len(frames)} query frames, replay {a.rate} Hz, "
-          f"{len(e2e) + 1}/{len(sent)} matched")
+    print(
+        f"model {a.model} ({extractor.backend}/{extractor.precision}), {len(frames)} query frames,"
+        f" replay {a.rate} Hz, {len(e2e) + 1}/{len(sent)} matched"
+    )
     print("| latency (ms) | p50 | p95 |\n|---|---|---|")
-    print(f"| bare preprocess + descriptor + search, back to back | {w['p50']:.2f} | {w['p95']:.2f} |")
-    print(f"| bare preprocess + descriptor + search, at the replay cadence | {b['p50']:.2f} | {b['p95']:.2f} |")
+    print(
+        f"| bare preprocess + descriptor + search, back to back | {w['p50']:.2f} |"
+        f" {w['p95']:.2f} |"
+    )
+    print(
+        f"| bare preprocess + descriptor + search, at the replay cadence | {b['p50']:.2f} |"
+        f" {b['p95']:.2f} |"
+    )
     print(f"| node pipeline (decode + descriptor + search) | {p['p50']:.2f} | {p['p95']:.2f} |")
     print(f"| publish -> /vpr/match received (DDS) | {n['p50']:.2f} | {n['p95']:.2f} |")
-    stages = {k: np.median([m["latency_ms"][k] for _, m in collector.matches[1:]]) for k in collector.matches[-1][1]["latency_ms"]}
+    stages = {
+        k: np.median([m["latency_ms"][k] for _, m in collector.matches[1:]])
+        for k in collector.matches[-1][1]["latency_ms"]
+    }
     print("node stages, median ms: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
-    print(f"ratio node / bare at the same cadence: p50 {n['p50'] / b['p50']:.3f}, p95 {n['p95'] / b['p95']:.3f} (goal p50 <= 1.10)")
-    print(f"ratio node / bare back to back: p50 {n['p50'] / w['p50']:.3f}; node overhead p50 {n['p50'] - b['p50']:.2f} ms")
+    print(
+        f"ratio node / bare at the same cadence: p50 {n['p50'] / b['p50']:.3f}, p95"
+        f" {n['p95'] / b['p95']:.3f} (goal p50 <= 1.10)"
+    )
+    print(
+        f"ratio node / bare back to back: p50 {n['p50'] / w['p50']:.3f}; node overhead p50"
+        f" {n['p50'] - b['p50']:.2f} ms"
+    )
 
 
 if __name__ == "__main__":

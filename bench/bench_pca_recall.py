@@ -1,6 +1,10 @@
-"""Recall@1 of the default model with PCA to several dims (plain and whitened), on Nordland and the demo route.
+"""
+Recall@1 of the default model with PCA to several dims (plain and whitened).
 
-    .venv/bin/python bench/bench_pca_recall.py [--dims 2048 1024 512 256 128] [--demo-dims 128 64 32]
+On Nordland and the demo route:
+
+    .venv/bin/python bench/bench_pca_recall.py [--dims 2048 1024 512 256 128]
+        [--demo-dims 128 64 32]
 
 Each row is a real map (``write_map`` with a flat index, PCA fitted on the map's own
 descriptors) searched with the real query path (``PlaceIndex.search`` projects the
@@ -33,26 +37,52 @@ EXACT = IndexConfig("flat", pca_dim=None)  # the model's own dims: the reference
 NORDLAND = Path(__file__).resolve().parents[2] / "shared" / "data" / "nordland_trimmed"
 
 
-def recall_rows(base_map: Path, queries: np.ndarray, frames: list, dims: list[int], threshold_m: float | None,
-                tolerance: int | None, workdir: Path) -> list[tuple[str, float, float]]:
+def recall_rows(
+    base_map: Path,
+    queries: np.ndarray,
+    frames: list,
+    dims: list[int],
+    threshold_m: float | None,
+    tolerance: int | None,
+    workdir: Path,
+) -> list[tuple[str, float, float]]:
     """(PCA, R@1, explained variance) for the map as built and rebuilt with each PCA."""
     m = load_map(base_map)
     positives, gt = ground_truth(m, frames, threshold_m, tolerance)
     plain = LocalizerConfig(top_k=20, temporal="none")
-    rows = [("none", evaluate(Localizer(m, None, plain), Queries(queries), positives, gt).recalls[1], 1.0)]
+    rows = [
+        (
+            "none",
+            evaluate(Localizer(m, None, plain), Queries(queries), positives, gt).recalls[1],
+            1.0,
+        )
+    ]
     for dim in dims:
         for whiten in (False, True):
-            path = write_map(workdir / f"pca{dim}{'w' if whiten else ''}", m.descriptors, m.places, m.model,
-                             IndexConfig("flat", pca_dim=dim, whiten=whiten), m.manifest["sources"])
+            path = write_map(
+                workdir / f"pca{dim}{'w' if whiten else ''}",
+                m.descriptors,
+                m.places,
+                m.model,
+                IndexConfig("flat", pca_dim=dim, whiten=whiten),
+                m.manifest["sources"],
+            )
             pm = load_map(path)
             pca = pm.index.pca
-            rows.append((f"{dim}{' whitened' if whiten else ''}", evaluate(Localizer(pm, None, plain), Queries(queries), positives, gt).recalls[1],
-                         pca.explained_variance))
+            rows.append(
+                (
+                    f"{dim}{' whitened' if whiten else ''}",
+                    evaluate(Localizer(pm, None, plain), Queries(queries), positives, gt).recalls[
+                        1
+                    ],
+                    pca.explained_variance,
+                )
+            )
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[2048, 1024, 512, 256, 128])
     parser.add_argument("--demo-dims", type=int, nargs="+", default=[128, 64, 32])
     a = parser.parse_args()
@@ -61,27 +91,50 @@ def main() -> None:
     tables = {}
     if NORDLAND.is_dir():
         source = FolderSource(NORDLAND / "summer")
-        descriptors, frames = extract_frames(source, extractor, total=len(source), desc="nordland map")
+        descriptors, frames = extract_frames(
+            source, extractor, total=len(source), desc="nordland map"
+        )
         # no positions: ground truth is by frame index (place i = summer frame i)
-        write_map(work / "nordland", descriptors, [Place(i, 0) for i in range(len(frames))], extractor.describe(), EXACT,
-                  source.describe())
+        write_map(
+            work / "nordland",
+            descriptors,
+            [Place(i, 0) for i in range(len(frames))],
+            extractor.describe(),
+            EXACT,
+            source.describe(),
+        )
         source = FolderSource(NORDLAND / "winter")
-        queries, frames = extract_frames(source, extractor, total=len(source), desc="nordland queries")
-        tables["Nordland, tolerance 1"] = recall_rows(work / "nordland", queries, frames, a.dims, None, 1, work)
+        queries, frames = extract_frames(
+            source, extractor, total=len(source), desc="nordland queries"
+        )
+        tables["Nordland, tolerance 1"] = recall_rows(
+            work / "nordland", queries, frames, a.dims, None, 1, work
+        )
     else:
         print(f"{NORDLAND} is absent: Nordland skipped")
     _, map_bag, query_bag = common.demo_bags(400, work)
-    build_map(BagSource([map_bag], common.IMAGE_TOPIC, common.POSE_TOPIC, min_distance_m=2.0), extractor, work / "demo", EXACT)
+    build_map(
+        BagSource([map_bag], common.IMAGE_TOPIC, common.POSE_TOPIC, min_distance_m=2.0),
+        extractor,
+        work / "demo",
+        EXACT,
+    )
     source = BagSource([query_bag], common.IMAGE_TOPIC, common.POSE_TOPIC, min_distance_m=0.0)
     queries, frames = extract_frames(source, extractor, total=len(source), desc="demo queries")
-    tables[f"demo route, {RECOMMENDED_MATCH_RADIUS_M:g} m"] = recall_rows(work / "demo", queries, frames, a.demo_dims,
-                                                                         RECOMMENDED_MATCH_RADIUS_M, None, work)
+    tables[f"demo route, {RECOMMENDED_MATCH_RADIUS_M:g} m"] = recall_rows(
+        work / "demo", queries, frames, a.demo_dims, RECOMMENDED_MATCH_RADIUS_M, None, work
+    )
     for name, rows in tables.items():
         print(f"\n| {name}: PCA dims | R@1 | variance kept |\n|---|---|---|")
         for pca, r1, var in rows:
             print(f"| {pca} | {r1:.3f} | {var:.3f} |")
-    print(" ".join(f"{name.split(',')[0].split()[0].lower()}_r1_{pca.replace(' whitened', 'w')}={r1:.3f}"
-                   for name, rows in tables.items() for pca, r1, _ in rows))
+    print(
+        " ".join(
+            f"{name.split(',')[0].split()[0].lower()}_r1_{pca.replace(' whitened', 'w')}={r1:.3f}"
+            for name, rows in tables.items()
+            for pca, r1, _ in rows
+        )
+    )
 
 
 if __name__ == "__main__":

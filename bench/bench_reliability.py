@@ -1,17 +1,22 @@
-"""Reliability campaign (issue 9): image fuzzing, overload, map fuzzing, node reloads, kill -9 trials, full disk.
+"""
+Reliability campaign (issue 9).
 
-Runs every part the tree has and says so for any it lacks; ends with one line:
-inputs=N crashes=C refusals_pct=P false_verifies=F kill_trials=K maps_lost=L debris_mb=D rss_growth_pct=G
+Image fuzzing, overload, map fuzzing, node reloads, kill -9 trials, full disk.
+
+Runs every part the tree has and says so for any it lacks; ends with one line: inputs=N crashes=C
+refusals_pct=P false_verifies=F kill_trials=K maps_lost=L debris_mb=D rss_growth_pct=G
 
   inputs          damaged inputs tried: generated image messages (offline and through a live node),
                   damaged maps, damaged-map reloads of a live node, full-disk writes
-  crashes         anything but a clear refusal or a correct result: an uncaught exception, a traceback,
+  crashes         anything but a clear refusal or a correct result: an uncaught exception, a
+  traceback,
                   a dead node, a wrong exit status, a valid image refused
   refusals_pct    clear refusals among the inputs that must be refused (offline images that did not
                   decode, damaged maps, reloads, full-disk writes)
   false_verifies  `inspect-map` said "verifies" for a map that load_map or localize refused
   kill_trials, maps_lost, debris_mb   kill -9 of build-map; debris left after the next build
-  rss_growth_pct  the node's RSS growth over the worst overload phase (NA when overload did not run)
+  rss_growth_pct  the node's RSS growth over the worst overload phase (NA when overload did not
+  run)
 """
 
 from __future__ import annotations
@@ -40,16 +45,31 @@ SIZES = {
     "reloads": (14, 4),
     "kill_trials": (50, 6),
 }
-RELOAD_PICKS = ["drop map_id (checksum stale)", "drop map_id (checksum recomputed)", "drop model (checksum recomputed)",
-                'set index.type to "hnsw"', 'set index.type to "bogus"', "drop files (checksum recomputed)",
-                "manifest replaced by []", "manifest not UTF-8", "set format_version to 1", "delete index.faiss",
-                "truncate descriptors.npy to 1 ", "index.faiss from another map", "places.csv from another map",
-                "delete manifest.json"]
+RELOAD_PICKS = [
+    "drop map_id (checksum stale)",
+    "drop map_id (checksum recomputed)",
+    "drop model (checksum recomputed)",
+    'set index.type to "hnsw"',
+    'set index.type to "bogus"',
+    "drop files (checksum recomputed)",
+    "manifest replaced by []",
+    "manifest not UTF-8",
+    "set format_version to 1",
+    "delete index.faiss",
+    "truncate descriptors.npy to 1 ",
+    "index.faiss from another map",
+    "places.csv from another map",
+    "delete manifest.json",
+]
 
 
 def _cpu() -> str:
     try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or "unknown CPU"
 
@@ -64,10 +84,16 @@ def _section(title: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a short run of every part (a few minutes)")
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument(
+        "--quick", action="store_true", help="a short run of every part (a few minutes)"
+    )
     ap.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    ap.add_argument("--workdir", type=Path, help="keep maps, bags and logs here (default: a temporary directory)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep maps, bags and logs here (default: a temporary directory)",
+    )
     a = ap.parse_args(argv)
     size = {k: v[1] if a.quick else v[0] for k, v in SIZES.items()}
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="vpr_reliability_"))
@@ -78,26 +104,42 @@ def main(argv: list[str] | None = None) -> int:
     rss_growth = "NA"
 
     def add(inputs: int, crashes: int, refused: int, must_refuse: int) -> None:
-        for k, v in zip(("inputs", "crashes", "refused", "must_refuse"), (inputs, crashes, refused, must_refuse)):
+        for k, v in zip(
+            ("inputs", "crashes", "refused", "must_refuse"),
+            (inputs, crashes, refused, must_refuse),
+        ):
             total[k] += v
 
     # -- images ---------------------------------------------------------------------------------
     if _have("vpr_ros.replay.fuzz_images"):
         from vpr_ros.replay.fuzz_images import run_image_campaign, run_live_campaign
 
-        t = _section(f"image fuzzing: {size['images']} generated messages through the conversion layer")
+        t = _section(
+            f"image fuzzing: {size['images']} generated messages through the conversion layer"
+        )
         r = run_image_campaign(size["images"], a.seed)
-        print(f"inputs {r['inputs']}, decoded {r['decoded']}, refused {r['refused']}, crashes {r['crashes']} "
-              f"({time.monotonic() - t:.0f} s)")
+        print(
+            f"inputs {r['inputs']}, decoded {r['decoded']}, refused {r['refused']}, crashes"
+            f" {r['crashes']} ({time.monotonic() - t:.0f} s)"
+        )
         for example in r["crash_examples"]:
             print(f"  crash: {example}")
         add(r["inputs"], r["crashes"], r["refused"], r["inputs"] - r["decoded"])
-        t = _section(f"image fuzzing through a live node: {size['images_live_per_transport']} per transport")
-        live = run_live_campaign(workdir / "images_live", per_transport=size["images_live_per_transport"], seed=a.seed + 3)
+        t = _section(
+            f"image fuzzing through a live node: {size['images_live_per_transport']} per transport"
+        )
+        live = run_live_campaign(
+            workdir / "images_live",
+            per_transport=size["images_live_per_transport"],
+            seed=a.seed + 3,
+        )
         for transport, lr in live.items():
             died = 0 if lr["node_alive"] else 1
-            print(f"{transport}: sent {lr['sent_bad']} bad, node bad={lr['bad']} failed={lr['failed']} dropped={lr['dropped']}, "
-                  f"good frames matched {lr['good_matched']}/{lr['good_sent']}, node alive {lr['node_alive']}")
+            print(
+                f"{transport}: sent {lr['sent_bad']} bad, node bad={lr['bad']}"
+                f" failed={lr['failed']} dropped={lr['dropped']}, good frames matched"
+                f" {lr['good_matched']}/{lr['good_sent']}, node alive {lr['node_alive']}"
+            )
             add(lr["sent_bad"], lr["failed"] + died, 0, 0)
         print(f"({time.monotonic() - t:.0f} s)")
     else:
@@ -107,12 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     if _have("vpr_ros.replay.overload"):
         from vpr_ros.replay.overload import run_overload
 
-        t = _section(f"overload: {', '.join(f'{n} frames at {hz:g} Hz' for hz, n in size['overload'])}")
+        t = _section(
+            f"overload: {', '.join(f'{n} frames at {hz:g} Hz' for hz, n in size['overload'])}"
+        )
         phases = run_overload(workdir / "overload", size["overload"])
         for p in phases:
-            print(f"{p['rate_hz']:g} Hz: sent {p['frames']}, received {p['received']} = processed {p['processed']} + dropped "
-                  f"{p['dropped']}: {p['accounted']}, stamps ok {p['stamps_ok']}, RSS {p['rss_start_mb']} -> {p['rss_end_mb']} MB "
-                  f"({p['rss_growth_pct']} %), latency p50 {p['latency_p50_first_ms']} -> {p['latency_p50_last_ms']} ms")
+            print(
+                f"{p['rate_hz']:g} Hz: sent {p['frames']}, received {p['received']} = processed"
+                f" {p['processed']} + dropped {p['dropped']}: {p['accounted']}, stamps ok"
+                f" {p['stamps_ok']}, RSS {p['rss_start_mb']} -> {p['rss_end_mb']} MB"
+                f" ({p['rss_growth_pct']} %), latency p50 {p['latency_p50_first_ms']} ->"
+                f" {p['latency_p50_last_ms']} ms"
+            )
             total["crashes"] += p["failed"] + (0 if p["accounted"] and p["stamps_ok"] else 1)
         rss_growth = max(p["rss_growth_pct"] for p in phases)
         print(f"({time.monotonic() - t:.0f} s)")
@@ -122,29 +170,50 @@ def main(argv: list[str] | None = None) -> int:
     # -- maps -----------------------------------------------------------------------------------
     t = _section("map fuzzing: damaged maps through load_map, inspect-map, localize")
     kinds = ("flat", "hnsw", "ivfpq") if not a.quick else ("hnsw",)
-    m = fuzz_maps.run_map_campaign(size["maps"], a.seed, size["maps_subprocess"], workdir / "maps", index_types=kinds)
-    print(f"inputs {m['inputs']}, clear refusals {m['refused']}, crashes {m['crashes']}, false verifies {m['false_verifies']}, "
-          f"loaded anyway {m['accepted']}, subprocess sample {m['subprocess_checked']} ({m['subprocess_failed']} failed) "
-          f"({time.monotonic() - t:.0f} s)")
+    m = fuzz_maps.run_map_campaign(
+        size["maps"], a.seed, size["maps_subprocess"], workdir / "maps", index_types=kinds
+    )
+    print(
+        f"inputs {m['inputs']}, clear refusals {m['refused']}, crashes {m['crashes']}, false"
+        f" verifies {m['false_verifies']}, loaded anyway {m['accepted']}, subprocess sample"
+        f" {m['subprocess_checked']} ({m['subprocess_failed']} failed)"
+        f" ({time.monotonic() - t:.0f} s)"
+    )
     for failure in m["failures"]:
         print(f"  {failure}")
     add(m["inputs"], m["crashes"] + m["subprocess_failed"], m["refused"], m["inputs"])
 
     t = _section(f"node reloads of damaged maps: {size['reloads']}")
     base, other, _ = fuzz_maps.build_base_maps(workdir / "reload_maps")
-    picks = fuzz_maps.pick(fuzz_maps.catalogue(base["flat"], other), random.Random(a.seed).sample(RELOAD_PICKS, size["reloads"]))
+    picks = fuzz_maps.pick(
+        fuzz_maps.catalogue(base["flat"], other),
+        random.Random(a.seed).sample(RELOAD_PICKS, size["reloads"]),
+    )
     rl = fuzz_maps.node_reload_sample(base["flat"], picks, workdir / "reload_maps")
-    print(f"reloads {rl['reloads']}, refused {rl['refused']}, old map served after each {rl['old_map_served']}, "
-          f"node alive {rl['node_alive']} ({time.monotonic() - t:.0f} s)")
+    print(
+        f"reloads {rl['reloads']}, refused {rl['refused']}, old map served after each"
+        f" {rl['old_map_served']}, node alive {rl['node_alive']} ({time.monotonic() - t:.0f} s)"
+    )
     for failure in rl["failures"]:
         print(f"  {failure}")
-    add(rl["reloads"], 1 - rl["node_alive"], min(rl["refused"], rl["old_map_served"]), rl["reloads"])
+    add(
+        rl["reloads"],
+        1 - rl["node_alive"],
+        min(rl["refused"], rl["old_map_served"]),
+        rl["reloads"],
+    )
 
     # -- faults ---------------------------------------------------------------------------------
-    t = _section(f"kill -9 during build-map: {size['kill_trials']} trials over the phases {', '.join(map_write_faults.KILL_PHASES)}")
+    t = _section(
+        f"kill -9 during build-map: {size['kill_trials']} trials over the phases"
+        f" {', '.join(map_write_faults.KILL_PHASES)}"
+    )
     k = map_write_faults.run_kill_trials(size["kill_trials"], workdir / "kills", a.seed)
-    print(f"maps lost {k['maps_lost']}, debris before the next build {k['debris_mb_before_next_build']} MB, after it "
-          f"{k['debris_mb']} MB; kills landed in {k['phases']} ({time.monotonic() - t:.0f} s)")
+    print(
+        f"maps lost {k['maps_lost']}, debris before the next build"
+        f" {k['debris_mb_before_next_build']} MB, after it {k['debris_mb']} MB; kills landed in"
+        f" {k['phases']} ({time.monotonic() - t:.0f} s)"
+    )
     for failure in k["failures"]:
         print(f"  {failure}")
 
@@ -155,15 +224,20 @@ def main(argv: list[str] | None = None) -> int:
         print(d["skipped"])
     else:
         clear = "the disk is full" in d["error"] and d["old_map_intact"] and not d["left_beside"]
-        print(f"error: {d['error']}\nold map intact {d['old_map_intact']}, left beside it {d['left_beside']} "
-              f"({time.monotonic() - t:.0f} s)")
+        print(
+            f"error: {d['error']}\nold map intact {d['old_map_intact']}, left beside it"
+            f" {d['left_beside']} ({time.monotonic() - t:.0f} s)"
+        )
         add(1, 0 if d["error"].startswith("cannot write") else 1, int(clear), 1)
 
     for gap in gaps:
         print(f"GAP: not run: {gap}")
     pct = 100.0 * total["refused"] / total["must_refuse"] if total["must_refuse"] else float("nan")
-    print(f"inputs={total['inputs']} crashes={total['crashes']} refusals_pct={pct:.2f} false_verifies={m['false_verifies']} "
-          f"kill_trials={k['kill_trials']} maps_lost={k['maps_lost']} debris_mb={k['debris_mb']} rss_growth_pct={rss_growth}")
+    print(
+        f"inputs={total['inputs']} crashes={total['crashes']} refusals_pct={pct:.2f}"
+        f" false_verifies={m['false_verifies']} kill_trials={k['kill_trials']}"
+        f" maps_lost={k['maps_lost']} debris_mb={k['debris_mb']} rss_growth_pct={rss_growth}"
+    )
     return 0
 
 

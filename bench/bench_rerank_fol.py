@@ -1,4 +1,7 @@
-"""FoL re-ranking cost per frame against the FoL global descriptor of the same frame, and bytes per map place.
+"""
+FoL re-ranking cost per frame against the FoL global descriptor of the same frame.
+
+And bytes per map place.
 
     .venv/bin/python bench/bench_rerank_fol.py --frames 5
 
@@ -36,7 +39,8 @@ from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.models.fol import FoLNet
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-OFFICIAL_BYTES_PER_PLACE = 3600 * 128 * 4  # official layout: [3600, 128] float32 per image, zero padded
+# official layout: [3600, 128] float32 per image, zero padded
+OFFICIAL_BYTES_PER_PLACE = 3600 * 128 * 4
 TOP_K = 10
 
 
@@ -54,7 +58,11 @@ def timed(fn, *args):
 
 
 def local_head_cost(model: FoLNet, batch: np.ndarray, repeats: int = 3) -> float:
-    """ms the local branch adds to the head on one frame's backbone outputs (min over alternating repeats)."""
+    """
+    Time (ms) the local branch adds to the head on one frame's backbone outputs.
+
+    The minimum over alternating repeats.
+    """
     with torch.inference_mode():
         f, t, att = model.backbone(torch.from_numpy(batch))
         global_only = [timed(model.global_descriptor, f, t, att)[1] for _ in range(repeats)]
@@ -63,18 +71,28 @@ def local_head_cost(model: FoLNet, batch: np.ndarray, repeats: int = 3) -> float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="fol-b", choices=["fol-b", "fol-l"], help="default: %(default)s")
-    parser.add_argument("--frames", type=int, default=5, help="query frames timed (default: %(default)s)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="fol-b", choices=["fol-b", "fol-l"], help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--frames", type=int, default=5, help="query frames timed (default: %(default)s)"
+    )
     args = parser.parse_args()
 
     gardens = SHARED_DATA / "gardens_point_sample"
     if not gardens.is_dir():
-        raise SystemExit(f"{gardens} is absent: this benchmark needs the shared data beside the repository")
+        raise SystemExit(
+            f"{gardens} is absent: this benchmark needs the shared data beside the repository"
+        )
     map_images = [read_rgb(p) for p in image_files(gardens / "night")]
     queries = [read_rgb(p) for p in image_files(gardens / "day")][: args.frames]
     if len(map_images) < TOP_K:
-        raise SystemExit(f"need {TOP_K} map images in {gardens / 'night'}, found {len(map_images)}")
+        raise SystemExit(
+            f"need {TOP_K} map images in {gardens / 'night'}, found {len(map_images)}"
+        )
 
     model, spec, fingerprint = seeded_model(args.model)
     extractor = TorchExtractor(model, spec, fingerprint, "fp32", device="cpu")
@@ -107,19 +125,38 @@ def main() -> None:
             match_ms.append(t_match)
             rows.append(len(query))
 
-        g, c, local_ms, m = (float(np.median(v)) for v in (global_ms, combined_ms, local_head_ms, match_ms))
+        g, c, local_ms, m = (
+            float(np.median(v)) for v in (global_ms, combined_ms, local_head_ms, match_ms)
+        )
         rerank_ms = local_ms + m
         bytes_per_place = store.bytes_per_place
-        print(f"global descriptor pass  {g:8.1f} ms (median of {len(global_ms)}; all: {', '.join(f'{x:.0f}' for x in global_ms)})")
-        print(f"global + local pass     {c:8.1f} ms end to end (difference {c - g:+.1f} ms: noise of this machine)")
-        print(f"local head              {local_ms:8.1f} ms (head-level difference on the same backbone outputs)")
+        print(
+            f"global descriptor pass  {g:8.1f} ms (median of {len(global_ms)}; all:"
+            f" {', '.join(f'{x:.0f}' for x in global_ms)})"
+        )
+        print(
+            f"global + local pass     {c:8.1f} ms end to end (difference {c - g:+.1f} ms: noise of"
+            " this machine)"
+        )
+        print(
+            f"local head              {local_ms:8.1f} ms (head-level difference on the same"
+            " backbone outputs)"
+        )
         print(f"matching top {TOP_K}         {m:8.1f} ms ({np.mean(rows):.0f} query rows, "
               f"{store.meta['rows'] / len(store):.0f} rows per map place)")
-        print(f"re-ranking per frame    {rerank_ms:8.1f} ms = {rerank_ms / g:.2f}x the global descriptor")
-        print(f"local features per place: {bytes_per_place:,.0f} B packed fp16 vs {OFFICIAL_BYTES_PER_PLACE:,} B official "
-              f"padded fp32 ({OFFICIAL_BYTES_PER_PLACE / bytes_per_place:.1f}x smaller)")
-    print(f"model={args.model} rerank_ms={rerank_ms:.1f} global_ms={g:.1f} ratio={rerank_ms / g:.3f} "
-          f"bytes_per_place={bytes_per_place:.0f}")
+        print(
+            f"re-ranking per frame    {rerank_ms:8.1f} ms = {rerank_ms / g:.2f}x the global"
+            " descriptor"
+        )
+        print(
+            f"local features per place: {bytes_per_place:,.0f} B packed fp16 vs"
+            f" {OFFICIAL_BYTES_PER_PLACE:,} B official padded fp32"
+            f" ({OFFICIAL_BYTES_PER_PLACE / bytes_per_place:.1f}x smaller)"
+        )
+    print(
+        f"model={args.model} rerank_ms={rerank_ms:.1f} global_ms={g:.1f} ratio={rerank_ms / g:.3f}"
+        f" bytes_per_place={bytes_per_place:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,7 +12,8 @@ from vpr_ros.replay.dds_env import apply_loopback_dds_env  # noqa: E402
 apply_loopback_dds_env()
 
 IMAGE_TOPIC = "/camera/image_raw"
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared/data beside the repository
+# ../shared/data beside the repository
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 POSE_TOPIC = "/gps/fix"
 
 
