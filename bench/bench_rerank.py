@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/bench_rerank.py                      # every data set, then the timing
     .venv/bin/python bench/bench_rerank.py --nordland-every 24  # fewer Nordland queries
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_rerank.py  # on a shared, busy machine
+
+(With ~10 processes per core, multi-threaded BLAS spin-waits: the 1024x1024 mutual-NN
+product took 64 ms with 2 threads and 4.5 ms with 1; the numbers reported used 1 thread.)
 
 Global stage: ``baseline`` (torch) and an exact inner-product search (faiss flat) over
 the whole map; its top K (default 10) re-ranked by ``XFeatReranker`` with the map-side
