@@ -37,8 +37,7 @@ from vpr_ros.maps.mapdir import (
 from vpr_ros.maps.places import Place
 from vpr_ros.replay.fuzz_maps import MODEL, random_images
 
-# -- kill -9 during build-map
-# ----------------------------------------------------------------------
+# -- kill -9 during build-map ---------------------------------------------------------------------
 KILL_PHASES = ("extracting", DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST, "swap")
 
 
