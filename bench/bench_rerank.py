@@ -1,8 +1,10 @@
-"""XFeat geometric re-ranking for the default model: recall gained and cost per frame.
+"""
+XFeat geometric re-ranking for the default model: recall gained and cost per frame.
 
     .venv/bin/python bench/bench_rerank.py                      # every data set, then the timing
     .venv/bin/python bench/bench_rerank.py --nordland-every 24  # fewer Nordland queries
-    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_rerank.py  # on a shared, busy machine
+    # on a shared, busy machine:
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python bench/bench_rerank.py
 
 (With ~10 processes per core, multi-threaded BLAS spin-waits: the 1024x1024 mutual-NN
 product took 64 ms with 2 threads and 4.5 ms with 1; the numbers reported used 1 thread.)
@@ -50,10 +52,14 @@ DEMO_KEYFRAME_M = 2.0  # build-map's default --min-distance
 
 
 def describe_all(extractor, images: list[np.ndarray], batch: int = 32) -> np.ndarray:
-    return np.concatenate([extractor.extract(images[i : i + batch]) for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [extractor.extract(images[i:i + batch]) for i in range(0, len(images), batch)]
+    )
 
 
-def packed_store(reranker: XFeatReranker, images: list[np.ndarray], workdir: Path, desc: str) -> LocalFeatureStore:
+def packed_store(
+    reranker: XFeatReranker, images: list[np.ndarray], workdir: Path, desc: str
+) -> LocalFeatureStore:
     """Map-side features of every image into a packed local/ store, opened memory-mapped."""
     out = Path(tempfile.mkdtemp(prefix="store_", dir=workdir))
     with LocalFeatureWriter(out, reranker.describe()) as writer:
@@ -62,8 +68,16 @@ def packed_store(reranker: XFeatReranker, images: list[np.ndarray], workdir: Pat
     return LocalFeatureStore.open(out, reranker.describe(), place_count=len(images))
 
 
-def evaluate(name: str, extractor, reranker: XFeatReranker, map_images, query_images, positives: dict[str, list],
-             top_k: int, workdir: Path) -> list[str]:
+def evaluate(
+    name: str,
+    extractor,
+    reranker: XFeatReranker,
+    map_images,
+    query_images,
+    positives: dict[str, list],
+    top_k: int,
+    workdir: Path,
+) -> list[str]:
     """Table rows: plain and re-ranked R@1 / R@5 for each ground truth of one data set."""
     map_descriptors = describe_all(extractor, map_images)
     query_descriptors = describe_all(extractor, query_images)
@@ -76,20 +90,26 @@ def evaluate(name: str, extractor, reranker: XFeatReranker, map_images, query_im
     reranked = np.empty_like(ranked)
     for q, image in enumerate(tqdm(query_images, desc=f"re-ranking ({name})", unit="query")):
         query = reranker.query_features(image)
-        order, _ = reranker.rerank(query, [store[slot[int(p)]] for p in ranked[q]], global_scores[q])
+        order, _ = reranker.rerank(
+            query, [store[slot[int(p)]] for p in ranked[q]], global_scores[q]
+        )
         reranked[q] = ranked[q][order]
     rows = []
     for truth, pos in positives.items():
         plain, rr = recall_at_n(ranked, pos, (1, 5)), recall_at_n(reranked, pos, (1, 5))
-        rows.append(f"| {name} ({truth}, {len(query_images)} queries, {len(map_images)} places) | "
-                    f"{plain[1]:.3f} | {plain[5]:.3f} | {rr[1]:.3f} | {rr[5]:.3f} |")
+        rows.append(
+            f"| {name} ({truth}, {len(query_images)} queries, {len(map_images)} places) | "
+            f"{plain[1]:.3f} | {plain[5]:.3f} | {rr[1]:.3f} | {rr[5]:.3f} |"
+        )
     print(rows[-1] if len(rows) == 1 else "\n".join(rows), flush=True)
     return rows
 
 
 def gardens_point():
     root = SHARED_DATA / "gardens_point_sample"
-    night, day = [read_rgb(p) for p in image_files(root / "night")], [read_rgb(p) for p in image_files(root / "day")]
+    night, day = [read_rgb(p) for p in image_files(root / "night")], [
+        read_rgb(p) for p in image_files(root / "day")
+    ]
     exact = [np.array([i]) for i in range(len(day))]
     within_one = [np.arange(max(i - 1, 0), min(i + 2, len(night))) for i in range(len(day))]
     return night, day, {"exact": exact, "+-1": within_one}
@@ -106,13 +126,19 @@ def nordland(every: int):
 
 def demo_route(workdir: Path, frames: int):
     _, map_bag, query_bag = demo_bags(frames, workdir)
-    map_frames = list(BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=DEMO_KEYFRAME_M))
+    map_frames = list(
+        BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=DEMO_KEYFRAME_M)
+    )
     query_frames = list(BagSource([query_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=0.0))
     map_xy = np.array([f.position[:2] for f in map_frames])
     query_xy = np.array([f.position[:2] for f in query_frames])
     origin = map_xy.mean(0)  # UTM is ~1e6 m: float32 needs a local origin
     positives = positives_by_distance(query_xy - origin, map_xy - origin, DEMO_THRESHOLD_M)
-    return [f.image for f in map_frames], [f.image for f in query_frames], {f"{DEMO_THRESHOLD_M:g} m": positives}
+    return (
+        [f.image for f in map_frames],
+        [f.image for f in query_frames],
+        {f"{DEMO_THRESHOLD_M:g} m": positives},
+    )
 
 
 def tokyo(reranker: XFeatReranker) -> None:
@@ -122,17 +148,33 @@ def tokyo(reranker: XFeatReranker) -> None:
     fq, fd = reranker.query_features(query), reranker.query_features(database)
     wrong = [reranker.inliers(fq, reranker.query_features(o)) for o in others]
     wrong += [reranker.inliers(fd, reranker.query_features(o)) for o in others]
-    print(f"tokyo_pair: true pair {reranker.inliers(fq, fd)} inliers; {len(wrong)} wrong pairs: max {max(wrong)}, "
-          f"mean {np.mean(wrong):.1f} (verified at >= {reranker.conf['min_inliers']})", flush=True)
+    print(
+        f"tokyo_pair: true pair {reranker.inliers(fq, fd)} inliers; "
+        f"{len(wrong)} wrong pairs: max {max(wrong)}, "
+        f"mean {np.mean(wrong):.1f} (verified at >= {reranker.conf['min_inliers']})",
+        flush=True,
+    )
 
 
-def timing(extractor, reranker: XFeatReranker, map_images, query_images, top_k: int, frames: int, workdir: Path):
-    """Medians of (rerank ms, global ms) per 640x480 frame and the store's bytes per place; prints the split."""
+def timing(
+    extractor,
+    reranker: XFeatReranker,
+    map_images,
+    query_images,
+    top_k: int,
+    frames: int,
+    workdir: Path,
+):
+    """Medians of (rerank ms, global ms) per 640x480 frame, and bytes per place."""
     store = packed_store(reranker, map_images, workdir, "timing")
     map_descriptors = describe_all(extractor, map_images)
     picked = query_images[:: max(len(query_images) // frames, 1)][:frames]
     extractor.extract([picked[0]])  # warm-up: first-call allocations
-    reranker.rerank(reranker.query_features(picked[0]), [store[i] for i in range(top_k)], np.zeros(top_k, np.float32))
+    reranker.rerank(
+        reranker.query_features(picked[0]),
+        [store[i] for i in range(top_k)],
+        np.zeros(top_k, np.float32),
+    )
     features_ms, match_ms, global_ms = [], [], []
     for image in tqdm(picked, desc="timing", unit="frame"):
         descriptor, t_global = timed(extractor.extract, [image])
@@ -143,58 +185,132 @@ def timing(extractor, reranker: XFeatReranker, map_images, query_images, top_k: 
         features_ms.append(t_features)
         match_ms.append(t_match)
         global_ms.append(t_global)
-    print(f"query features {np.median(features_ms):.1f} ms, matching + RANSAC of {top_k} candidates {np.median(match_ms):.1f} ms "
-          f"(medians over {len(picked)} frames)")
-    return float(np.median(np.add(features_ms, match_ms))), float(np.median(global_ms)), store.bytes_per_place
+    print(
+        f"query features {np.median(features_ms):.1f} ms, "
+        f"matching + RANSAC of {top_k} candidates {np.median(match_ms):.1f} ms "
+        f"(medians over {len(picked)} frames)"
+    )
+    return (
+        float(np.median(np.add(features_ms, match_ms))),
+        float(np.median(global_ms)),
+        store.bytes_per_place,
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--top-k", type=int, default=10, help="candidates re-ranked (default: %(default)s)")
-    parser.add_argument("--nordland-every", type=int, default=12, help="every N-th winter query (default: %(default)s)")
-    parser.add_argument("--demo-frames", type=int, default=400, help="map frames of the demo route (default: %(default)s)")
-    parser.add_argument("--timing-frames", type=int, default=20, help="frames timed (default: %(default)s)")
-    parser.add_argument("--only", choices=["gardens", "nordland", "demo", "tokyo", "timing"], action="append",
-                        help="run only these parts (repeatable; default: all)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=10, help="candidates re-ranked (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--nordland-every",
+        type=int,
+        default=12,
+        help="every N-th winter query (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--demo-frames",
+        type=int,
+        default=400,
+        help="map frames of the demo route (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timing-frames", type=int, default=20, help="frames timed (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["gardens", "nordland", "demo", "tokyo", "timing"],
+        action="append",
+        help="run only these parts (repeatable; default: all)",
+    )
     for key, value in XFeatReranker.default_conf.items():
-        parser.add_argument(f"--{key.replace('_', '-')}", type=type(value), default=value, help="default: %(default)s")
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=type(value),
+            default=value,
+            help="default: %(default)s",
+        )
     a = parser.parse_args()
     parts = set(a.only or ["gardens", "nordland", "demo", "tokyo", "timing"])
     if not SHARED_DATA.is_dir():
-        raise SystemExit(f"{SHARED_DATA} is absent: this benchmark needs the shared data beside the repository")
+        raise SystemExit(
+            f"{SHARED_DATA} is absent: this benchmark needs the shared data beside the repository"
+        )
 
     conf = {k: getattr(a, k) for k in XFeatReranker.default_conf}
     extractor = create_extractor("baseline", backend="torch")
     reranker = XFeatReranker(**conf)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f} at start (a busy machine slows every number below)")
-    print(f"re-ranker xfeat {conf}; global stage baseline (torch) + flat inner-product search, top {a.top_k}")
+    print(
+        f"CPU: {cpu_model()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f} at start (a busy machine slows every number below)"
+    )
+    print(
+        f"re-ranker xfeat {conf}; global stage baseline (torch) + flat inner-product search, "
+        f"top {a.top_k}"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_rerank_") as tmp:
         workdir = Path(tmp)
         if "tokyo" in parts:
             tokyo(reranker)
         if "gardens" in parts:
-            rows += evaluate("gardens_point_sample", extractor, reranker, *gardens_point(), a.top_k, workdir)
+            rows += evaluate(
+                "gardens_point_sample", extractor, reranker, *gardens_point(), a.top_k, workdir
+            )
         if "nordland" in parts:
-            rows += evaluate("nordland 64x32", extractor, reranker, *nordland(a.nordland_every), a.top_k, workdir)
+            rows += evaluate(
+                "nordland 64x32",
+                extractor,
+                reranker,
+                *nordland(a.nordland_every),
+                a.top_k,
+                workdir,
+            )
         if "demo" in parts or "timing" in parts:
             map_images, query_images, positives = demo_route(workdir, a.demo_frames)
             if "demo" in parts:
-                rows += evaluate("demo route", extractor, reranker, map_images, query_images, positives, a.top_k, workdir)
+                rows += evaluate(
+                    "demo route",
+                    extractor,
+                    reranker,
+                    map_images,
+                    query_images,
+                    positives,
+                    a.top_k,
+                    workdir,
+                )
             if "timing" in parts:
-                rerank_ms, global_ms, bytes_per_place = timing(extractor, reranker, map_images, query_images, a.top_k,
-                                                               a.timing_frames, workdir)
+                rerank_ms, global_ms, bytes_per_place = timing(
+                    extractor,
+                    reranker,
+                    map_images,
+                    query_images,
+                    a.top_k,
+                    a.timing_frames,
+                    workdir,
+                )
         if rows:
-            print(f"\n| data | R@1 plain | R@5 plain | R@1 xfeat top-{a.top_k} | R@5 xfeat top-{a.top_k} |")
+            print(
+                f"\n| data | R@1 plain | R@5 plain "
+                f"| R@1 xfeat top-{a.top_k} | R@5 xfeat top-{a.top_k} |"
+            )
             print("|---|---|---|---|---|")
             print("\n".join(rows))
         if "timing" in parts:
-            print(f"\nper 640x480 frame: re-ranking top {a.top_k} {rerank_ms:.1f} ms (query features + matching + RANSAC), "
-                  f"global descriptor {global_ms:.1f} ms; map side {bytes_per_place:,.0f} B per place "
-                  f"(load average {os.getloadavg()[0]:.1f} now)")
-            print(f"reranker=xfeat rerank_ms={rerank_ms:.1f} global_ms={global_ms:.1f} ratio={rerank_ms / global_ms:.2f} "
-                  f"bytes_per_place={bytes_per_place:.0f}")
+            print(
+                f"\nper 640x480 frame: re-ranking top {a.top_k} {rerank_ms:.1f} ms "
+                "(query features + matching + RANSAC), "
+                f"global descriptor {global_ms:.1f} ms; "
+                f"map side {bytes_per_place:,.0f} B per place "
+                f"(load average {os.getloadavg()[0]:.1f} now)"
+            )
+            print(
+                f"reranker=xfeat rerank_ms={rerank_ms:.1f} global_ms={global_ms:.1f} "
+                f"ratio={rerank_ms / global_ms:.2f} "
+                f"bytes_per_place={bytes_per_place:.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""XFeat geometric re-ranking on real images: verification, re-ordering, bad input, the packed store."""
+"""XFeat geometric re-ranking on real images: verification, order, bad input, packed store."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def gardens(kind: str, i: int) -> np.ndarray:
 
 
 def test_wrong_pairs_do_not_verify(reranker):
-    """The Tokyo night query against other real places scores 0 (fewer inliers than min_inliers)."""
+    """The Tokyo night query against other real places scores 0 (under min_inliers)."""
     query = reranker.query_features(read_rgb(shared_path("data", "tokyo_pair", "query.jpg")))
     wrong = [reranker.map_features([gardens("night", i)])[0] for i in (0, 4, 8)]
     order, scores = reranker.rerank(query, wrong, np.array([0.9, 0.8, 0.7], np.float32))
@@ -31,16 +31,25 @@ def test_wrong_pairs_do_not_verify(reranker):
     assert order.tolist() == [0, 1, 2]  # unverified candidates keep the global order
 
 
-@pytest.mark.xfail(strict=True, reason="known gap, measured: the Tokyo day/night pair gets 13 inliers at the defaults "
-                   "(wrong pairs up to 14), below min_inliers 15; XFeat, SIFT and ORB all fail this pair (report, issue 10)")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap, measured: the Tokyo day/night pair gets 13 inliers at the defaults "
+    "(wrong pairs up to 14), below min_inliers 15; XFeat, SIFT and ORB all fail this pair "
+    "(report, issue 10)",
+)
 def test_tokyo_true_pair_verifies(reranker):
     query = reranker.query_features(read_rgb(shared_path("data", "tokyo_pair", "query.jpg")))
-    database = reranker.map_features([read_rgb(shared_path("data", "tokyo_pair", "database.png"))])[0]
-    assert reranker.rerank(query, [database], np.array([0.5], np.float32))[1][0] >= reranker.conf["min_inliers"]
+    database = reranker.map_features(
+        [read_rgb(shared_path("data", "tokyo_pair", "database.png"))]
+    )[0]
+    assert (
+        reranker.rerank(query, [database], np.array([0.5], np.float32))[1][0]
+        >= reranker.conf["min_inliers"]
+    )
 
 
 def test_rerank_restores_true_place_ranked_second(reranker):
-    """Gardens Point day 6 against night 1 (wrong, globally first) and night 6 (its place, second)."""
+    """Gardens Point day 6 against night 1 (wrong, globally first) and night 6 (its place)."""
     query = reranker.query_features(gardens("day", 6))
     candidates = reranker.map_features([gardens("night", 1), gardens("night", 6)])
     order, scores = reranker.rerank(query, candidates, np.array([0.9, 0.8], np.float32))
@@ -51,15 +60,21 @@ def test_rerank_restores_true_place_ranked_second(reranker):
 def test_bad_input_scores_zero_and_keeps_global_order(reranker):
     place = reranker.map_features([gardens("night", 3)])[0]
     empty = reranker.query_features(np.zeros((0, 0, 3), np.uint8))
-    flat = reranker.query_features(np.full((480, 640, 3), 128, np.uint8))  # no texture: no keypoints
-    # Nordland-sized frames (64x32): textured, but under min_image_side, where re-ranking lowered R@1 (bench)
-    tiny = reranker.query_features(np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    flat = reranker.query_features(
+        np.full((480, 640, 3), 128, np.uint8)
+    )  # no texture: no keypoints
+    # Nordland-sized frames (64x32): textured, but under min_image_side (re-ranking lowered R@1)
+    tiny = reranker.query_features(
+        np.random.default_rng(0).integers(0, 255, (32, 64, 3), dtype=np.uint8)
+    )
     assert len(empty) == len(tiny) == 0 and empty.keypoints.shape == (0, 2)
     for query in (empty, flat, tiny):
         order, scores = reranker.rerank(query, [place, place], np.array([0.2, 0.7], np.float32))
         assert scores.tolist() == [0.0, 0.0]
         assert order.tolist() == [1, 0]  # by global score
-    order, scores = reranker.rerank(reranker.query_features(gardens("day", 3)), [], np.zeros(0, np.float32))
+    order, scores = reranker.rerank(
+        reranker.query_features(gardens("day", 3)), [], np.zeros(0, np.float32)
+    )
     assert order.shape == scores.shape == (0,)
     with pytest.raises(ImageDecodeError, match=r"RGB images \[H, W, 3\]"):
         reranker.query_features(np.zeros((8, 8, 3, 2), np.uint8))
@@ -73,8 +88,11 @@ def test_unknown_settings_are_refused():
 
 
 def test_packed_store_gives_the_same_scores(reranker, tmp_path):
-    """Map features through local/ (uint8 rows, float32 keypoints, memory-mapped) score as in memory;
-    uint8 rows match close to the float32 ones."""
+    """
+    Map features through local/ (uint8 rows, float32 keypoints, memory-mapped) score as in memory.
+
+    And uint8 rows match close to the float32 ones.
+    """
     images = [gardens("night", 2), gardens("night", 3)]
     in_memory = reranker.map_features(images)
     with LocalFeatureWriter(tmp_path, reranker.describe()) as writer:
@@ -92,4 +110,6 @@ def test_packed_store_gives_the_same_scores(reranker, tmp_path):
     exact = reranker.inliers(query, float_rows)
     quantised = LocalFeatures(quantise(float_rows.descriptors), float_rows.keypoints)
     assert abs(reranker.inliers(query, quantised) - exact) <= 0.1 * exact
-    assert np.abs(dequantise(quantise(float_rows.descriptors)) - float_rows.descriptors).max() < 0.01
+    assert (
+        np.abs(dequantise(quantise(float_rows.descriptors)) - float_rows.descriptors).max() < 0.01
+    )

