@@ -45,24 +45,6 @@ SIZES = {
     "reloads": (14, 4),
     "kill_trials": (50, 6),
 }
-RELOAD_PICKS = [
-    "drop map_id (checksum stale)",
-    "drop map_id (checksum recomputed)",
-    "drop model (checksum recomputed)",
-    'set index.type to "hnsw"',
-    'set index.type to "bogus"',
-    "drop files (checksum recomputed)",
-    "manifest replaced by []",
-    "manifest not UTF-8",
-    "set format_version to 1",
-    "delete index.faiss",
-    "truncate descriptors.npy to 1 ",
-    "index.faiss from another map",
-    "places.csv from another map",
-    "delete manifest.json",
-]
-
-
 def _cpu() -> str:
     try:
         return next(
@@ -187,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     base, other, _ = fuzz_maps.build_base_maps(workdir / "reload_maps")
     picks = fuzz_maps.pick(
         fuzz_maps.catalogue(base["flat"], other),
-        random.Random(a.seed).sample(RELOAD_PICKS, size["reloads"]),
+        random.Random(a.seed).sample(fuzz_maps.ISSUE_DAMAGES, size["reloads"]),
     )
     rl = fuzz_maps.node_reload_sample(base["flat"], picks, workdir / "reload_maps")
     print(

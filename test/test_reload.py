@@ -19,28 +19,11 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from vpr_ros.replay.collector import OutputCollector  # noqa: E402
 from vpr_ros.replay.fuzz_maps import (  # noqa: E402
-    MODEL, build_base_maps, catalogue, node_reload_sample, pick,
+    ISSUE_DAMAGES, MODEL, build_base_maps, catalogue, node_reload_sample, pick,
 )
 from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
 
-# The issue's damage classes: KeyError map_id / model / efSearch / files, AttributeError (list),
-# mmap ValueError, faiss RuntimeError, the unknown index type, and a few of each file kind besides.
-VERIFIED = [
-    "drop map_id (checksum stale)",
-    "drop map_id (checksum recomputed)",
-    "drop model (checksum recomputed)",
-    'set index.type to "hnsw"',
-    'set index.type to "bogus"',
-    "drop files (checksum recomputed)",
-    "manifest replaced by []",
-    "manifest not UTF-8",
-    "set format_version to 1",
-    "delete index.faiss",
-    "truncate descriptors.npy to 1 ",
-    "index.faiss from another map",
-    "places.csv from another map",
-    "delete manifest.json",
-]
+VERIFIED = ISSUE_DAMAGES  # the damage classes issue 9 found
 UNVERIFIED = [
     "truncate index.faiss to 1 ",
     "truncate descriptors.npy to 1 ",

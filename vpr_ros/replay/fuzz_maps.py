@@ -60,6 +60,25 @@ RETYPES: tuple = (None, "text", -7, 2.5, True, [], {})
 # Keys whose values the loader never reads (descriptive only): damaged with the checksum left stale
 # only.
 FREE_FORM = ("sources",)
+# Damage names (prefixes) of the classes issue 9 found killing the node or loading anyway: KeyError map_id /
+# model / efSearch / files, AttributeError (list), mmap ValueError, faiss RuntimeError, the unknown index type,
+# and one of each file kind; the node-reload test and the campaign run these.
+ISSUE_DAMAGES = [
+    "drop map_id (checksum stale)",
+    "drop map_id (checksum recomputed)",
+    "drop model (checksum recomputed)",
+    'set index.type to "hnsw"',
+    'set index.type to "bogus"',
+    "drop files (checksum recomputed)",
+    "manifest replaced by []",
+    "manifest not UTF-8",
+    "set format_version to 1",
+    "delete index.faiss",
+    "truncate descriptors.npy to 1 ",
+    "index.faiss from another map",
+    "places.csv from another map",
+    "delete manifest.json",
+]
 
 
 @dataclass
