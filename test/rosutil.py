@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.inference.factory import create_extractor
-from vpr_ros.maps.mapdir import write_map
-from vpr_ros.maps.places import Place
+from vpr_ros.replay.scenes import build_scene_map
 
 
 def place_images(n: int, seed: int = 0, size=(240, 320)) -> list[np.ndarray]:
@@ -49,31 +45,4 @@ def perturb(img: np.ndarray, seed: int) -> np.ndarray:
 
 def build_test_map(path: Path, images: list[np.ndarray], model: str = "baseline") -> Path:
     """Build a map whose place i sits at (1000 + 10 i, 2000) metres, heading east."""
-    extractor = create_extractor(model)
-    places = [
-        Place(
-            i,
-            (i + 1) * 1_000_000_000,
-            1000.0 + 10 * i,
-            2000.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            1.0,
-            math.nan,
-            math.nan,
-            "",
-            "test",
-            "/camera/image_raw",
-        )
-        for i in range(len(images))
-    ]
-    return write_map(
-        path,
-        extractor.extract(images),
-        places,
-        extractor.describe(),
-        IndexConfig("flat"),
-        [{"source": "test images"}],
-    )
+    return build_scene_map(path, images, model, "/camera/image_raw", origin=(1000.0, 2000.0), source="test")

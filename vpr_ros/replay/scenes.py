@@ -29,39 +29,25 @@ def scene_images(n: int, height: int = 480, width: int = 640, seed: int = 0) -> 
 
 
 def build_scene_map(
-    out: str | Path, scenes: list[np.ndarray], model: str = "baseline", topic: str = ""
+    out: str | Path,
+    scenes: list[np.ndarray],
+    model: str = "baseline",
+    topic: str = "",
+    origin: tuple[float, float] = (0.0, 0.0),
+    source: str = "synthetic scenes",
 ) -> Path:
-    """Build a map whose place i is scene i, at (10 i, 0) metres."""
+    """Build a map whose place i is scene i, at ``origin`` + (10 i, 0) metres, heading east."""
     from vpr_ros.index.faiss_index import IndexConfig
     from vpr_ros.inference.factory import create_extractor
     from vpr_ros.maps.mapdir import write_map
     from vpr_ros.maps.places import Place
 
     extractor = create_extractor(model)
+    x0, y0 = origin
     places = [
-        Place(
-            i,
-            (i + 1) * 1_000_000_000,
-            10.0 * i,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            1.0,
-            math.nan,
-            math.nan,
-            "",
-            "synthetic scenes",
-            topic,
-        )
+        Place(i, (i + 1) * 1_000_000_000, x0 + 10.0 * i, y0, 0.0, 0.0, 0.0, 0.0, 1.0,
+              math.nan, math.nan, "", source, topic)
         for i in range(len(scenes))
     ]
-    return write_map(
-        Path(out),
-        extractor.extract(scenes),
-        places,
-        extractor.describe(),
-        IndexConfig("flat"),
-        [{"source": "vpr_ros.replay.scenes"}],
-    )
+    return write_map(Path(out), extractor.extract(scenes), places, extractor.describe(), IndexConfig("flat"),
+                     [{"source": source}])
