@@ -18,7 +18,8 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from rosutil import build_test_map, perturb, place_images  # noqa: E402
 from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
-from vpr_ros.imaging import rgb_to_compressed, rgb_to_image_fields  # noqa: E402
+from vpr_ros.replay.scenes import raw_image_msg  # noqa: E402
+from vpr_ros.imaging import rgb_to_compressed  # noqa: E402
 from vpr_ros.replay.collector import OutputCollector  # noqa: E402
 
 N_PLACES = 12
@@ -55,11 +56,8 @@ class NodeUnderTest:
 
 
 def _raw(rgb, stamp_s: int, frame_id="cam_test", encoding="rgb8"):
-    msg = Image()
-    for k, v in rgb_to_image_fields(rgb, encoding).items():
-        # rclpy copies bytes fast, arrays element by element
-        setattr(msg, k, v.tobytes() if k == "data" else v)
-    msg.header.stamp.sec, msg.header.frame_id = stamp_s, frame_id
+    msg = raw_image_msg(rgb, encoding, frame_id)
+    msg.header.stamp.sec = stamp_s
     return msg
 
 

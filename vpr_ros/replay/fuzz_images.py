@@ -408,8 +408,9 @@ def run_live_campaign(
             good = [_good_message(scene, transport) for scene in scenes]
             log_path = workdir / f"node_{transport}.log"
             started = time.monotonic()
+            # temporal none: the good frames show places in no route order, each must match on its own
             node = start_node(map_dir, model, topic, log_path,
-                              extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0"])
+                              extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0", "-p", "temporal:=none"])
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
             pub = collector.node.create_publisher(cls, topic, qos)
             try:
@@ -431,18 +432,12 @@ def run_live_campaign(
 
 
 def _good_message(rgb: np.ndarray, transport: str):
-    from sensor_msgs.msg import CompressedImage, Image
+    from sensor_msgs.msg import CompressedImage
+
+    from vpr_ros.replay.scenes import raw_image_msg
 
     if transport == "raw":
-        fields = rgb_to_image_fields(rgb, "rgb8")
-        msg = Image(
-            height=fields["height"],
-            width=fields["width"],
-            encoding="rgb8",
-            is_bigendian=0,
-            step=fields["step"],
-        )
-        msg.data = fields["data"].tobytes()
+        msg = raw_image_msg(rgb)
     else:
         fmt, data = rgb_to_compressed(rgb, "jpeg", 95)
         msg = CompressedImage(format=fmt)

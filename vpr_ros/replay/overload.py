@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.replay.dds_env import apply_loopback_dds_env
-from vpr_ros.replay.scenes import build_scene_map, scene_images
+from vpr_ros.replay.scenes import build_scene_map, raw_image_msg, scene_images
 
 WIDTH, HEIGHT = 640, 480
 PLACES = 8
@@ -79,7 +79,6 @@ def run_overload(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from vpr_ros.imaging import rgb_to_image_fields
     from vpr_ros.replay.collector import OutputCollector
     from vpr_ros.replay.processes import start_node, stop_process, wait_for_subscriber
 
@@ -89,17 +88,7 @@ def run_overload(
     map_dir = build_scene_map(workdir / "map", scenes, model, TOPIC)
     messages = []
     for scene in scenes:
-        fields = rgb_to_image_fields(scene, "rgb8")
-        msg = Image(
-            height=fields["height"],
-            width=fields["width"],
-            encoding="rgb8",
-            is_bigendian=0,
-            step=fields["step"],
-        )
-        msg.data = fields["data"].tobytes()
-        msg.header.frame_id = "overload"
-        messages.append(msg)
+        messages.append(raw_image_msg(scene, frame_id="overload"))
     collector = OutputCollector()
     node = start_node(map_dir, model, TOPIC, workdir / "node.log", extra=extra_params)
     results = []
