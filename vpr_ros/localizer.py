@@ -201,9 +201,7 @@ class Localizer:
             latency["rerank"] = (time.perf_counter() - t1) * 1e3
         temporal, temporal_scores, t2 = None, path_scores, time.perf_counter()
         if self.hmm is not None:
-            # the filter observes the re-ranked order when there is one: its scores standardised per frame
-            observed = rerank_scores if rerank_scores is not None else scores
-            r = self.hmm.push(ids, observed, travelled_m, k=max(cfg.top_k, 2), frames=frames)
+            r = self.hmm.push(ids, self._observed(scores, rerank_scores), travelled_m, k=max(cfg.top_k, 2), frames=frames)
             by_id = dict(zip(ids.tolist(), range(len(ids))))
             # places the track predicts but the search did not return get their search-space cosine
             unseen = np.array([i for i in r.place_ids.tolist() if i not in by_id], dtype=np.int64)
@@ -238,6 +236,19 @@ class Localizer:
             rerank=self.reranker.name if self.reranker is not None else None,
             temporal=temporal,
         )
+
+    @staticmethod
+    def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:
+        """What the temporal filter observes: the global scores, raised by up to their spread in proportion to
+        the re-ranker's score. A verified place thus outranks every unverified one, and a frame where the
+        re-ranker found nothing (all zero, e.g. images too small for local features) stays as retrieval saw it."""
+        if rerank_scores is None:
+            return scores
+        evidence = np.nan_to_num(np.asarray(rerank_scores, dtype=np.float64), nan=0.0)
+        if evidence.max() <= 0:
+            return scores
+        spread = float(scores.max() - scores.min()) + 1e-6
+        return scores + spread * np.clip(evidence, 0, None) / evidence.max()
 
     def _rerank(self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Re-sort the first ``rerank_top_k`` candidates; the rest keep their global order, below them."""
