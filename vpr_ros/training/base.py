@@ -28,7 +28,8 @@ class MethodTrainer(ABC):
     """One method's model, optimisers and loss. The loop owns data, validation and checkpoints.
 
     ``model`` is the module that is validated and saved (the deployable descriptor).
-    Schedulers in ``epoch_schedulers`` step after each epoch, those in ``step_schedulers`` after each batch.
+    Schedulers in ``epoch_schedulers`` step after each epoch, those in ``step_schedulers`` after
+    each batch.
     """
 
     method: str
@@ -46,7 +47,9 @@ class MethodTrainer(ABC):
 
     # --- per method ---
     @abstractmethod
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Total loss and its named terms (floats, for the progress bar and history)."""
 
     def train_mode(self) -> None:
@@ -57,7 +60,14 @@ class MethodTrainer(ABC):
         """Per-epoch work before batches are drawn (e.g. MutualVPR's re-clustering)."""
 
     def epoch_data(self, epoch: int, train: PlaceSet, data: DataConfig) -> PlaceBatchDataset:
-        batches = epoch_batches(train, data.places_per_batch, data.images_per_place, data.seed, epoch, data.steps_per_epoch)
+        batches = epoch_batches(
+            train,
+            data.places_per_batch,
+            data.images_per_place,
+            data.seed,
+            epoch,
+            data.steps_per_epoch,
+        )
         return PlaceBatchDataset(train, batches, self.spec, data.seed, epoch)
 
     def extra_state(self) -> dict[str, Any]:
@@ -66,7 +76,9 @@ class MethodTrainer(ABC):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         pass
 
-    def official_checkpoint(self, epoch: int, recalls: list[float], best: float, not_improved: int) -> dict[str, Any]:
+    def official_checkpoint(
+        self, epoch: int, recalls: list[float], best: float, not_improved: int
+    ) -> dict[str, Any]:
         """The authors' checkpoint dict (gsv layout by default)."""
         return {
             "epoch_num": epoch,

@@ -42,13 +42,19 @@ def read_checkpoint(path: Path, method: str) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
-                           "start again without --resume, or point --out at another directory") from exc
+        raise WeightsError(
+            f"cannot read checkpoint {path} ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+            "start again without --resume, or point --out at another directory"
+        ) from exc
     extra = obj.get(EXTRA_KEY) if isinstance(obj, dict) else None
     if not isinstance(extra, dict):
-        raise WeightsError(f"{path} was not written by `vpr-ros train` (no '{EXTRA_KEY}' entry), so it cannot be resumed; "
-                           "to start from official weights use --init-weights, or choose a fresh --out")
+        raise WeightsError(
+            f"{path} was not written by `vpr-ros train` (no '{EXTRA_KEY}' entry), so it cannot be resumed; "
+            "to start from official weights use --init-weights, or choose a fresh --out"
+        )
     if extra.get("method") != method:
-        raise WeightsError(f"{path} is a checkpoint of {extra.get('method')!r}, not {method!r}: resume with "
-                           f"--method {extra.get('method')}, or choose a fresh --out for {method}")
+        raise WeightsError(
+            f"{path} is a checkpoint of {extra.get('method')!r}, not {method!r}: resume with "
+            f"--method {extra.get('method')}, or choose a fresh --out for {method}"
+        )
     return obj

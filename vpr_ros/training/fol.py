@@ -64,7 +64,9 @@ def build_fol(arch: str | TinyBackbone) -> FoLNet:
 
 
 def fol_spec(model: FoLNet, input_size: tuple[int, int]) -> ModelSpec:
-    return ModelSpec(name="fol", family="FoL", build=lambda: model, input_size=input_size, dim=256 + 64 * 128)
+    return ModelSpec(
+        name="fol", family="FoL", build=lambda: model, input_size=input_size, dim=256 + 64 * 128
+    )
 
 
 @dataclass
@@ -96,10 +98,14 @@ def train_forward(model: FoLNet, x: torch.Tensor) -> TrainOutputs:
     mix = confidence + attention
     raw = model.upconv2(F.relu(model.upconv(f))).permute(0, 2, 3, 1)
     size = raw.shape[1:3]
-    mask_separate = F.interpolate(mix.reshape(b, 1, h, w), size=size, mode="bilinear", align_corners=True).squeeze(1)
+    mask_separate = F.interpolate(
+        mix.reshape(b, 1, h, w), size=size, mode="bilinear", align_corners=True
+    ).squeeze(1)
     _, rows = selected_rows(raw, top_token_mask(mix, h, w))
     length = max([padded_length(size[0])] + [len(r) for r in rows])
-    padded = torch.nn.utils.rnn.pad_sequence([F.pad(rows[0], (0, 0, 0, length - len(rows[0]))), *rows[1:]], batch_first=True)
+    padded = torch.nn.utils.rnn.pad_sequence(
+        [F.pad(rows[0], (0, 0, 0, length - len(rows[0]))), *rows[1:]], batch_first=True
+    )
     return TrainOutputs(
         descriptors=descriptors,
         local_features=F.normalize(padded, p=2, dim=-1),
@@ -129,7 +135,9 @@ def local_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum(dim=1).mean()
 
 
-def local_triplet_loss(local_features: torch.Tensor, triplets: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def local_triplet_loss(
+    local_features: torch.Tensor, triplets: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
     total = local_features.new_zeros(())
     for anchor, positive, negative in zip(*triplets):
         sim_p = local_similarity(local_features[anchor], local_features[positive])
@@ -138,7 +146,9 @@ def local_triplet_loss(local_features: torch.Tensor, triplets: tuple[torch.Tenso
     return total
 
 
-def separation_loss(out: TrainOutputs, labels: torch.Tensor, images_per_place: int, rng: np.random.Generator) -> torch.Tensor:
+def separation_loss(
+    out: TrainOutputs, labels: torch.Tensor, images_per_place: int, rng: np.random.Generator
+) -> torch.Tensor:
     """Foreground/background descriptors of each image vs a random other image of its place (loss.py loss_sep)."""
     groups: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels.tolist()):
@@ -158,8 +168,9 @@ def separation_loss(out: TrainOutputs, labels: torch.Tensor, images_per_place: i
         j = others[int(rng.integers(len(others)))]
         fg_i, bg_i = fg_bg(i)
         fg_j, bg_j = fg_bg(j)
-        loss = FOREGROUND_WEIGHT * (1 - F.cosine_similarity(fg_i, fg_j, dim=0)) + (1 - FOREGROUND_WEIGHT) * (
-            1 - F.cosine_similarity(bg_i, bg_j, dim=0))
+        loss = FOREGROUND_WEIGHT * (1 - F.cosine_similarity(fg_i, fg_j, dim=0)) + (
+            1 - FOREGROUND_WEIGHT
+        ) * (1 - F.cosine_similarity(bg_i, bg_j, dim=0))
         total = total + loss / bs
     return total
 
@@ -172,13 +183,19 @@ def weak_triplets(f1, f2, p1, p2, mask1) -> list[tuple[int, int, float]]:
     valid = valid[1:]  # the code drops the first candidate
     clusters = p1[:, valid].argmax(dim=0)
     candidates = p2[clusters] > WEAK_MASK_MIN
-    sim = F.cosine_similarity(f1[:, valid].T.unsqueeze(1), f2.T.unsqueeze(0), dim=-1).masked_fill(~candidates, -10.0)
+    sim = F.cosine_similarity(f1[:, valid].T.unsqueeze(1), f2.T.unsqueeze(0), dim=-1).masked_fill(
+        ~candidates, -10.0
+    )
     top, idx = sim.topk(2, dim=1)
     ok = (top[:, 0] > WEAK_SIM_MIN) & (top[:, 0] / top[:, 1] > WEAK_RATIO_MIN)
-    return list(zip(valid[ok].tolist(), idx[ok, 0].tolist(), top[ok, 0].tolist()))[:WEAK_MAX_PER_IMAGE]
+    return list(zip(valid[ok].tolist(), idx[ok, 0].tolist(), top[ok, 0].tolist()))[
+        :WEAK_MAX_PER_IMAGE
+    ]
 
 
-def patch_to_local(tokens: list[int], local: torch.Tensor, grid_w: int, image_size: int) -> torch.Tensor:
+def patch_to_local(
+    tokens: list[int], local: torch.Tensor, grid_w: int, image_size: int
+) -> torch.Tensor:
     """3x3 mean of the local map around each token's patch centre (loss.py get_patch_center_mapping)."""
     side = local.shape[0]
     scale = image_size / side
@@ -187,11 +204,13 @@ def patch_to_local(tokens: list[int], local: torch.Tensor, grid_w: int, image_si
         row, col = divmod(token, grid_w)
         i = min(max(round((row * 14 + 7) / scale), 1), side - 2)
         j = min(max(round((col * 14 + 7) / scale), 1), side - 2)
-        out.append(local[i - 1 : i + 2, j - 1 : j + 2].mean(dim=(0, 1)))
+        out.append(local[i - 1:i + 2, j - 1:j + 2].mean(dim=(0, 1)))
     return torch.stack(out)
 
 
-def weak_supervision_loss(out: TrainOutputs, labels: torch.Tensor, grid_w: int, image_size: int) -> torch.Tensor:
+def weak_supervision_loss(
+    out: TrainOutputs, labels: torch.Tensor, grid_w: int, image_size: int
+) -> torch.Tensor:
     groups: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels.tolist()):
         groups[label].append(i)
@@ -201,8 +220,13 @@ def weak_supervision_loss(out: TrainOutputs, labels: torch.Tensor, grid_w: int, 
         if len(members) < 2:
             continue
         j = members[(i % len(members) + 1) % len(members)]
-        found = weak_triplets(out.token_features[i].float(), out.token_features[j].float(), out.assignment[i].float(),
-                              out.assignment[j].float(), out.mask_guide[i])
+        found = weak_triplets(
+            out.token_features[i].float(),
+            out.token_features[j].float(),
+            out.assignment[i].float(),
+            out.assignment[j].float(),
+            out.mask_guide[i],
+        )
         if not found:
             continue
         a_ids, p_ids, sims = zip(*found)
@@ -217,27 +241,43 @@ def weak_supervision_loss(out: TrainOutputs, labels: torch.Tensor, grid_w: int, 
 class FoLTrainer(MethodTrainer):
     method = "fol"
 
-    def __init__(self, model: FoLNet, spec: ModelSpec, device: torch.device, images_per_place: int,
-                 trainable_blocks: int = 4, lr: float = LR, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: FoLNet,
+        spec: ModelSpec,
+        device: torch.device,
+        images_per_place: int,
+        trainable_blocks: int = 4,
+        lr: float = LR,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, spec, device)
         dino = model.backbone.model
         n = min(trainable_blocks, len(dino.blocks))
         for name, p in dino.named_parameters():
             block = int(name.split(".")[1]) if name.startswith("blocks.") else None
-            p.requires_grad_(name.startswith("norm.") or (block is not None and block >= len(dino.blocks) - n))
+            p.requires_grad_(
+                name.startswith("norm.") or (block is not None and block >= len(dino.blocks) - n)
+            )
         self.images_per_place = images_per_place
         self.ms = MultiSimilarity()
         self.hard_miner = BatchHardMiner()
         self.rng = np.random.default_rng([seed, 4])
         opt = torch.optim.AdamW(trainable(model), lr=lr, weight_decay=WEIGHT_DECAY)
         self.optimizers["model"] = opt
-        self.step_schedulers["lr"] = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=LR_DECAY_STEPS)
+        self.step_schedulers["lr"] = torch.optim.lr_scheduler.LinearLR(
+            opt, 1.0, 0.1, total_iters=LR_DECAY_STEPS
+        )
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         out = train_forward(self.model, images)
         descriptors = out.descriptors.float()
         ms = self.ms(descriptors, labels)
-        local = local_triplet_loss(out.local_features.float(), self.hard_miner(descriptors, labels))
+        local = local_triplet_loss(
+            out.local_features.float(), self.hard_miner(descriptors, labels)
+        )
         kl = KL_WEIGHT * (out.kl_1 + out.kl_2)
         sep = separation_loss(out, labels, self.images_per_place, self.rng)
         grid_w = images.shape[-1] // 14

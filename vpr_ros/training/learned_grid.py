@@ -44,11 +44,21 @@ def build_learned_grid(channels: int) -> LearnedGridDescriptor:
 class LearnedGridTrainer(MethodTrainer):
     method = "baseline-trainable"
 
-    def __init__(self, model: LearnedGridDescriptor, spec: ModelSpec, device: torch.device, lr: float = 1e-3,
-                 trainable_blocks: int = 1) -> None:
+    def __init__(
+        self,
+        model: LearnedGridDescriptor,
+        spec: ModelSpec,
+        device: torch.device,
+        lr: float = 1e-3,
+        trainable_blocks: int = 1,
+    ) -> None:
         super().__init__(model, spec, device)
         freeze(model.trunk)
-        tuned = model.trunk._blocks[len(model.trunk._blocks) - trainable_blocks:] if trainable_blocks else []
+        tuned = (
+            model.trunk._blocks[len(model.trunk._blocks) - trainable_blocks:]
+            if trainable_blocks
+            else []
+        )
         for block in tuned:
             for p in block.parameters():
                 p.requires_grad_(True)
@@ -62,7 +72,9 @@ class LearnedGridTrainer(MethodTrainer):
         self.model.train()
         self.model.trunk.eval()  # ImageNet BatchNorm statistics stay as shipped
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         loss = self.ms(self.model(images), labels)
         return loss, {}
 
@@ -75,7 +87,11 @@ def export_trained_tensors(checkpoint: Path, out: Path) -> dict[str, int]:
     trained = read_state_dict(checkpoint)
     channels = trained["head.0.weight"].shape[0]
     imagenet = build_learned_grid(channels).state_dict()
-    changed = {k: v.clone() for k, v in trained.items() if k.startswith("head.") or not torch.equal(v, imagenet[k])}
+    changed = {
+        k: v.clone()
+        for k, v in trained.items()
+        if k.startswith("head.") or not torch.equal(v, imagenet[k])
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(changed, out)
     return {k: v.numel() for k, v in changed.items()}

@@ -38,7 +38,9 @@ class LoopConfig:
     workers: int = 0
     resume: bool = False
     patience: int = 0  # stop after this many epochs without a better R@1 (0: never)
-    run_config: dict = field(default_factory=dict)  # recorded in the checkpoint for the user's reference
+    run_config: dict = field(
+        default_factory=dict
+    )  # recorded in the checkpoint for the user's reference
 
 
 @dataclass
@@ -63,7 +65,9 @@ def plot_history(history: History, path: Path, title: str) -> Path:
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("mean training loss", color="tab:red")
     ax_r1 = ax_loss.twinx()
-    ax_r1.plot(np.arange(0, len(history.r1) + 1), [history.r1_before, *history.r1], "s-", color="tab:blue")
+    ax_r1.plot(
+        np.arange(0, len(history.r1) + 1), [history.r1_before, *history.r1], "s-", color="tab:blue"
+    )
     ax_r1.set_ylabel("validation Recall@1", color="tab:blue")
     ax_r1.set_ylim(0, 1)
     ax_loss.set_title(title)
@@ -82,27 +86,40 @@ def _restore(trainer: MethodTrainer, path: Path) -> tuple[int, History]:
     trainer.model.load_state_dict(unwrap_state_dict(obj), strict=True)
     extra = obj[EXTRA_KEY]
     trainer.load_state(extra["trainer"])
-    torch.set_rng_state(extra["torch_rng"])  # dropout and initialisations continue as if never interrupted
+    torch.set_rng_state(
+        extra["torch_rng"]
+    )  # dropout and initialisations continue as if never interrupted
     history = History(**extra["history"])
     log.info("resuming %s from %s after epoch %d", trainer.method, path, extra["epochs_done"])
     return int(extra["epochs_done"]), history
 
 
-def train(trainer: MethodTrainer, train_set: PlaceSet, val: ValidationSet, cfg: LoopConfig) -> History:
+def train(
+    trainer: MethodTrainer, train_set: PlaceSet, val: ValidationSet, cfg: LoopConfig
+) -> History:
     """Train for ``cfg.epochs`` epochs (counting those done before a resume); returns the history."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     last = cfg.out / LAST
     start, history = 0, History()
     if cfg.resume:
         if not last.is_file():
-            raise ConfigError(f"--resume: no {LAST} in {cfg.out}; run once without --resume to start")
+            raise ConfigError(
+                f"--resume: no {LAST} in {cfg.out}; run once without --resume to start"
+            )
         start, history = _restore(trainer, last)
     elif last.exists():
-        raise ConfigError(f"{cfg.out} already holds a training run ({LAST}); pass --resume to continue it, "
-                          "or choose another --out")
+        raise ConfigError(
+            f"{cfg.out} already holds a training run ({LAST}); pass --resume to continue it, "
+            "or choose another --out"
+        )
     if math.isnan(history.r1_before):
         history.r1_before = recall_at_1(trainer.model, val, trainer.spec, trainer.device)
-        log.info("%s: validation R@1 before training %.4f (%d queries)", trainer.method, history.r1_before, len(val.queries))
+        log.info(
+            "%s: validation R@1 before training %.4f (%d queries)",
+            trainer.method,
+            history.r1_before,
+            len(val.queries),
+        )
     for epoch in range(start, cfg.epochs):
         if cfg.patience and history.not_improved >= cfg.patience:
             log.info("no better R@1 for %d epochs: stopping", history.not_improved)
@@ -112,10 +129,18 @@ def train(trainer: MethodTrainer, train_set: PlaceSet, val: ValidationSet, cfg: 
         data = trainer.epoch_data(epoch, train_set, cfg.data)
         trainer.train_mode()
         losses: list[float] = []
-        bar = tqdm(load_batches(data, cfg.workers), total=len(data), desc=f"{trainer.method} epoch {epoch + 1}/{cfg.epochs}",
-                   unit="batch", leave=False, disable=None)  # bars on terminals only
+        bar = tqdm(
+            load_batches(data, cfg.workers),
+            total=len(data),
+            desc=f"{trainer.method} epoch {epoch + 1}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None,
+        )  # bars on terminals only
         for images, labels in bar:
-            terms = trainer.step(images.to(trainer.device, non_blocking=True), labels.to(trainer.device))
+            terms = trainer.step(
+                images.to(trainer.device, non_blocking=True), labels.to(trainer.device)
+            )
             losses.append(terms["loss"])
             bar.set_postfix({k: f"{v:.3g}" for k, v in terms.items()})
         bar.close()
@@ -127,14 +152,25 @@ def train(trainer: MethodTrainer, train_set: PlaceSet, val: ValidationSet, cfg: 
         improved = r1 > history.best_r1
         history.best_r1 = max(history.best_r1, r1)
         history.not_improved = 0 if improved else history.not_improved + 1
-        log.info("%s epoch %d/%d: loss %.4f, validation R@1 %.4f (%.0f s)", trainer.method, epoch + 1, cfg.epochs,
-                 history.loss[-1], r1, history.seconds[-1])
+        log.info(
+            "%s epoch %d/%d: loss %.4f, validation R@1 %.4f (%.0f s)",
+            trainer.method,
+            epoch + 1,
+            cfg.epochs,
+            history.loss[-1],
+            r1,
+            history.seconds[-1],
+        )
         _save(trainer, epoch, history, cfg, improved)
     return history
 
 
-def _save(trainer: MethodTrainer, epoch: int, history: History, cfg: LoopConfig, improved: bool) -> None:
-    checkpoint = trainer.official_checkpoint(epoch, [history.r1[-1]], history.best_r1, history.not_improved)
+def _save(
+    trainer: MethodTrainer, epoch: int, history: History, cfg: LoopConfig, improved: bool
+) -> None:
+    checkpoint = trainer.official_checkpoint(
+        epoch, [history.r1[-1]], history.best_r1, history.not_improved
+    )
     checkpoint[EXTRA_KEY] = {
         "method": trainer.method,
         "epochs_done": epoch + 1,
@@ -150,4 +186,3 @@ def _save(trainer: MethodTrainer, epoch: int, history: History, cfg: LoopConfig,
     tmp = cfg.out / (HISTORY + ".partial")
     tmp.write_text(json.dumps({"method": trainer.method, **history.__dict__}, indent=1) + "\n")
     tmp.replace(cfg.out / HISTORY)
-

@@ -14,9 +14,13 @@ class MultiSimilarity:
     """
 
     def __init__(self) -> None:
-        self.loss = losses.MultiSimilarityLoss(alpha=1.0, beta=50, base=0.0, distance=DotProductSimilarity())
+        self.loss = losses.MultiSimilarityLoss(
+            alpha=1.0, beta=50, base=0.0, distance=DotProductSimilarity()
+        )
         self.miner = miners.MultiSimilarityMiner(epsilon=0.1, distance=CosineSimilarity())
 
     def __call__(self, descriptors: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        descriptors = descriptors.float()  # pml's mining runs in the loss dtype; fp16 under AMP overflows beta=50
+        descriptors = (
+            descriptors.float()
+        )  # pml's mining runs in the loss dtype; fp16 under AMP overflows beta=50
         return self.loss(descriptors, labels, self.miner(descriptors, labels))

@@ -59,8 +59,13 @@ def init_adapters(backbone: DinoVisionTransformer) -> None:
 
 
 def mutualvpr_spec(model: MutualVPR, input_size: tuple[int, int]) -> ModelSpec:
-    return ModelSpec(name="mutualvpr", family="MutualVPR", build=lambda: model, input_size=input_size,
-                     dim=model.aggregation[3].out_features)
+    return ModelSpec(
+        name="mutualvpr",
+        family="MutualVPR",
+        build=lambda: model,
+        input_size=input_size,
+        dim=model.aggregation[3].out_features,
+    )
 
 
 class ViewClasses:
@@ -77,14 +82,27 @@ class ViewClasses:
     def flat(self) -> list[np.ndarray]:
         return [c for cell in self.classes for c in cell]
 
-    def recluster(self, position: int, descriptors: np.ndarray, members: np.ndarray, seed: int) -> bool:
+    def recluster(
+        self, position: int, descriptors: np.ndarray, members: np.ndarray, seed: int
+    ) -> bool:
         k = len(self.classes[position])
         if k < 2:
             return False
-        kmeans = faiss.Kmeans(descriptors.shape[1], k, niter=20, nredo=KMEANS_RESTARTS, seed=seed, min_points_per_centroid=1)
+        kmeans = faiss.Kmeans(
+            descriptors.shape[1],
+            k,
+            niter=20,
+            nredo=KMEANS_RESTARTS,
+            seed=seed,
+            min_points_per_centroid=1,
+        )
         kmeans.train(np.ascontiguousarray(descriptors, dtype=np.float32))
-        labels = kmeans.index.search(np.ascontiguousarray(descriptors, dtype=np.float32), 1)[1][:, 0]
-        if len(set(labels.tolist())) < k:  # an empty cluster: keep the previous split, as the official code does
+        labels = kmeans.index.search(np.ascontiguousarray(descriptors, dtype=np.float32), 1)[1][
+            :, 0
+        ]
+        if (
+            len(set(labels.tolist())) < k
+        ):  # an empty cluster: keep the previous split, as the official code does
             return False
         self.classes[position] = [members[labels == c] for c in range(k)]
         return True
@@ -94,37 +112,67 @@ class MutualVPRTrainer(MethodTrainer):
     method = "mutualvpr"
     layout = "cosplace"
 
-    def __init__(self, model: MutualVPR, spec: ModelSpec, device: torch.device, train: PlaceSet, groups: int = 1,
-                 view_classes: int = 6, batch_size: int = 32, model_lr: float = MODEL_LR,
-                 classifier_lr: float = CLASSIFIER_LR, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: MutualVPR,
+        spec: ModelSpec,
+        device: torch.device,
+        train: PlaceSet,
+        groups: int = 1,
+        view_classes: int = 6,
+        batch_size: int = 32,
+        model_lr: float = MODEL_LR,
+        classifier_lr: float = CLASSIFIER_LR,
+        seed: int = 0,
+    ) -> None:
         super().__init__(model, spec, device)
         for name, p in model.backbone.named_parameters():
             p.requires_grad_(".adapter." in name)
         self.seed, self.batch_size = seed, batch_size
         n_groups = max(1, min(groups, len(train)))
-        self.groups = [ViewClasses(train, np.arange(g, len(train), n_groups), view_classes) for g in range(n_groups)]
-        self.classifiers = [CosFaceLoss(len(g.flat()), spec.dim, margin=0.5, scale=60).to(device) for g in self.groups]
-        self.classifier_optimizers = [torch.optim.Adam(c.parameters(), lr=classifier_lr) for c in self.classifiers]
-        self.model_optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=model_lr)
+        self.groups = [
+            ViewClasses(train, np.arange(g, len(train), n_groups), view_classes)
+            for g in range(n_groups)
+        ]
+        self.classifiers = [
+            CosFaceLoss(len(g.flat()), spec.dim, margin=0.5, scale=60).to(device)
+            for g in self.groups
+        ]
+        self.classifier_optimizers = [
+            torch.optim.Adam(c.parameters(), lr=classifier_lr) for c in self.classifiers
+        ]
+        self.model_optimizer = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=model_lr
+        )
         self.optimizers["model"] = self.model_optimizer
-        self.epoch_schedulers["lr"] = torch.optim.lr_scheduler.CosineAnnealingLR(self.model_optimizer, T_max=COSINE_EPOCHS)
+        self.epoch_schedulers["lr"] = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.model_optimizer, T_max=COSINE_EPOCHS
+        )
         self.group = 0
         self.reclustered = 0
 
     def start_epoch(self, epoch: int, train: PlaceSet) -> None:
         self.group = epoch % len(self.groups)
-        # Only the active group's classifier steps (a GradScaler refuses optimisers without gradients).
-        self.optimizers = {"model": self.model_optimizer, "classifier": self.classifier_optimizers[self.group]}
+        # Only the active group's classifier steps (a GradScaler refuses optimisers without
+        # gradients).
+        self.optimizers = {
+            "model": self.model_optimizer,
+            "classifier": self.classifier_optimizers[self.group],
+        }
         group = self.groups[self.group]
         rng = np.random.default_rng([self.seed, epoch, 2])
-        chosen = rng.choice(len(group.cells), max(1, len(group.cells) // RECLUSTER_FRACTION), replace=False)
+        chosen = rng.choice(
+            len(group.cells), max(1, len(group.cells) // RECLUSTER_FRACTION), replace=False
+        )
         self.reclustered = 0
         for position in chosen:
             if len(group.classes[position]) < 2:
                 continue
             members = np.concatenate(group.classes[position])
             descriptors = describe(self.model, train, members, self.spec, self.device)
-            self.reclustered += group.recluster(position, descriptors, members, seed=int(rng.integers(2**31)))
+            self.reclustered += group.recluster(
+                position, descriptors, members, seed=int(rng.integers(2**31))
+            )
 
     def epoch_data(self, epoch: int, train: PlaceSet, data: DataConfig) -> PlaceBatchDataset:
         """CosPlace sampling: each image from a random class of the group."""
@@ -135,7 +183,9 @@ class MutualVPRTrainer(MethodTrainer):
         batches = [np.array([rng.choice(classes[c]) for c in row]) for row in labels]
         return PlaceBatchDataset(train, batches, self.spec, data.seed, epoch, labels=labels)
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         descriptors = self.model(images)
         return self.classifiers[self.group](descriptors.float(), labels), {}
 
@@ -155,10 +205,14 @@ class MutualVPRTrainer(MethodTrainer):
             o.load_state_dict(s)
 
     def state(self) -> dict[str, Any]:
-        self.optimizers = {"model": self.model_optimizer}  # classifier optimisers are saved in extra_state
+        self.optimizers = {
+            "model": self.model_optimizer
+        }  # classifier optimisers are saved in extra_state
         return super().state()
 
-    def official_checkpoint(self, epoch: int, recalls: list[float], best: float, not_improved: int) -> dict[str, Any]:
+    def official_checkpoint(
+        self, epoch: int, recalls: list[float], best: float, not_improved: int
+    ) -> dict[str, Any]:
         return {
             "epoch_num": epoch + 1,
             "model_state_dict": dataparallel_state_dict(self.model),
@@ -169,5 +223,6 @@ class MutualVPRTrainer(MethodTrainer):
         }
 
     def best_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        return checkpoint["model_state_dict"]  # train.py's best_model.pth: the bare (DataParallel) state_dict
-
+        return checkpoint[
+            "model_state_dict"
+        ]  # train.py's best_model.pth: the bare (DataParallel) state_dict

@@ -2,7 +2,8 @@
 
 Batches of an epoch depend only on (seed, epoch), so a resumed run sees the same data as an
 uninterrupted one. Augmentation stands in for torchvision's RandAugment (the package does not
-depend on torchvision): a random crop of 80-100 % of the area and brightness/contrast/colour jitter.
+depend on torchvision): a random crop of 80-100 % of the area and brightness/contrast/colour
+jitter.
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from vpr_ros.models.spec import ModelSpec
 from vpr_ros.training.datasets import PlaceSet
 
 
-def epoch_batches(places: PlaceSet, places_per_batch: int, images_per_place: int, seed: int, epoch: int,
-                  steps: int | None = None) -> list[np.ndarray]:
+def epoch_batches(
+    places: PlaceSet,
+    places_per_batch: int,
+    images_per_place: int,
+    seed: int,
+    epoch: int,
+    steps: int | None = None,
+) -> list[np.ndarray]:
     """[P, K] image indices per batch: every place once per epoch (or ``steps`` batches), K distinct images each."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(places))
@@ -29,7 +36,11 @@ def epoch_batches(places: PlaceSet, places_per_batch: int, images_per_place: int
     batches = []
     for b in range(n_batches):
         chosen = order[b * places_per_batch : (b + 1) * places_per_batch]
-        batches.append(np.stack([rng.choice(places.places[p], images_per_place, replace=False) for p in chosen]))
+        batches.append(
+            np.stack(
+                [rng.choice(places.places[p], images_per_place, replace=False) for p in chosen]
+            )
+        )
     return batches
 
 
@@ -48,8 +59,16 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class PlaceBatchDataset(Dataset):
     """Item i = (images [P*K, 3, H, W] float32, labels [P*K] place ids) of batch i."""
 
-    def __init__(self, places: PlaceSet, batches: list[np.ndarray], spec: ModelSpec, seed: int, epoch: int,
-                 labels: list[np.ndarray] | None = None, augmentation: bool = True) -> None:
+    def __init__(
+        self,
+        places: PlaceSet,
+        batches: list[np.ndarray],
+        spec: ModelSpec,
+        seed: int,
+        epoch: int,
+        labels: list[np.ndarray] | None = None,
+        augmentation: bool = True,
+    ) -> None:
         self.places, self.batches, self.spec = places, batches, spec
         self.seed, self.epoch, self.augmentation = seed, epoch, augmentation
         self.labels = labels
@@ -67,16 +86,29 @@ class PlaceBatchDataset(Dataset):
         if self.labels is not None:
             labels = torch.as_tensor(self.labels[i].reshape(-1), dtype=torch.long)
         else:  # P x K layout: row r is one place
-            labels = torch.arange(batch.shape[0]).repeat_interleave(batch.shape[1]) if batch.ndim == 2 else torch.arange(len(batch))
+            labels = (
+                torch.arange(batch.shape[0]).repeat_interleave(batch.shape[1])
+                if batch.ndim == 2
+                else torch.arange(len(batch))
+            )
         return x, labels
 
 
-def load_batches(dataset: PlaceBatchDataset, workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def load_batches(
+    dataset: PlaceBatchDataset, workers: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches in order, decoded by ``workers`` processes (0: in this process)."""
-    return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers,
-                           persistent_workers=False, multiprocessing_context="fork" if workers else None))
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=False,
+            multiprocessing_context="fork" if workers else None,
+        )
+    )
 
 
 def preprocess_images(places: PlaceSet, indices: np.ndarray, spec: ModelSpec) -> torch.Tensor:
     return torch.from_numpy(preprocess_batch([places.image(int(i)) for i in indices], spec))
-

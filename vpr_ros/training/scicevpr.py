@@ -29,12 +29,22 @@ def build_scicevpr(cls: type[SciceVPR], arch: str | TinyBackbone) -> SciceVPR:
     dino = dinov2_backbone(arch)
     depth = len(dino.blocks)
     out_indices = list(range(max(0, depth - 4), depth))
-    return cls(MultiLayerDinoV2(dino, out_indices), backbone_out_dim=dino.embed_dim * len(out_indices), mix_in_dim=dino.embed_dim)
+    return cls(
+        MultiLayerDinoV2(dino, out_indices),
+        backbone_out_dim=dino.embed_dim * len(out_indices),
+        mix_in_dim=dino.embed_dim,
+    )
 
 
 def scicevpr_spec(name: str, model: SciceVPR) -> ModelSpec:
-    return ModelSpec(name=name, family="SciceVPR", build=lambda: model, input_size=INPUT_SIZE,
-                     dim=14 * model.conv.out_channels, batch_independent=not isinstance(model, SuperCricaVPR))
+    return ModelSpec(
+        name=name,
+        family="SciceVPR",
+        build=lambda: model,
+        input_size=INPUT_SIZE,
+        dim=14 * model.conv.out_channels,
+        batch_independent=not isinstance(model, SuperCricaVPR),
+    )
 
 
 class _SciceTrainer(MethodTrainer):
@@ -46,7 +56,9 @@ class _SciceTrainer(MethodTrainer):
     def _start_optimiser(self, params: list[nn.Parameter]) -> None:
         opt = torch.optim.Adam(params, lr=self.lr)
         self.optimizers["model"] = opt
-        self.epoch_schedulers["lr"] = torch.optim.lr_scheduler.StepLR(opt, LR_HALVING_EPOCHS, gamma=0.5)
+        self.epoch_schedulers["lr"] = torch.optim.lr_scheduler.StepLR(
+            opt, LR_HALVING_EPOCHS, gamma=0.5
+        )
 
     def train_mode(self) -> None:
         self.model.train()
@@ -60,19 +72,27 @@ class _SciceTrainer(MethodTrainer):
 class TeacherTrainer(_SciceTrainer):
     method = "scicevpr-teacher"
 
-    def __init__(self, model: SuperCricaVPR, spec: ModelSpec, device: torch.device, lr: float = LR) -> None:
+    def __init__(
+        self, model: SuperCricaVPR, spec: ModelSpec, device: torch.device, lr: float = LR
+    ) -> None:
         super().__init__(model, spec, device, lr)
         freeze(model.backbone)
         self._start_optimiser(trainable(model))
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         return self.ms(self.model.head(self.maps(images)), labels), {}
 
 
 def student_from_teacher(teacher: SuperCricaVPR, arch: str | TinyBackbone) -> SciceVPR:
     """A student whose backbone, fusion conv and GeM are the teacher's (copied)."""
     student = build_scicevpr(SciceVPR, arch)
-    shared = {k: v for k, v in teacher.state_dict().items() if k.startswith(("backbone.", "conv.", "gem."))}
+    shared = {
+        k: v
+        for k, v in teacher.state_dict().items()
+        if k.startswith(("backbone.", "conv.", "gem."))
+    }
     missing = [k for k in shared if k not in student.state_dict()]
     if missing:
         raise ValueError(f"teacher and student differ in {missing[:3]}")
@@ -83,7 +103,14 @@ def student_from_teacher(teacher: SuperCricaVPR, arch: str | TinyBackbone) -> Sc
 class StudentTrainer(_SciceTrainer):
     method = "scicevpr"
 
-    def __init__(self, model: SciceVPR, teacher: SuperCricaVPR, spec: ModelSpec, device: torch.device, lr: float = LR) -> None:
+    def __init__(
+        self,
+        model: SciceVPR,
+        teacher: SuperCricaVPR,
+        spec: ModelSpec,
+        device: torch.device,
+        lr: float = LR,
+    ) -> None:
         super().__init__(model, spec, device, lr)
         self.teacher = freeze(teacher.to(device)).eval()
         for part in (model.backbone, model.conv, model.gem):
@@ -94,7 +121,9 @@ class StudentTrainer(_SciceTrainer):
         super().train_mode()
         self.teacher.eval()
 
-    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         maps = self.maps(images)  # the student's backbone is a copy of the teacher's
         with torch.no_grad():
             target = self.teacher.head(maps)

@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, rank_database, recall_at_n
+from vpr_ros.evaluation.recall import (
+    positives_by_distance,
+    positives_by_frame,
+    rank_database,
+    recall_at_n,
+)
 from vpr_ros.models.spec import ModelSpec
 from vpr_ros.training.datasets import PlaceSet
 from vpr_ros.training.sampling import preprocess_images
@@ -29,13 +34,18 @@ class ValidationSet:
     positives: list[np.ndarray]  # database rows that count as right, per query
 
 
-def validation_set(places: PlaceSet, radius_m: float = DEFAULT_RADIUS_M, route_tolerance: int = 1) -> ValidationSet:
+def validation_set(
+    places: PlaceSet, radius_m: float = DEFAULT_RADIUS_M, route_tolerance: int = 1
+) -> ValidationSet:
     query_places = np.array([p for p, members in enumerate(places.places) if len(members) >= 2])
     database = np.array([members[0] for members in places.places])
     queries = np.array([places.places[p][-1] for p in query_places], dtype=np.int64)
     if places.place_xy is not None:
-        positives = positives_by_distance(places.place_xy[query_places] - places.place_xy.mean(0),
-                                          places.place_xy - places.place_xy.mean(0), radius_m)
+        positives = positives_by_distance(
+            places.place_xy[query_places] - places.place_xy.mean(0),
+            places.place_xy - places.place_xy.mean(0),
+            radius_m,
+        )
     else:
         tolerance = route_tolerance if places.ordered else 0
         positives = positives_by_frame(query_places, np.arange(len(places)), tolerance)
@@ -43,8 +53,14 @@ def validation_set(places: PlaceSet, radius_m: float = DEFAULT_RADIUS_M, route_t
 
 
 @torch.no_grad()
-def describe(model: nn.Module, places: PlaceSet, indices: np.ndarray, spec: ModelSpec, device: torch.device,
-             batch_size: int = 32) -> np.ndarray:
+def describe(
+    model: nn.Module,
+    places: PlaceSet,
+    indices: np.ndarray,
+    spec: ModelSpec,
+    device: torch.device,
+    batch_size: int = 32,
+) -> np.ndarray:
     """Descriptors of the given images, in eval mode (mixed precision on CUDA)."""
     was_training = model.training
     model.eval()
@@ -59,7 +75,13 @@ def describe(model: nn.Module, places: PlaceSet, indices: np.ndarray, spec: Mode
     return np.concatenate(out) if out else np.zeros((0, spec.dim), np.float32)
 
 
-def recall_at_1(model: nn.Module, val: ValidationSet, spec: ModelSpec, device: torch.device, batch_size: int = 32) -> float:
+def recall_at_1(
+    model: nn.Module,
+    val: ValidationSet,
+    spec: ModelSpec,
+    device: torch.device,
+    batch_size: int = 32,
+) -> float:
     if len(val.queries) == 0:
         return float("nan")
     db = describe(model, val.places, val.database, spec, device, batch_size)
