@@ -239,16 +239,13 @@ class Localizer:
 
     @staticmethod
     def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:
-        """What the temporal filter observes: the global scores, raised by up to their spread in proportion to
-        the re-ranker's score. A verified place thus outranks every unverified one, and a frame where the
-        re-ranker found nothing (all zero, e.g. images too small for local features) stays as retrieval saw it."""
+        """What the temporal filter observes: the re-ranker's scores when it found evidence in this frame (they
+        separate true from false places far better than global scores), else the global scores, so a frame where
+        nothing verified (e.g. images too small for local features) does not leave the filter blind."""
         if rerank_scores is None:
             return scores
         evidence = np.nan_to_num(np.asarray(rerank_scores, dtype=np.float64), nan=0.0)
-        if evidence.max() <= 0:
-            return scores
-        spread = float(scores.max() - scores.min()) + 1e-6
-        return scores + spread * np.clip(evidence, 0, None) / evidence.max()
+        return evidence if evidence.max() > 0 else scores
 
     def _rerank(self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Re-sort the first ``rerank_top_k`` candidates; the rest keep their global order, below them."""
