@@ -211,7 +211,8 @@ def default_model_checks(models: dict, shared: Path, frames: int = 200) -> list[
         d = _describe_arrays(model, spec, tokyo + distractors)
         rank = int((d[2:] @ d[0] > d[1] @ d[0]).sum()) + 1
         lines.append(
-            f"default_check model={name} demo_route_r1={r1:.4f} tokyo_rank={rank}/{len(distractors) + 1}"
+            f"default_check model={name} demo_route_r1={r1:.4f} "
+            f"tokyo_rank={rank}/{len(distractors) + 1}"
         )
     return lines
 
@@ -254,7 +255,8 @@ def main() -> None:
     val = validation_set(places.subset(range(TRAIN_PLACES, len(places))), route_tolerance=1)
     baseline, spec, _ = load_model("baseline")
     print(
-        f"# {len(train_places)} training places, {len(val.queries)} unseen winter queries; runs in {out}",
+        f"# {len(train_places)} training places, {len(val.queries)} unseen winter queries; runs "
+        f"in {out}",
         flush=True,
     )
     print(f"baseline_r1={recall_at_1(baseline, val, spec, torch.device('cpu')):.4f}", flush=True)
@@ -285,7 +287,8 @@ def main() -> None:
                     out / name / "last_checkpoint.pth", args.export_default
                 )
                 print(
-                    f"# wrote {args.export_default}: {len(sizes)} tensors, {sum(sizes.values())} values",
+                    f"# wrote {args.export_default}: {len(sizes)} tensors, {sum(sizes.values())} "
+                    "values",
                     flush=True,
                 )
     print("\n".join(lines))

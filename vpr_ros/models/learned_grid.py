@@ -75,7 +75,8 @@ PRESETS = (
         std=(0.5, 0.5, 0.5),
         shipped_weights=trained_state_dict,
         signature={"head.0.weight": (CHANNELS, 40, 1, 1)},
-        description="baseline's EfficientNet-lite0 trunk (last block fine-tuned) + a learned 40->64 projection "
+        description="baseline's EfficientNet-lite0 trunk (last block fine-tuned) + a learned "
+                    "40->64 projection "
         "before the 8x16 grid, trained on Nordland places 1-2500 (bench/bench_training.py)",
     ),
 )

@@ -36,7 +36,8 @@ def parse_tiny(text: str) -> TinyBackbone:
     match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
     if not match or int(match[1]) % 32 or int(match[2]) < 1:
         raise ConfigError(
-            f"--tiny {text!r}: expected WIDTHxDEPTH with WIDTH a multiple of 32 and DEPTH >= 1, e.g. 64x4"
+            f"--tiny {text!r}: expected WIDTHxDEPTH with WIDTH a multiple of 32 and DEPTH >= 1, "
+            "e.g. 64x4"
         )
     return TinyBackbone(int(match[1]), int(match[2]))
 
@@ -53,8 +54,10 @@ def require_backbone_weights(
     """Refuse, before anything is built, to train a full-size DINOv2 model from noise."""
     if not (backbone_weights or tiny or allowed_without):
         raise WeightsError(
-            f"training {method} starts from DINOv2's pretrained weights and none were given: download the bare "
-            f"pretrain file from {DINOV2_SOURCE} and pass it with --backbone-weights, or fine-tune a checkpoint "
+            f"training {method} starts from DINOv2's pretrained weights and none were given: "
+            "download the bare "
+            f"pretrain file from {DINOV2_SOURCE} and pass it with --backbone-weights, or "
+            "fine-tune a checkpoint "
             "with --init-weights (--random-init trains from random weights: only for tests)"
         )
 

@@ -49,7 +49,8 @@ def read_checkpoint(path: Path, method: str) -> dict[str, Any]:
     extra = obj.get(EXTRA_KEY) if isinstance(obj, dict) else None
     if not isinstance(extra, dict):
         raise WeightsError(
-            f"{path} was not written by `vpr-ros train` (no '{EXTRA_KEY}' entry), so it cannot be resumed; "
+            f"{path} was not written by `vpr-ros train` (no '{EXTRA_KEY}' entry), so it cannot "
+            "be resumed; "
             "to start from official weights use --init-weights, or choose a fresh --out"
         )
     if extra.get("method") != method:

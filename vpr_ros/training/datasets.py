@@ -80,8 +80,10 @@ def require_images_per_place(
     keep = np.flatnonzero(counts >= needed)
     if len(keep) == 0:
         raise DatasetError(
-            f"no place in {places.source} has {needed} images (the most any place has is {counts.max(initial=0)}); "
-            f"the sampler takes {needed} images per place: pass {option} {max(counts.max(initial=1), 1)} "
+            f"no place in {places.source} has {needed} images (the most any place has is "
+            f"{counts.max(initial=0)}); "
+            f"the sampler takes {needed} images per place: pass {option} "
+            f"{max(counts.max(initial=1), 1)} "
             "or add images (more traversals, a larger --place-radius-m)"
         )
     if len(keep) < len(counts):
@@ -101,7 +103,8 @@ def merge_consecutive(places: PlaceSet, n: int) -> PlaceSet:
         return places
     if not places.ordered:
         raise DatasetError(
-            f"--merge-places {n} needs places along a route (--traversal or --bag); {places.source} has none"
+            f"--merge-places {n} needs places along a route (--traversal or --bag); "
+            f"{places.source} has none"
         )
     groups = [range(i, min(i + n, len(places))) for i in range(0, len(places), n)]
     merged = [np.concatenate([places.places[p] for p in g]) for g in groups]
@@ -122,7 +125,8 @@ def split_places(places: PlaceSet, val_fraction: float) -> tuple[PlaceSet, Place
     n_val = max(1, round(len(places) * val_fraction))
     if len(places) - n_val < 2:
         raise DatasetError(
-            f"{places.source} has {len(places)} places: too few to hold {n_val} apart for validation "
+            f"{places.source} has {len(places)} places: too few to hold {n_val} apart for "
+            "validation "
             "and train on the rest; add data or lower --val-fraction"
         )
     return places.subset(range(len(places) - n_val)), places.subset(
@@ -136,7 +140,8 @@ def group_by_position(
     """(place of each point or -1, [P, 2] centres). Centres are picked in the points' order."""
     if radius_m <= 0 or spacing_m < 2 * radius_m:
         raise DatasetError(
-            f"--place-spacing-m ({spacing_m}) must be at least twice --place-radius-m ({radius_m}) > 0, "
+            f"--place-spacing-m ({spacing_m}) must be at least twice --place-radius-m "
+            f"({radius_m}) > 0, "
             "so that neighbouring places do not share images"
         )
     origin = xy.mean(axis=0)  # UTM ~1e6 m: float32 keeps centimetres only near an origin
@@ -191,7 +196,8 @@ def gsv_cities(root: str | Path) -> PlaceSet:
     if not groups:
         raise DatasetError(
             f"no GSV-Cities images under {image_root} ({len(bad)} files with other names, e.g. "
-            f"{bad[0] if bad else 'none'}); expected <city>_<place id>_<year>_<month>_<bearing>_<lat>_<lon>_<panoid>.jpg"
+            f"{bad[0] if bad else 'none'}); expected <city>_<place "
+            "id>_<year>_<month>_<bearing>_<lat>_<lon>_<panoid>.jpg"
         )
     images: list[ImageRef] = []
     places = []
@@ -259,12 +265,14 @@ def traversals(folders: Sequence[str | Path]) -> PlaceSet:
         names.append({p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES})
         if not names[-1]:
             raise DatasetError(
-                f"no images ({', '.join(IMAGE_SUFFIXES)}) in traversal folder {folder}: check the path"
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in traversal folder {folder}: check "
+                "the path"
             )
     common = sorted(set.intersection(*names))
     if not common:
         raise DatasetError(
-            f"the traversal folders share no file name (e.g. {sorted(names[0])[0]} is only in {folders[0]}); "
+            f"the traversal folders share no file name (e.g. {sorted(names[0])[0]} is only in "
+            f"{folders[0]}); "
             "name each place's images alike in every folder"
         )
     images: list[ImageRef] = [folder / name for name in common for folder in folders]
@@ -301,7 +309,8 @@ def rosbags(
     if not pose_topic:
         raise DatasetError(
             "training on bags needs --pose-topic (NavSatFix, Odometry, PoseStamped or "
-            "PoseWithCovarianceStamped): positions tell which frames of different traversals show one place"
+            "PoseWithCovarianceStamped): positions tell which frames of different traversals "
+            "show one place"
         )
     source = BagSource(bags, image_topic, pose_topic, min_distance_m=frame_spacing_m)
     from tqdm import tqdm
@@ -315,8 +324,10 @@ def rosbags(
         xy.append(frame.position[:2])
     if len(images) < 2:
         raise DatasetError(
-            f"bags {', '.join(map(str, bags))} gave {len(images)} frames with a pose on {pose_topic}; "
-            "check that the pose topic covers the image stamps (without a fix, frames have no position)"
+            f"bags {', '.join(map(str, bags))} gave {len(images)} frames with a pose on "
+            f"{pose_topic}; "
+            "check that the pose topic covers the image stamps (without a fix, frames have no "
+            "position)"
         )
     assignment, centres = group_by_position(np.array(xy), spacing_m, radius_m)
     places, place_xy = _places_from_assignment(assignment, centres)

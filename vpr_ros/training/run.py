@@ -94,14 +94,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--place-radius-m",
         type=float,
         default=5.0,
-        help="bags/VPR folder: images within this of a centre form its place (default: %(default)s)",
+        help="bags/VPR folder: images within this of a centre form its place (default: "
+             "%(default)s)",
     )
     d.add_argument(
         "--merge-places",
         type=int,
         default=1,
         help="route data: train on every N consecutive places as one "
-        "(mutualvpr's cells need several images; validation keeps single places) (default: %(default)s)",
+        "(mutualvpr's cells need several images; validation keeps single places) (default: "
+        "%(default)s)",
     )
     d.add_argument(
         "--val-fraction",
@@ -113,7 +115,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--val-radius-m",
         type=float,
         default=25.0,
-        help="validation: right within this many metres, where places have positions (default: %(default)s)",
+        help="validation: right within this many metres, where places have positions (default: "
+             "%(default)s)",
     )
     m = p.add_argument_group("model")
     m.add_argument(
@@ -235,7 +238,8 @@ def _device(name: str):
 
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError(
-            "--device cuda: torch sees no CUDA GPU here (CPU-only torch or no driver); use --device cpu"
+            "--device cuda: torch sees no CUDA GPU here (CPU-only torch or no driver); use "
+            "--device cpu"
         )
     return torch.device(name)
 
@@ -283,7 +287,8 @@ def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
             )
         if not a.teacher:
             raise ConfigError(
-                "--method scicevpr (the student) learns from a teacher: train one with --method scicevpr-teacher "
+                "--method scicevpr (the student) learns from a teacher: train one with --method "
+                "scicevpr-teacher "
                 "and pass its best_model.pth with --teacher"
             )
         teacher = load_official(scicevpr.build_scicevpr(SuperCricaVPR, arch), a.teacher)
@@ -351,13 +356,15 @@ def run_training(a: argparse.Namespace) -> int:
     train_set = require_images_per_place(merge_consecutive(train_set, a.merge_places), per_place)
     if a.method != "mutualvpr" and len(train_set) < per_batch:
         raise DatasetError(
-            f"{len(train_set)} training places with {per_place} images each, fewer than a batch of {per_batch}: "
+            f"{len(train_set)} training places with {per_place} images each, fewer than a batch "
+            f"of {per_batch}: "
             f"pass --places-per-batch {max(2, len(train_set))} or add data"
         )
     val = validation_set(val_set, radius_m=a.val_radius_m)
     if len(val.queries) == 0:
         raise DatasetError(
-            "no held-apart place has two images, so nothing can be validated: add traversals or raise --val-fraction"
+            "no held-apart place has two images, so nothing can be validated: add traversals or "
+            "raise --val-fraction"
         )
     trainer = build_trainer(a, recipe, train_set, device)
     cfg = LoopConfig(
@@ -383,7 +390,8 @@ def run_training(a: argparse.Namespace) -> int:
     history = train(trainer, train_set, val, cfg)
     after = history.r1[-1] if history.r1 else float("nan")
     print(
-        f"{a.method}: validation R@1 {history.r1_before:.4f} before, {after:.4f} after {len(history.r1)} epochs; "
+        f"{a.method}: validation R@1 {history.r1_before:.4f} before, {after:.4f} after "
+        f"{len(history.r1)} epochs; "
         f"best {history.best_r1:.4f}; checkpoints and training.png in {a.out}"
     )
     if recipe.preset and not a.tiny:

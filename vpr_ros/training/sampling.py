@@ -35,7 +35,7 @@ def epoch_batches(
         n_batches = min(n_batches, steps) if n_batches else 0
     batches = []
     for b in range(n_batches):
-        chosen = order[b * places_per_batch : (b + 1) * places_per_batch]
+        chosen = order[b * places_per_batch:(b + 1) * places_per_batch]
         batches.append(
             np.stack(
                 [rng.choice(places.places[p], images_per_place, replace=False) for p in chosen]
@@ -49,7 +49,7 @@ def augment(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     scale = np.sqrt(rng.uniform(0.8, 1.0))
     ch, cw = max(1, round(h * scale)), max(1, round(w * scale))
     y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-    out = rgb[y : y + ch, x : x + cw].astype(np.float32)
+    out = rgb[y:y + ch, x:x + cw].astype(np.float32)
     out = out * rng.uniform(0.7, 1.3) + rng.uniform(-25, 25)  # contrast, brightness
     grey = out.mean(axis=2, keepdims=True)
     out = grey + (out - grey) * rng.uniform(0.7, 1.3)  # saturation

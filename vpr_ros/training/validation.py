@@ -67,7 +67,7 @@ def describe(
     out = []
     try:
         for start in range(0, len(indices), batch_size):
-            x = preprocess_images(places, indices[start : start + batch_size], spec).to(device)
+            x = preprocess_images(places, indices[start:start + batch_size], spec).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
                 out.append(model(x).float().cpu().numpy())
     finally:
