@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from vpr_ros.models import baseline, dinov2, fol, mutualvpr, raw_pixels, scicevpr
+from vpr_ros.models import baseline, dinov2, fol, learned_grid, mutualvpr, raw_pixels, scicevpr
 from vpr_ros.models.spec import ModelSpec, StateDict
 
-_MODEL_MODULES = (baseline, raw_pixels, dinov2, scicevpr, mutualvpr, fol)
+_MODEL_MODULES = (baseline, learned_grid, raw_pixels, dinov2, scicevpr, mutualvpr, fol)
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec for module in _MODEL_MODULES for spec in module.PRESETS
 }
