@@ -45,6 +45,8 @@ SIZES = {
     "reloads": (14, 4),
     "kill_trials": (50, 6),
 }
+
+
 def _cpu() -> str:
     try:
         return next(
