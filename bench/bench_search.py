@@ -1,4 +1,7 @@
-"""Search at map scale: single-query latency, recall against exact search, memory, load/build time, disk.
+"""
+Search at map scale.
+
+Single-query latency, recall against exact search, memory, load/build time, disk.
 
     .venv/bin/python bench/bench_search.py --places 1000000 [--dim 512] [--index auto]
 
@@ -50,7 +53,8 @@ _CHUNK = 65_536
 def synthetic_map(path: Path, n: int, dim: int, seed: int = 0) -> np.ndarray:
     """[n, dim] L2-normalised route-like descriptors written to an .npy memmap at ``path``."""
     rng = np.random.default_rng(seed)
-    spectrum = ((np.arange(dim) + 1.0) ** -0.5).astype(np.float32)  # std per dim: variance ~ 1/rank
+    # std per dim: variance ~ 1/rank
+    spectrum = ((np.arange(dim) + 1.0) ** -0.5).astype(np.float32)
     centres = rng.standard_normal((DISTRICTS, dim)).astype(np.float32) * spectrum
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, dim))
     start = 0
@@ -65,8 +69,10 @@ def synthetic_map(path: Path, n: int, dim: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def synthetic_queries(descriptors: np.ndarray, count: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(queries [Q, dim], the map rows they revisit)."""
+def synthetic_queries(
+    descriptors: np.ndarray, count: int, seed: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (queries [Q, dim], the map rows they revisit)."""
     rng = np.random.default_rng(seed)
     dim = descriptors.shape[1]
     spectrum = ((np.arange(dim) + 1.0) ** -0.5).astype(np.float32)
@@ -90,7 +96,11 @@ def exact_top1(descriptors: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 
 def _rss_bytes(field: str = "VmRSS") -> int:
-    """Resident memory (VmRSS), or its part in anonymous memory (RssAnon) or mapped files (RssFile)."""
+    """
+    Resident memory (VmRSS), or its part in anonymous memory or mapped files.
+
+    The parts: RssAnon and RssFile.
+    """
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(f"{field}:"))
 
@@ -121,20 +131,44 @@ def load_and_search(map_dir: Path, queries_file: Path) -> dict:
     t0 = time.perf_counter()
     read_places(map_dir / PLACES_FILE)
     places_s = time.perf_counter() - t0
-    return {"load_s": load_s, "verify_s": verify_s, "places_s": places_s, "rss_loaded": loaded - before,
-            "rss_after_queries": after_queries - before, "rss_file_after_queries": file_backed,
-            "times_ms": [t * 1e3 for t in times], "cpu_ms": [c * 1e3 for c in cpu], "top1": top1, "index": vpr_map.manifest["index"]}
+    return {
+        "load_s": load_s,
+        "verify_s": verify_s,
+        "places_s": places_s,
+        "rss_loaded": loaded - before,
+        "rss_after_queries": after_queries - before,
+        "rss_file_after_queries": file_backed,
+        "times_ms": [t * 1e3 for t in times],
+        "cpu_ms": [c * 1e3 for c in cpu],
+        "top1": top1,
+        "index": vpr_map.manifest["index"],
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument("--places", type=int, required=True, help="map size")
-    parser.add_argument("--dim", type=int, default=PCA_AUTO_DIM, help="descriptor dim (default: %(default)s, the PCA "
-                        "output a large map searches in)")
-    parser.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"], help="default: %(default)s")
+    parser.add_argument(
+        "--dim",
+        type=int,
+        default=PCA_AUTO_DIM,
+        help="descriptor dim (default: %(default)s, the PCA output a large map searches in)",
+    )
+    parser.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "flat", "hnsw", "ivfpq"],
+        help="default: %(default)s",
+    )
     parser.add_argument("--queries", type=int, default=1000, help="default: %(default)s")
-    parser.add_argument("--workdir", type=Path, help="where the map is written (default: a temporary directory, removed)")
-    parser.add_argument("--child", nargs=2, type=Path, metavar=("MAP", "QUERIES"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="where the map is written (default: a temporary directory, removed)",
+    )
+    parser.add_argument(
+        "--child", nargs=2, type=Path, metavar=("MAP", "QUERIES"), help=argparse.SUPPRESS
+    )
     a = parser.parse_args()
     if a.child:
         print(json.dumps(load_and_search(*a.child)))
@@ -150,18 +184,31 @@ def main() -> None:
 
 
 def run(a: argparse.Namespace, work: Path) -> None:
-    print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other processes share this machine)")
+    print(
+        f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (other processes"
+        " share this machine)"
+    )
     t = time.perf_counter()
     source = synthetic_map(work / "synthetic.npy", a.places, a.dim)
     queries, revisited = synthetic_queries(source, a.queries)
     np.save(work / "queries.npy", queries)
-    print(f"generated {a.places} x {a.dim} descriptors and {len(queries)} queries in {time.perf_counter() - t:.1f} s")
+    print(
+        f"generated {a.places} x {a.dim} descriptors and {len(queries)} queries in"
+        f" {time.perf_counter() - t:.1f} s"
+    )
 
     model = {"name": "synthetic", "fingerprint": "synthetic", "input_size": [1, 1], "dim": a.dim,
              "preprocessing": {"resize": [1, 1], "mean": [0, 0, 0], "std": [1, 1, 1]}}
     places = [Place(i, i * 100_000_000, 2.0 * i, 0.0) for i in range(a.places)]
     t = time.perf_counter()
-    map_dir = write_map(work / "map", source, places, model, IndexConfig(a.index, pca_dim=None), [{"source": "synthetic"}])
+    map_dir = write_map(
+        work / "map",
+        source,
+        places,
+        model,
+        IndexConfig(a.index, pca_dim=None),
+        [{"source": "synthetic"}],
+    )
     build_s = time.perf_counter() - t
     del places, source
     (work / "synthetic.npy").unlink()
@@ -171,24 +218,49 @@ def run(a: argparse.Namespace, work: Path) -> None:
 
     t = time.perf_counter()
     exact = exact_top1(np.load(map_dir / DESCRIPTORS_FILE, mmap_mode="r"), queries)
-    print(f"exact search of {len(queries)} queries (ground truth) in {time.perf_counter() - t:.1f} s; "
-          f"exact top-1 is the revisited place for {np.mean(exact == revisited):.3f} of them")
+    print(
+        f"exact search of {len(queries)} queries (ground truth) in {time.perf_counter() - t:.1f}"
+        f" s; exact top-1 is the revisited place for {np.mean(exact == revisited):.3f} of them"
+    )
 
-    child = subprocess.run([sys.executable, __file__, "--places", str(a.places), "--child", str(map_dir), str(work / "queries.npy")],
-                           check=True, capture_output=True, text=True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--places",
+            str(a.places),
+            "--child",
+            str(map_dir),
+            str(work / "queries.npy"),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     r = json.loads(child.stdout.strip().splitlines()[-1])
     times = np.array(r["times_ms"])
     recall = float(np.mean(np.array(r["top1"]) == exact))
     rss_gib = max(r["rss_loaded"], r["rss_after_queries"]) / 2**30
     print(f"index {json.dumps(r['index']['type'])} {json.dumps(r['index']['params'])}")
-    print(f"load {r['load_s']:.2f} s without checksums, of which {r['places_s']:.2f} s parse places.csv; sha256 of every "
-          f"file (load_map's default) {r['verify_s']:.2f} s more; RSS growth {r['rss_loaded'] / 2**30:.3f} GiB loaded, "
-          f"{r['rss_after_queries'] / 2**30:.3f} GiB after the queries (of which mapped map files "
-          f"{r['rss_file_after_queries'] / 2**30:.3f} GiB); search p50 {np.percentile(times, 50):.3f} ms, "
-          f"p95 {np.percentile(times, 95):.3f} ms, p99 {np.percentile(times, 99):.3f} ms; CPU time per search p50 "
-          f"{np.percentile(r['cpu_ms'], 50):.3f} ms (wall time beyond it is waiting for a core on this shared host)")
-    print(f"load_s={r['load_s']:.2f} verify_s={r['verify_s']:.2f} disk_gib={sum(sizes.values()) / 2**30:.3f}")
-    print(f"places={a.places} p50_ms={np.percentile(times, 50):.3f} recall_at_1={recall:.4f} rss_gib={rss_gib:.3f} build_s={build_s:.1f}")
+    print(
+        f"load {r['load_s']:.2f} s without checksums, of which {r['places_s']:.2f} s parse"
+        f" places.csv; sha256 of every file (load_map's default) {r['verify_s']:.2f} s more; RSS"
+        f" growth {r['rss_loaded'] / 2**30:.3f} GiB loaded, {r['rss_after_queries'] / 2**30:.3f}"
+        " GiB after the queries (of which mapped map files"
+        f" {r['rss_file_after_queries'] / 2**30:.3f} GiB); search p50"
+        f" {np.percentile(times, 50):.3f} ms, p95 {np.percentile(times, 95):.3f} ms, p99"
+        f" {np.percentile(times, 99):.3f} ms; CPU time per search p50"
+        f" {np.percentile(r['cpu_ms'], 50):.3f} ms (wall time beyond it is waiting for a core on"
+        " this shared host)"
+    )
+    print(
+        f"load_s={r['load_s']:.2f} verify_s={r['verify_s']:.2f}"
+        f" disk_gib={sum(sizes.values()) / 2**30:.3f}"
+    )
+    print(
+        f"places={a.places} p50_ms={np.percentile(times, 50):.3f} recall_at_1={recall:.4f}"
+        f" rss_gib={rss_gib:.3f} build_s={build_s:.1f}"
+    )
 
 
 if __name__ == "__main__":
