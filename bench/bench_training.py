@@ -1,4 +1,7 @@
-"""Proof that every trainer learns, on this CPU: Nordland places 1-2500 train, 2501-3576 (never seen) evaluate.
+"""
+Proof that every trainer learns, on this CPU.
+
+Nordland places 1-2500 train, 2501-3576 (never seen) evaluate.
 
     .venv/bin/python bench/bench_training.py [--data ../shared/data/nordland_trimmed] [--only fol]
     [--out DIR]
@@ -168,7 +171,11 @@ def _describe_arrays(model, spec, images):
 
 
 def default_model_checks(models: dict, shared: Path, frames: int = 200) -> list[str]:
-    """Recall@1 of each (model, spec) on data no trainer saw: the synthetic demo route and the Tokyo day/night pair."""
+    """
+    Recall@1 of each (model, spec) on data no trainer saw.
+
+    The synthetic demo route and the Tokyo day/night pair.
+    """
     import numpy as np
 
     from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
@@ -218,7 +225,7 @@ def default_model_checks(models: dict, shared: Path, frames: int = 200) -> list[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     parser.add_argument(
         "--data",
         type=Path,
