@@ -45,4 +45,6 @@ def perturb(img: np.ndarray, seed: int) -> np.ndarray:
 
 def build_test_map(path: Path, images: list[np.ndarray], model: str = "baseline") -> Path:
     """Build a map whose place i sits at (1000 + 10 i, 2000) metres, heading east."""
-    return build_scene_map(path, images, model, "/camera/image_raw", origin=(1000.0, 2000.0), source="test")
+    return build_scene_map(
+        path, images, model, "/camera/image_raw", origin=(1000.0, 2000.0), source="test"
+    )
