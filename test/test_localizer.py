@@ -99,6 +99,11 @@ def test_sequence_filter_ranks_by_path_scores(vpr_map, extractor, images):
 def test_temporal_filter_observes_the_rerankers_evidence_when_there_is_some():
     scores = np.array([0.9, 0.8, 0.7], np.float32)
     assert Localizer._observed(scores, None) is scores
-    # nothing verified (e.g. images too small for local features): the filter sees retrieval as it was
-    np.testing.assert_array_equal(Localizer._observed(scores, np.array([0.0, 0.0, np.nan])), scores)
-    np.testing.assert_array_equal(Localizer._observed(scores, np.array([0.0, np.nan, 40.0])), [0.0, 0.0, 40.0])
+    # nothing verified (e.g. images too small for local features): the filter sees retrieval as it
+    # was
+    np.testing.assert_array_equal(
+        Localizer._observed(scores, np.array([0.0, 0.0, np.nan])), scores
+    )
+    np.testing.assert_array_equal(
+        Localizer._observed(scores, np.array([0.0, np.nan, 40.0])), [0.0, 0.0, 40.0]
+    )
