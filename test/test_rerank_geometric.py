@@ -23,7 +23,7 @@ def gardens(kind: str, i: int) -> np.ndarray:
 
 
 def test_wrong_pairs_do_not_verify(reranker):
-    """The Tokyo night query against other real places scores 0 (under min_inliers)."""
+    """The Tokyo night query against other real places scores 0 (under min_inliers inliers)."""
     query = reranker.query_features(read_rgb(shared_path("data", "tokyo_pair", "query.jpg")))
     wrong = [reranker.map_features([gardens("night", i)])[0] for i in (0, 4, 8)]
     order, scores = reranker.rerank(query, wrong, np.array([0.9, 0.8, 0.7], np.float32))
@@ -49,7 +49,11 @@ def test_tokyo_true_pair_verifies(reranker):
 
 
 def test_rerank_restores_true_place_ranked_second(reranker):
-    """Gardens Point day 6 against night 1 (wrong, globally first) and night 6 (its place)."""
+    """
+    Gardens Point day 6 against night 1 and night 6.
+
+    Night 1 is wrong and globally first, night 6 is its place and second.
+    """
     query = reranker.query_features(gardens("day", 6))
     candidates = reranker.map_features([gardens("night", 1), gardens("night", 6)])
     order, scores = reranker.rerank(query, candidates, np.array([0.9, 0.8], np.float32))
