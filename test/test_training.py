@@ -1,4 +1,7 @@
-"""`vpr-ros train`: every trainer runs on real images, checkpoints load through load_official, resume after SIGKILL
+"""
+`vpr-ros train`.
+
+Every trainer runs on real images, checkpoints load through load_official, resume after SIGKILL
 continues exactly, bags and the public layouts read as places, and bad input is refused before
 training.
 """
@@ -59,7 +62,11 @@ COSPLACE_KEYS = {
 
 @pytest.fixture(scope="module")
 def nordland(tmp_path_factory) -> list[str]:
-    """The first PLACES Nordland places as two aligned traversal folders (links to the shared images)."""
+    """
+    Link the first PLACES Nordland places as two aligned traversal folders.
+
+    Links to the shared images.
+    """
     source = shared_path("data", "nordland_trimmed")
     root = tmp_path_factory.mktemp("nordland")
     names = sorted(p.name for p in (source / "summer").iterdir())[:PLACES]
@@ -491,7 +498,11 @@ def test_shipped_default_file_is_what_training_changed(runs, tmp_path, monkeypat
 
 @pytest.mark.slow  # builds three full-size models
 def test_full_size_checkpoints_load_as_the_registry_presets(tmp_path):
-    """What `vpr-ros train` saves for the full-size models is what `build-map/eval --model P --weights F` load."""
+    """
+    What `vpr-ros train` saves for the full-size models is what build-map/eval load.
+
+    That is, `build-map/eval --model P --weights F`.
+    """
     from vpr_ros.models.load import load_model
     from vpr_ros.models.scicevpr import SciceVPR
     from vpr_ros.training.checkpoint import dataparallel_state_dict, save_atomic
