@@ -1,4 +1,7 @@
-"""The `vpr-ros` command: build maps, localize and evaluate offline, inspect maps, export models, run the demo.
+"""
+The `vpr-ros` command: build and inspect maps, localize and evaluate offline, export models.
+
+It also runs the demo.
 
 Thin: every subcommand parses its options and calls one pipeline function.
 """
@@ -21,43 +24,103 @@ log = logging.getLogger("vpr_ros")
 
 def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "baseline") -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=default_model,
-                   help="descriptor model (default: %(default)s)" if default_model else "descriptor model (default: the map's model)")
+    g.add_argument(
+        "--model",
+        default=default_model,
+        help=(
+            "descriptor model (default: %(default)s)"
+            if default_model
+            else "descriptor model (default: the map's model)"
+        ),
+    )
     g.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
-    g.add_argument("--backend", default="auto", choices=BACKENDS, help="default: %(default)s; torch-compile (bf16) is the fastest CPU path for ViTs")
+    g.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="default: %(default)s; torch-compile (bf16) is the fastest CPU path for ViTs",
+    )
     g.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: %(default)s")
-    g.add_argument("--engine-cache-dir", type=Path, help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)")
+    g.add_argument(
+        "--engine-cache-dir",
+        type=Path,
+        help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)",
+    )
 
 
 def _add_source_args(p: argparse.ArgumentParser, keyframes: bool) -> None:
     g = p.add_argument_group("images (a rosbag2 or a folder)")
-    g.add_argument("--bag", action="append", type=Path, help="rosbag2 directory (sqlite3 or mcap); repeat for several")
+    g.add_argument(
+        "--bag",
+        action="append",
+        type=Path,
+        help="rosbag2 directory (sqlite3 or mcap); repeat for several",
+    )
     g.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic in the bag")
-    g.add_argument("--pose-topic", help="NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped topic")
-    g.add_argument("--images", type=Path, help="image folder (VPR layout @east@north@zone@letter@lat@lon@.jpg, or with --poses-csv)")
-    g.add_argument("--poses-csv", type=Path, help="CSV of file name and x,y (or lat,lon) for --images")
+    g.add_argument(
+        "--pose-topic", help="NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped topic"
+    )
+    g.add_argument(
+        "--images",
+        type=Path,
+        help="image folder (VPR layout @east@north@zone@letter@lat@lon@.jpg, or with --poses-csv)",
+    )
+    g.add_argument(
+        "--poses-csv", type=Path, help="CSV of file name and x,y (or lat,lon) for --images"
+    )
     if keyframes:
-        g.add_argument("--min-distance", type=float, default=2.0,
-                       help="keep a frame every this many metres of travel (default: %(default)s); 0 keeps every frame")
-        g.add_argument("--every-n", type=int, default=1, help="without poses, keep every Nth frame (default: %(default)s)")
+        g.add_argument(
+            "--min-distance",
+            type=float,
+            default=2.0,
+            help=(
+                "keep a frame every this many metres of travel (default: %(default)s); 0 keeps"
+                " every frame"
+            ),
+        )
+        g.add_argument(
+            "--every-n",
+            type=int,
+            default=1,
+            help="without poses, keep every Nth frame (default: %(default)s)",
+        )
 
 
 def _pca_dim(text: str) -> int | str | None:
     if text in ("auto", "none"):
         return None if text == "none" else text
     if not text.isdigit() or int(text) == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'none' or a positive number of dims")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not 'auto', 'none' or a positive number of dims"
+        )
     return int(text)
 
 
 def _add_index_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search index")
-    g.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
-                   help="faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over 8-bit codes "
-                   "up to 250k places, else IVF-PQ; both re-score their shortlist exactly)")
-    g.add_argument("--pca-dim", type=_pca_dim, default="auto", help="PCA of the descriptors to this many dims, learned "
-                   "from the map; 'none' keeps the model's (default: %(default)s: 1024 for maps too big for exact search)")
-    g.add_argument("--whiten", action="store_true", help="whiten the PCA (divide each direction by its spread)")
+    g.add_argument(
+        "--index",
+        default="auto",
+        choices=["auto", "flat", "hnsw", "ivfpq"],
+        help=(
+            "faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over"
+            " 8-bit codes up to 250k places, else IVF-PQ; both re-score their shortlist exactly)"
+        ),
+    )
+    g.add_argument(
+        "--pca-dim",
+        type=_pca_dim,
+        default="auto",
+        help=(
+            "PCA of the descriptors to this many dims, learned from the map; 'none' keeps the"
+            " model's (default: %(default)s: 1024 for maps too big for exact search)"
+        ),
+    )
+    g.add_argument(
+        "--whiten",
+        action="store_true",
+        help="whiten the PCA (divide each direction by its spread)",
+    )
 
 
 def _index_config(a: argparse.Namespace):
@@ -67,26 +130,50 @@ def _index_config(a: argparse.Namespace):
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, several: bool) -> None:
-    """--rerank / --temporal as the node's parameters (eval takes several and runs every combination)."""
+    """
+    Turn --rerank / --temporal into the node's parameters.
+
+    Eval takes several and runs every combination.
+    """
     from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE
     from vpr_ros.index import TEMPORAL_FILTERS
 
     g = p.add_argument_group("pipeline (as the node's parameters)")
     many = {"nargs": "+"} if several else {}
-    g.add_argument("--rerank", default=["none"] if several else "none", **many,
-                   help="re-ranker of the global top candidates: none, auto (the one whose features the map holds) or a "
-                   "re-ranker's name, e.g. fol (default: %(default)s)")
-    g.add_argument("--rerank-top-k", type=int, default=10, help="candidates re-ranked (default: %(default)s)")
-    g.add_argument("--temporal", default=["none", "hmm"] if several else "hmm", choices=TEMPORAL_FILTERS, **many,
-                   help="temporal filter over the frame sequence (default: %(default)s)")
-    g.add_argument("--odometry-from-poses", action="store_true",
-                   help="feed the filter the distance between consecutive query poses, as odometry would")
-    g.add_argument("--min-confidence", type=float, default=DEFAULT_MIN_CONFIDENCE,
-                   help="confidence at or above which a pose prior is given (default: %(default)s)")
+    g.add_argument(
+        "--rerank",
+        default=["none"] if several else "none",
+        **many,
+        help=(
+            "re-ranker of the global top candidates: none, auto (the one whose features the map"
+            " holds) or a re-ranker's name, e.g. fol (default: %(default)s)"
+        ),
+    )
+    g.add_argument(
+        "--rerank-top-k", type=int, default=10, help="candidates re-ranked (default: %(default)s)"
+    )
+    g.add_argument(
+        "--temporal",
+        default=["none", "hmm"] if several else "hmm",
+        choices=TEMPORAL_FILTERS,
+        **many,
+        help="temporal filter over the frame sequence (default: %(default)s)",
+    )
+    g.add_argument(
+        "--odometry-from-poses",
+        action="store_true",
+        help="feed the filter the distance between consecutive query poses, as odometry would",
+    )
+    g.add_argument(
+        "--min-confidence",
+        type=float,
+        default=DEFAULT_MIN_CONFIDENCE,
+        help="confidence at or above which a pose prior is given (default: %(default)s)",
+    )
 
 
 def _add_query_args(p: argparse.ArgumentParser) -> None:
-    """A map and query images, with the map's model unless --model says otherwise."""
+    """Load a map and query images, with the map's model unless --model says otherwise."""
     p.add_argument("--map", required=True, type=Path, help="map directory")
     _add_source_args(p, keyframes=False)
     _add_model_args(p, default_model=None)
@@ -101,15 +188,23 @@ def _open_source(a: argparse.Namespace, keyframes: bool):
     every_n = a.every_n if keyframes else 1
     if a.bag:
         if not a.image_topic:
-            raise VprError("--bag needs --image-topic (run with a wrong topic to see the bag's topics)")
-        return BagSource(a.bag, a.image_topic, a.pose_topic, min_distance_m=min_distance, every_n=every_n)
-    return FolderSource(a.images, poses_csv=a.poses_csv, min_distance_m=min_distance, every_n=every_n)
+            raise VprError(
+                "--bag needs --image-topic (run with a wrong topic to see the bag's topics)"
+            )
+        return BagSource(
+            a.bag, a.image_topic, a.pose_topic, min_distance_m=min_distance, every_n=every_n
+        )
+    return FolderSource(
+        a.images, poses_csv=a.poses_csv, min_distance_m=min_distance, every_n=every_n
+    )
 
 
 def _extractor(a: argparse.Namespace, model: str | None = None):
     from vpr_ros.inference.factory import create_extractor
 
-    return create_extractor(model or a.model, a.weights, a.backend, a.precision, a.engine_cache_dir)
+    return create_extractor(
+        model or a.model, a.weights, a.backend, a.precision, a.engine_cache_dir
+    )
 
 
 def _map_and_extractor(a: argparse.Namespace):
@@ -126,10 +221,20 @@ def cmd_build_map(a: argparse.Namespace) -> int:
     source = _open_source(a, keyframes=True)
     extractor = _extractor(a)
     reranker = create_reranker(a.rerank, extractor) if a.rerank != "none" else None
-    path = build_map(source, extractor, a.out, _index_config(a), a.batch_size, allow_no_poses=a.allow_no_poses,
-                     reranker=reranker)
+    path = build_map(
+        source,
+        extractor,
+        a.out,
+        _index_config(a),
+        a.batch_size,
+        allow_no_poses=a.allow_no_poses,
+        reranker=reranker,
+    )
     print(f"map written to {path}")
-    print("skipped while reading:\n" + "\n".join(f"  {line}" for line in source.stats.report().splitlines()))
+    print(
+        "skipped while reading:\n"
+        + "\n".join(f"  {line}" for line in source.stats.report().splitlines())
+    )
     return 0
 
 
@@ -138,16 +243,27 @@ def cmd_build_index(a: argparse.Namespace) -> int:
 
     manifest = read_manifest(rebuild_index(a.map, _index_config(a)))
     index, pca = manifest["index"], manifest["index"]["pca"]
-    pca_text = f", PCA {pca['input_dim']}->{pca['output_dim']}{' whitened' if pca['whiten'] else ''}" if pca else ""
-    print(f"rebuilt {a.map}: {index['type']} index over {manifest['place_count']} places{pca_text}")
+    pca_text = (
+        f", PCA {pca['input_dim']}->{pca['output_dim']}{' whitened' if pca['whiten'] else ''}"
+        if pca
+        else ""
+    )
+    print(
+        f"rebuilt {a.map}: {index['type']} index over {manifest['place_count']} places{pca_text}"
+    )
     return 0
 
 
 def _localizer_config(a: argparse.Namespace, rerank: str, temporal: str, top_k: int):
     from vpr_ros.localizer import LocalizerConfig
 
-    return LocalizerConfig(top_k=top_k, rerank=rerank, rerank_top_k=a.rerank_top_k, temporal=temporal,
-                           min_confidence=a.min_confidence)
+    return LocalizerConfig(
+        top_k=top_k,
+        rerank=rerank,
+        rerank_top_k=a.rerank_top_k,
+        temporal=temporal,
+        min_confidence=a.min_confidence,
+    )
 
 
 def cmd_localize(a: argparse.Namespace) -> int:
@@ -163,7 +279,9 @@ def cmd_localize(a: argparse.Namespace) -> int:
             if a.odometry_from_poses and previous is not None and frame.position is not None:
                 travelled = math.dist(previous[:2], frame.position[:2])
             previous = frame.position if frame.position is not None else previous
-            match = localizer.localize(frame.image, frame.stamp_ns, frame.frame_id or "camera", travelled_m=travelled)
+            match = localizer.localize(
+                frame.image, frame.stamp_ns, frame.frame_id or "camera", travelled_m=travelled
+            )
             out.write(match.to_json() + "\n")
     finally:
         if a.out:
@@ -172,18 +290,32 @@ def cmd_localize(a: argparse.Namespace) -> int:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from vpr_ros.evaluation.evaluate import extract_queries, format_table, ground_truth, report_rows, run_configurations, write_report
+    from vpr_ros.evaluation.evaluate import (
+        extract_queries,
+        format_table,
+        ground_truth,
+        report_rows,
+        run_configurations,
+        write_report,
+    )
     from vpr_ros.index.rerank import create_reranker
     from vpr_ros.maps.local_features import stored_reranker
 
     vpr_map, extractor = _map_and_extractor(a)
-    reranks = list(dict.fromkeys(stored_reranker(a.map) or "none" if r == "auto" else r for r in a.rerank))
+    reranks = list(
+        dict.fromkeys(stored_reranker(a.map) or "none" if r == "auto" else r for r in a.rerank)
+    )
     needing_features = [r for r in reranks if r != "none"]
     if len(needing_features) > 1:
-        raise VprError(f"one re-ranker per evaluation run, got {', '.join(needing_features)}; run eval once per re-ranker")
+        raise VprError(
+            f"one re-ranker per evaluation run, got {', '.join(needing_features)}; run eval once"
+            " per re-ranker"
+        )
     reranker = create_reranker(needing_features[0], extractor) if needing_features else None
     source = _open_source(a, keyframes=False)
-    queries, frames = extract_queries(source, extractor, reranker, a.odometry_from_poses, total=len(source))
+    queries, frames = extract_queries(
+        source, extractor, reranker, a.odometry_from_poses, total=len(source)
+    )
     positives, gt = ground_truth(vpr_map, frames, a.threshold_m, a.frame_tolerance)
     configs = [_localizer_config(a, r, t, 20) for r in reranks for t in a.temporal]
     results = run_configurations(vpr_map, extractor, queries, positives, gt, configs)
@@ -201,15 +333,22 @@ def cmd_inspect_map(a: argparse.Namespace) -> int:
     try:
         manifest = read_manifest(a.map)
         m = manifest["model"]
-        print(f"id         {manifest['map_id']}\ncreated    {manifest['created']}\n"
-              f"places     {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']}, {m['dim']}-D, input {m['input_size']})\n"
-              f"index      {manifest['index']['type']} {json.dumps(manifest['index']['params'])}, {manifest['index']['dim']}-D")
+        print(
+            f"id         {manifest['map_id']}\ncreated    {manifest['created']}\nplaces    "
+            f" {manifest['place_count']}\nmodel      {m['name']} (fingerprint {m['fingerprint']},"
+            f" {m['dim']}-D, input {m['input_size']})\nindex      {manifest['index']['type']}"
+            f" {json.dumps(manifest['index']['params'])}, {manifest['index']['dim']}-D"
+        )
         if pca := manifest["index"]["pca"]:
-            print(f"pca        {pca['input_dim']} -> {pca['output_dim']}{' whitened' if pca['whiten'] else ''}, "
-                  f"{pca['explained_variance']:.1%} of the variance kept")
+            print(
+                f"pca        {pca['input_dim']} ->"
+                f" {pca['output_dim']}{' whitened' if pca['whiten'] else ''},"
+                f" {pca['explained_variance']:.1%} of the variance kept"
+            )
         for s in manifest["sources"]:
             print(f"source     {json.dumps(s)}")
-        load_map(a.map)  # "verifies" means exactly: the loader the node and localize use accepts it
+        # "verifies" means exactly: the loader the node and localize use accepts it
+        load_map(a.map)
     except MapError as e:
         print(f"verifies   NO: {e}")
         return 1
@@ -231,8 +370,14 @@ def cmd_export(a: argparse.Namespace) -> int:
 
             paths = image_files(a.check_images)
             if not paths:
-                raise VprError(f"no images in {a.check_images} for the parity check; give a folder of camera images")
-            print(f"parity torch fp32 vs {out.name}: {parity_check(net, spec, out, [read_rgb(p) for p in paths])}")
+                raise VprError(
+                    f"no images in {a.check_images} for the parity check; give a folder of camera"
+                    " images"
+                )
+            print(
+                f"parity torch fp32 vs {out.name}:"
+                f" {parity_check(net, spec, out, [read_rgb(p) for p in paths])}"
+            )
     else:
         from vpr_ros.inference.onnx_export import cached_onnx
         from vpr_ros.inference.tensorrt_backend import build_engine_file
@@ -256,95 +401,215 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vpr-ros", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vpr-ros", description=__doc__.strip().splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build-map", help="build a map from rosbags or an image folder", description="Build a map directory "
-                       "(faiss index, places, descriptors, manifest) from rosbag2 files or an image folder. Written atomically.")
+    p = sub.add_parser(
+        "build-map",
+        help="build a map from rosbags or an image folder",
+        description=(
+            "Build a map directory (faiss index, places, descriptors, manifest) from rosbag2 files"
+            " or an image folder. Written atomically."
+        ),
+    )
     _add_source_args(p, keyframes=True)
     _add_model_args(p)
-    p.add_argument("--out", required=True, type=Path, help="map directory to write (replaced only when the build succeeds)")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="map directory to write (replaced only when the build succeeds)",
+    )
     _add_index_args(p)
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference batch (default: %(default)s)")
-    p.add_argument("--allow-no-poses", action="store_true",
-                   help="write a map even when no place has a position (it can match places but never localize)")
-    p.add_argument("--rerank", default="none", help="also store this re-ranker's local features of every place (e.g. fol "
-                   "with a FoL model on backend torch), so the node and eval can re-rank with it (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per inference batch (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-no-poses",
+        action="store_true",
+        help=(
+            "write a map even when no place has a position (it can match places but never"
+            " localize)"
+        ),
+    )
+    p.add_argument(
+        "--rerank",
+        default="none",
+        help=(
+            "also store this re-ranker's local features of every place (e.g. fol with a FoL model"
+            " on backend torch), so the node and eval can re-rank with it (default: %(default)s)"
+        ),
+    )
     p.set_defaults(func=cmd_build_map)
 
-    p = sub.add_parser("localize", help="match query images against a map, without ROS",
-                       description="Match every image of a bag topic or folder against a map, in order, through the node's "
-                       "pipeline (re-ranking, temporal filter, confidence); one PlaceMatch JSON per line.")
+    p = sub.add_parser(
+        "localize",
+        help="match query images against a map, without ROS",
+        description=(
+            "Match every image of a bag topic or folder against a map, in order, through the"
+            " node's pipeline (re-ranking, temporal filter, confidence); one PlaceMatch JSON per"
+            " line."
+        ),
+    )
     _add_query_args(p)
     _add_pipeline_args(p, several=False)
-    p.add_argument("--top-k", type=int, default=5, help="candidates per query (default: %(default)s)")
+    p.add_argument(
+        "--top-k", type=int, default=5, help="candidates per query (default: %(default)s)"
+    )
     p.add_argument("--out", type=Path, help="JSON-lines file (default: standard output)")
     p.set_defaults(func=cmd_localize)
 
-    p = sub.add_parser("eval", help="Recall@1/5/10/20 and confidence of queries against a map, per pipeline configuration",
-                       description="Run query images through the node's pipeline once per configuration (every --rerank "
-                       "with every --temporal): prints one row each (Recall@N, precision and fraction of pose priors at "
-                       "--min-confidence, AUC-PR, Extended Precision) and writes results.json, recall.png and "
-                       "precision_recall.png.")
+    p = sub.add_parser(
+        "eval",
+        help=(
+            "Recall@1/5/10/20 and confidence of queries against a map, per pipeline configuration"
+        ),
+        description=(
+            "Run query images through the node's pipeline once per configuration (every --rerank"
+            " with every --temporal): prints one row each (Recall@N, precision and fraction of"
+            " pose priors at --min-confidence, AUC-PR, Extended Precision) and writes"
+            " results.json, recall.png and precision_recall.png."
+        ),
+    )
     _add_query_args(p)
     _add_pipeline_args(p, several=True)
-    p.add_argument("--threshold-m", type=float, default=25.0, help="a match is right within this many metres (default: %(default)s)")
-    p.add_argument("--frame-tolerance", type=int, help="instead of metres: right within this many frames (aligned sequences)")
-    p.add_argument("--out", type=Path, default=Path("eval_out"), help="report directory (default: %(default)s)")
+    p.add_argument(
+        "--threshold-m",
+        type=float,
+        default=25.0,
+        help="a match is right within this many metres (default: %(default)s)",
+    )
+    p.add_argument(
+        "--frame-tolerance",
+        type=int,
+        help="instead of metres: right within this many frames (aligned sequences)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("eval_out"),
+        help="report directory (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("inspect-map", help="what a map holds and whether it verifies", description="Print a map's manifest "
-                       "and load it the way the node does (manifest checksum and schema, every file's sha256, shapes and "
-                       "counts). Exit status 1 when it does not verify.")
+    p = sub.add_parser(
+        "inspect-map",
+        help="what a map holds and whether it verifies",
+        description=(
+            "Print a map's manifest and load it the way the node does (manifest checksum and"
+            " schema, every file's sha256, shapes and counts). Exit status 1 when it does not"
+            " verify."
+        ),
+    )
     p.add_argument("map", type=Path, help="map directory")
     p.set_defaults(func=cmd_inspect_map)
 
-    p = sub.add_parser("build-index", help="rebuild a map's index (and PCA) from its stored descriptors",
-                       description="Rebuild a map's search index, and its PCA, with other parameters from the map's stored "
-                                   "descriptors, without re-extracting. The map is verified first and replaced atomically: "
-                                   "an interrupted rebuild leaves the old map as it was.")
+    p = sub.add_parser(
+        "build-index",
+        help="rebuild a map's index (and PCA) from its stored descriptors",
+        description=(
+            "Rebuild a map's search index, and its PCA, with other parameters from the map's"
+            " stored descriptors, without re-extracting. The map is verified first and replaced"
+            " atomically: an interrupted rebuild leaves the old map as it was."
+        ),
+    )
     p.add_argument("map", type=Path, help="map directory")
     _add_index_args(p)
     p.set_defaults(func=cmd_build_index)
 
-    p = sub.add_parser("export", help="export a model to ONNX or a TensorRT engine",
-                       description="Export a model to ONNX (checked against torch) or build a TensorRT engine from it.")
+    p = sub.add_parser(
+        "export",
+        help="export a model to ONNX or a TensorRT engine",
+        description=(
+            "Export a model to ONNX (checked against torch) or build a TensorRT engine from it."
+        ),
+    )
     p.add_argument("--model", required=True, help="model name, e.g. scicevpr-b")
     p.add_argument("--weights", help="official checkpoint file")
-    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="default: %(default)s")
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx", "tensorrt"], help="default: %(default)s"
+    )
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="default: %(default)s")
     p.add_argument("--out", required=True, type=Path, help="output file")
-    p.add_argument("--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)")
-    p.add_argument("--check-images", type=Path, help="folder of images: compare the ONNX export with torch on them")
-    p.add_argument("--engine-cache-dir", type=Path, help="where the intermediate ONNX file for TensorRT is cached")
+    p.add_argument(
+        "--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)"
+    )
+    p.add_argument(
+        "--check-images",
+        type=Path,
+        help="folder of images: compare the ONNX export with torch on them",
+    )
+    p.add_argument(
+        "--engine-cache-dir",
+        type=Path,
+        help="where the intermediate ONNX file for TensorRT is cached",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("demo", help="the whole job end to end: bags -> map -> ROS 2 node -> matches -> report",
-                       description="With no bags, renders a synthetic route twice (different light and appearance), writes both as "
-                       "rosbag2, builds a map from the first, starts the localize node, replays the second at camera rate "
-                       "and reports recall, latency, drops and a trajectory plot.")
+    p = sub.add_parser(
+        "demo",
+        help="the whole job end to end: bags -> map -> ROS 2 node -> matches -> report",
+        description=(
+            "With no bags, renders a synthetic route twice (different light and appearance),"
+            " writes both as rosbag2, builds a map from the first, starts the localize node,"
+            " replays the second at camera rate and reports recall, latency, drops and a"
+            " trajectory plot."
+        ),
+    )
     p.add_argument("--bag", type=Path, help="map bag (default: synthetic route)")
-    p.add_argument("--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)")
-    p.add_argument("--image-topic", default="/camera/image_raw",
-                   help="Image topic, or a CompressedImage topic ending in /compressed (default: %(default)s)")
+    p.add_argument(
+        "--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)"
+    )
+    p.add_argument(
+        "--image-topic",
+        default="/camera/image_raw",
+        help=(
+            "Image topic, or a CompressedImage topic ending in /compressed (default: %(default)s)"
+        ),
+    )
     p.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
     p.add_argument("--model", default="baseline", help="default: %(default)s")
     p.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
     p.add_argument("--threshold-m", type=float, help="a match is right within this many metres "
                    "(default: 10 on the synthetic route, 25 on your bags)")
-    p.add_argument("--min-distance", type=float, default=2.0, help="map keyframe spacing, metres (default: %(default)s)")
-    p.add_argument("--frames", type=int, default=400, help="synthetic frames per traversal (default: %(default)s)")
-    p.add_argument("--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)")
-    p.add_argument("--out", type=Path, default=Path("demo_out"), help="where bags, map and report go (default: %(default)s)")
+    p.add_argument(
+        "--min-distance",
+        type=float,
+        default=2.0,
+        help="map keyframe spacing, metres (default: %(default)s)",
+    )
+    p.add_argument(
+        "--frames",
+        type=int,
+        default=400,
+        help="synthetic frames per traversal (default: %(default)s)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_out"),
+        help="where bags, map and report go (default: %(default)s)",
+    )
     p.set_defaults(func=cmd_demo)
 
     from vpr_ros.training.run import add_arguments as add_train_arguments
 
-    p = sub.add_parser("train", help="train a model on GSV-Cities, VPR-layout folders, aligned traversals or your rosbags",
-                       description="Train the trainable default (CPU, minutes), SciceVPR (teacher, then student), MutualVPR "
-                       "or FoL. Validates Recall@1 on held-apart places each epoch; writes checkpoints in the authors' "
-                       "format (resumable with --resume) and training.png.")
+    p = sub.add_parser(
+        "train",
+        help="train a model on GSV-Cities, VPR-layout folders, aligned traversals or your rosbags",
+        description=(
+            "Train the trainable default (CPU, minutes), SciceVPR (teacher, then student),"
+            " MutualVPR or FoL. Validates Recall@1 on held-apart places each epoch; writes"
+            " checkpoints in the authors' format (resumable with --resume) and training.png."
+        ),
+    )
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
     return parser
