@@ -1,4 +1,5 @@
-"""Nearest-place search over L2-normalised descriptors with faiss (inner product = cosine).
+"""
+Nearest-place search over L2-normalised descriptors with faiss (inner product = cosine).
 
 Search runs in the map's *search space*: the model's descriptors, or their PCA
 projection when the map has one (``pca.py``); ``PlaceIndex.search`` projects queries
@@ -47,10 +48,14 @@ DEFAULT_PARAMS = {
     "ivfpq": {"nlist": 0, "m": 0, "nbits": 8, "nprobe": 8, "rescore": 256},  # 0 = chosen from size
 }
 RESCORED = ("hnsw", "ivfpq")
-HNSW_MAX_PLACES = 250_000  # graph recall falls with size on clustered maps: 0.992 at 100k, 0.935 at 1M (efSearch 256)
-EXACT_MAX_BYTES = 32 << 20  # exact search reads every vector per query: ~3 ms at this size, 5-10 ms on a busy host
-MEMORY_BUDGET_BYTES = 4 << 30  # resident index above which auto trades the HNSW graph for IVF-PQ codes
-PCA_AUTO_DIM = 1024  # Nordland R@1 0.541 vs 0.545 unprojected; 512: 0.513 (bench/bench_pca_recall.py)
+# graph recall falls with size on clustered maps: 0.992 at 100k, 0.935 at 1M (efSearch 256)
+HNSW_MAX_PLACES = 250_000
+# exact search reads every vector per query: ~3 ms at this size, 5-10 ms on a busy host
+EXACT_MAX_BYTES = 32 << 20
+# resident index above which auto trades the HNSW graph for IVF-PQ codes
+MEMORY_BUDGET_BYTES = 4 << 30
+# Nordland R@1 0.541 vs 0.545 unprojected; 512: 0.513 (bench/bench_pca_recall.py)
+PCA_AUTO_DIM = 1024
 TRAIN_SAMPLES = 262_144  # rows the quantisers are trained on
 SINGLE_THREAD_BELOW = 8  # queries per call searched on one thread (the node's single frames)
 _ADD_CHUNK = 65_536
@@ -64,24 +69,33 @@ class IndexConfig:
     whiten: bool = False
 
     def pca_output_dim(self, n: int, dim: int) -> int | None:
-        """Dims after PCA, or None for no PCA. ``auto`` projects only maps too big for exact search
-        in the model's dims, and only descriptors larger than ``PCA_AUTO_DIM``."""
+        """
+        Dims after PCA, or None for no PCA.
+
+        ``auto`` projects only maps too big for exact search in the model's dims, and only
+        descriptors larger than ``PCA_AUTO_DIM``.
+        """
         if self.pca_dim == "auto":
             big = n * dim * 4 > EXACT_MAX_BYTES
             return PCA_AUTO_DIM if big and dim > PCA_AUTO_DIM and n > PCA_AUTO_DIM else None
         if self.pca_dim is None or self.pca_dim == 0:
             return None
         if not isinstance(self.pca_dim, int) or isinstance(self.pca_dim, bool):
-            raise ConfigError(f"pca_dim {self.pca_dim!r} must be 'auto', 'none' or a number of dims")
+            raise ConfigError(
+                f"pca_dim {self.pca_dim!r} must be 'auto', 'none' or a number of dims"
+            )
         return self.pca_dim
 
     def resolved(self, n: int, dim: int) -> "IndexConfig":
         """Type and parameters for ``n`` vectors of ``dim`` (the search space's dim)."""
         kind = self.type
         if kind not in INDEX_TYPES:
-            raise ConfigError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+            raise ConfigError(
+                f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}"
+            )
         if kind == "auto":
-            graph = n * (dim + 2 * DEFAULT_PARAMS["hnsw"]["M"] * 4 + 16)  # 8-bit codes + level-0 links + upper levels
+            # 8-bit codes + level-0 links + upper levels
+            graph = n * (dim + 2 * DEFAULT_PARAMS["hnsw"]["M"] * 4 + 16)
             small_graph = n <= HNSW_MAX_PLACES and graph <= MEMORY_BUDGET_BYTES
             kind = "flat" if n * dim * 4 <= EXACT_MAX_BYTES else "hnsw" if small_graph else "ivfpq"
         unknown = set(self.params) - set(DEFAULT_PARAMS[kind])
@@ -92,17 +106,23 @@ class IndexConfig:
         if kind == "ivfpq":
             # ~sqrt(n) lists: 1000 at a million places, so 8 probed lists hold ~8000 codes
             params["nlist"] = params["nlist"] or int(min(max(1, n // 39), np.sqrt(n)))
-            # 8 dims per sub-quantizer (64 bytes a place at 512-D): a shortlist of 256 then holds the true
-            # nearest place for 0.993 of queries at a million places
-            params["m"] = params["m"] or next((m for m in (256, 128, 64, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 8), 1)
+            # 8 dims per sub-quantizer (64 bytes a place at 512-D): a shortlist of 256 then holds
+            # the true nearest place for 0.993 of queries at a million places
+            params["m"] = params["m"] or next(
+                (m for m in (256, 128, 64, 32, 16, 8, 4, 2) if dim % m == 0 and dim // m >= 8), 1
+            )
         return IndexConfig(kind, params, self.pca_dim, self.whiten)
 
 
 @contextmanager
 def _single_thread(active: bool) -> Iterator[None]:
-    """OpenMP off for a few queries: splitting one query over threads saves nothing, and on a busy host the
-    join waits for a descheduled thread (exact search of 10k x 512: 1 ms on one thread, 60-90 ms on two).
-    The setting is the calling thread's own, so other threads are unaffected."""
+    """
+    Turn OpenMP off for a few queries.
+
+    Splitting one query over threads saves nothing, and on a busy host the join waits for a
+    descheduled thread (exact search of 10k x 512: 1 ms on one thread, 60-90 ms on two). The
+    setting is the calling thread's own, so other threads are unaffected.
+    """
     if not active:
         yield
         return
@@ -120,10 +140,20 @@ def _train_rows(x: np.ndarray) -> np.ndarray:
 
 
 class PlaceIndex:
-    """A faiss index over the search space, the PCA into it, and the float16 vectors that re-score shortlists."""
+    """
+    A faiss index over the search space and the PCA into it.
 
-    def __init__(self, index: faiss.Index, config: IndexConfig, input_dim: int, pca: Pca | None = None,
-                 rescore_vectors: np.ndarray | None = None):
+    Also the float16 vectors that re-score shortlists.
+    """
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        config: IndexConfig,
+        input_dim: int,
+        pca: Pca | None = None,
+        rescore_vectors: np.ndarray | None = None,
+    ):
         self.index = index
         self.config = config
         self.input_dim = input_dim
@@ -145,24 +175,48 @@ class PlaceIndex:
 
     @classmethod
     def build(cls, descriptors: np.ndarray, config: IndexConfig) -> "PlaceIndex":
-        """Fit PCA (if any) and build the index from [N, D] L2-normalised descriptors (a memmap is fine)."""
+        """
+        Fit PCA (if any) and build the index from [N, D] L2-normalised descriptors.
+
+        A memmap is fine.
+        """
         n, input_dim = descriptors.shape
         pca_dim = config.pca_output_dim(n, input_dim)
         pca = Pca.fit(descriptors, pca_dim, config.whiten) if pca_dim else None
-        x = pca.project(descriptors) if pca else np.ascontiguousarray(descriptors, dtype=np.float32)
+        x = (
+            pca.project(descriptors)
+            if pca
+            else np.ascontiguousarray(descriptors, dtype=np.float32)
+        )
         config = config.resolved(n, x.shape[1])
         p, dim = config.params, x.shape[1]
         if config.type == "flat":
             index = faiss.IndexFlatIP(dim)
         elif config.type == "hnsw":
-            index = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, p["M"], faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexHNSWSQ(
+                dim, faiss.ScalarQuantizer.QT_8bit, p["M"], faiss.METRIC_INNER_PRODUCT
+            )
             index.hnsw.efConstruction = p["efConstruction"]
         else:
-            index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, p["nlist"], p["m"], p["nbits"], faiss.METRIC_INNER_PRODUCT)
-            index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1  # small maps: no warning per codebook
+            index = faiss.IndexIVFPQ(
+                faiss.IndexFlatIP(dim),
+                dim,
+                p["nlist"],
+                p["m"],
+                p["nbits"],
+                faiss.METRIC_INNER_PRODUCT,
+            )
+            # small maps: no warning per codebook
+            index.cp.min_points_per_centroid = index.pq.cp.min_points_per_centroid = 1
         if not index.is_trained:
             index.train(_train_rows(x))
-        with tqdm(total=n, desc=f"{config.type} index", unit="place", dynamic_ncols=True, disable=n < 4 * _ADD_CHUNK) as bar:
+        with tqdm(
+            total=n,
+            desc=f"{config.type} index",
+            unit="place",
+            dynamic_ncols=True,
+            disable=n < 4 * _ADD_CHUNK,
+        ) as bar:
             for start in range(0, n, _ADD_CHUNK):
                 index.add(np.ascontiguousarray(x[start:start + _ADD_CHUNK], dtype=np.float32))
                 bar.update(min(_ADD_CHUNK, n - start))
@@ -170,13 +224,25 @@ class PlaceIndex:
         return cls(index, config, input_dim, pca, rescore)
 
     def describe(self) -> dict:
-        """The manifest's index entry."""
-        return {"type": self.config.type, "params": self.config.params, "dim": self.dim,
-                "pca": self.pca.describe() if self.pca else None,
-                "rescore": {"file": RESCORE_FILE, "dtype": "float16"} if self.rescore_vectors is not None else None}
+        """Return the manifest's index entry."""
+        return {
+            "type": self.config.type,
+            "params": self.config.params,
+            "dim": self.dim,
+            "pca": self.pca.describe() if self.pca else None,
+            "rescore": (
+                {"file": RESCORE_FILE, "dtype": "float16"}
+                if self.rescore_vectors is not None
+                else None
+            ),
+        }
 
     def save(self, directory: Path) -> list[str]:
-        """Write the index and its companions into ``directory``; returns the file names written."""
+        """
+        Write the index and its companions into ``directory``.
+
+        Returns the file names written.
+        """
         faiss.write_index(self.index, str(directory / INDEX_FILE))
         names = [INDEX_FILE]
         if self.pca is not None:
@@ -188,26 +254,49 @@ class PlaceIndex:
 
     @classmethod
     def load(cls, directory: Path, entry: dict, input_dim: int) -> "PlaceIndex":
-        """Load what ``save`` wrote, as the manifest's ``entry`` (``describe()``) says; checks that the parts fit."""
-        config = IndexConfig(entry["type"], entry["params"], entry["pca"]["output_dim"] if entry.get("pca") else None,
-                             bool(entry["pca"]["whiten"]) if entry.get("pca") else False)
+        """
+        Load what ``save`` wrote, as the manifest's ``entry`` (``describe()``) says.
+
+        Checks that the parts fit.
+        """
+        config = IndexConfig(
+            entry["type"],
+            entry["params"],
+            entry["pca"]["output_dim"] if entry.get("pca") else None,
+            bool(entry["pca"]["whiten"]) if entry.get("pca") else False,
+        )
         index = faiss.read_index(str(directory / INDEX_FILE))
         pca = Pca.load(directory, entry["pca"]) if entry.get("pca") else None
-        rescore = np.load(directory / entry["rescore"]["file"], mmap_mode="r", allow_pickle=False) if entry.get("rescore") else None
+        rescore = (
+            np.load(directory / entry["rescore"]["file"], mmap_mode="r", allow_pickle=False)
+            if entry.get("rescore")
+            else None
+        )
         if isinstance(rescore, np.memmap):
-            # Rows are read at random: no readahead.  (Mapped pages still count as resident: at a million
-            # places, 1000 queries leave ~1.9 GiB of this file mapped; clean page cache the kernel can drop.)
+            # Rows are read at random: no readahead.  (Mapped pages still count as resident: at a
+            # million places, 1000 queries leave ~1.9 GiB of this file mapped; clean page cache the
+            # kernel can drop.)
             rescore._mmap.madvise(mmap.MADV_RANDOM)
         search_dim = pca.output_dim if pca else input_dim
         problems = []
         if pca is not None and pca.input_dim != input_dim:
-            problems.append(f"its PCA takes {pca.input_dim}-D descriptors, the map's are {input_dim}-D")
+            problems.append(
+                f"its PCA takes {pca.input_dim}-D descriptors, the map's are {input_dim}-D"
+            )
         if index.d != search_dim:
             problems.append(f"{INDEX_FILE} is {index.d}-D, the search space is {search_dim}-D")
         if (rescore is None) == (entry["type"] in RESCORED):
-            problems.append(f"index type {entry['type']} {'needs' if rescore is None else 'has no use for'} {RESCORE_FILE}")
-        elif rescore is not None and (rescore.dtype != np.float16 or rescore.shape != (index.ntotal, search_dim)):
-            problems.append(f"{RESCORE_FILE} holds {rescore.dtype} {rescore.shape}, expected float16 ({index.ntotal}, {search_dim})")
+            problems.append(
+                f"index type {entry['type']} {'needs' if rescore is None else 'has no use for'}"
+                f" {RESCORE_FILE}"
+            )
+        elif rescore is not None and (
+            rescore.dtype != np.float16 or rescore.shape != (index.ntotal, search_dim)
+        ):
+            problems.append(
+                f"{RESCORE_FILE} holds {rescore.dtype} {rescore.shape}, expected float16"
+                f" ({index.ntotal}, {search_dim})"
+            )
         if problems:
             raise MapIntegrityError(f"map {directory}: {'; '.join(problems)}")
         return cls(index, config, input_dim, pca, rescore)
@@ -218,16 +307,23 @@ class PlaceIndex:
         q = q[None] if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.input_dim:
             raise MapModelMismatchError(
-                f"query descriptors of shape {tuple(np.shape(queries))} do not fit this map, which takes {self.input_dim}-D "
-                "descriptors: query with the model the map was built with (see `vpr-ros inspect-map`)")
+                f"query descriptors of shape {tuple(np.shape(queries))} do not fit this map, which"
+                f" takes {self.input_dim}-D descriptors: query with the model the map was built"
+                " with (see `vpr-ros inspect-map`)"
+            )
         return self.pca.project(q) if self.pca else np.ascontiguousarray(q)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Model descriptors [Q, input_dim] -> (scores [Q, k] cosine in the search space, ids [Q, k]);
-        ids of -1 where fewer than k places exist."""
+        """
+        Model descriptors [Q, input_dim] -> (scores [Q, k] cosine in the search space, ids [Q, k]).
+
+        Ids of -1 where fewer than k places exist.
+        """
         q = self.project(queries)
         k = min(k, self.size)
-        shortlist_size = k if self.rescore_vectors is None else max(k, self.config.params["rescore"])
+        shortlist_size = (
+            k if self.rescore_vectors is None else max(k, self.config.params["rescore"])
+        )
         if self.config.type == "hnsw":
             self.index.hnsw.efSearch = max(self.config.params["efSearch"], shortlist_size)
         with _single_thread(len(q) < SINGLE_THREAD_BELOW):
@@ -235,20 +331,36 @@ class PlaceIndex:
         return (scores, ids) if self.rescore_vectors is None else self._rescore(q, ids, k)
 
     def similarity(self, descriptor: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """Cosine, in the search space, of one model descriptor with the places ``ids``: the score ``search``
-        gives them (float16 rows where the index re-scores), for places outside a shortlist."""
+        """
+        Cosine, in the search space, of one model descriptor with the places ``ids``.
+
+        The score ``search`` gives them (float16 rows where the index re-scores), for places
+        outside a shortlist.
+        """
         q = self.project(descriptor)[0]
         ids = np.asarray(ids, dtype=np.int64)
-        rows = self.rescore_vectors[ids] if self.rescore_vectors is not None else self.index.reconstruct_batch(ids)
+        rows = (
+            self.rescore_vectors[ids]
+            if self.rescore_vectors is not None
+            else self.index.reconstruct_batch(ids)
+        )
         return np.asarray(rows, dtype=np.float32) @ q
 
-    def _rescore(self, q: np.ndarray, shortlist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact cosine of each query with its shortlisted places (float16 rows), best ``k`` first."""
+    def _rescore(
+        self, q: np.ndarray, shortlist: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Exact cosine of each query with its shortlisted places (float16 rows).
+
+        Best ``k`` first.
+        """
         scores = np.full(shortlist.shape, -np.inf, np.float32)
         for i, ids in enumerate(shortlist):
             valid = ids >= 0
             rows = np.sort(ids[valid])  # ascending reads from the memory map
-            scores[i, : len(rows)] = np.asarray(self.rescore_vectors[rows], dtype=np.float32) @ q[i]
+            scores[i, : len(rows)] = (
+                np.asarray(self.rescore_vectors[rows], dtype=np.float32) @ q[i]
+            )
             shortlist[i, : len(rows)], shortlist[i, len(rows):] = rows, -1
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(shortlist, order, 1)
