@@ -1,4 +1,5 @@
-"""The ROS-free pipeline: image -> descriptor -> search -> re-rank -> temporal filter -> Match.
+"""
+The ROS-free pipeline: image -> descriptor -> search -> re-rank -> temporal filter -> Match.
 
 The node, `vpr-ros localize`, `vpr-ros eval` and the demo all go through
 ``Localizer.match`` (``localize`` adds the descriptor), so what is evaluated is what runs
@@ -15,8 +16,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vpr_ros.confidence import (DEFAULT_MIN_CONFIDENCE, DEFAULT_MODELS, FEATURES_PLAIN, FEATURES_TEMPORAL, distances,
-                                frame_features)
+from vpr_ros.confidence import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_MODELS,
+    FEATURES_PLAIN,
+    FEATURES_TEMPORAL,
+    distances,
+    frame_features,
+)
 from vpr_ros.errors import ConfigError
 from vpr_ros.index import TEMPORAL_FILTERS
 from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker, reranker_names
@@ -34,17 +41,23 @@ SCHEMA = "vpr_ros/PlaceMatch/1"
 class Candidate:
     place_id: int
     score: float  # cosine similarity of the global descriptors
-    rerank_score: float | None  # the re-ranker's score (its meaning: see the re-ranker); None without re-ranking
+    # the re-ranker's score (its meaning: see the re-ranker); None without re-ranking
+    rerank_score: float | None
     position: list[float] | None  # map frame (UTM metres when the map came from GPS)
     orientation: list[float] | None  # quaternion x, y, z, w
     stamp_ns: int  # when the map image was taken
     source: str
-    temporal_score: float | None = None  # the temporal filter's belief in this place; None without a filter
+    # the temporal filter's belief in this place; None without a filter
+    temporal_score: float | None = None
 
 
 @dataclass
 class PosePrior:
-    """What /vpr/pose_prior carries: the best place's pose and a 6x6 covariance (x, y, z, roll, pitch, yaw)."""
+    """
+    What /vpr/pose_prior carries.
+
+    The best place's pose and a 6x6 covariance (x, y, z, roll, pitch, yaw).
+    """
 
     position: list[float]
     orientation: list[float]  # quaternion x, y, z, w; identity when the map has no orientation
@@ -78,7 +91,11 @@ class Match:
             "model": self.model,
             "confidence": round(self.confidence, 4),
             "candidates": [
-                {**asdict(c), "score": round(c.score, 6), "map_stamp": ns_to_stamp_dict(c.stamp_ns)}
+                {
+                    **asdict(c),
+                    "score": round(c.score, 6),
+                    "map_stamp": ns_to_stamp_dict(c.stamp_ns),
+                }
                 for c in self.candidates
             ],
             "covariance_xy": self.covariance_xy,
@@ -94,12 +111,14 @@ class Match:
 
 @dataclass(frozen=True)
 class LocalizerConfig:
-    """How the pipeline decides (the node's parameters and the CLI's flags map onto these).
+    """
+    How the pipeline decides (the node's parameters and the CLI's flags map onto these).
 
     rerank: none | auto | a re-ranker name (``reranker_names()``); auto takes the re-ranker whose
         features the map holds, or none. rerank_top_k: global candidates it re-sorts.
     temporal: none | hmm (the place filter over the map's route, ``index/temporal.py``) | seqslam.
-    min_confidence: calibrated probability that the best place is right, above which a pose prior is given.
+    min_confidence: calibrated probability that the best place is right, above which a pose prior
+    is given.
     """
 
     top_k: int = 5
@@ -114,15 +133,24 @@ class LocalizerConfig:
 
     def __post_init__(self):
         if self.temporal not in TEMPORAL_FILTERS:
-            raise ConfigError(f"unknown temporal filter {self.temporal!r}; choose one of {', '.join(TEMPORAL_FILTERS)}")
+            raise ConfigError(
+                f"unknown temporal filter {self.temporal!r}; choose one of"
+                f" {', '.join(TEMPORAL_FILTERS)}"
+            )
         if self.rerank not in ("none", "auto", *reranker_names()):
-            raise ConfigError(f"unknown re-ranker {self.rerank!r}; choose none, auto or {', '.join(reranker_names())}")
+            raise ConfigError(
+                f"unknown re-ranker {self.rerank!r}; choose none, auto or"
+                f" {', '.join(reranker_names())}"
+            )
         if self.top_k < 1 or self.rerank_top_k < 1:
-            raise ConfigError(f"top_k and rerank_top_k must be >= 1, got {self.top_k} and {self.rerank_top_k}")
+            raise ConfigError(
+                f"top_k and rerank_top_k must be >= 1, got {self.top_k} and {self.rerank_top_k}"
+            )
 
 
 class Localizer:
-    """Localizes images against a map, one frame after another (the temporal filter keeps state).
+    """
+    Localizes images against a map, one frame after another (the temporal filter keeps state).
 
     Per frame: the global descriptor finds candidates; a re-ranker (when configured and the
     map holds its features) re-sorts the first ``rerank_top_k`` by local features; the temporal
@@ -133,35 +161,68 @@ class Localizer:
     ambiguity: candidates that score almost as well but lie elsewhere spread it.
     """
 
-    def __init__(self, vpr_map: VprMap, extractor: DescriptorExtractor | None, config: LocalizerConfig = LocalizerConfig()):
-        """``extractor`` may be None to ``match`` precomputed descriptors without re-ranking (evaluation)."""
+    def __init__(
+        self,
+        vpr_map: VprMap,
+        extractor: DescriptorExtractor | None,
+        config: LocalizerConfig = LocalizerConfig(),
+    ):
+        """
+        Set up the pipeline.
+
+        ``extractor`` may be None to ``match`` precomputed descriptors without re-ranking
+        (evaluation).
+        """
         self.map = vpr_map
         self.extractor = extractor
         self.config = config
-        self._positions = np.array([p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64)
+        self._positions = np.array(
+            [p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64
+        )
         xy = self._positions[:, :2]
         self._xy = None if np.isnan(xy).all() else xy
         self.reranker, self.local_store = self._open_reranker()
-        self.hmm = TemporalFilter(Route.of_map(self._xy, len(vpr_map)), config.hmm) if config.temporal == "hmm" else None
+        self.hmm = (
+            TemporalFilter(Route.of_map(self._xy, len(vpr_map)), config.hmm)
+            if config.temporal == "hmm"
+            else None
+        )
         self.sequence = (SequenceMatcher(len(vpr_map), config.sequence)
                          if config.temporal == "seqslam" and config.sequence.length > 1 else None)
 
     def _open_reranker(self) -> tuple[Reranker | None, LocalFeatureStore | None]:
-        """The configured re-ranker and the map's features for it; a map without them is refused (MapError)."""
+        """
+        Return the configured re-ranker and the map's features for it.
+
+        A map without them is refused (MapError).
+        """
         name = self.config.rerank
         if name == "auto":
             name = stored_reranker(self.map.path) or "none"
         if name == "none":
             return None, None
         if self.extractor is None:
-            raise ConfigError(f"re-ranker {name!r} needs the descriptor extractor; pass one to the Localizer")
+            raise ConfigError(
+                f"re-ranker {name!r} needs the descriptor extractor; pass one to the Localizer"
+            )
         reranker = create_reranker(name, self.extractor)
         return reranker, LocalFeatureStore.open(self.map.path, reranker.describe(), len(self.map))
 
-    def localize(self, rgb: np.ndarray, stamp_ns: int = 0, frame_id: str = "", latency_ms: dict | None = None,
-                 travelled_m: float | None = None, frames: float = 1.0) -> Match:
-        """One camera frame (RGB uint8). ``travelled_m``: odometry distance since the previous frame (or None);
-        ``frames``: camera frames since the previous call (more than 1 when frames were dropped)."""
+    def localize(
+        self,
+        rgb: np.ndarray,
+        stamp_ns: int = 0,
+        frame_id: str = "",
+        latency_ms: dict | None = None,
+        travelled_m: float | None = None,
+        frames: float = 1.0,
+    ) -> Match:
+        """
+        One camera frame (RGB uint8).
+
+        ``travelled_m``: odometry distance since the previous frame (or None); ``frames``: camera
+        frames since the previous call (more than 1 when frames were dropped).
+        """
         latency = dict(latency_ms or {})
         t0 = time.perf_counter()
         query_local = None
@@ -176,13 +237,25 @@ class Localizer:
         match.latency_ms = latency
         return match
 
-    def match(self, descriptor: np.ndarray, query_local: LocalFeatures | None = None, stamp_ns: int = 0,
-              frame_id: str = "", travelled_m: float | None = None, frames: float = 1.0) -> Match:
-        """The pipeline after the descriptor: search, re-rank, filter, confidence, pose prior."""
+    def match(
+        self,
+        descriptor: np.ndarray,
+        query_local: LocalFeatures | None = None,
+        stamp_ns: int = 0,
+        frame_id: str = "",
+        travelled_m: float | None = None,
+        frames: float = 1.0,
+    ) -> Match:
+        """Run the pipeline after the descriptor: search, re-rank, filter, confidence, prior."""
         cfg = self.config
         latency = {}
         t0 = time.perf_counter()
-        k = max(cfg.top_k, 2, cfg.rerank_top_k if self.reranker else 0, cfg.hmm.candidates if self.hmm else 0)
+        k = max(
+            cfg.top_k,
+            2,
+            cfg.rerank_top_k if self.reranker else 0,
+            cfg.hmm.candidates if self.hmm else 0,
+        )
         if self.sequence is not None:
             similarity = np.asarray(self.map.descriptors) @ descriptor
             ids, path_scores = self.sequence.push(similarity, k)
@@ -201,28 +274,63 @@ class Localizer:
             latency["rerank"] = (time.perf_counter() - t1) * 1e3
         temporal, temporal_scores, t2 = None, path_scores, time.perf_counter()
         if self.hmm is not None:
-            r = self.hmm.push(ids, self._observed(scores, rerank_scores), travelled_m, k=max(cfg.top_k, 2), frames=frames)
+            r = self.hmm.push(
+                ids,
+                self._observed(scores, rerank_scores),
+                travelled_m,
+                k=max(cfg.top_k, 2),
+                frames=frames,
+            )
             by_id = dict(zip(ids.tolist(), range(len(ids))))
             # places the track predicts but the search did not return get their search-space cosine
             unseen = np.array([i for i in r.place_ids.tolist() if i not in by_id], dtype=np.int64)
-            extra = dict(zip(unseen.tolist(), self.map.index.similarity(descriptor, unseen).tolist())) if len(unseen) else {}
-            scores = np.array([scores[by_id[i]] if i in by_id else extra[i] for i in r.place_ids.tolist()], dtype=np.float32)
+            extra = (
+                dict(zip(unseen.tolist(), self.map.index.similarity(descriptor, unseen).tolist()))
+                if len(unseen)
+                else {}
+            )
+            scores = np.array(
+                [scores[by_id[i]] if i in by_id else extra[i] for i in r.place_ids.tolist()],
+                dtype=np.float32,
+            )
             if rerank_scores is not None:
-                rerank_scores = np.array([rerank_scores[by_id[i]] if i in by_id else np.nan for i in r.place_ids.tolist()])
+                rerank_scores = np.array(
+                    [
+                        rerank_scores[by_id[i]] if i in by_id else np.nan
+                        for i in r.place_ids.tolist()
+                    ]
+                )
             ids, temporal_scores = r.place_ids, r.scores
-            temporal = {"filter": "hmm", "reset": bool(r.reset), "agreement": round(float(r.agreement), 4),
-                        "support": round(float(r.support), 4)}
+            temporal = {
+                "filter": "hmm",
+                "reset": bool(r.reset),
+                "agreement": round(float(r.agreement), 4),
+                "support": round(float(r.support), 4),
+            }
             latency["temporal"] = (time.perf_counter() - t2) * 1e3
         elif self.sequence is not None:
             temporal = {"filter": "seqslam", "reset": False}
-        features = frame_features(retrieval_scores, retrieval_ids, self._xy, r if self.hmm is not None else None)
-        confidence = DEFAULT_MODELS[FEATURES_TEMPORAL if self.hmm is not None else FEATURES_PLAIN](**features)
+        features = frame_features(
+            retrieval_scores, retrieval_ids, self._xy, r if self.hmm is not None else None
+        )
+        confidence = DEFAULT_MODELS[FEATURES_TEMPORAL if self.hmm is not None else FEATURES_PLAIN](
+            **features
+        )
         covariance_xy = self.pose_covariance(scores, ids)
         n = cfg.top_k
-        candidates = [self._candidate(int(i), float(s),
-                                      None if rerank_scores is None or np.isnan(rerank_scores[j]) else float(rerank_scores[j]),
-                                      None if temporal_scores is None else float(temporal_scores[j]))
-                      for j, (i, s) in enumerate(zip(ids[:n], scores[:n]))]
+        candidates = [
+            self._candidate(
+                int(i),
+                float(s),
+                (
+                    None
+                    if rerank_scores is None or np.isnan(rerank_scores[j])
+                    else float(rerank_scores[j])
+                ),
+                None if temporal_scores is None else float(temporal_scores[j]),
+            )
+            for j, (i, s) in enumerate(zip(ids[:n], scores[:n]))
+        ]
         return Match(
             stamp_ns=stamp_ns,
             frame_id=frame_id,
@@ -232,30 +340,46 @@ class Localizer:
             confidence=confidence,
             latency_ms=latency,
             covariance_xy=covariance_xy,
-            pose_prior=self.pose_prior(candidates[0], confidence, covariance_xy) if candidates else None,
+            pose_prior=(
+                self.pose_prior(candidates[0], confidence, covariance_xy) if candidates else None
+            ),
             rerank=self.reranker.name if self.reranker is not None else None,
             temporal=temporal,
         )
 
     @staticmethod
     def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:
-        """What the temporal filter observes: the re-ranker's scores when it found evidence in this frame (they
-        separate true from false places far better than global scores), else the global scores, so a frame where
-        nothing verified (e.g. images too small for local features) does not leave the filter blind."""
+        """
+        Return what the temporal filter observes.
+
+        The re-ranker's scores when it found evidence in this frame (they separate true from false
+        places far better than global scores), else the global scores, so a frame where nothing
+        verified (e.g. images too small for local features) does not leave the filter blind.
+        """
         if rerank_scores is None:
             return scores
         evidence = np.nan_to_num(np.asarray(rerank_scores, dtype=np.float64), nan=0.0)
         return evidence if evidence.max() > 0 else scores
 
-    def _rerank(self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Re-sort the first ``rerank_top_k`` candidates; the rest keep their global order, below them."""
+    def _rerank(
+        self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Re-sort the first ``rerank_top_k`` candidates.
+
+        The rest keep their global order, below them.
+        """
         head = min(self.config.rerank_top_k, len(ids))
-        order, rerank_scores = self.reranker.rerank(query, [self.local_store[int(i)] for i in ids[:head]], scores[:head])
+        order, rerank_scores = self.reranker.rerank(
+            query, [self.local_store[int(i)] for i in ids[:head]], scores[:head]
+        )
         order = np.concatenate([order, np.arange(head, len(ids))])
         rerank_all = np.concatenate([rerank_scores, np.full(len(ids) - head, np.nan)])
         return ids[order], scores[order], rerank_all[order]
 
-    def _candidate(self, i: int, score: float, rerank_score: float | None, temporal_score: float | None) -> Candidate:
+    def _candidate(
+        self, i: int, score: float, rerank_score: float | None, temporal_score: float | None
+    ) -> Candidate:
         p = self.map.places[i]
         return Candidate(
             place_id=p.place_id,
@@ -269,7 +393,10 @@ class Localizer:
         )
 
     def pose_covariance(self, scores: np.ndarray, ids: np.ndarray) -> list[list[float]] | None:
-        """2x2 xy covariance around the best place: base_sigma^2 I plus the spread of weighted alternatives.
+        """
+        2x2 xy covariance around the best place.
+
+        Base_sigma^2 I plus the spread of weighted alternatives.
 
         Weights are (d1/di)^8 on descriptor distances: a candidate 10 % farther in descriptor space
         counts about half, 25 % farther about a sixth.
@@ -285,13 +412,24 @@ class Localizer:
         cov = spread + np.eye(2) * self.config.base_sigma_m**2
         return cov.round(4).tolist()
 
-    def pose_prior(self, best: Candidate, confidence: float, covariance_xy: list[list[float]] | None) -> PosePrior | None:
-        """The best place's pose with a 6x6 covariance, or None below ``min_confidence`` or without a position."""
-        if confidence < self.config.min_confidence or covariance_xy is None or best.position is None:
+    def pose_prior(
+        self, best: Candidate, confidence: float, covariance_xy: list[list[float]] | None
+    ) -> PosePrior | None:
+        """
+        Return the best place's pose with a 6x6 covariance.
+
+        None below ``min_confidence`` or without a position.
+        """
+        if (
+            confidence < self.config.min_confidence
+            or covariance_xy is None
+            or best.position is None
+        ):
             return None
         cov = [0.0] * 36  # row-major x, y, z, roll, pitch, yaw
         (cov[0], cov[1]), (cov[6], cov[7]) = covariance_xy
-        cov[14] = 4.0 * self.config.base_sigma_m**2  # height is weakly observed by place recognition
+        # height is weakly observed by place recognition
+        cov[14] = 4.0 * self.config.base_sigma_m**2
         cov[21] = cov[28] = 0.1  # roll, pitch: ~18 deg
         # The map image's heading is roughly the camera's; unknown when the map had no orientation.
         cov[35] = 0.35**2 if best.orientation else math.pi**2
