@@ -1,4 +1,5 @@
-"""The node's parameters, in one table: name, default, description, allowed values.
+"""
+The node's parameters, in one table: name, default, description, allowed values.
 
 The node declares exactly these (with their ranges in the ParameterDescriptor),
 validates them at start-up and on every ``ros2 param set``, ``localize --help``
@@ -41,14 +42,22 @@ class Parameter:
         ok_type = type(value) is expected or (expected is float and type(value) is int)
         if not ok_type:
             article = "an" if self.type_name == "integer" else "a"
-            return f"{self.name} must be {article} {self.type_name}, got {value!r} ({type(value).__name__})"
+            return (
+                f"{self.name} must be {article} {self.type_name}, got {value!r}"
+                f" ({type(value).__name__})"
+            )
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}"
         if expected in (int, float):
             if isinstance(value, float) and not math.isfinite(value):
                 return f"{self.name} must be a finite number, got {value!r}"
-            if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
-                return f"{self.name} must be in [{_bound(self.min)}, {_bound(self.max)}], got {value!r}"
+            if (self.min is not None and value < self.min) or (
+                self.max is not None and value > self.max
+            ):
+                return (
+                    f"{self.name} must be in [{_bound(self.min)}, {_bound(self.max)}], got"
+                    f" {value!r}"
+                )
         return ""
 
 
@@ -69,53 +78,149 @@ def _reranker_names() -> tuple[str, ...]:
 
 
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("map_path", "", "Map directory written by `vpr-ros build-map`. Empty: the node starts without a map "
-              "and waits for ~/reload_map after you set this parameter."),
-    Parameter("model", "baseline", "Descriptor model; must be the model the map was built with "
-              "(see `vpr-ros inspect-map`).", choices=_model_names()),
-    Parameter("weights", "", "Official checkpoint file for the DINOv2-based models; empty for baseline."),
-    Parameter("backend", "auto", "Inference backend. auto picks TensorRT (GPU), else ONNX Runtime, else torch, and logs "
-              "why; torch-compile (bf16) is the fastest CPU path for the ViT models but compiles at start-up.",
-              choices=BACKENDS),
-    Parameter("precision", "fp32", "fp32 | fp16 (GPU) | bf16 | int8 (ONNX Runtime dynamic int8 on CPU, calibrated on "
-              "TensorRT), where the backend supports it.", choices=PRECISIONS),
-    Parameter("engine_cache_dir", "", "Where exported ONNX files and TensorRT engines are cached, keyed by GPU, "
-              "TensorRT version, precision, input size and ONNX hash. Empty: $VPR_ROS_CACHE_DIR, else ~/.cache/vpr_ros."),
-    Parameter("image_transport", "raw", "raw: subscribe `image` (sensor_msgs/Image); compressed: `image/compressed`.",
-              choices=("raw", "compressed")),
-    Parameter("image_qos", "sensor_data", "sensor_data: best effort, depth 5 (matches camera drivers); "
-              "reliable: depth 10.", choices=("sensor_data", "reliable")),
+    Parameter(
+        "map_path",
+        "",
+        "Map directory written by `vpr-ros build-map`. Empty: the node starts without a map "
+        "and waits for ~/reload_map after you set this parameter.",
+    ),
+    Parameter(
+        "model",
+        "baseline",
+        "Descriptor model; must be the model the map was built with (see `vpr-ros inspect-map`).",
+        choices=_model_names(),
+    ),
+    Parameter(
+        "weights", "", "Official checkpoint file for the DINOv2-based models; empty for baseline."
+    ),
+    Parameter(
+        "backend",
+        "auto",
+        "Inference backend. auto picks TensorRT (GPU), else ONNX Runtime, else torch, and logs"
+        " why; torch-compile (bf16) is the fastest CPU path for the ViT models but compiles at"
+        " start-up.",
+        choices=BACKENDS,
+    ),
+    Parameter(
+        "precision",
+        "fp32",
+        "fp32 | fp16 (GPU) | bf16 | int8 (ONNX Runtime dynamic int8 on CPU, calibrated on "
+        "TensorRT), where the backend supports it.",
+        choices=PRECISIONS,
+    ),
+    Parameter(
+        "engine_cache_dir",
+        "",
+        "Where exported ONNX files and TensorRT engines are cached, keyed by GPU, TensorRT"
+        " version, precision, input size and ONNX hash. Empty: $VPR_ROS_CACHE_DIR, else"
+        " ~/.cache/vpr_ros.",
+    ),
+    Parameter(
+        "image_transport",
+        "raw",
+        "raw: subscribe `image` (sensor_msgs/Image); compressed: `image/compressed`.",
+        choices=("raw", "compressed"),
+    ),
+    Parameter(
+        "image_qos",
+        "sensor_data",
+        "sensor_data: best effort, depth 5 (matches camera drivers); reliable: depth 10.",
+        choices=("sensor_data", "reliable"),
+    ),
     Parameter("camera_frame", "camera", "frame_id used when an incoming image has an empty one."),
-    Parameter("map_frame", "map", "frame_id of /vpr/pose_prior; map positions (UTM metres for GPS maps) are in it."),
+    Parameter(
+        "map_frame",
+        "map",
+        "frame_id of /vpr/pose_prior; map positions (UTM metres for GPS maps) are in it.",
+    ),
     Parameter("top_k", 5, "Candidates per frame in /vpr/match.", min=1, max=100),
-    Parameter("rerank", "auto", "Re-ranking of the global top candidates by local features: none; auto (the re-ranker "
-              "whose features the map holds, none when it holds none); or a re-ranker by name, which the map must hold "
-              "features for (`vpr-ros build-map --rerank NAME`).", choices=("none", "auto", *_reranker_names())),
-    Parameter("rerank_top_k", 10, "Global candidates the re-ranker re-sorts per frame.", min=1, max=100),
-    Parameter("temporal", "hmm", "Temporal filter over the frame sequence: hmm follows the robot along the map's route "
-              "(speed changes, stops with odometry, kidnapping: it resets and says so in the match), looking only at "
-              "the top candidates so its cost does not grow with the map; seqslam is the classic SeqSLAM over every map "
-              "place (sequence_* parameters); none matches each frame on its own.", choices=TEMPORAL_FILTERS),
-    Parameter("odom_topic", "", "nav_msgs/Odometry topic whose travelled distance drives the hmm filter's motion "
-              "model; empty: a speed prior wide enough for stops and 3x speed changes."),
-    Parameter("min_confidence", DEFAULT_MIN_CONFIDENCE, "/vpr/pose_prior is published only at or above this "
-              "confidence: the calibrated probability that the best place is right (ratio-test margin, plus the hmm "
-              "filter's support). On the demo route 0.8 gives a prior for 79 % of frames, all of them right.",
-              min=0.0, max=1.0),
-    Parameter("ambiguity_radius_m", 25.0, "Candidates farther than this from the best one count as other places.",
-              min=0.0),
-    Parameter("base_sigma_m", 5.0, "Position standard deviation of an unambiguous match, metres; alternatives "
-              "widen it.", min=0.01),
-    Parameter("sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1, max=1000),
-    Parameter("sequence_min_velocity", 0.8, "Slowest travel the seqslam filter tries, in map places per camera "
-              "frame (speed / (frame rate * map keyframe spacing)).", min=-100.0, max=100.0),
-    Parameter("sequence_max_velocity", 1.25, "Fastest travel the seqslam filter tries, in map places per camera "
-              "frame; at least sequence_min_velocity.", min=-100.0, max=100.0),
-    Parameter("max_image_pixels", 50_000_000, "Larger images are rejected as bad input (logged, counted, skipped).",
-              min=1),
-    Parameter("diagnostics_period_s", 1.0, "Period of /diagnostics, seconds.", min=0.1, max=3600.0),
-    Parameter("log_throttle_s", 5.0, "Minimum seconds between repeated warnings of the same kind.", min=0.0),
-    Parameter("verify_map", True, "Check every map file's sha256 when loading (a large map takes longer)."),
+    Parameter(
+        "rerank",
+        "auto",
+        "Re-ranking of the global top candidates by local features: none; auto (the re-ranker"
+        " whose features the map holds, none when it holds none); or a re-ranker by name, which"
+        " the map must hold features for (`vpr-ros build-map --rerank NAME`).",
+        choices=("none", "auto", *_reranker_names()),
+    ),
+    Parameter(
+        "rerank_top_k", 10, "Global candidates the re-ranker re-sorts per frame.", min=1, max=100
+    ),
+    Parameter(
+        "temporal",
+        "hmm",
+        "Temporal filter over the frame sequence: hmm follows the robot along the map's route"
+        " (speed changes, stops with odometry, kidnapping: it resets and says so in the match),"
+        " looking only at the top candidates so its cost does not grow with the map; seqslam is"
+        " the classic SeqSLAM over every map place (sequence_* parameters); none matches each"
+        " frame on its own.",
+        choices=TEMPORAL_FILTERS,
+    ),
+    Parameter(
+        "odom_topic",
+        "",
+        "nav_msgs/Odometry topic whose travelled distance drives the hmm filter's motion "
+        "model; empty: a speed prior wide enough for stops and 3x speed changes.",
+    ),
+    Parameter(
+        "min_confidence",
+        DEFAULT_MIN_CONFIDENCE,
+        "/vpr/pose_prior is published only at or above this confidence: the calibrated probability"
+        " that the best place is right (ratio-test margin, plus the hmm filter's support). On the"
+        " demo route 0.8 gives a prior for 79 % of frames, all of them right.",
+        min=0.0,
+        max=1.0,
+    ),
+    Parameter(
+        "ambiguity_radius_m",
+        25.0,
+        "Candidates farther than this from the best one count as other places.",
+        min=0.0,
+    ),
+    Parameter(
+        "base_sigma_m",
+        5.0,
+        "Position standard deviation of an unambiguous match, metres; alternatives widen it.",
+        min=0.01,
+    ),
+    Parameter(
+        "sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1, max=1000
+    ),
+    Parameter(
+        "sequence_min_velocity",
+        0.8,
+        "Slowest travel the seqslam filter tries, in map places per camera "
+        "frame (speed / (frame rate * map keyframe spacing)).",
+        min=-100.0,
+        max=100.0,
+    ),
+    Parameter(
+        "sequence_max_velocity",
+        1.25,
+        "Fastest travel the seqslam filter tries, in map places per camera "
+        "frame; at least sequence_min_velocity.",
+        min=-100.0,
+        max=100.0,
+    ),
+    Parameter(
+        "max_image_pixels",
+        50_000_000,
+        "Larger images are rejected as bad input (logged, counted, skipped).",
+        min=1,
+    ),
+    Parameter(
+        "diagnostics_period_s", 1.0, "Period of /diagnostics, seconds.", min=0.1, max=3600.0
+    ),
+    Parameter(
+        "log_throttle_s",
+        5.0,
+        "Minimum seconds between repeated warnings of the same kind.",
+        min=0.0,
+    ),
+    Parameter(
+        "verify_map",
+        True,
+        "Check every map file's sha256 when loading (a large map takes longer).",
+    ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -126,7 +231,11 @@ def defaults() -> dict[str, Value]:
 
 def problems(values: dict[str, object]) -> list[str]:
     """Every reason ``values`` (a full set of parameter values) cannot run; empty when they can."""
-    found = [msg for name, value in values.items() if name in BY_NAME and (msg := BY_NAME[name].problem(value))]
+    found = [
+        msg
+        for name, value in values.items()
+        if name in BY_NAME and (msg := BY_NAME[name].problem(value))
+    ]
     lo, hi = values.get("sequence_min_velocity"), values.get("sequence_max_velocity")
     if not found and lo is not None and hi is not None and lo > hi:
         found.append(f"sequence_min_velocity ({lo}) must not exceed sequence_max_velocity ({hi})")
@@ -142,31 +251,57 @@ def _yaml_value(value: Value) -> str:
 
 
 def render_yaml() -> str:
-    """config/localize.yaml: every parameter with its default, its description as the comment above it."""
+    """
+    config/localize.yaml.
+
+    Every parameter with its default, its description as the comment above it.
+    """
     lines = [
         f"# Parameters of the {NODE_NAME} node (vpr_ros), with their defaults.",
-        "# Generated from vpr_ros/parameters.py: python -m vpr_ros.parameters > config/localize.yaml",
+        (
+            "# Generated from vpr_ros/parameters.py: python -m vpr_ros.parameters >"
+            " config/localize.yaml"
+        ),
         f"{NODE_NAME}:",
         "  ros__parameters:",
     ]
     for p in PARAMETERS:
         allowed = f" Allowed: {', '.join(p.choices)}." if p.choices and p.name != "model" else ""
-        lines += textwrap.wrap(p.description + allowed, width=100, initial_indent="    # ", subsequent_indent="    # ")
+        lines += textwrap.wrap(
+            p.description + allowed, width=100, initial_indent="    # ", subsequent_indent="    # "
+        )
         lines.append(f"    {p.name}: {_yaml_value(p.default)}")
     return "\n".join(lines) + "\n"
 
 
 def render_help() -> str:
-    """What ``localize --help`` prints."""
-    out = ["usage: localize [--ros-args --params-file FILE -p NAME:=VALUE ...]\n",
-           f"The {NODE_NAME} node: camera images in, /vpr/match, /vpr/pose_prior and /diagnostics out.",
-           "Subscribes `image` (or `image/compressed`); remap it to your camera topic with -r image:=/camera/image_raw.",
-           "Service ~/reload_map (std_srvs/Trigger) reloads map_path.\n", "parameters:"]
+    """Return what ``localize --help`` prints."""
+    out = [
+        "usage: localize [--ros-args --params-file FILE -p NAME:=VALUE ...]\n",
+        (
+            f"The {NODE_NAME} node: camera images in, /vpr/match, /vpr/pose_prior and /diagnostics"
+            " out."
+        ),
+        (
+            "Subscribes `image` (or `image/compressed`); remap it to your camera topic with -r"
+            " image:=/camera/image_raw."
+        ),
+        "Service ~/reload_map (std_srvs/Trigger) reloads map_path.\n",
+        "parameters:",
+    ]
     for p in PARAMETERS:
         allowed = f" {{{', '.join(p.choices)}}}" if p.choices else ""
-        bounds = f" [{_bound(p.min)}, {_bound(p.max)}]" if p.min is not None or p.max is not None else ""
-        out.append(f"  {p.name} ({p.type_name}, default {_yaml_value(p.default)}){allowed}{bounds}")
-        out += textwrap.wrap(p.description, width=96, initial_indent="      ", subsequent_indent="      ")
+        bounds = (
+            f" [{_bound(p.min)}, {_bound(p.max)}]"
+            if p.min is not None or p.max is not None
+            else ""
+        )
+        out.append(
+            f"  {p.name} ({p.type_name}, default {_yaml_value(p.default)}){allowed}{bounds}"
+        )
+        out += textwrap.wrap(
+            p.description, width=96, initial_indent="      ", subsequent_indent="      "
+        )
     return "\n".join(out) + "\n"
 
 
