@@ -408,9 +408,22 @@ def run_live_campaign(
             good = [_good_message(scene, transport) for scene in scenes]
             log_path = workdir / f"node_{transport}.log"
             started = time.monotonic()
-            # temporal none: the good frames show places in no route order, each must match on its own
-            node = start_node(map_dir, model, topic, log_path,
-                              extra=["-p", "image_qos:=reliable", "-p", "log_throttle_s:=1.0", "-p", "temporal:=none"])
+            # temporal none: the good frames show places in no route order, each must match on its
+            # own
+            node = start_node(
+                map_dir,
+                model,
+                topic,
+                log_path,
+                extra=[
+                    "-p",
+                    "image_qos:=reliable",
+                    "-p",
+                    "log_throttle_s:=1.0",
+                    "-p",
+                    "temporal:=none",
+                ],
+            )
             qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
             pub = collector.node.create_publisher(cls, topic, qos)
             try:
