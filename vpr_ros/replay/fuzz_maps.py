@@ -60,9 +60,10 @@ RETYPES: tuple = (None, "text", -7, 2.5, True, [], {})
 # Keys whose values the loader never reads (descriptive only): damaged with the checksum left stale
 # only.
 FREE_FORM = ("sources",)
-# Damage names (prefixes) of the classes issue 9 found killing the node or loading anyway: KeyError map_id /
-# model / efSearch / files, AttributeError (list), mmap ValueError, faiss RuntimeError, the unknown index type,
-# and one of each file kind; the node-reload test and the campaign run these.
+# Damage names (prefixes) of the classes issue 9 found killing the node or loading anyway: KeyError
+# map_id / model / efSearch / files, AttributeError (list), mmap ValueError, faiss RuntimeError,
+# the unknown index type, and one of each file kind; the node-reload test and the campaign run
+# these.
 ISSUE_DAMAGES = [
     "drop map_id (checksum stale)",
     "drop map_id (checksum recomputed)",
