@@ -49,18 +49,25 @@ def build_scene_map(
               math.nan, math.nan, "", source, topic)
         for i in range(len(scenes))
     ]
-    return write_map(Path(out), extractor.extract(scenes), places, extractor.describe(), IndexConfig("flat"),
-                     [{"source": source}])
+    return write_map(
+        Path(out),
+        extractor.extract(scenes),
+        places,
+        extractor.describe(),
+        IndexConfig("flat"),
+        [{"source": source}],
+    )
 
 
 def raw_image_msg(rgb: np.ndarray, encoding: str = "rgb8", frame_id: str = ""):
-    """A sensor_msgs/Image (rclpy) holding ``rgb`` in ``encoding``; the caller stamps it."""
+    """Build a sensor_msgs/Image (rclpy) holding ``rgb`` in ``encoding``; the caller stamps it."""
     from sensor_msgs.msg import Image
 
     from vpr_ros.imaging import rgb_to_image_fields
 
     msg = Image()
     for k, v in rgb_to_image_fields(rgb, encoding).items():
-        setattr(msg, k, v.tobytes() if k == "data" else v)  # rclpy copies bytes fast, arrays element by element
+        # rclpy copies bytes fast, arrays element by element
+        setattr(msg, k, v.tobytes() if k == "data" else v)
     msg.header.frame_id = frame_id
     return msg
