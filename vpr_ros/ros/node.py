@@ -1,4 +1,5 @@
-"""The `vpr_localizer` node: thin glue between ROS topics and vpr_ros.localizer.
+"""
+The `vpr_localizer` node: thin glue between ROS topics and vpr_ros.localizer.
 
 Images are taken by the subscription callback into a one-frame slot; a worker
 thread (off the executor) decodes, localizes and publishes the newest frame.
@@ -40,9 +41,19 @@ from vpr_ros.ros.stats import PipelineStats
 from vpr_ros.stamps import stamp_to_ns
 
 # Changing these needs a new extractor, subscription or timer: they are fixed at start-up.
-FIXED_AT_START = ("model", "weights", "backend", "precision", "engine_cache_dir", "image_transport", "image_qos",
-                  "diagnostics_period_s", "odom_topic")
-RECENT_FAILURE_PERIODS = 10  # /diagnostics is WARN while a frame failed within this many diagnostics periods
+FIXED_AT_START = (
+    "model",
+    "weights",
+    "backend",
+    "precision",
+    "engine_cache_dir",
+    "image_transport",
+    "image_qos",
+    "diagnostics_period_s",
+    "odom_topic",
+)
+# /diagnostics is WARN while a frame failed within this many diagnostics periods
+RECENT_FAILURE_PERIODS = 10
 
 
 class LocalizerNode(Node):
@@ -59,10 +70,17 @@ class LocalizerNode(Node):
         self._odom = OdometryDistance()
         self._dropped_seen = 0
 
-        self.extractor = create_extractor(self.p["model"], self.p["weights"] or None, self.p["backend"], self.p["precision"],
-                                          Path(self.p["engine_cache_dir"]).expanduser() if self.p["engine_cache_dir"] else None)
-        self.get_logger().info(f"model {self.p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
-                               f"fingerprint {self.extractor.fingerprint}")
+        self.extractor = create_extractor(
+            self.p["model"],
+            self.p["weights"] or None,
+            self.p["backend"],
+            self.p["precision"],
+            Path(self.p["engine_cache_dir"]).expanduser() if self.p["engine_cache_dir"] else None,
+        )
+        self.get_logger().info(
+            f"model {self.p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
+            f"fingerprint {self.extractor.fingerprint}"
+        )
         self._log_map_result(*self._load_map())
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -77,9 +95,12 @@ class LocalizerNode(Node):
         else:
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
         if self.p["odom_topic"]:
-            self.create_subscription(Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data)
+            self.create_subscription(
+                Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data
+            )
 
-        # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while the map loads.
+        # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while
+        # the map loads.
         self.create_service(Trigger, "~/reload_map", self._on_reload)
         self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
 
@@ -88,20 +109,31 @@ class LocalizerNode(Node):
 
     # -- parameters ----------------------------------------------------------
     def _declare_parameters(self) -> dict:
-        """Declare every parameter of the table; a wrong type or range ends the node before the model loads."""
+        """
+        Declare every parameter of the table.
+
+        A wrong type or range ends the node before the model loads.
+        """
         for p in parameters.PARAMETERS:
-            # Typed by our own check (one message for start-up and `param set`), not by rclpy's exception.
+            # Typed by our own check (one message for start-up and `param set`), not by rclpy's
+            # exception.
             descriptor = ParameterDescriptor(description=p.description, dynamic_typing=True,
                                              read_only=p.name in FIXED_AT_START,
                                              additional_constraints=_constraints(p))
             self.declare_parameter(p.name, p.default, descriptor)
         values = {p.name: self.get_parameter(p.name).value for p in parameters.PARAMETERS}
         if problems := parameters.problems(values):
-            raise ConfigError("invalid parameters: " + "; ".join(problems) + " (see `localize --help`)")
+            raise ConfigError(
+                "invalid parameters: " + "; ".join(problems) + " (see `localize --help`)"
+            )
         return values
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        """`ros2 param set`: accept only valid values; the localizer is rebuilt with them, the map kept."""
+        """
+        `ros2 param set`.
+
+        Accept only valid values; the localizer is rebuilt with them, the map kept.
+        """
         values = {**self.p, **{p.name: p.value for p in params}}
         if problems := parameters.problems(values):
             return SetParametersResult(successful=False, reason="; ".join(problems))
@@ -118,13 +150,27 @@ class LocalizerNode(Node):
 
     # -- map -----------------------------------------------------------------
     def _make_localizer(self, vpr_map: VprMap) -> Localizer:
-        """A fresh pipeline (and temporal filter) for the map; a map without the re-ranker's features is refused."""
+        """
+        Build a fresh pipeline (and temporal filter) for the map.
+
+        A map without the re-ranker's features is refused.
+        """
         p = self.p
-        sequence = SequenceConfig(length=p["sequence_length"], min_velocity=p["sequence_min_velocity"],
-                                  max_velocity=p["sequence_max_velocity"])
-        config = LocalizerConfig(top_k=p["top_k"], rerank=p["rerank"], rerank_top_k=p["rerank_top_k"], temporal=p["temporal"],
-                                 min_confidence=p["min_confidence"], ambiguity_radius_m=p["ambiguity_radius_m"],
-                                 base_sigma_m=p["base_sigma_m"], sequence=sequence)
+        sequence = SequenceConfig(
+            length=p["sequence_length"],
+            min_velocity=p["sequence_min_velocity"],
+            max_velocity=p["sequence_max_velocity"],
+        )
+        config = LocalizerConfig(
+            top_k=p["top_k"],
+            rerank=p["rerank"],
+            rerank_top_k=p["rerank_top_k"],
+            temporal=p["temporal"],
+            min_confidence=p["min_confidence"],
+            ambiguity_radius_m=p["ambiguity_radius_m"],
+            base_sigma_m=p["base_sigma_m"],
+            sequence=sequence,
+        )
         return Localizer(vpr_map, self.extractor, config)
 
     def _load_map(self) -> tuple[bool, str]:
@@ -133,14 +179,23 @@ class LocalizerNode(Node):
         if not path:
             return False, "no map_path set: set the map_path parameter and call ~/reload_map"
         try:
-            vpr_map = load_map(Path(path).expanduser(), self.extractor.describe(), verify=self.p["verify_map"])
+            vpr_map = load_map(
+                Path(path).expanduser(), self.extractor.describe(), verify=self.p["verify_map"]
+            )
             localizer = self._make_localizer(vpr_map)
         except VprError as e:
             self.stats.error("map_errors", str(e))
             return False, f"map not loaded: {e}"
-        except Exception as e:  # a loader bug must not take down a node that is serving another map
+        # a loader bug must not take down a node that is serving another map
+        except Exception as e:
             self.stats.error("map_errors", f"{type(e).__name__}: {e}")
-            return False, f"map not loaded (unexpected {type(e).__name__}: {e}); the previous map, if any, keeps serving"
+            return (
+                False,
+                (
+                    f"map not loaded (unexpected {type(e).__name__}: {e}); the previous map, if"
+                    " any, keeps serving"
+                ),
+            )
         with self._map_lock:
             self.vpr_map, self.localizer = vpr_map, localizer
         return True, f"map {vpr_map.map_id} loaded from {path}: {len(vpr_map)} places"
@@ -171,30 +226,39 @@ class LocalizerNode(Node):
                 self._process(*item)
             except ImageDecodeError as e:
                 self.stats.error("bad_frames", str(e))
-                self.get_logger().warning(f"skipped a bad frame: {e}", throttle_duration_sec=self.p["log_throttle_s"])
+                self.get_logger().warning(
+                    f"skipped a bad frame: {e}", throttle_duration_sec=self.p["log_throttle_s"]
+                )
             except Exception as e:  # the node must outlive any single frame
                 self.stats.error("errors", f"{type(e).__name__}: {e}")
-                self.get_logger().error(f"frame failed: {traceback.format_exc()}", throttle_duration_sec=self.p["log_throttle_s"])
+                self.get_logger().error(
+                    f"frame failed: {traceback.format_exc()}",
+                    throttle_duration_sec=self.p["log_throttle_s"],
+                )
 
     def _process(self, received: float, received_ns: int, msg) -> None:
         with self._map_lock:
             localizer = self.localizer
         if localizer is None:
             self.stats.count("no_map")
-            self.get_logger().warning("no map loaded; frames are skipped until ~/reload_map succeeds",
-                                      throttle_duration_sec=self.p["log_throttle_s"])
+            self.get_logger().warning(
+                "no map loaded; frames are skipped until ~/reload_map succeeds",
+                throttle_duration_sec=self.p["log_throttle_s"],
+            )
             return
         t0 = time.perf_counter()
         rgb = image_msg_to_rgb(msg, max_pixels=self.p["max_image_pixels"])
         t1 = time.perf_counter()
         stamp_ns = stamp_to_ns(msg.header.stamp)
         dropped = self.slot.dropped
-        frames, self._dropped_seen = 1 + dropped - self._dropped_seen, dropped  # camera frames since the last one
+        # camera frames since the last one
+        frames, self._dropped_seen = 1 + dropped - self._dropped_seen, dropped
         # queue: waiting in the slot for the worker; decode: message -> RGB.
         match = localizer.localize(rgb, stamp_ns, msg.header.frame_id or self.p["camera_frame"],
                                    {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3},
                                    travelled_m=self._odom.take(), frames=frames)
-        # How old the image was when it arrived (camera + transport delay); not part of the node's total.
+        # How old the image was when it arrived (camera + transport delay); not part of the node's
+        # total.
         match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
         self.match_pub.publish(String(data=match.to_json()))
         if match.pose_prior is not None:
@@ -210,7 +274,9 @@ class LocalizerNode(Node):
         out.header.frame_id = self.p["map_frame"]
         pose = out.pose.pose
         pose.position.x, pose.position.y, pose.position.z = prior.position
-        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = prior.orientation
+        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (
+            prior.orientation
+        )
         out.pose.covariance = prior.covariance
         return out
 
@@ -222,12 +288,16 @@ class LocalizerNode(Node):
         recent = snap["recent_failures"]
         with self._map_lock:
             vpr_map = self.vpr_map
-        status = DiagnosticStatus(name="vpr_localizer: pipeline", hardware_id=self.extractor.backend)
+        status = DiagnosticStatus(
+            name="vpr_localizer: pipeline", hardware_id=self.extractor.backend
+        )
         if vpr_map is None:
             status.level, status.message = DiagnosticStatus.ERROR, "no map loaded"
         elif recent:
             status.level = DiagnosticStatus.WARN
-            status.message = f"{recent} frames failed in the last {window_s:g} s: {snap['last_error'][:200]}"
+            status.message = (
+                f"{recent} frames failed in the last {window_s:g} s: {snap['last_error'][:200]}"
+            )
         else:
             status.level, status.message = DiagnosticStatus.OK, "localizing"
         values = {
@@ -264,7 +334,11 @@ class LocalizerNode(Node):
 
 
 class OdometryDistance:
-    """Distance travelled between processed frames, from nav_msgs/Odometry (signed: negative when reversing)."""
+    """
+    Distance travelled between processed frames, from nav_msgs/Odometry.
+
+    Signed: negative when reversing.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -276,7 +350,9 @@ class OdometryDistance:
         with self._lock:
             if self._last is not None:
                 step = math.dist(self._last, (p.x, p.y))
-                self._travelled = (self._travelled or 0.0) + (step if msg.twist.twist.linear.x >= 0 else -step)
+                self._travelled = (self._travelled or 0.0) + (
+                    step if msg.twist.twist.linear.x >= 0 else -step
+                )
             self._last = (p.x, p.y)
 
     def take(self) -> float | None:
@@ -293,7 +369,11 @@ def _constraints(p: parameters.Parameter) -> str:
 
 
 def run(args: list[str] | None = None) -> int:
-    """Spin the node until shutdown. 0 on a normal stop, 2 on a configuration error (one line printed)."""
+    """
+    Spin the node until shutdown.
+
+    0 on a normal stop, 2 on a configuration error (one line printed).
+    """
     quiet_third_party_logs()
     rclpy.init(args=args)
     node = None
@@ -305,7 +385,8 @@ def run(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except VprError as e:
-        # Configuration errors (model without weights, bad parameter) end the node with one clear line.
+        # Configuration errors (model without weights, bad parameter) end the node with one clear
+        # line.
         print(f"{parameters.NODE_NAME}: {e}", flush=True)
         return 2
     finally:
