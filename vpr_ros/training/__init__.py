@@ -1,1 +1,5 @@
-"""Offline training (`vpr-ros train`): datasets, samplers, losses, one trainer per method and the loop."""
+"""
+Offline training (`vpr-ros train`).
+
+Datasets, samplers, losses, one trainer per method and the loop.
+"""

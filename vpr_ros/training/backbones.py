@@ -1,4 +1,7 @@
-"""DINOv2 backbones for training: the official sizes (with their pretrain weights) or a tiny one for proofs.
+"""
+DINOv2 backbones for training.
+
+The official sizes (with their pretrain weights) or a tiny one for proofs.
 
 No trained DINOv2 weights ship with the package. Training a full-size model needs the bare
 ``dinov2_vit{s,b,l}14_pretrain.pth`` (facebookresearch/dinov2) through ``--backbone-weights``;

@@ -25,7 +25,8 @@ class DataConfig:
 
 
 class MethodTrainer(ABC):
-    """One method's model, optimisers and loss. The loop owns data, validation and checkpoints.
+    """
+    One method's model, optimisers and loss. The loop owns data, validation and checkpoints.
 
     ``model`` is the module that is validated and saved (the deployable descriptor).
     Schedulers in ``epoch_schedulers`` step after each epoch, those in ``step_schedulers`` after
@@ -79,7 +80,7 @@ class MethodTrainer(ABC):
     def official_checkpoint(
         self, epoch: int, recalls: list[float], best: float, not_improved: int
     ) -> dict[str, Any]:
-        """The authors' checkpoint dict (gsv layout by default)."""
+        """Return the authors' checkpoint dict (gsv layout by default)."""
         return {
             "epoch_num": epoch,
             "model_state_dict": dataparallel_state_dict(self.model),
@@ -90,7 +91,7 @@ class MethodTrainer(ABC):
         }
 
     def best_checkpoint(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
-        """What best_model.pth holds (the gsv layout saves the whole checkpoint there too)."""
+        """Return what best_model.pth holds (the gsv layout saves the whole checkpoint there)."""
         return checkpoint
 
     # --- shared ---

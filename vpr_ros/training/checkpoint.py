@@ -1,4 +1,5 @@
-"""Training checkpoints in the authors' layouts, written atomically, read back for resume.
+"""
+Training checkpoints in the authors' layouts, written atomically, read back for resume.
 
 Layouts (keys as the official training scripts save them; model keys carry DataParallel's
 ``module.`` prefix, as theirs do):
@@ -32,13 +33,17 @@ def dataparallel_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file beside ``path``, fsync, then rename over it: never half a file."""
+    """
+    torch.save to a temporary file beside ``path``, fsync, then rename over it.
+
+    Never half a file.
+    """
     with atomic_output(path) as tmp:
         torch.save(obj, tmp)
 
 
 def read_checkpoint(path: Path, method: str) -> dict[str, Any]:
-    """A checkpoint written by this trainer for ``method``; refuses another method's file."""
+    """Load a checkpoint written by this trainer for ``method``; refuses another method's file."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, ValueError, OSError) as exc:

@@ -1,4 +1,5 @@
-"""Training data as places (groups of images of one spot), from four layouts.
+"""
+Training data as places (groups of images of one spot), from four layouts.
 
 - GSV-Cities: ``ROOT/Images/<City>/<city>_<place
   id>_<year>_<month>_<bearing>_<lat>_<lon>_<panoid>.jpg``;
@@ -98,7 +99,11 @@ def require_images_per_place(
 
 
 def merge_consecutive(places: PlaceSet, n: int) -> PlaceSet:
-    """Along a route, every ``n`` consecutive places become one (e.g. CosPlace/MutualVPR-sized cells from Nordland frames)."""
+    """
+    Along a route, every ``n`` consecutive places become one.
+
+    E.g. CosPlace/MutualVPR-sized cells from Nordland frames.
+    """
     if n <= 1:
         return places
     if not places.ordered:
@@ -117,7 +122,11 @@ def merge_consecutive(places: PlaceSet, n: int) -> PlaceSet:
 
 
 def split_places(places: PlaceSet, val_fraction: float) -> tuple[PlaceSet, PlaceSet]:
-    """(train, validation): the last ``val_fraction`` of the places, held apart (a contiguous stretch of a route)."""
+    """
+    (train, validation).
+
+    The last ``val_fraction`` of the places, held apart (a contiguous stretch of a route).
+    """
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(
             f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}"
@@ -166,7 +175,11 @@ def _places_from_assignment(
 
 
 def gsv_cities(root: str | Path) -> PlaceSet:
-    """GSV-Cities: places are (city, place id) from the image file names under ``Images/<City>/``."""
+    """
+    GSV-Cities.
+
+    Places are (city, place id) from the image file names under ``Images/<City>/``.
+    """
     root = Path(root)
     image_root = root / "Images"
     if not image_root.is_dir():
@@ -213,7 +226,11 @@ def gsv_cities(root: str | Path) -> PlaceSet:
 def vpr_folder(
     root: str | Path, spacing_m: float = DEFAULT_SPACING_M, radius_m: float = DEFAULT_RADIUS_M
 ) -> PlaceSet:
-    """Images named in the VPR layout (``@utm_east@utm_north@...@``) anywhere below ``root``, grouped by position."""
+    """
+    Images named in the VPR layout (``@utm_east@utm_north@...@``) anywhere below ``root``.
+
+    Grouped by position.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(
@@ -301,7 +318,8 @@ def rosbags(
     radius_m: float = DEFAULT_RADIUS_M,
     frame_spacing_m: float = 1.0,
 ) -> PlaceSet:
-    """Frames of several recordings of one site, grouped by UTM (GPS) or odometry position.
+    """
+    Frames of several recordings of one site, grouped by UTM (GPS) or odometry position.
 
     Frames are read every ``frame_spacing_m`` of travel (as ``build-map --min-distance``) and kept
     in memory as JPEG. Centres follow the first bag's route, so places are in route order.

@@ -1,4 +1,7 @@
-"""FoL trainer (chenshunpeng/FoL): multi-similarity plus FoL's local terms, as its train.py and loss.py compute them.
+"""
+FoL trainer (chenshunpeng/FoL).
+
+Multi-similarity plus FoL's local terms, as its train.py and loss.py compute them.
 
 Total loss per batch (train.py): multi-similarity on the global descriptors
 + local triplet loss on the selected local features (mutual nearest neighbours, SelaVPR-style)
@@ -121,7 +124,11 @@ def train_forward(model: FoLNet, x: torch.Tensor) -> TrainOutputs:
 
 
 def local_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean cosine of mutual nearest neighbours above MATCH_THRESHOLD between two [L, d] sets (loss.py match_batch_tensor)."""
+    """
+    Mean cosine of mutual nearest neighbours above MATCH_THRESHOLD between two [L, d] sets.
+
+    As loss.py's match_batch_tensor.
+    """
     sim = a @ b.T  # [La, Lb]
     best_b = sim.argmax(dim=1)
     best_a = sim.argmax(dim=0)
@@ -149,7 +156,11 @@ def local_triplet_loss(
 def separation_loss(
     out: TrainOutputs, labels: torch.Tensor, images_per_place: int, rng: np.random.Generator
 ) -> torch.Tensor:
-    """Foreground/background descriptors of each image vs a random other image of its place (loss.py loss_sep)."""
+    """
+    Foreground/background descriptors of each image vs a random other image of its place.
+
+    As loss.py's loss_sep.
+    """
     groups: dict[int, list[int]] = defaultdict(list)
     for i, label in enumerate(labels.tolist()):
         groups[label].append(i)
@@ -176,7 +187,11 @@ def separation_loss(
 
 
 def weak_triplets(f1, f2, p1, p2, mask1) -> list[tuple[int, int, float]]:
-    """Pseudo-correspondences (token in image 1, token in image 2, cosine) from global features (loss.py)."""
+    """
+    Pseudo-correspondences (token in image 1, token in image 2, cosine).
+
+    From global features (loss.py).
+    """
     valid = torch.nonzero(mask1 > WEAK_MASK_MIN, as_tuple=False).squeeze(1)
     if valid.numel() < 2:
         return []
@@ -196,7 +211,11 @@ def weak_triplets(f1, f2, p1, p2, mask1) -> list[tuple[int, int, float]]:
 def patch_to_local(
     tokens: list[int], local: torch.Tensor, grid_w: int, image_size: int
 ) -> torch.Tensor:
-    """3x3 mean of the local map around each token's patch centre (loss.py get_patch_center_mapping)."""
+    """
+    3x3 mean of the local map around each token's patch centre.
+
+    As loss.py's get_patch_center_mapping.
+    """
     side = local.shape[0]
     scale = image_size / side
     out = []

@@ -1,4 +1,7 @@
-"""Trainer of the default model's trainable variant (``LearnedGridDescriptor``): CPU-friendly, minutes.
+"""
+Trainer of the default model's trainable variant (``LearnedGridDescriptor``).
+
+CPU-friendly, minutes.
 
 The ImageNet EfficientNet-lite0 trunk comes from the shipped PyPI package and stays frozen
 (BatchNorm statistics included) except its last ``trainable_blocks`` blocks; the 1x1 projection
@@ -35,7 +38,7 @@ def learned_grid_spec(channels: int) -> ModelSpec:
 
 
 def build_learned_grid(channels: int) -> LearnedGridDescriptor:
-    """The model with the ImageNet trunk in place and a fresh projection."""
+    """Build the model with the ImageNet trunk in place and a fresh projection."""
     model = LearnedGridDescriptor(num_blocks=5, grid=GRID, channels=channels)
     model.trunk.load_state_dict(lite0_trunk_state_dict(model.trunk), strict=True)
     return model
@@ -80,7 +83,10 @@ class LearnedGridTrainer(MethodTrainer):
 
 
 def export_trained_tensors(checkpoint: Path, out: Path) -> dict[str, int]:
-    """Write only the tensors that training changed (head, tuned blocks) of a checkpoint: the file the package ships.
+    """
+    Write only the tensors that training changed (head, tuned blocks) of a checkpoint.
+
+    The file the package ships.
 
     Returns {key: numel} of what was written.
     """

@@ -1,4 +1,7 @@
-"""The training loop: epochs of batches with a progress bar, validation Recall@1, plot, atomic checkpoints, resume.
+"""
+The training loop.
+
+Epochs of batches with a progress bar, validation Recall@1, plot, atomic checkpoints, resume.
 
 Resume granularity is the epoch: a run killed mid-epoch restarts that epoch from the last
 checkpoint, with the same batches (they depend only on seed and epoch).
@@ -97,7 +100,11 @@ def _restore(trainer: MethodTrainer, path: Path) -> tuple[int, History]:
 def train(
     trainer: MethodTrainer, train_set: PlaceSet, val: ValidationSet, cfg: LoopConfig
 ) -> History:
-    """Train for ``cfg.epochs`` epochs (counting those done before a resume); returns the history."""
+    """
+    Train for ``cfg.epochs`` epochs (counting those done before a resume).
+
+    Returns the history.
+    """
     cfg.out.mkdir(parents=True, exist_ok=True)
     last = cfg.out / LAST
     start, history = 0, History()

@@ -1,4 +1,8 @@
-"""Metric-learning losses shared by the trainers (pytorch-metric-learning, as the official code uses it)."""
+"""
+Metric-learning losses shared by the trainers.
+
+With pytorch-metric-learning, as the official code uses it.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from pytorch_metric_learning.distances import CosineSimilarity, DotProductSimila
 
 
 class MultiSimilarity:
-    """MultiSimilarityLoss(alpha=1, beta=50, base=0) on dot products over MultiSimilarityMiner(epsilon=0.1) pairs.
+    """
+    MultiSimilarityLoss(alpha=1, beta=50, base=0) on dot products.
 
-    The SciceVPR / FoL recipe (their loss.py), itself GSV-Cities' default.
+    Over MultiSimilarityMiner(epsilon=0.1) pairs. The SciceVPR / FoL recipe (their loss.py),
+    itself GSV-Cities' default.
     """
 
     def __init__(self) -> None:

@@ -1,4 +1,5 @@
-"""MutualVPR trainer (Gucci233/MutualVPR, CosPlace-style classification with view classes).
+"""
+MutualVPR trainer (Gucci233/MutualVPR, CosPlace-style classification with view classes).
 
 Places play the role of the official 10 m UTM cells. Cells are split into ``groups`` (cell i in
 group i mod groups; along a route that keeps neighbours apart) and one group trains per epoch,
@@ -46,7 +47,11 @@ def build_mutualvpr(arch: str | TinyBackbone, out_dim: int = 512) -> MutualVPR:
 
 
 def init_adapters(backbone: DinoVisionTransformer) -> None:
-    """Official start: the adapters' output layer at 0 and their convolutions at 1e-5, so training starts from DINOv2."""
+    """
+    Official start.
+
+    The adapters' output layer at 0 and their convolutions at 1e-5, so training starts from DINOv2.
+    """
     for name, module in backbone.named_modules():
         if ".adapter" not in name and not name.endswith("adapter"):
             continue
@@ -175,7 +180,7 @@ class MutualVPRTrainer(MethodTrainer):
             )
 
     def epoch_data(self, epoch: int, train: PlaceSet, data: DataConfig) -> PlaceBatchDataset:
-        """CosPlace sampling: each image from a random class of the group."""
+        """Sample as CosPlace does: each image from a random class of the group."""
         classes = self.groups[self.group].flat()
         rng = np.random.default_rng([data.seed, epoch, 3])
         steps = data.steps_per_epoch or max(1, len(classes) // self.batch_size)

@@ -1,4 +1,5 @@
-"""`vpr-ros train`: options, checks of the input before anything trains, and the run.
+"""
+`vpr-ros train`: options, checks of the input before anything trains, and the run.
 
 Everything a user can get wrong (data, sizes, weights, a checkpoint of another model) is
 checked before the first batch, and refused with the problem and the fix.
@@ -21,7 +22,11 @@ METHODS = ("baseline-trainable", "scicevpr-teacher", "scicevpr", "mutualvpr", "f
 
 @dataclass(frozen=True)
 class Recipe:
-    """The official defaults of a method (the GSV-Cities / CosPlace recipes); options override them."""
+    """
+    The official defaults of a method (the GSV-Cities / CosPlace recipes).
+
+    Options override them.
+    """
 
     epochs: int
     places_per_batch: int
@@ -245,7 +250,11 @@ def _device(name: str):
 
 
 def build_trainer(a: argparse.Namespace, recipe: Recipe, train, device):
-    """The method's model (weights in) and trainer. Refuses missing or foreign weights before training."""
+    """
+    Build the method's model (weights in) and trainer.
+
+    Refuses missing or foreign weights before training.
+    """
     from vpr_ros.models.checkpoints import load_official
     from vpr_ros.training.backbones import (
         parse_tiny,
@@ -396,6 +405,7 @@ def run_training(a: argparse.Namespace) -> int:
     )
     if recipe.preset and not a.tiny:
         print(
-            f"use it: vpr-ros build-map --model {recipe.preset} --weights {a.out / 'best_model.pth'} ..."
+            f"use it: vpr-ros build-map --model {recipe.preset} --weights"
+            f" {a.out / 'best_model.pth'} ..."
         )
     return 0

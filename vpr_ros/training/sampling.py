@@ -1,4 +1,5 @@
-"""Batches of P places x K images (GSV-Cities style), augmented and preprocessed as at inference.
+"""
+Batches of P places x K images (GSV-Cities style), augmented and preprocessed as at inference.
 
 Batches of an epoch depend only on (seed, epoch), so a resumed run sees the same data as an
 uninterrupted one. Augmentation stands in for torchvision's RandAugment (the package does not
@@ -27,7 +28,11 @@ def epoch_batches(
     epoch: int,
     steps: int | None = None,
 ) -> list[np.ndarray]:
-    """[P, K] image indices per batch: every place once per epoch (or ``steps`` batches), K distinct images each."""
+    """
+    [P, K] image indices per batch.
+
+    Every place once per epoch (or ``steps`` batches), K distinct images each.
+    """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(places))
     n_batches = len(order) // places_per_batch

@@ -1,4 +1,7 @@
-"""SciceVPR trainers (shuimushan/SciceVPR): the Super-CricaVPR teacher, then the student distilled from it.
+"""
+SciceVPR trainers (shuimushan/SciceVPR).
+
+The Super-CricaVPR teacher, then the student distilled from it.
 
 Teacher: frozen DINOv2; the 1x1 fusion conv over the selected blocks, the token mixer, GeM and
 the 2-layer cross-image encoder train with the multi-similarity loss (README: 10 epochs).
@@ -25,7 +28,11 @@ INPUT_SIZE = (224, 224)  # the token mixer is fixed to a 16x16 map
 
 
 def build_scicevpr(cls: type[SciceVPR], arch: str | TinyBackbone) -> SciceVPR:
-    """Official layout: the last four blocks (8-11 of ViT-B) concatenated; a tiny backbone uses its last four (or all)."""
+    """
+    Official layout.
+
+    The last four blocks (8-11 of ViT-B) concatenated; a tiny backbone uses its last four (or all).
+    """
     dino = dinov2_backbone(arch)
     depth = len(dino.blocks)
     out_indices = list(range(max(0, depth - 4), depth))
@@ -86,7 +93,7 @@ class TeacherTrainer(_SciceTrainer):
 
 
 def student_from_teacher(teacher: SuperCricaVPR, arch: str | TinyBackbone) -> SciceVPR:
-    """A student whose backbone, fusion conv and GeM are the teacher's (copied)."""
+    """Build a student whose backbone, fusion conv and GeM are the teacher's (copied)."""
     student = build_scicevpr(SciceVPR, arch)
     shared = {
         k: v

@@ -1,4 +1,5 @@
-"""Recall@1 on held-apart places: each place's first image is the database, its last image the query.
+"""
+Recall@1 on held-apart places: each place's first image is the database, its last image the query.
 
 For Nordland-style traversals that is the first folder (summer) against the last (winter); for
 bags, the first recording against the last. Positives: places within ``radius_m`` where places
