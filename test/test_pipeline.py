@@ -122,8 +122,10 @@ def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, caps
                 GPS_TOPIC,
                 "--threshold-m",
                 "10",
-                "--sequence-length",
-                "5",
+                "--temporal",
+                "none",
+                "hmm",
+                "seqslam",
                 "--out",
                 str(out),
             ]
@@ -134,11 +136,15 @@ def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, caps
     assert "| baseline |" in table and "R@20" in table
     results = json.loads((out / "results.json").read_text())
     assert results["queries"] == QUERY_FRAMES and results["ground_truth"] == "within 10 m"
-    r = results["recall"]["baseline"]
-    assert set(results["recall"]) == {"baseline", "baseline + sequence 5"}
+    rows = results["configurations"]
+    assert set(rows) == {"baseline", "baseline + hmm", "baseline + seqslam"}
+    r = rows["baseline"]["recall"]
     assert r["R@1"] <= r["R@5"] <= r["R@10"] <= r["R@20"]
     assert r["R@1"] >= 0.5  # measured ~0.9 on this route; raw pixels score far lower (see README)
+    for row in rows.values():  # the confidence figures of every configuration
+        assert 0 <= row["pose_prior_fraction"] <= 1 and 0 <= row["auc_pr"] <= 1
     assert (out / "recall.png").stat().st_size > 10_000
+    assert (out / "precision_recall.png").stat().st_size > 10_000
 
 
 def test_bag_without_the_topic_lists_the_topics_it_has(bags, tmp_path):
