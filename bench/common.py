@@ -30,3 +30,12 @@ def percentiles(values, ps=(50, 95)) -> dict:
     import numpy as np
 
     return {f"p{p}": float(np.percentile(values, p)) for p in ps}
+
+
+def print_machine() -> str:
+    """Print (and return) the one-line machine description every speed benchmark starts with."""
+    from vpr_ros.host import describe
+
+    line = f"machine: {describe()}"
+    print(line, flush=True)
+    return line
