@@ -9,7 +9,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell echo $$(( $$$$ % 100 + 100 )))
 export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-full clean
 
 setup: $(STAMP)
 
@@ -32,10 +32,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" test
 
+# One Markdown report of every benchmark, about 15 minutes; `make bench-full` adds the long runs.
 bench: setup
-	$(PY) bench/bench_node.py
-	$(PY) bench/bench_build_map.py
-	$(PY) bench/bench_backends.py
+	$(PY) bench/report.py --out bench_out/report.md
+
+bench-full: setup
+	$(PY) bench/report.py --full --out bench_out/report-full.md
 
 clean:
-	rm -rf demo_out eval_out .pytest_cache
+	rm -rf demo_out eval_out bench_out .pytest_cache

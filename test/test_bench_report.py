@@ -1,0 +1,40 @@
+"""The benchmark report runner: result lines, missing and failing benchmarks, the Markdown."""
+
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import report  # noqa: E402
+
+
+def _outcome(output: str, status: str = "ok") -> report.Outcome:
+    bench = report.Benchmark("x", "bench_x.py", ("--n", "1"), "a test benchmark", 10)
+    return report.Outcome(bench, status, 1.5, output)
+
+
+def test_result_line_is_the_last_key_value_line():
+    out = "machine: cpu\nratio 0.9 (goal)\na=1 b=2.5\nc=3 d=x_y\nwrote file.png\n"
+    assert _outcome(out).result_line == "c=3 d=x_y"
+    assert _outcome("no result here\nratio: 0.9\n").result_line == ""
+
+
+def test_every_benchmark_script_exists_or_is_reported_absent(tmp_path):
+    absent = report.Benchmark("gone", "bench_does_not_exist.py", (), "missing", 5)
+    assert report.run(absent).status == "absent"
+    listed = {b.script for b in report.BENCHMARKS}
+    assert {p.name for p in BENCH.glob("bench_*.py")} >= listed - {"bench_startup.py",
+                                                                   "bench_build_distributed.py"}
+
+
+def test_failed_run_and_markdown(tmp_path):
+    script = tmp_path / "bench_fail.py"
+    script.write_text("print('ratio=0.5')\nraise SystemExit(3)\n")
+    failing = report.Benchmark("fail", str(script), (), "fails on purpose", 30)
+    outcome = report.run(failing)
+    assert outcome.status == "failed (rc 3)"
+    assert outcome.result_line == "ratio=0.5"
+    text = report.render([outcome, _outcome("k=1")], "machine: test", 60.0, full=False)
+    assert "| fail | fails on purpose | failed (rc 3) |" in text
+    assert "`k=1`" in text and "machine: test" in text
