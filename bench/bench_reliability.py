@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import platform
 import random
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402,F401  (DDS on loopback with a domain of our own, before rclpy loads)
 
+from vpr_ros.host import describe  # noqa: E402
 from vpr_ros.replay import fuzz_maps, map_write_faults  # noqa: E402
 
 # (full, --quick) sizes of each part; the full run stays under 15 minutes on 2 shared cores
@@ -45,17 +45,6 @@ SIZES = {
     "reloads": (14, 4),
     "kill_trials": (50, 6),
 }
-
-
-def _cpu() -> str:
-    try:
-        return next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def _have(module: str) -> bool:
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     size = {k: v[1] if a.quick else v[0] for k, v in SIZES.items()}
     workdir = a.workdir or Path(tempfile.mkdtemp(prefix="vpr_reliability_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {_cpu()}; {'quick' if a.quick else 'full'} run; work in {workdir}")
+    print(f"CPU: {describe()}; {'quick' if a.quick else 'full'} run; work in {workdir}")
     total = {"inputs": 0, "crashes": 0, "refused": 0, "must_refuse": 0}
     gaps: list[str] = []
     rss_growth = "NA"

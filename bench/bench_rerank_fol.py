@@ -21,7 +21,6 @@ rerank_ms = local head + match (medians over frames). Issue 10's goal: ratio <= 
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 from bench_backends import seeded_model
 from tqdm import tqdm
 
+from vpr_ros.host import describe
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.index.rerank.fol import FolReranker
 from vpr_ros.inference.preprocess import preprocess_batch
@@ -42,13 +42,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # official layout: [3600, 128] float32 per image, zero padded
 OFFICIAL_BYTES_PER_PLACE = 3600 * 128 * 4
 TOP_K = 10
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def timed(fn, *args):
@@ -97,7 +90,7 @@ def main() -> None:
     model, spec, fingerprint = seeded_model(args.model)
     extractor = TorchExtractor(model, spec, fingerprint, "fp32", device="cpu")
     reranker = FolReranker(extractor)
-    print(f"CPU: {cpu_model()}; {args.model} @ {spec.input_size[0]} px, torch fp32; "
+    print(f"CPU: {describe()}; {args.model} @ {spec.input_size[0]} px, torch fp32; "
           f"{len(map_images)} map places (night), {len(queries)} query frames (day), top {TOP_K}")
 
     with tempfile.TemporaryDirectory(prefix="bench_rerank_fol_") as tmp:
