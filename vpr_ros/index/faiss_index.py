@@ -174,15 +174,19 @@ class PlaceIndex:
         return int(self.index.ntotal)
 
     @classmethod
-    def build(cls, descriptors: np.ndarray, config: IndexConfig) -> "PlaceIndex":
+    def build(
+        cls, descriptors: np.ndarray, config: IndexConfig, pca: Pca | None = None
+    ) -> "PlaceIndex":
         """
         Fit PCA (if any) and build the index from [N, D] L2-normalised descriptors.
 
-        A memmap is fine.
+        A memmap is fine. ``pca``: a fitted projection to use instead of fitting one (a map grown
+        by ``build-map --append`` keeps its search space, so it is not re-learned).
         """
         n, input_dim = descriptors.shape
-        pca_dim = config.pca_output_dim(n, input_dim)
-        pca = Pca.fit(descriptors, pca_dim, config.whiten) if pca_dim else None
+        if pca is None:
+            pca_dim = config.pca_output_dim(n, input_dim)
+            pca = Pca.fit(descriptors, pca_dim, config.whiten) if pca_dim else None
         x = (
             pca.project(descriptors)
             if pca

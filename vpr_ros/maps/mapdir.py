@@ -45,6 +45,7 @@ from vpr_ros.errors import (
 )
 from vpr_ros.fileio import atomic_directory, file_sha256, out_of_space
 from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
+from vpr_ros.index.pca import Pca
 from vpr_ros.maps.places import Place, read_places, write_places
 
 FORMAT = "vpr_ros/map"
@@ -137,13 +138,14 @@ def write_map_into(
     index_config: IndexConfig,
     sources: list[dict],
     extra_files: dict[str, str] | None = None,
+    pca: Pca | None = None,
 ) -> None:
     """
     Write descriptors, places, index and manifest into ``tmp``.
 
     ``tmp`` is the open ``atomic_directory`` of ``target``. ``extra_files``: {relative path:
     sha256} of files already written there (e.g. ``local/``), protected by the manifest like
-    the rest.
+    the rest. ``pca``: the search space's projection to keep instead of learning one.
     """
     descriptors = np.ascontiguousarray(descriptors, dtype=np.float32)
     if len(descriptors) != len(places) or len(places) == 0:
@@ -151,7 +153,7 @@ def write_map_into(
             f"cannot write a map with {len(places)} places and {len(descriptors)} descriptors: "
             "the sources gave no usable frames; check the image topic and --min-distance"
         )
-    index = PlaceIndex.build(descriptors, index_config)
+    index = PlaceIndex.build(descriptors, index_config, pca)
     # descriptors.npy plus an index of about the same size
     with write_errors(target, 2 * descriptors.nbytes):
         np.save(tmp / DESCRIPTORS_FILE, descriptors)
