@@ -22,12 +22,16 @@ from vpr_ros.logs import configure_logging
 log = logging.getLogger("vpr_ros")
 
 
-def _add_model_args(p: argparse.ArgumentParser, default_model: str | None = "baseline") -> None:
+def _add_model_args(
+    p: argparse.ArgumentParser,
+    default_model: str | None = "baseline",
+    model_help: str | None = None,
+) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
         default=default_model,
-        help=(
+        help=model_help or (
             "descriptor model (default: %(default)s)"
             if default_model
             else "descriptor model (default: the map's model)"
@@ -179,7 +183,8 @@ def _add_query_args(p: argparse.ArgumentParser) -> None:
     _add_model_args(p, default_model=None)
 
 
-def _open_source(a: argparse.Namespace, keyframes: bool):
+def _open_source(a: argparse.Namespace, keyframes: bool, bags: list[Path] | None = None):
+    """Open --bag (all of them, or only ``bags``) or --images."""
     from vpr_ros.maps.sources import BagSource, FolderSource
 
     if bool(a.bag) == bool(a.images):
@@ -192,7 +197,8 @@ def _open_source(a: argparse.Namespace, keyframes: bool):
                 "--bag needs --image-topic (run with a wrong topic to see the bag's topics)"
             )
         return BagSource(
-            a.bag, a.image_topic, a.pose_topic, min_distance_m=min_distance, every_n=every_n
+            bags or a.bag, a.image_topic, a.pose_topic, min_distance_m=min_distance,
+            every_n=every_n,
         )
     return FolderSource(
         a.images, poses_csv=a.poses_csv, min_distance_m=min_distance, every_n=every_n
@@ -215,27 +221,73 @@ def _map_and_extractor(a: argparse.Namespace):
 
 
 def cmd_build_map(a: argparse.Namespace) -> int:
+    from vpr_ros.maps.local_features import stored_reranker
+    from vpr_ros.maps.mapdir import read_manifest
+
+    if a.append and (a.index != "auto" or a.pca_dim != "auto" or a.whiten):
+        raise VprError(
+            "--append keeps the map's index and PCA (its places stay in their search space):"
+            f" leave out --index/--pca-dim/--whiten, then run `vpr-ros build-index {a.out} ...`"
+            " to change them"
+        )
+    if a.ray_address and a.workers is None:
+        raise VprError("--ray-address needs --workers N (how many Ray workers to run)")
+    held = read_manifest(a.out) if a.append else None
+    model = a.model or (held["model"]["name"] if held else "baseline")
+    rerank = a.rerank or ((stored_reranker(a.out) or "none") if held else "none")
+    rerank = None if rerank == "none" else rerank
+    if a.workers is None:
+        path, stats = _build_in_process(a, model, rerank)
+    else:
+        path, stats = _build_on_ray(a, model, rerank)
+    count = read_manifest(path)["place_count"]
+    print(f"{'appended to' if a.append else 'map written to'} {path}: {count} places")
+    skipped = "\n".join(f"  {line}" for line in stats.report().splitlines())
+    print(f"skipped while reading:\n{skipped}")
+    return 0
+
+
+def _write_built(a: argparse.Namespace, shards, model: dict, sources: list, local):
+    """Write a fresh map, or grow the one at --out with --append."""
+    from vpr_ros.maps.append import append_to_map
+    from vpr_ros.maps.build import describe_source, write_shards
+
+    if a.append:
+        described = [d for s in sources for d in describe_source(s)]
+        return append_to_map(a.out, shards, model, described, a.allow_no_poses, local)
+    return write_shards(a.out, shards, model, _index_config(a), a.allow_no_poses, local)
+
+
+def _build_in_process(a: argparse.Namespace, model: str, rerank: str | None):
     from vpr_ros.index.rerank import create_reranker
-    from vpr_ros.maps.build import build_map
+    from vpr_ros.maps.build import extract_shard
 
     source = _open_source(a, keyframes=True)
-    extractor = _extractor(a)
-    reranker = create_reranker(a.rerank, extractor) if a.rerank != "none" else None
-    path = build_map(
-        source,
-        extractor,
-        a.out,
-        _index_config(a),
-        a.batch_size,
-        allow_no_poses=a.allow_no_poses,
-        reranker=reranker,
+    extractor = _extractor(a, model)
+    reranker = create_reranker(rerank, extractor) if rerank else None
+    return _write_built(
+        a,
+        lambda writer: [extract_shard(source, extractor, a.batch_size, reranker, writer)],
+        extractor.describe(),
+        [source],
+        reranker.describe() if reranker else None,
     )
-    print(f"map written to {path}")
-    print(
-        "skipped while reading:\n"
-        + "\n".join(f"  {line}" for line in source.stats.report().splitlines())
+
+
+def _build_on_ray(a: argparse.Namespace, model: str, rerank: str | None):
+    from vpr_ros.maps.distributed import ExtractorSpec, RayExtraction
+
+    # one task per bag; a folder is one task
+    sources = [_open_source(a, True, [bag]) for bag in a.bag] if a.bag else [_open_source(a, True)]
+    spec = ExtractorSpec(
+        model,
+        a.weights,
+        a.backend,
+        a.precision,
+        str(a.engine_cache_dir) if a.engine_cache_dir else None,
     )
-    return 0
+    with RayExtraction(spec, a.workers, a.batch_size, rerank, a.ray_address, a.verbose) as ray:
+        return _write_built(a, ray.shards(sources), ray.model, sources, ray.local_description)
 
 
 def cmd_build_index(a: argparse.Namespace) -> int:
@@ -414,12 +466,41 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_source_args(p, keyframes=True)
-    _add_model_args(p)
+    _add_model_args(
+        p, None, "descriptor model (default: baseline; with --append the map's model)"
+    )
     p.add_argument(
         "--out",
         required=True,
         type=Path,
         help="map directory to write (replaced only when the build succeeds)",
+    )
+    p.add_argument(
+        "--append",
+        action="store_true",
+        help=(
+            "add the bags (or folder) to the map at --out: only the new frames are extracted,"
+            " with the map's model, PCA, index settings and re-ranker; the map is replaced only"
+            " when the grown one is complete"
+        ),
+    )
+    g = p.add_argument_group("distributed (Ray)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        help=(
+            "extract on this many Ray workers, one bag per task, each loading the model once"
+            " (default: in this process)"
+        ),
+    )
+    g.add_argument(
+        "--ray-address",
+        help=(
+            "join this Ray cluster (HEAD_IP:6379, after `ray start --head --node-ip-address"
+            " HEAD_IP` there and `ray start --address HEAD_IP:6379` on each worker node; bags"
+            " and weights at the same paths on every node); default: a private Ray on"
+            " 127.0.0.1 for this build"
+        ),
     )
     _add_index_args(p)
     p.add_argument(
@@ -438,10 +519,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--rerank",
-        default="none",
         help=(
             "also store this re-ranker's local features of every place (e.g. fol with a FoL model"
-            " on backend torch), so the node and eval can re-rank with it (default: %(default)s)"
+            " on backend torch), so the node and eval can re-rank with it (default: none; with"
+            " --append the map's)"
         ),
     )
     p.set_defaults(func=cmd_build_map)

@@ -6,21 +6,24 @@ import logging
 import math
 import queue
 import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 from tqdm import tqdm
 
-from vpr_ros.errors import PoseError, VprError
+from vpr_ros.errors import ConfigError, PoseError, VprError
 from vpr_ros.fileio import atomic_directory
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.preprocess import preprocess
 from vpr_ros.index.rerank import Reranker
-from vpr_ros.maps.local_features import LocalFeatureWriter
-from vpr_ros.maps.mapdir import write_errors, write_map_into
+from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
+from vpr_ros.maps.mapdir import VprMap, write_errors, write_map_into
 from vpr_ros.maps.places import Place
+from vpr_ros.maps.poses import UtmProjector, UtmZone
+from vpr_ros.maps.sources import SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,50 @@ def extract_frames(
     return (np.concatenate(descriptors) if descriptors else np.zeros((0, dim), np.float32)), kept
 
 
+@dataclass
+class Shard:
+    """
+    What extracting one source gave: its descriptors and frames (images dropped), in order.
+
+    ``stats``: what reading it skipped; ``sources``: its manifest entries. ``local_features``: the
+    re-ranker's features of each frame where a worker gathered them in memory (``distributed``);
+    None where they went straight to the map's writer.
+    """
+
+    descriptors: np.ndarray
+    frames: list
+    stats: SourceStats
+    sources: list[dict]
+    local_features: list | None = None
+
+
+# Yields the shards of a map in place order; given the map's local-feature writer (None without).
+ShardProducer = Callable[[Optional[LocalFeatureWriter]], Iterable[Shard]]
+
+
+def extract_shard(
+    source,
+    extractor: DescriptorExtractor,
+    batch_size: int = 8,
+    reranker: Reranker | None = None,
+    writer=None,
+) -> Shard:
+    """
+    Extract every frame of ``source``.
+
+    With ``reranker``, each frame's local features go to ``writer`` (a LocalFeatureWriter, or a
+    list that gathers them), in frame order.
+    """
+    if reranker is None:
+        descriptors, frames = extract_frames(
+            source, extractor, batch_size, total=len(source), desc="building map"
+        )
+    else:
+        descriptors, frames = _extract_with_local(source, extractor, reranker, writer, batch_size)
+    stats = getattr(source, "stats", None) or SourceStats()
+    return Shard(descriptors, frames, stats, describe_source(source))
+
+
 def build_map(
     source,
     extractor: DescriptorExtractor,
@@ -132,41 +179,137 @@ def build_map(
     ``stats``). A map in which no place has a position is refused with PoseError unless
     ``allow_no_poses``: such a map can match but never localize, which a user must ask for.
     With ``reranker``, its local features of every place go to the map's ``local/``, streamed to
-    disk as they are extracted. The temporary directory is opened first, which also frees what
-    killed builds of this map left (``atomic_directory``) before the long extraction.
+    disk as they are extracted.
+    """
+    path, _ = write_shards(
+        out,
+        lambda writer: [extract_shard(source, extractor, batch_size, reranker, writer)],
+        extractor.describe(),
+        index_config or IndexConfig(),
+        allow_no_poses,
+        reranker.describe() if reranker else None,
+    )
+    return path
+
+
+def write_shards(
+    out: str | Path,
+    shards: ShardProducer,
+    model: dict,
+    index_config: IndexConfig,
+    allow_no_poses: bool = False,
+    local_description: dict | None = None,
+    base: VprMap | None = None,
+) -> tuple[Path, SourceStats]:
+    """
+    Write the map of ``base``'s places (if any) then every shard's, in order, to ``out``.
+
+    One writer for a fresh build, a build on Ray workers and ``--append``: the temporary
+    directory is opened first (which also frees what killed builds of this map left, before the
+    long extraction), and ``out`` is replaced only when the whole map is written. With
+    ``local_description`` (the re-ranker's ``describe()``) every place's local features go to
+    ``local/``: ``base``'s first, copied, then the shards' as they come. With ``base`` the map's
+    PCA is kept, so its places are not re-projected into another space. Returns the path and what
+    reading the new sources skipped.
     """
     out = Path(out)
     with write_errors(out, 0), atomic_directory(out) as tmp:
-        if reranker is None:
-            descriptors, frames = extract_frames(
-                source, extractor, batch_size, total=len(source), desc="building map"
-            )
-            local_files = {}
+        local_files: dict[str, str] = {}
+        if local_description is None:
+            new = list(shards(None))
         else:
-            with LocalFeatureWriter(tmp, reranker.describe()) as writer:
-                descriptors, frames = _extract_with_local(
-                    source, extractor, reranker, writer, batch_size
-                )
+            with LocalFeatureWriter(tmp, local_description) as writer:
+                if base is not None:
+                    store = LocalFeatureStore.open(base.path, local_description, len(base))
+                    for place in range(len(store)):
+                        writer.append(store[place])
+                new = [_with_local_written(shard, writer) for shard in shards(writer)]
             local_files = writer.files
-        places = _checked_places(source, frames, allow_no_poses)
-        sources = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
+        stats = _combined_stats([shard.stats for shard in new])
+        sources = [entry for shard in new for entry in shard.sources]
+        frames = [frame for shard in new for frame in shard.frames]
+        old_places = list(base.places) if base is not None else []
+        places = _checked_places(frames, stats, sources, allow_no_poses, len(old_places))
+        if base is not None:
+            _refuse_repeated_frames(base.path, old_places, places)
+        held = [np.asarray(base.descriptors)] if base is not None else []
+        descriptors = np.concatenate(held + [shard.descriptors for shard in new])
         write_map_into(
             tmp,
             out,
             descriptors,
-            places,
-            extractor.describe(),
-            index_config or IndexConfig(),
-            sources,
+            one_utm_zone(old_places + places),
+            model,
+            index_config,
+            (base.manifest["sources"] if base is not None else []) + sources,
             local_files,
+            base.index.pca if base is not None else None,
         )
     log.info(
-        "wrote map %s with %d places%s",
+        "wrote map %s with %d places (%d new)%s",
         out,
+        len(descriptors),
         len(places),
-        f" and {reranker.name} local features" if reranker else "",
+        f" and {local_description['reranker']} local features" if local_description else "",
     )
-    return out
+    return out, stats
+
+
+def _with_local_written(shard: Shard, writer: LocalFeatureWriter) -> Shard:
+    """Hand local features a worker gathered in memory to the map's writer, in place order."""
+    if shard.local_features is not None:
+        for features in shard.local_features:
+            writer.append(features)
+        shard.local_features = None
+    return shard
+
+
+def _combined_stats(stats: list[SourceStats]) -> SourceStats:
+    total = SourceStats()
+    for s in stats:
+        total.yielded += s.yielded
+        total.corrupt_skipped += s.corrupt_skipped
+        total.without_pose += s.without_pose
+        total.skipped.update(s.skipped)
+    return total
+
+
+def one_utm_zone(places: list[Place]) -> list[Place]:
+    """
+    Express every GPS position in the UTM zone of the map's first one.
+
+    A single bag keeps its first fix's zone along the whole route (``UtmProjector``); bags read
+    apart (by Ray workers, or appended later) each pick their own, so places of a bag that
+    started across a zone border are projected again, from their latitude/longitude.
+    """
+    zone_name = next((p.utm_zone for p in places if p.utm_zone), "")
+    if not zone_name:
+        return places
+    projector = UtmProjector(UtmZone(int(zone_name[:-1]), zone_name[-1]))
+    unified = []
+    for p in places:
+        if p.utm_zone and p.utm_zone != zone_name and math.isfinite(p.lat + p.lon):
+            x, y = projector.project(p.lat, p.lon)
+            p = replace(p, x=x, y=y, utm_zone=zone_name)
+        unified.append(p)
+    return unified
+
+
+def _refuse_repeated_frames(map_path: Path, old: list[Place], new: list[Place]) -> None:
+    """
+    Refuse frames the map already holds: the same recording under another path.
+
+    A camera stamp (ns) on the same topic does not recur across recordings.
+    """
+    held = {(p.stamp_ns, p.topic) for p in old if p.stamp_ns}
+    repeated = [p for p in new if p.stamp_ns and (p.stamp_ns, p.topic) in held]
+    if repeated:
+        raise ConfigError(
+            f"{len(repeated)} of the {len(new)} new frames (first from {repeated[0].source},"
+            f" {repeated[0].topic} at {repeated[0].stamp_ns} ns) are already in map {map_path}:"
+            " the same recording was appended before, perhaps under another path. Leave it out"
+            " of --bag, or rebuild the map from all bags without --append"
+        )
 
 
 def _extract_with_local(
@@ -209,22 +352,27 @@ def _extract_with_local(
     ), kept
 
 
-def _checked_places(source, frames: list, allow_no_poses: bool) -> list[Place]:
-    stats = getattr(source, "stats", None)
-    skipped = f" Skipped while reading:\n{stats.report()}" if stats is not None else ""
+def _checked_places(
+    frames: list,
+    stats: SourceStats,
+    sources: list[dict],
+    allow_no_poses: bool,
+    first_id: int = 0,
+) -> list[Place]:
+    skipped = f" Skipped while reading:\n{stats.report()}"
+    named = ", ".join(str(d.get("source")) for d in sources)
     if not frames:
-        raise VprError(f"no usable frame in {_sources_text(source)}: nothing to build a map from; "
+        raise VprError(f"no usable frame in {named}: nothing to build a map from; "
                        f"check the image topic and the recording.{skipped}")
     if not allow_no_poses and all(f.position is None for f in frames):
         raise PoseError(
-            f"none of the {len(frames)} frames of {_sources_text(source)} has a usable position,"
+            f"none of the {len(frames)} frames of {named} has a usable position,"
             " so the map could never localize: give a pose source (--pose-topic with fixes,"
             " --poses-csv, or VPR-layout file names), or pass --allow-no-poses to build a map"
             f" that only matches places.{skipped}"
         )
-    return [_place(i, f) for i, f in enumerate(frames)]
+    return [_place(first_id + i, f) for i, f in enumerate(frames)]
 
 
-def _sources_text(source) -> str:
-    described = source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
-    return ", ".join(str(d.get("source")) for d in described)
+def describe_source(source) -> list[dict]:
+    return source.describe() if hasattr(source, "describe") else [{"source": str(source)}]
