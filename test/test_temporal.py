@@ -134,22 +134,25 @@ def test_lost_track_restarts_after_lost_frames():
 
 def test_cost_does_not_grow_with_map_size():
     """
-    The same sequence on a 1k and a 1M place map.
+    The same sequence on a 3k and a 1M place map (candidates far from either map's ends).
 
-    Same answers (shifted) and the same bounded work.
+    The same belief (shifted) and the same bounded work. Only the evidence differs a little: a
+    coincidence is less likely on the larger map (``_independent_likelihood``), which may move
+    the frame where the filter's ranking is first applied.
     """
     truth = track(np.full(80, 0.9), 200)
     ids, scores = observe(truth, 1000, hit_rate=0.5, seed=5)
     config = TemporalConfig()
-    small = TemporalFilter(Route(np.arange(1_000.0)), config)
+    small = TemporalFilter(Route(np.arange(3_000.0)), config)
     big = TemporalFilter(Route(np.arange(1_000_000.0)), config)
-    shift = 500_000
     for i, s in zip(ids, scores):
-        a, b = small.push(i, s), big.push(i + shift, s)
+        a, b = small.push(i + 1000, s), big.push(i + 500_000, s)
         assert a.hypotheses == b.hypotheses <= config.max_hypotheses
-        np.testing.assert_array_equal(a.place_ids + shift, b.place_ids)
         # float64 route coordinates near 1e6
-        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5)
+        np.testing.assert_allclose(a.candidate_scores, b.candidate_scores, rtol=1e-6, atol=1e-12)
+        assert 0 <= b.evidence - a.evidence < 0.3
+        if a.applied == b.applied:
+            np.testing.assert_array_equal(a.place_ids - 1000, b.place_ids - 500_000)
 
 
 def test_online_equals_offline_and_candidate_scores_line_up():
@@ -166,7 +169,8 @@ def test_online_equals_offline_and_candidate_scores_line_up():
             assert p == pytest.approx(
                 r.scores[list(r.place_ids).index(cid)] if cid in r.place_ids else p
             )
-        assert np.all(np.diff(r.scores) <= 1e-12) and 0 < r.support <= 1
+        if r.applied:  # the filter's ranking, by posterior; else the retrieval's
+            assert np.all(np.diff(r.scores) <= 1e-12) and 0 < r.support <= 1
 
 
 def test_bad_input_is_refused():
