@@ -304,6 +304,10 @@ class Localizer:
             temporal = {
                 "filter": "hmm",
                 "reset": bool(r.reset),
+                # False: the motion model has not explained recent frames; the ranking is the
+                # retrieval's (see index/temporal.py, "Trust")
+                "applied": bool(r.applied),
+                "evidence": round(float(r.evidence), 3),
                 "agreement": round(float(r.agreement), 4),
                 "support": round(float(r.support), 4),
             }
