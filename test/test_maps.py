@@ -191,3 +191,28 @@ def test_index_types_find_the_query_place(tmp_path, kind):
 def test_auto_index_is_exact_for_small_maps():
     assert IndexConfig("auto").resolved(1000, 64).type == "flat"
     assert IndexConfig("auto").resolved(200_000, 64).type == "hnsw"
+
+
+def test_place_table_by_column_matches_the_rows(tmp_path):
+    places = [
+        Place(0, 5, 1.5, 2.5, math.nan, source='bag "a", day', topic="/cam"),
+        Place(1, 2**62, utm_zone="32U", source="b", topic="/cam"),
+        Place(2, 9, 3.0, 4.0, 5.0, lat=48.1, lon=11.5, source="b", topic="/cam"),
+    ]
+    write_places(tmp_path / "p.csv", places)
+    table = read_places(tmp_path / "p.csv")
+    # repr: NaN never equals NaN
+    assert [repr(p) for p in table] == [repr(p) for p in places]
+    assert [repr(p) for p in table[1:]] == [repr(p) for p in places[1:]]
+    assert table.place_ids.tolist() == [0, 1, 2]
+    xyz = table.positions()
+    assert xyz[0].tolist() == [1.5, 2.5, 0.0] and np.isnan(xyz[1]).all()
+    assert xyz[2].tolist() == [3.0, 4.0, 5.0]
+
+
+def test_damaged_places_file_is_refused(tmp_path):
+    write_places(tmp_path / "p.csv", _places(3))
+    text = (tmp_path / "p.csv").read_text().splitlines()
+    (tmp_path / "p.csv").write_text("\n".join(text[:2] + [text[2].replace(",", ";", 3)]))
+    with pytest.raises(ValueError):
+        read_places(tmp_path / "p.csv")

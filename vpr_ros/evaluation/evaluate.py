@@ -61,10 +61,10 @@ def ground_truth(
     """
     if frame_tolerance is not None:
         q = np.array([f.index for f in query_frames])
-        db = np.array([p.place_id for p in vpr_map.places])
+        db = vpr_map.places.place_ids
         return positives_by_frame(q, db, frame_tolerance), f"within {frame_tolerance} frames"
     missing = sum(f.position is None for f in query_frames)
-    db_xy = np.array([p.position[:2] if p.position else (np.nan, np.nan) for p in vpr_map.places])
+    db_xy = vpr_map.places.positions()[:, :2]
     if missing or np.isnan(db_xy).any():
         raise ValueError(
             f"{missing} query frames and {int(np.isnan(db_xy).any(1).sum())} map places have no"
@@ -88,7 +88,7 @@ def evaluate(
 
     Exactly as the node runs it (re-ranking, temporal filter and confidence included).
     """
-    index_of = {p.place_id: i for i, p in enumerate(localizer.map.places)}
+    index_of = {int(pid): i for i, pid in enumerate(localizer.map.places.place_ids)}
     k = max(RECALL_NS)
     ranked = np.full((len(queries.descriptors), k), -1, np.int64)
     confidence = np.zeros(len(queries.descriptors))

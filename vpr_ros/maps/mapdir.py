@@ -46,7 +46,7 @@ from vpr_ros.errors import (
 from vpr_ros.fileio import atomic_directory, file_sha256, out_of_space
 from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
 from vpr_ros.index.pca import Pca
-from vpr_ros.maps.places import Place, read_places, write_places
+from vpr_ros.maps.places import Place, PlaceTable, read_places, write_places
 
 FORMAT = "vpr_ros/map"
 FORMAT_VERSION = 2  # 2: manifest checksum (manifest_sha256) and schema
@@ -73,7 +73,7 @@ def _rebuild(path: Path) -> str:
 class VprMap:
     path: Path
     manifest: dict
-    places: list[Place]
+    places: PlaceTable
     descriptors: np.ndarray
     index: PlaceIndex
 
@@ -494,7 +494,7 @@ def load_map(path: str | Path, expected_model: dict | None = None, verify: bool 
         len(places) == n, path, f"{PLACES_FILE} has {len(places)} places, the manifest says {n}"
     )
     _consistent(
-        all(p.place_id == i for i, p in enumerate(places)),
+        bool(np.array_equal(places.place_ids, np.arange(n))),
         path,
         f"{PLACES_FILE} place ids are not 0..{n - 1} in order",
     )
