@@ -314,7 +314,9 @@ class BagSource:
             reader.messages(connections=connections)
         ):
             try:
-                msg = reader.deserialize(raw, connection.msgtype)
+                # A memoryview: the image's pixels stay a view of the bag's bytes (rosbags slices
+                # its input, and slicing bytes would copy the whole image).
+                msg = reader.deserialize(memoryview(raw), connection.msgtype)
             except _MSG_DECODE_ERRORS as err:
                 self._skip_corrupt(bag.path, offset, "undeserialisable message", err)
                 continue
