@@ -29,7 +29,7 @@ from common import IMAGE_TOPIC, POSE_TOPIC, demo_bags, print_machine
 
 
 def extractor_for(name: str, workdir: Path):
-    """Create the extractor `build-map --model name` would (seeded weights where it needs a file)."""
+    """Create the extractor `build-map --model name` would (seeded weights if it needs some)."""
     import torch
 
     from vpr_ros.inference.factory import create_extractor
@@ -45,7 +45,7 @@ def extractor_for(name: str, workdir: Path):
 
 
 def measure(name: str, frames: int, batch_size: int, repeats: int) -> tuple[float, float, int]:
-    """Return (best-of ratio, median ratio, frames) of build-map over bare extraction of a model."""
+    """Return (best-of ratio, median ratio, frames) of build-map over bare extraction."""
     from vpr_ros.maps.build import build_map
     from vpr_ros.maps.sources import BagSource
 
