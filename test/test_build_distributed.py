@@ -1,0 +1,131 @@
+"""
+`vpr-ros build-map --workers N`: bags extracted on Ray workers, merged into one map.
+
+A private Ray on loopback (each test starts and stops one: about 15-30 s on a busy host).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vpr_ros.cli import main
+from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
+from vpr_ros.errors import BagError
+from vpr_ros.fileio import PARTIAL
+from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.maps.build import write_shards
+from vpr_ros.maps.distributed import ExtractorSpec, RayExtraction
+from vpr_ros.maps.mapdir import load_map
+from vpr_ros.maps.sources import BagSource
+
+pytestmark = pytest.mark.slow
+
+MODEL = "raw-pixels"  # a real extractor that costs nothing: the distribution is under test
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory) -> tuple[Path, Path]:
+    """Two drives of the demo route (30 and 26 frames), a month apart."""
+    return write_demo_bags(tmp_path_factory.mktemp("bags"), frames=30)
+
+
+def _build(*args: str) -> int:
+    return main(
+        [
+            "build-map",
+            "--image-topic",
+            CAMERA_TOPIC,
+            "--pose-topic",
+            GPS_TOPIC,
+            "--model",
+            MODEL,
+            *map(str, args),
+        ]
+    )
+
+
+def test_two_workers_build_the_one_process_map(bags, tmp_path):
+    first, second = bags
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _build("--bag", first, "--bag", second, "--out", one) == 0
+    assert _build("--bag", first, "--bag", second, "--workers", "2", "--out", two) == 0
+    a, b = load_map(one), load_map(two)  # both verify
+    assert len(a) == len(b) == 56
+    np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-6)
+    assert list(a.places) == list(b.places)  # bag order, then time
+    assert a.manifest["sources"] == b.manifest["sources"]
+    assert a.model == b.model and a.manifest["index"] == b.manifest["index"]
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _socket_inodes(pids: set[int]) -> set[str]:
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except OSError:
+            continue  # exited meanwhile
+    return inodes
+
+
+def _bound_addresses(inodes: set[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """Local addresses of listening TCP and bound UDP sockets with these inodes."""
+    addresses = []
+    for table, v6 in (("tcp", False), ("tcp6", True), ("udp", False), ("udp6", True)):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if inode not in inodes or (table.startswith("tcp") and state != "0A"):
+                continue
+            raw = bytes.fromhex(local.split(":")[0])
+            # /proc prints each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            address = ipaddress.ip_address(raw)
+            if v6 and address.ipv4_mapped:
+                address = address.ipv4_mapped
+            addresses.append(address)
+    return addresses
+
+
+def test_worker_failure_is_a_clear_error_and_leaves_no_map(bags, tmp_path):
+    first, second = bags
+    damaged = tmp_path / "damaged"
+    shutil.copytree(second, damaged)
+    sources = [BagSource([bag], CAMERA_TOPIC, GPS_TOPIC) for bag in (first, damaged)]
+    # damaged after the driver listed it: the worker that opens it fails
+    db = next(damaged.glob("*.db3"))
+    with open(db, "r+b") as f:
+        f.seek(db.stat().st_size // 2)
+        f.write(os.urandom(1 << 18))
+    out = tmp_path / "maps" / "map"
+    with RayExtraction(ExtractorSpec(MODEL), workers=2) as ray:
+        addresses = _bound_addresses(_socket_inodes(_descendants(os.getpid()) | {os.getpid()}))
+        assert addresses and all(a.is_loopback for a in addresses), addresses
+        with pytest.raises(BagError, match=f"rosbag {damaged} is damaged"):
+            write_shards(out, ray.shards(sources), ray.model, IndexConfig())
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if PARTIAL in p.name]
