@@ -18,8 +18,11 @@ The map is written with ``write_map`` (build_s covers index build, files and che
 and loaded by a fresh process (``load_map``; the sha256 of every file is timed apart),
 which reports its resident-memory growth after loading and after the queries (the
 re-score touches float16 rows), the load time and single-query search times
-(``PlaceIndex.search`` with k=5, as the localizer calls it).  Ends with
-``places=N p50_ms=X recall_at_1=Y rss_gib=Z build_s=B``.
+(``PlaceIndex.search`` with k=5, as the localizer calls it).  It then drives a walk of
+``WALK`` consecutive map places (noisy views, in order) through ``Localizer.match`` with the
+place HMM (``temporal="hmm"``, the default) and reports the filter's own per-frame cost (its
+``latency_ms["temporal"]``), which must not grow with the map.  Ends with
+``places=N p50_ms=X recall_at_1=Y rss_gib=Z build_s=B temporal_ms=T``.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ STREET = (50, 400)  # places per street
 RHO = 0.95  # correlation of neighbouring places
 QUERY_NOISE = 0.3
 K = 5
+WALK = 300  # frames of the walk the temporal filter follows
 _CHUNK = 65_536
 
 
@@ -74,12 +78,25 @@ def synthetic_queries(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return (queries [Q, dim], the map rows they revisit)."""
     rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(descriptors), size=min(count, len(descriptors)), replace=False))
+    return noisy_views(descriptors, rows, rng), rows
+
+
+def walk_queries(descriptors: np.ndarray, seed: int = 2) -> np.ndarray:
+    """Noisy views of ``WALK`` consecutive map places from a random start, in order."""
+    rng = np.random.default_rng(seed)
+    length = min(WALK, len(descriptors))
+    start = int(rng.integers(0, len(descriptors) - length + 1))
+    return noisy_views(descriptors, np.arange(start, start + length), rng)
+
+
+def noisy_views(descriptors: np.ndarray, rows: np.ndarray, rng) -> np.ndarray:
+    """Map rows plus noise of the map's spectrum at ``QUERY_NOISE`` of their norm, normalised."""
     dim = descriptors.shape[1]
     spectrum = ((np.arange(dim) + 1.0) ** -0.5).astype(np.float32)
-    rows = np.sort(rng.choice(len(descriptors), size=min(count, len(descriptors)), replace=False))
     noise = rng.standard_normal((len(rows), dim)).astype(np.float32) * spectrum
     q = descriptors[rows] + QUERY_NOISE * noise / np.linalg.norm(spectrum)
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32), rows
+    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
 
 
 def exact_top1(descriptors: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -106,7 +123,12 @@ def _rss_bytes(field: str = "VmRSS") -> int:
 
 
 def load_and_search(map_dir: Path, queries_file: Path) -> dict:
-    """Run in a fresh process: load the map, then time single-query searches."""
+    """
+    Run in a fresh process: load the map, then time single-query searches.
+
+    Then the temporal filter's cost along the walk (``walk.npy`` beside the queries).
+    """
+    from vpr_ros.localizer import Localizer, LocalizerConfig
     from vpr_ros.maps.mapdir import PLACES_FILE, load_map, read_manifest, verify_files
     from vpr_ros.maps.places import read_places
 
@@ -131,6 +153,8 @@ def load_and_search(map_dir: Path, queries_file: Path) -> dict:
     t0 = time.perf_counter()
     read_places(map_dir / PLACES_FILE)
     places_s = time.perf_counter() - t0
+    localizer = Localizer(vpr_map, None, LocalizerConfig(temporal="hmm"))
+    walk = [localizer.match(q) for q in np.load(queries_file.with_name("walk.npy"))]
     return {
         "load_s": load_s,
         "verify_s": verify_s,
@@ -142,6 +166,9 @@ def load_and_search(map_dir: Path, queries_file: Path) -> dict:
         "cpu_ms": [c * 1e3 for c in cpu],
         "top1": top1,
         "index": vpr_map.manifest["index"],
+        "temporal_ms": [m.latency_ms["temporal"] for m in walk],
+        "match_ms": [sum(m.latency_ms.values()) for m in walk],
+        "temporal_applied": float(np.mean([m.temporal["applied"] for m in walk])),
     }
 
 
@@ -192,6 +219,7 @@ def run(a: argparse.Namespace, work: Path) -> None:
     source = synthetic_map(work / "synthetic.npy", a.places, a.dim)
     queries, revisited = synthetic_queries(source, a.queries)
     np.save(work / "queries.npy", queries)
+    np.save(work / "walk.npy", walk_queries(source))
     print(
         f"generated {a.places} x {a.dim} descriptors and {len(queries)} queries in"
         f" {time.perf_counter() - t:.1f} s"
@@ -253,13 +281,20 @@ def run(a: argparse.Namespace, work: Path) -> None:
         f" {np.percentile(r['cpu_ms'], 50):.3f} ms (wall time beyond it is waiting for a core on"
         " this shared host)"
     )
+    temporal_ms = float(np.percentile(r["temporal_ms"], 50))
+    print(
+        f"temporal filter (hmm) along a walk of {len(r['temporal_ms'])} consecutive places:"
+        f" p50 {temporal_ms:.2f} ms, p95 {np.percentile(r['temporal_ms'], 95):.2f} ms per frame;"
+        f" whole Localizer.match after the descriptor p50 {np.percentile(r['match_ms'], 50):.2f}"
+        f" ms; the filter's ranking applied on {r['temporal_applied']:.2f} of the frames"
+    )
     print(
         f"load_s={r['load_s']:.2f} verify_s={r['verify_s']:.2f}"
         f" disk_gib={sum(sizes.values()) / 2**30:.3f}"
     )
     print(
         f"places={a.places} p50_ms={np.percentile(times, 50):.3f} recall_at_1={recall:.4f}"
-        f" rss_gib={rss_gib:.3f} build_s={build_s:.1f}"
+        f" rss_gib={rss_gib:.3f} build_s={build_s:.1f} temporal_ms={temporal_ms:.2f}"
     )
 
 
