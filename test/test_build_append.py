@@ -198,3 +198,24 @@ def test_manifest_checksums_cover_the_appended_files(bags, tmp_path):
     files = load_map(out).manifest["files"]
     on_disk = {k: v for k, v in _snapshot(out).items() if k != MANIFEST}
     assert files == on_disk
+
+
+def test_places_of_a_bag_started_in_another_utm_zone_join_the_maps_zone():
+    import utm
+
+    from vpr_ros.maps.build import one_utm_zone
+    from vpr_ros.maps.places import Place
+
+    # 6 degrees east is the border between zones 31 and 32 (away from the Norway exception)
+    west, east = (48.0, 5.999), (48.0, 6.001)
+    places = []
+    for i, (lat, lon) in enumerate((west, east)):
+        x, y, number, letter = utm.from_latlon(lat, lon)
+        places.append(Place(i, i + 1, x, y, 0.0, lat=lat, lon=lon, utm_zone=f"{number}{letter}"))
+    joined = one_utm_zone(places)
+    assert [p.utm_zone for p in joined] == ["31U", "31U"]
+    assert joined[0] == places[0]
+    x, y, _, _ = utm.from_latlon(*east, force_zone_number=31, force_zone_letter="U")
+    assert (joined[1].x, joined[1].y) == pytest.approx((x, y))
+    # 0.002 degrees (~149 m) east of the first place, not a zone width (~600 km) away
+    assert joined[1].x - joined[0].x == pytest.approx(0.002 * 111_320 * 0.669, abs=3)

@@ -17,8 +17,9 @@ import pytest
 from vpr_ros.cli import main
 from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
 from vpr_ros.errors import BagError
-from vpr_ros.fileio import PARTIAL
+from vpr_ros.fileio import PARTIAL, file_sha256
 from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.maps.append import append_to_map
 from vpr_ros.maps.build import write_shards
 from vpr_ros.maps.distributed import ExtractorSpec, RayExtraction
 from vpr_ros.maps.mapdir import load_map
@@ -111,21 +112,49 @@ def _bound_addresses(inodes: set[str]) -> list[ipaddress.IPv4Address | ipaddress
     return addresses
 
 
-def test_worker_failure_is_a_clear_error_and_leaves_no_map(bags, tmp_path):
+def _snapshot(map_dir: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(map_dir)): file_sha256(p) for p in map_dir.rglob("*") if p.is_file()
+    }
+
+
+def test_append_on_workers_and_failures_leave_no_map_or_the_old_one(bags, tmp_path):
     first, second = bags
     damaged = tmp_path / "damaged"
     shutil.copytree(second, damaged)
-    sources = [BagSource([bag], CAMERA_TOPIC, GPS_TOPIC) for bag in (first, damaged)]
+    sources = {bag: BagSource([bag], CAMERA_TOPIC, GPS_TOPIC) for bag in (first, second, damaged)}
     # damaged after the driver listed it: the worker that opens it fails
     db = next(damaged.glob("*.db3"))
     with open(db, "r+b") as f:
         f.seek(db.stat().st_size // 2)
         f.write(os.urandom(1 << 18))
+    whole, grown = tmp_path / "whole", tmp_path / "grown"
+    assert _build("--bag", first, "--bag", second, "--out", whole) == 0
+    assert _build("--bag", first, "--out", grown) == 0
     out = tmp_path / "maps" / "map"
     with RayExtraction(ExtractorSpec(MODEL), workers=2) as ray:
         addresses = _bound_addresses(_socket_inodes(_descendants(os.getpid()) | {os.getpid()}))
         assert addresses and all(a.is_loopback for a in addresses), addresses
+
+        # a fresh build with a bad bag: a clear error, no map
         with pytest.raises(BagError, match=f"rosbag {damaged} is damaged"):
-            write_shards(out, ray.shards(sources), ray.model, IndexConfig())
-    assert not out.exists()
-    assert not [p for p in out.parent.iterdir() if PARTIAL in p.name]
+            write_shards(out, ray.shards([sources[first], sources[damaged]]), ray.model,
+                         IndexConfig())
+        assert not out.exists()
+        assert not [p for p in out.parent.iterdir() if PARTIAL in p.name]
+
+        # appending on the workers gives the map built from both bags at once
+        new = [sources[second]]
+        append_to_map(grown, ray.shards(new), ray.model, new[0].describe())
+        a, b = load_map(grown), load_map(whole)
+        np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-6)
+        assert list(a.places) == list(b.places)
+
+        # a failed append leaves the map as it was
+        before = _snapshot(grown)
+        with pytest.raises(BagError, match=f"rosbag {damaged} is damaged"):
+            append_to_map(
+                grown, ray.shards([sources[damaged]]), ray.model, sources[damaged].describe()
+            )
+        assert _snapshot(grown) == before
+    assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]
