@@ -24,40 +24,77 @@ from vpr_ros.maps.mapdir import VprMap, write_errors, write_map_into
 from vpr_ros.maps.places import Place
 from vpr_ros.maps.poses import UtmProjector, UtmZone
 from vpr_ros.maps.sources import SourceStats
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 
+_DONE = object()  # the producer's last queue entry
+
+
 def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
-    """Iterate ``items`` on a background thread so decoding overlaps inference."""
+    """
+    Iterate ``items`` on a background thread, at most ``depth`` items ahead of the consumer.
+
+    Whatever producing an item costs (reading a bag, decoding, preprocessing) then overlaps the
+    consumer's inference; the threads share the GIL only for Python-level work, as sqlite, the
+    decoders and cv2 release it. An exception raised while producing is raised here, after the
+    items produced before it. When the consumer stops early (an error, Ctrl-C, a closed
+    generator), the thread stops before its next item and closes ``items`` (a bag reader's file)
+    and this generator returns only once it has.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
     stop = threading.Event()
 
-    def worker():
-        try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        except BaseException as e:  # handed to the consumer, raised there
-            q.put(e)
-        q.put(done)
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-    t = threading.Thread(target=worker, daemon=True)
-    t.start()
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            put((_DONE, err))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="vpr-prefetch", daemon=True)
+    thread.start()
     try:
-        while (item := q.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
+        while True:
+            item, err = q.get()
+            if err is not None:
+                raise err
+            if item is _DONE:
+                return
             yield item
     finally:
         stop.set()
+        thread.join()
+
+
+def _preprocessed(frames: Iterable, spec: ModelSpec) -> Iterator[tuple]:
+    """
+    Yield (frame, network input) with the frame's image dropped.
+
+    The descriptor is all a map keeps, so memory stays bounded on long bags and the prefetch
+    queue holds only the small network inputs.
+    """
+    for frame in frames:
+        x = preprocess(frame.image, spec)
+        frame.image = None
+        yield frame, x
 
 
 def _place(i: int, frame) -> Place:
@@ -96,7 +133,6 @@ def extract_frames(
     Returns (descriptors, frames).
     """
     descriptors, kept, batch, batch_frames = [], [], [], []
-    spec = extractor.spec
 
     def flush():
         descriptors.append(extractor.extract_preprocessed(np.stack(batch)))
@@ -105,9 +141,9 @@ def extract_frames(
         batch_frames.clear()
 
     with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
-        for frame in _prefetch((f, preprocess(f.image, spec)) for f in frames):
-            f, x = frame
-            f.image = None  # the descriptor is all we keep; bounded memory on long bags
+        # Reading, decoding and preprocessing on the prefetch thread: the network's thread runs
+        # forward passes only.
+        for f, x in _prefetch(_preprocessed(frames, extractor.spec)):
             batch.append(x)
             batch_frames.append(f)
             if len(batch) == batch_size:
@@ -336,7 +372,7 @@ def _extract_with_local(
         batch.clear()
 
     for frame in tqdm(
-        source,
+        _prefetch(source),  # reading and decoding overlap the extraction
         total=len(source),
         desc=f"building map + {reranker.name} features",
         unit="img",
