@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import shared_path
 
-from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.errors import BackendUnavailableError, ConfigError
 from vpr_ros.fileio import atomic_write_bytes
 from vpr_ros.inference.engine_cache import EngineCache, EngineKey
 from vpr_ros.models.load import state_dict_fingerprint
@@ -131,28 +131,6 @@ def test_vpr_model_onnx_export_matches_torch(name, tmp_path, real_images):
     assert report.min_cosine > 0.9999, report
 
 
-def test_auto_picks_onnxruntime_here_and_says_why(tmp_path, caplog):
-    if tensorrt_problem() is None:
-        pytest.skip(
-            "TensorRT and a GPU are present: auto picks tensorrt (tested in test_tensorrt.py)"
-        )
-    with caplog.at_level(logging.INFO, logger="vpr_ros.inference.factory"):
-        extractor = create_extractor("raw-pixels", backend="auto", engine_cache_dir=tmp_path)
-    assert extractor.backend == "onnxruntime"
-    assert "auto -> onnxruntime" in caplog.text and "tensorrt" in caplog.text
-
-
-def test_auto_with_bf16_picks_torch_because_ort_has_no_cpu_bf16(tmp_path, caplog):
-    if tensorrt_problem() is None:
-        pytest.skip("TensorRT and a GPU are present: auto picks tensorrt")
-    with caplog.at_level(logging.INFO, logger="vpr_ros.inference.factory"):
-        extractor = create_extractor(
-            "raw-pixels", backend="auto", precision="bf16", engine_cache_dir=tmp_path
-        )
-    assert extractor.backend == "torch"
-    assert "no bf16 CPU kernels" in caplog.text
-
-
 def test_onnxruntime_refuses_bf16_with_a_fix(tmp_path):
     with pytest.raises(BackendUnavailableError, match="bf16.*backend torch"):
         create_extractor(
@@ -170,25 +148,73 @@ def test_tensorrt_unavailable_is_reported_with_a_fix(tmp_path):
 def test_dinov2_s_torch_compile_bf16_stays_within_cosine_099_of_fp32(
     dinov2_s, dinov2_s_fp32, real_images
 ):
-    model, spec, fingerprint, _ = dinov2_s
-    compiled = CompiledTorchExtractor(model, spec, fingerprint, "bf16")
-    assert isinstance(compiled.model, torch._dynamo.eval_frame.OptimizedModule)
+    model, spec, fingerprint, cache = dinov2_s
+    compiled = CompiledTorchExtractor(model, spec, fingerprint, "bf16", cache)
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
-    got = compiled.extract(real_images)  # several images through the batch-1 graph
+    got = compiled.extract(real_images)  # several images through the batch-1 package
     assert got.shape == (len(real_images), spec.dim)
     report = compare_descriptors(dinov2_s_fp32[1], got)
     assert report.max_abs_diff > 1e-5, "bf16 gave fp32 results: nothing ran in bf16"
     assert report.min_cosine >= 0.99, report
 
 
-def test_torch_compile_backend_is_selected_and_refuses_other_precisions(tmp_path, real_images):
-    extractor = create_extractor("raw-pixels", backend="torch-compile", precision="bf16")
-    assert isinstance(extractor, CompiledTorchExtractor) and extractor.backend == "torch-compile"
+def test_torch_compile_package_is_reused_by_a_second_start(tmp_path, real_images, caplog):
+    with caplog.at_level(logging.INFO, logger="vpr_ros.inference.engine_cache"):
+        first = create_extractor(
+            "raw-pixels", backend="torch-compile", precision="bf16", engine_cache_dir=tmp_path
+        )
+    assert isinstance(first, CompiledTorchExtractor) and first.backend == "torch-compile"
+    [package] = tmp_path.glob("raw-pixels-*-bf16-aoti.pt2")
+    key = json.loads(package.with_name(package.name + ".json").read_text())
+    assert key["torch_version"] == torch.__version__ and key["input_size"] == [24, 32]
+    assert {"cpu_model", "cpu_flags", "fingerprint", "precision"} <= set(key)
+    mtime = package.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="vpr_ros.inference.engine_cache"):
+        second = create_extractor(
+            "raw-pixels", backend="torch-compile", precision="bf16", engine_cache_dir=tmp_path
+        )
+    assert "AOTInductor package of raw-pixels cache hit" in caplog.text
+    assert package.stat().st_mtime_ns == mtime  # loaded, not compiled again
     expected = create_extractor("raw-pixels", backend="torch").extract(real_images)
     # bf16 rounding only
-    np.testing.assert_allclose(extractor.extract(real_images), expected, atol=1e-2)
+    np.testing.assert_allclose(second.extract(real_images), expected, atol=1e-2)
     with pytest.raises(BackendUnavailableError, match="bf16 only.*use precision bf16"):
         create_extractor("raw-pixels", backend="torch-compile", precision="fp32")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_dinov2_s_openvino_stays_within_cosine_099_of_fp32(
+    dinov2_s, dinov2_s_fp32, real_images, precision
+):
+    import openvino
+
+    from vpr_ros.inference.openvino_backend import OpenVinoExtractor
+
+    model, spec, fingerprint, cache = dinov2_s
+    if precision == "bf16" and "BF16" not in openvino.Core().get_property(
+        "CPU", "OPTIMIZATION_CAPABILITIES"
+    ):
+        with pytest.raises(BackendUnavailableError, match="AVX512-BF16 or AMX"):
+            OpenVinoExtractor(spec, fingerprint, "unused.onnx", precision)
+        return
+    onnx_precision = "int8" if precision == "int8" else "fp32"
+    onnx_path = cached_onnx(model, spec, fingerprint, onnx_precision, cache)
+    extractor = OpenVinoExtractor(spec, fingerprint, onnx_path, precision, cache)
+    report = compare_descriptors(dinov2_s_fp32[1], extractor.extract(real_images))
+    assert report.min_cosine >= (0.9999 if precision == "fp32" else 0.99), report
+    if precision != "fp32":
+        assert report.max_abs_diff > 1e-5, f"{precision} gave fp32 results"
+    assert any((cache / "openvino").iterdir())  # compiled model cached for the next start
+
+
+def test_openvino_refuses_fp16_and_precision_auto_needs_backend_auto(tmp_path):
+    with pytest.raises(BackendUnavailableError, match="openvino runs fp32, bf16, int8"):
+        create_extractor(
+            "raw-pixels", backend="openvino", precision="fp16", engine_cache_dir=tmp_path
+        )
+    with pytest.raises(ConfigError, match="precision auto .* backend auto only"):
+        create_extractor("raw-pixels", backend="openvino", precision="auto")
 
 
 def test_fingerprint_and_descriptors_identical_across_backends(tmp_path, real_images):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
+
+from torch import nn
 
 from vpr_ros.errors import BackendUnavailableError, ConfigError
 from vpr_ros.inference import BACKENDS, PRECISIONS
 from vpr_ros.inference.engine_cache import default_cache_dir
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.models.load import load_model
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +31,6 @@ def tensorrt_problem() -> str | None:
     return None
 
 
-def choose_backend(precision: str) -> tuple[str, str]:
-    """Return the backend ``auto`` means here for ``precision``, and why."""
-    trt_problem = tensorrt_problem()
-    if trt_problem is None:
-        import tensorrt
-        import torch
-
-        return (
-            "tensorrt",
-            f"tensorrt {tensorrt.__version__} and CUDA GPU {torch.cuda.get_device_name()} present",
-        )
-    if precision == "bf16":
-        return (
-            "torch",
-            f"{trt_problem}; ONNX Runtime has no bf16 CPU kernels, torch bf16 autocast has",
-        )
-    try:
-        import onnxruntime
-    except ImportError as e:
-        return "torch", f"{trt_problem}; onnxruntime is not installed ({e})"
-    return "onnxruntime", f"{trt_problem}; onnxruntime {onnxruntime.__version__} imports"
-
-
 def create_extractor(
     model: str,
     weights: str | Path | None = None,
@@ -61,12 +42,13 @@ def create_extractor(
     """
     Model + weights on a backend at a precision.
 
-    ``auto`` takes TensorRT where it imports and a CUDA GPU is present, else ONNX Runtime,
-    else torch (bf16 goes to torch: ONNX Runtime has no bf16 CPU path). ONNX files and
-    TensorRT engines are built on first use into ``engine_cache_dir`` and reused.
-    ``torch-compile`` (bf16 only) is the fastest CPU path on bf16-capable x86 CPUs; it
-    compiles for up to a minute at start-up, so ``auto`` never picks it.
-    ``calib_dir``: representative images for TensorRT int8 calibration.
+    ``auto`` takes TensorRT where it imports and a CUDA GPU is present; else it measures
+    every CPU backend that runs here at ``precision`` (precision ``auto``: at every
+    precision within cosine 0.99 of fp32) and takes the fastest, measured once per model,
+    weights, CPU and library versions and cached (``vpr_ros.inference.auto``).  ONNX files,
+    TensorRT engines and compiled torch packages are built on first use into
+    ``engine_cache_dir`` and reused.  ``calib_dir``: representative images for TensorRT
+    int8 calibration.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -74,30 +56,79 @@ def create_extractor(
         raise ConfigError(
             f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
         )
-    if backend == "auto":
-        backend, why = choose_backend(precision)
-        log.info("descriptor backend auto -> %s (%s): %s", backend, precision, why)
+    if precision == "auto" and backend != "auto":
+        raise ConfigError(
+            f"precision auto is chosen by measurement with backend auto only; give backend"
+            f" {backend} a precision ({', '.join(p for p in PRECISIONS if p != 'auto')})"
+        )
     net, spec, fingerprint = load_model(model, weights)
     cache_dir = Path(engine_cache_dir) if engine_cache_dir else default_cache_dir()
+
+    def build(backend: str, precision: str) -> DescriptorExtractor:
+        return build_extractor(backend, precision, net, spec, fingerprint, cache_dir, calib_dir)
+
+    if backend != "auto":
+        log.info("descriptor backend: %s (%s) for %s", backend, precision, model)
+        return build(backend, precision)
+    trt_problem = tensorrt_problem()
+    if trt_problem is None:
+        import tensorrt
+        import torch
+
+        precision = "fp16" if precision == "auto" else precision
+        log.info(
+            "descriptor backend auto -> tensorrt (%s): tensorrt %s and CUDA GPU %s present",
+            precision,
+            tensorrt.__version__,
+            torch.cuda.get_device_name(),
+        )
+        return build("tensorrt", precision)
+    from vpr_ros.inference.auto import choose
+
+    log.info("descriptor backend auto: measuring CPU backends (%s)", trt_problem)
+    return choose(spec, fingerprint, precision, cache_dir, build)
+
+
+def build_extractor(
+    backend: str,
+    precision: str,
+    net: nn.Module,
+    spec: ModelSpec,
+    fingerprint: str,
+    cache_dir: Path,
+    calib_dir: str | Path | None = None,
+) -> DescriptorExtractor:
+    """Return ``net`` on the named backend (not auto) at ``precision``."""
     if backend == "torch":
         from vpr_ros.inference.torch_backend import TorchExtractor
 
-        log.info("descriptor backend: torch (%s) for %s", precision, model)
         return TorchExtractor(net, spec, fingerprint, precision)
     if backend == "torch-compile":
         from vpr_ros.inference.torch_backend import CompiledTorchExtractor
 
-        log.info("descriptor backend: torch-compile (%s) for %s; compiling", precision, model)
-        return CompiledTorchExtractor(net, spec, fingerprint, precision)
-    if backend == "onnxruntime":
+        return CompiledTorchExtractor(net, spec, fingerprint, precision, cache_dir)
+    if backend in ("onnxruntime", "openvino"):
         try:
-            from vpr_ros.inference.onnxruntime_backend import OrtExtractor
+            importlib.import_module(backend)
         except ImportError as e:
             raise BackendUnavailableError(
-                f"backend onnxruntime is not installed ({e}); pip install onnxruntime, or use"
+                f"backend {backend} is not installed ({e}); pip install {backend}, or use"
                 " backend torch"
             ) from e
         from vpr_ros.inference.onnx_export import cached_onnx
+
+        if backend == "openvino":
+            from vpr_ros.inference.openvino_backend import OpenVinoExtractor, inference_precision
+            import openvino
+
+            # Refuse an unsupported precision before exporting anything.
+            inference_precision(
+                precision, openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+            )
+            onnx_precision = "fp32" if precision == "bf16" else precision
+            onnx_path = cached_onnx(net, spec, fingerprint, onnx_precision, cache_dir)
+            return OpenVinoExtractor(spec, fingerprint, onnx_path, precision, cache_dir)
+        from vpr_ros.inference.onnxruntime_backend import OrtExtractor
 
         return OrtExtractor(
             spec, fingerprint, cached_onnx(net, spec, fingerprint, precision, cache_dir), precision
