@@ -314,10 +314,11 @@ class Localizer:
             latency["temporal"] = (time.perf_counter() - t2) * 1e3
         elif self.sequence is not None:
             temporal = {"filter": "seqslam", "reset": False}
-        features = frame_features(
-            retrieval_scores, retrieval_ids, self._xy, r if self.hmm is not None else None
-        )
-        confidence = DEFAULT_MODELS[FEATURES_TEMPORAL if self.hmm is not None else FEATURES_PLAIN](
+        # The filter's support counts only where its ranking is the answer: on frames it leaves
+        # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
+        applied = r if self.hmm is not None and r.applied else None
+        features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied)
+        confidence = DEFAULT_MODELS[FEATURES_TEMPORAL if applied is not None else FEATURES_PLAIN](
             **features
         )
         covariance_xy = self.pose_covariance(scores, ids)
