@@ -26,17 +26,6 @@ def demo_bags(frames: int, workdir: Path | None = None) -> tuple[Path, Path, Pat
     return workdir, Path(map_bag), Path(query_bag)
 
 
-def cpu_info() -> str:
-    """One line for a benchmark's header: CPU model, cores, speed flags, load at the start."""
-    import os
-
-    from vpr_ros.inference.host import cpu_model, cpu_speed_flags
-
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"CPU: {cpu_model()}, {os.cpu_count()} cores, flags {' '.join(cpu_speed_flags())};"
-            f" load average {load}")
-
-
 def percentiles(values, ps=(50, 95)) -> dict:
     import numpy as np
 
