@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,32 @@ from vpr_ros.maps.sources import BagSource
 pytestmark = pytest.mark.slow
 
 MODEL = "raw-pixels"  # a real extractor that costs nothing: the distribution is under test
+TEST_LIMIT_S = 240  # a hung worker or Ray start fails the test instead of stalling the suite
+
+
+@contextmanager
+def time_limit(seconds: int = TEST_LIMIT_S) -> Iterator[None]:
+    """Fail the test, instead of stalling the suite, when its body runs over ``seconds``."""
+    fired = []
+
+    def expire(signum, frame):
+        fired.append(True)
+        signal.raise_signal(signal.SIGINT)  # a waiting ray.get gives way to KeyboardInterrupt only
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    except BaseException:
+        if fired:
+            pytest.fail(f"ran over {seconds} s (a Ray start or worker hung)")
+        raise
+    else:
+        if fired:  # the CLI turned the interrupt into its exit status
+            pytest.fail(f"ran over {seconds} s (a Ray start or worker hung)")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +84,8 @@ def test_two_workers_build_the_one_process_map(bags, tmp_path):
     first, second = bags
     one, two = tmp_path / "one", tmp_path / "two"
     assert _build("--bag", first, "--bag", second, "--out", one) == 0
-    assert _build("--bag", first, "--bag", second, "--workers", "2", "--out", two) == 0
+    with time_limit():
+        assert _build("--bag", first, "--bag", second, "--workers", "2", "--out", two) == 0
     a, b = load_map(one), load_map(two)  # both verify
     assert len(a) == len(b) == 56
     np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-6)
@@ -132,7 +162,7 @@ def test_append_on_workers_and_failures_leave_no_map_or_the_old_one(bags, tmp_pa
     assert _build("--bag", first, "--bag", second, "--out", whole) == 0
     assert _build("--bag", first, "--out", grown) == 0
     out = tmp_path / "maps" / "map"
-    with RayExtraction(ExtractorSpec(MODEL), workers=2) as ray:
+    with time_limit(), RayExtraction(ExtractorSpec(MODEL), workers=2) as ray:
         addresses = _bound_addresses(_socket_inodes(_descendants(os.getpid()) | {os.getpid()}))
         assert addresses and all(a.is_loopback for a in addresses), addresses
 
