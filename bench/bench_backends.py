@@ -6,31 +6,38 @@ Descriptor backends head to head: ms per image at batch 1 and agreement with tor
 Models get seeded random weights (or their shipped weights where they need none): speed
 does not depend on weight values, and agreement is measured on real images from
 ../shared/data.  Runs of all configurations of a model are interleaved, so load from
-other processes hits them alike; the table reports medians.
+other processes hits them alike; the table reports medians.  ``--starts`` adds the first
+and second start (fresh processes, cold then warm cache) of torch-compile and of the
+fastest configuration.  The last line: ``model=... best=backend:precision speedup=...``
+(vs torch fp32, the fastest within cosine 0.99) ``cos=... compile_second_start_s=...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.models.load import load_model, state_dict_fingerprint
-from vpr_ros.inference.factory import tensorrt_problem
+from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.imaging import read_rgb
-from vpr_ros.inference.onnx_export import cached_onnx
+from vpr_ros.inference.auto import MIN_COSINE
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.inference.factory import build_extractor, tensorrt_problem
 from vpr_ros.inference.parity import compare_descriptors
-from vpr_ros.inference.onnxruntime_backend import OrtExtractor
 from vpr_ros.inference.preprocess import preprocess_batch
-from vpr_ros.inference.torch_backend import CompiledTorchExtractor, TorchExtractor
 from vpr_ros.models import registry
+from vpr_ros.models.load import load_model, state_dict_fingerprint
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_startup import measure_starts  # noqa: E402
+from common import SHARED_DATA, print_machine  # noqa: E402
+
 DEFAULT_MODELS = ("baseline", "dinov2-s", "dinov2-b", "scicevpr-b", "mutualvpr-b")
 
 
@@ -52,31 +59,39 @@ def seeded_model(name: str):
     return model, spec, state_dict_fingerprint(name, model.state_dict())
 
 
-def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
-    model, spec, fingerprint = seeded_model(name)
-    found: dict[str, DescriptorExtractor] = {
-        "torch fp32": TorchExtractor(model, spec, fingerprint, "fp32", device="cpu"),
-        "torch bf16": TorchExtractor(model, spec, fingerprint, "bf16", device="cpu"),
-        "torch-compile bf16": CompiledTorchExtractor(model, spec, fingerprint, "bf16"),
-    }
-    for precision in ("fp32", "int8"):
-        found[f"onnxruntime {precision}"] = OrtExtractor(
-            spec,
-            fingerprint,
-            cached_onnx(model, spec, fingerprint, precision, cache_dir),
-            precision,
-        )
-    if tensorrt_problem() is None:
-        from vpr_ros.inference.tensorrt_backend import TrtExtractor, cached_engine
+CPU_CONFIGS = (
+    ("torch", "fp32"),  # the reference: first
+    ("torch", "bf16"),
+    ("torch-compile", "bf16"),
+    ("onnxruntime", "fp32"),
+    ("onnxruntime", "int8"),
+    ("openvino", "fp32"),
+    ("openvino", "bf16"),
+    ("openvino", "int8"),
+)
 
-        onnx_path = cached_onnx(model, spec, fingerprint, "fp32", cache_dir)
-        for precision in ("fp32", "fp16"):
-            engine = cached_engine(onnx_path, spec, fingerprint, precision, cache_dir)
-            found[f"tensorrt {precision}"] = TrtExtractor(spec, fingerprint, engine, precision)
+
+def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
+    """Every configuration that runs here, by label; those that cannot say why."""
+    model, spec, fingerprint = seeded_model(name)
+    configs = list(CPU_CONFIGS)
+    if tensorrt_problem() is None:
+        configs += [("tensorrt", "fp32"), ("tensorrt", "fp16")]
+    found: dict[str, DescriptorExtractor] = {}
+    for backend, precision in tqdm(configs, desc=f"building {name}", unit="config"):
+        try:
+            found[f"{backend} {precision}"] = build_extractor(
+                backend, precision, model, spec, fingerprint, cache_dir
+            )
+        except BackendUnavailableError as e:
+            print(f"({backend} {precision} left out: {e})", flush=True)
     return found
 
 
-def bench_model(name: str, images: list[np.ndarray], runs: int, cache_dir: Path) -> list[str]:
+def bench_model(
+    name: str, images: list[np.ndarray], runs: int, cache_dir: Path
+) -> tuple[list[str], dict]:
+    """Table rows of one model and its summary (fastest within cosine 0.99 of fp32)."""
     configs = extractors(name, cache_dir)
     spec = next(iter(configs.values())).spec
     reference = configs["torch fp32"].extract(images)
@@ -84,23 +99,35 @@ def bench_model(name: str, images: list[np.ndarray], runs: int, cache_dir: Path)
     times: dict[str, list[float]] = {label: [] for label in configs}
     for extractor in configs.values():  # warm-up (allocations, lazy initialisation)
         extractor.extract_preprocessed(one)
-    for _ in range(runs):
+    for _ in tqdm(range(runs), desc=f"timing {name}", unit="round"):
         for label, extractor in configs.items():
             start = time.perf_counter()
             extractor.extract_preprocessed(one)
             times[label].append(time.perf_counter() - start)
     base = float(np.median(times["torch fp32"]))
     rows = []
+    results = {}
     for label, extractor in configs.items():
         ms = float(np.median(times[label]))
         agreement = compare_descriptors(reference, extractor.extract(images))
+        results[label] = (base / ms, agreement.min_cosine)
         size = "x".join(map(str, spec.input_size))
         rows.append(
             f"| {name} | {size} | {label} | {ms * 1000:.1f} | {base / ms:.2f}x |"
             f" {agreement.min_cosine:.5f} |"
         )
         print(rows[-1], flush=True)
-    return rows
+    best = max(
+        (label for label, (_, cosine) in results.items() if cosine >= MIN_COSINE),
+        key=lambda label: results[label][0],
+    )
+    summary = {
+        "model": name,
+        "best": best.replace(" ", ":"),
+        "speedup": f"{results[best][0]:.2f}",
+        "cos": f"{results[best][1]:.4f}",
+    }
+    return rows, summary
 
 
 def main() -> None:
@@ -114,7 +141,14 @@ def main() -> None:
     parser.add_argument(
         "--cache-dir", type=Path, help="where ONNX files/engines go (default: a temporary folder)"
     )
+    parser.add_argument(
+        "--starts",
+        action="store_true",
+        help="first and second start (fresh processes, cold then warm cache) of torch-compile"
+        " and the fastest configuration (bench_startup.py)",
+    )
     args = parser.parse_args()
+    print_machine()
     images = real_images()
     header = [
         (
@@ -127,6 +161,7 @@ def main() -> None:
     ]
     print("\n".join(header), flush=True)
     rows = []
+    summaries = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             try:
@@ -134,8 +169,29 @@ def main() -> None:
             except KeyError:
                 print(f"(skipping {name}: not registered)")
                 continue
-            rows += bench_model(name, images, args.runs, args.cache_dir or Path(tmp))
+            cache_dir = args.cache_dir or Path(tmp) / name
+            if args.starts:  # first: its cold start is the one that fills the cache
+                starts = measure_starts(name, ["torch-compile:bf16"], cache_dir)
+                second = starts["torch-compile:bf16"]["second"].get("wall_s", float("nan"))
+            model_rows, summary = bench_model(name, images, args.runs, cache_dir)
+            if args.starts:
+                summary["compile_second_start_s"] = f"{second:.1f}"
+                config = summary["best"]
+                if config not in ("torch:fp32", "torch-compile:bf16"):
+                    fresh = measure_starts(name, [config], Path(tmp) / f"{name}-best")[config]
+                    summary["best_first_start_s"] = f"{fresh['first'].get('wall_s', -1):.1f}"
+                    summary["best_second_start_s"] = f"{fresh['second'].get('wall_s', -1):.1f}"
+            rows += model_rows
+            summaries.append(summary)
     print("\n" + "\n".join(header[2:] + rows))
+    # One line: the last model's keys bare, earlier ones prefixed by the model name.
+    *earlier, last = summaries
+    print(
+        " ".join(
+            [f"{s['model']}.{k}={v}" for s in earlier for k, v in s.items() if k != "model"]
+            + [f"{k}={v}" for k, v in last.items()]
+        )
+    )
 
 
 if __name__ == "__main__":

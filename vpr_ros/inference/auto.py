@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.inference.engine_cache import cached_build
+from vpr_ros.host import cpu_flags
+from vpr_ros.inference.engine_cache import cached_build, cpu_key
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.host import cpu_key, cpu_speed_flags
 from vpr_ros.inference.parity import compare_descriptors
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models.spec import ModelSpec
@@ -67,7 +67,7 @@ def candidates(precision: str) -> list[tuple[str, str]]:
 
     ``precision`` 'auto' lets the precision be chosen too; another one fixes it.
     """
-    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_speed_flags()))
+    has_bf16 = bool({"avx512_bf16", "amx_bf16"} & set(cpu_flags()))
     pairs = [REFERENCE]
     if has_bf16:  # bf16 without hardware support is emulated: never the fastest
         pairs += [("torch", "bf16"), ("torch-compile", "bf16")]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vpr_ros.fileio import atomic_output, atomic_write_text, file_sha256
+from vpr_ros.host import cpu_flags, cpu_model
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class EngineKey:
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+def cpu_key() -> dict:
+    """Return the key fields of an artefact only valid on this CPU (compiled code, timings)."""
+    return {"cpu_model": cpu_model(), "cpu_flags": list(cpu_flags())}
 
 
 SHA256_FIELD = "sha256"  # in a sidecar beside the key's fields: the file's digest when written

@@ -7,38 +7,17 @@ The fast CPU path (fp32 or dynamic int8), CUDA/TensorRT providers where present.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.host import physical_core_count
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.extractor import INPUT_NAME
 from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-def physical_core_count() -> int:
-    """Physical cores this process may run on (hyper-threads share a core's vector units)."""
-    allowed = os.sched_getaffinity(0)
-    cores: set[tuple[str, str]] = set()
-    cpu = physical = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                name, _, value = line.partition(":")
-                name, value = name.strip(), value.strip()
-                if name == "processor":
-                    cpu, physical = int(value), "0"
-                elif name == "physical id":
-                    physical = value
-                elif name == "core id" and cpu in allowed:
-                    cores.add((physical, value))
-    except OSError:
-        pass
-    return max(1, min(len(cores) or len(allowed), len(allowed)))
 
 
 def execution_providers(precision: str, available: list[str], trt_cache_dir: Path) -> list:

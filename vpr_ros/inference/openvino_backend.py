@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
+from vpr_ros.host import physical_core_count
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.onnxruntime_backend import physical_core_count
 from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)

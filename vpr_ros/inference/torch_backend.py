@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.inference.engine_cache import cached_build, default_cache_dir
+from vpr_ros.inference.engine_cache import cached_build, cpu_key, default_cache_dir
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.host import cpu_key
 from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
