@@ -84,17 +84,26 @@ def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
         thread.join()
 
 
-def _preprocessed(frames: Iterable, spec: ModelSpec) -> Iterator[tuple]:
+def _batches(
+    frames: Iterable, spec: ModelSpec, batch_size: int
+) -> Iterator[tuple[list, np.ndarray]]:
     """
-    Yield (frame, network input) with the frame's image dropped.
+    Yield (frames, their network inputs stacked) in batches, each frame's image dropped.
 
     The descriptor is all a map keeps, so memory stays bounded on long bags and the prefetch
     queue holds only the small network inputs.
     """
+    group: list = []
+    inputs: list[np.ndarray] = []
     for frame in frames:
-        x = preprocess(frame.image, spec)
+        inputs.append(preprocess(frame.image, spec))
         frame.image = None
-        yield frame, x
+        group.append(frame)
+        if len(group) == batch_size:
+            yield group, np.stack(inputs)
+            group, inputs = [], []
+    if group:
+        yield group, np.stack(inputs)
 
 
 def _place(i: int, frame) -> Place:
@@ -132,25 +141,14 @@ def extract_frames(
 
     Returns (descriptors, frames).
     """
-    descriptors, kept, batch, batch_frames = [], [], [], []
-
-    def flush():
-        descriptors.append(extractor.extract_preprocessed(np.stack(batch)))
-        kept.extend(batch_frames)
-        batch.clear()
-        batch_frames.clear()
-
+    descriptors, kept = [], []
     with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
-        # Reading, decoding and preprocessing on the prefetch thread: the network's thread runs
-        # forward passes only.
-        for f, x in _prefetch(_preprocessed(frames, extractor.spec)):
-            batch.append(x)
-            batch_frames.append(f)
-            if len(batch) == batch_size:
-                flush()
-            bar.update(1)
-        if batch:
-            flush()
+        # Reading, decoding, preprocessing and batching on the prefetch thread (a few batches
+        # ahead): this thread runs forward passes only.
+        for group, inputs in _prefetch(_batches(frames, extractor.spec, batch_size), depth=4):
+            descriptors.append(extractor.extract_preprocessed(inputs))
+            kept.extend(group)
+            bar.update(len(group))
     dim = extractor.dim
     return (np.concatenate(descriptors) if descriptors else np.zeros((0, dim), np.float32)), kept
 
