@@ -10,6 +10,11 @@ import ipaddress
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,3 +193,60 @@ def test_append_on_workers_and_failures_leave_no_map_or_the_old_one(bags, tmp_pa
             )
         assert _snapshot(grown) == before
     assert not [p for p in tmp_path.iterdir() if PARTIAL in p.name]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_build_joins_a_running_cluster_by_address(bags, tmp_path):
+    """`ray start --head` on loopback, then build-map --ray-address: the cluster path, here."""
+    first, second = bags
+    env = {
+        **os.environ,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keeps this one-node cluster on 127.0.0.1
+        "RAY_AUTH_MODE": "token",  # the driver authenticates with the head's token
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    port = _free_port()
+    # short: Ray's unix sockets live under it
+    ray_tmp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))
+    ray_bin = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+         "--port", str(port), "--num-cpus", "2", "--include-dashboard", "false",
+         "--temp-dir", str(ray_tmp)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not _listening(port):
+            assert head.poll() is None and time.monotonic() < deadline, "ray start --head failed"
+            time.sleep(0.5)
+        out, reference = tmp_path / "map", tmp_path / "reference"
+        built = subprocess.run(
+            [sys.executable, "-m", "vpr_ros.cli", "build-map", "--ray-address",
+             f"127.0.0.1:{port}", "--workers", "2", "--bag", str(first), "--bag", str(second),
+             "--image-topic", CAMERA_TOPIC, "--pose-topic", GPS_TOPIC, "--model", MODEL,
+             "--out", str(out)],
+            env=env, capture_output=True, text=True, timeout=TEST_LIMIT_S,
+        )
+        assert built.returncode == 0, built.stderr[-3000:]
+    finally:
+        head.terminate()  # --block stops the processes it started
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert _build("--bag", first, "--bag", second, "--out", reference) == 0
+    a, b = load_map(out), load_map(reference)
+    np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-6)
+    assert list(a.places) == list(b.places)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -11,7 +11,8 @@ leaves no map behind (or the previous one as it was).
 Without an address a private Ray is started on loopback only (127.0.0.1, no dashboard, as many
 CPU slots as workers) and shut down at the end. With one, the driver joins that cluster: every
 node needs this package (same version, same Ray), the model's weights file and the bags at the
-same paths (a shared file system).
+same paths (a shared file system); a cluster with token authentication needs RAY_AUTH_MODE=token
+and its token on the driver too.
 
 Threads: on each node the actors there split its cores between them (CPU affinity, which both
 torch and ONNX Runtime size their thread pools by), so N workers never oversubscribe a node.
@@ -190,7 +191,9 @@ class RayExtraction:
             raise VprError(
                 f"cannot start {where} ({e}); for a cluster, run `ray start --head"
                 " --node-ip-address HEAD_IP` on the head first and pass --ray-address"
-                " HEAD_IP:6379"
+                " HEAD_IP:6379; where the cluster uses token authentication (Ray's default), set"
+                " RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token or"
+                " RAY_AUTH_TOKEN"
             ) from None
         if self.address is None and (ip := ray.util.get_node_ip_address()) != LOOPBACK:
             ray.shutdown()
