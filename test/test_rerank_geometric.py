@@ -33,9 +33,12 @@ def test_wrong_pairs_do_not_verify(reranker):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap, measured: the Tokyo day/night pair gets 13 inliers at the defaults "
-    "(wrong pairs up to 14), below min_inliers 15; XFeat, SIFT and ORB all fail this pair "
-    "(report, issue 10)",
+    reason="known gap, measured: the Tokyo day/night pair gets 13 inliers at the defaults, the "
+    "same query against Gardens Point images up to 14. No XFeat setting tried separates it by "
+    "more than noise (best: +4 inliers over the 40 cross-city wrong pairs, e.g. 2048 keypoints "
+    "with F at 3 px: 29 vs 25; XFeat* 22 vs 24; homography always below; LighterGlue 5 matches), "
+    "and the inliers found on the pair are mostly not true correspondences; SIFT and ORB fail "
+    "too (report, issue 10)",
 )
 def test_tokyo_true_pair_verifies(reranker):
     query = reranker.query_features(read_rgb(shared_path("data", "tokyo_pair", "query.jpg")))
@@ -111,9 +114,9 @@ def test_packed_store_gives_the_same_scores(reranker, tmp_path):
     np.testing.assert_array_equal(stored[1], direct[1])
     assert stored[0].tolist() == [1, 0]
     float_rows = reranker.query_features(images[1])
-    exact = reranker.inliers(query, float_rows)
+    exact = reranker.inlier_counts(query, [float_rows])[0]
     quantised = LocalFeatures(quantise(float_rows.descriptors), float_rows.keypoints)
-    assert abs(reranker.inliers(query, quantised) - exact) <= 0.1 * exact
+    assert abs(reranker.inlier_counts(query, [quantised])[0] - exact) <= 0.1 * exact
     assert (
         np.abs(dequantise(quantise(float_rows.descriptors)) - float_rows.descriptors).max() < 0.01
     )
