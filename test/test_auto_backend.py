@@ -52,6 +52,14 @@ def test_auto_measures_once_and_then_reads_its_cached_choice(tmp_path, caplog):
     assert (reference * second.extract(images)).sum(1).min() >= MIN_COSINE
 
 
+def test_a_fixed_precision_is_kept_although_fp32_is_measured(tmp_path, caplog):
+    extractor = auto(tmp_path, caplog, precision="int8")
+    assert extractor.precision == "int8" and extractor.backend in ("onnxruntime", "openvino")
+    [choice_file] = tmp_path.glob("raw-pixels-*-int8-auto.json")
+    measured = json.loads(choice_file.read_text())["measured"]
+    assert {(r["backend"], r["precision"]) for r in measured} <= {REFERENCE, *candidates("int8")}
+
+
 def test_a_choice_measured_on_another_cpu_is_measured_again(tmp_path, caplog):
     auto(tmp_path, caplog)
     [choice_file] = tmp_path.glob("raw-pixels-*-fp32-auto.json")

@@ -178,7 +178,9 @@ def choose(
     def write_choice(tmp: Path) -> None:
         results, extractors = measure(candidates(precision), build, spec, budget_s)
         built.update(extractors)
-        best = min(results, key=lambda r: r.ms)
+        # torch fp32 is always measured (the reference) but only wins where fp32 was asked.
+        eligible = [r for r in results if precision in ("auto", r.precision)]
+        best = min(eligible, key=lambda r: r.ms)
         tmp.write_text(
             json.dumps({"best": asdict(best), "measured": [asdict(r) for r in results]}, indent=2)
         )
