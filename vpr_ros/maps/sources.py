@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,9 @@ from vpr_ros.maps.poses import (
 )
 
 log = logging.getLogger(__name__)
+
+# Image messages read ahead to interpolate their poses in one call (a few raw frames in memory).
+_POSE_CHUNK = 8
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 POSE_TYPES = (
@@ -308,6 +312,30 @@ class BagSource:
         self, reader: AnyReader, bag: _BagInfo, track: PoseTrack | None, first_index: int
     ) -> Iterator[Frame]:
         selector = KeyframeSelector(self.min_distance_m, self.every_n)
+        messages = self._image_messages(reader, bag)
+        # Poses for a few frames at a time: numpy's per-call overhead, not the arithmetic, is
+        # what one stamp at a time costs (and it holds the GIL the network's thread needs).
+        while chunk := list(islice(messages, _POSE_CHUNK)):
+            poses = self._poses(track, [stamp for _, _, stamp in chunk])
+            for (offset, msg, stamp), (position, orientation, latlon) in zip(chunk, poses):
+                if not selector.keep(position):
+                    continue
+                try:
+                    image = image_msg_to_rgb(msg, self.max_pixels)
+                except ImageDecodeError as err:
+                    selector.forget_last()
+                    self._skip_corrupt(bag.path, offset, err.reason, err)
+                    continue
+                self.stats.without_pose += track is not None and position is None
+                self.stats.yielded += 1
+                yield Frame(
+                    first_index + offset, stamp, image, position, orientation, latlon,
+                    track.utm_zone if track is not None and position is not None else None,
+                    str(bag.path), self.image_topic, msg.header.frame_id,
+                )
+
+    def _image_messages(self, reader: AnyReader, bag: _BagInfo) -> Iterator[tuple[int, Any, int]]:
+        """Yield (offset in the topic, message, stamp) of each image message, minus repeats."""
         connections = [c for c in reader.connections if c.topic == self.image_topic]
         previous: tuple[int, Any] = (-1, b"")
         for offset, (connection, bag_ns, raw) in enumerate(
@@ -328,32 +356,23 @@ class BagSource:
                 self.stats.skip("image", "duplicate frame")
                 continue
             previous = (stamp, raw)
-            position = orientation = latlon = None
-            if track is not None:
-                sample = track.interpolate([stamp], self.max_gap_s)
-                if sample.valid[0]:
-                    position = sample.positions[0]
-                    orientation = (
-                        sample.orientations[0] if sample.orientations is not None else None
-                    )
-                    latlon = (
-                        tuple(sample.latlons[0].tolist()) if sample.latlons is not None else None
-                    )
-            if not selector.keep(position):
-                continue
-            try:
-                image = image_msg_to_rgb(msg, self.max_pixels)
-            except ImageDecodeError as err:
-                selector.forget_last()
-                self._skip_corrupt(bag.path, offset, err.reason, err)
-                continue
-            self.stats.without_pose += track is not None and position is None
-            self.stats.yielded += 1
-            yield Frame(
-                first_index + offset, stamp, image, position, orientation, latlon,
-                track.utm_zone if track is not None and position is not None else None,
-                str(bag.path), self.image_topic, msg.header.frame_id,
+            yield offset, msg, stamp
+
+    def _poses(self, track: PoseTrack | None, stamps: list[int]) -> list[tuple]:
+        """Return (position, orientation, latlon) at each stamp; Nones where there is no pose."""
+        if track is None:
+            return [(None, None, None)] * len(stamps)
+        sample = track.interpolate(stamps, self.max_gap_s)
+        return [
+            (
+                sample.positions[i],
+                sample.orientations[i] if sample.orientations is not None else None,
+                tuple(sample.latlons[i].tolist()) if sample.latlons is not None else None,
             )
+            if sample.valid[i]
+            else (None, None, None)
+            for i in range(len(stamps))
+        ]
 
     def _skip_corrupt(self, path: Path, offset: int, reason: str, err: Exception) -> None:
         self.stats.skip("image", reason)
