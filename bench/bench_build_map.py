@@ -13,7 +13,8 @@ depend on weight values). Runs alternate (bare, build-map, bare, ...) so load fr
 processes hits both alike; the ratio is of the best run of each (the median of the pairs'
 ratios is printed too). build-map's fixed costs (opening the bag and reading its pose track,
 building the index, writing and syncing the map) count in its time: they weigh more on a shorter
-bag than the default 600 frames (a minute of driving at 10 Hz). Ends with one line ``baseline_ratio=... vit_ratio=... model_vit=...``.
+bag than the default 600 frames (a minute of driving at 10 Hz). Ends with one line
+``baseline_ratio=... vit_ratio=... model_vit=...``.
 
     python bench/bench_build_map.py [--model baseline] [--vit-model scicevpr-b]
         [--frames 600] [--vit-frames 16] [--repeats 5] [--vit-repeats 3]
