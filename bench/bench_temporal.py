@@ -1,7 +1,9 @@
 """
-Recall of the temporal filters.
+Recall of the temporal filters through the shipped pipeline.
 
-Plain retrieval vs SeqSLAM vs the place HMM, on every data set of issue 10.
+Plain retrieval vs SeqSLAM vs the place HMM, on every data set of issue 10, each frame through
+``Localizer.match`` (the node's code) against a map written with ``write_map`` (exact search in
+the model's own space, no PCA, so that only the filters differ).
 
     .venv/bin/python bench/bench_temporal.py [--cache DIR] [--refresh]
 
@@ -15,16 +17,21 @@ Data sets (descriptors are cached in --cache; --refresh recomputes them):
 - gardens: the Gardens Point sample (../shared/data/gardens_point_sample), day queries in order
   against the night map, right at the exact place (R@1 within +-1 printed beside it).
 - raw_pixels: the demo route with the `raw-pixels` model.
+Every data set also runs the HMM on its queries in a random order (row "hmm, shuffled"): frames
+with no sequential structure, where the filter must leave the retrieval's answer alone.
+The Tokyo pair (one query, a one-image map) has no sequence: the filter does not apply there.
 
-Every filter runs causally, frame by frame, exactly as the node runs it. Ends with one line
-`nordland_r1=... demo_r1=... gardens_r1=... raw_pixels_r1=...` (the HMM without odometry, the
-node's default when no odom_topic is set).
+Confidence is the shipped model's (``vpr_ros.confidence.DEFAULT_MODELS``); the models refit on
+Nordland are printed for comparison. Ends with one line
+`nordland_r1=... demo_r1=... gardens_r1=... raw_pixels_r1=... nordland_plain_r1=... ...` (the
+HMM without odometry, the node's default when no odom_topic is set, and plain retrieval).
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +51,12 @@ from vpr_ros.evaluation.precision import (
     plot_precision_recall,
     precision_recall,
 )
-from vpr_ros.evaluation.recall import (
-    positives_by_distance,
-    positives_by_frame,
-    rank_database,
-    recall_at_n,
-)
-from vpr_ros.index.sequence import SequenceConfig, filter_sequence
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
+from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
+from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.index.sequence import SequenceConfig
+from vpr_ros.localizer import Localizer, LocalizerConfig
+from vpr_ros.maps.mapdir import VprMap, load_map, write_map
+from vpr_ros.maps.places import Place
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEMO_MIN_DISTANCE_M = 2.0  # `vpr-ros demo --min-distance` default
@@ -69,6 +74,7 @@ class Dataset:
     travelled_m: np.ndarray | None  # [Q] odometry distance since the previous query frame
     ground_truth: str
     positives_loose: list[np.ndarray] | None = None  # Gardens Point: within +-1 place
+    model: str = "baseline"
 
 
 def _extract_folder(folder: Path, model: str) -> np.ndarray:
@@ -194,6 +200,7 @@ def demo(cache: Path, refresh: bool, model: str = "baseline") -> Dataset:
         positives,
         travelled,
         f"within {DEMO_THRESHOLD_M:g} m",
+        model=model,
     )
 
 
@@ -212,63 +219,107 @@ def seqslam_config(d: Dataset) -> SequenceConfig:
     return _sequence_config(query_xy, d.map_xy)
 
 
+def write_dataset_map(d: Dataset, work: Path) -> VprMap:
+    """Write the data set's map places and cached descriptors as a map directory; load it."""
+    from vpr_ros.inference.factory import create_extractor
+
+    xy = d.map_xy if d.map_xy is not None else np.full((len(d.map_descriptors), 2), math.nan)
+    places = [Place(i, i, float(x), float(y)) for i, (x, y) in enumerate(xy)]
+    path = write_map(
+        work / d.name,
+        d.map_descriptors,
+        places,
+        create_extractor(d.model).describe(),
+        IndexConfig("flat", pca_dim=None),  # exact search: the filters are compared, not PCA
+        [{"source": f"bench_temporal {d.name}"}],
+    )
+    return load_map(path)
+
+
 @dataclass
 class Run:
-    ranked: np.ndarray  # [Q, 5]
-    features: dict[str, np.ndarray]  # per-frame confidence features
+    ranked: np.ndarray  # [Q, 5] map place indices (place ids are indices in these maps)
+    confidence: np.ndarray  # [Q] the shipped confidence of the best match
+    features: dict[str, np.ndarray]  # per-frame confidence features (for the refit)
     resets: int = 0
-    ms_per_frame: float = 0.0
+    applied: np.ndarray | None = None  # [Q] the frame was answered by the filter's ranking
+    ms_per_frame: float = math.nan  # median per-frame cost of the temporal stage
 
 
-def run_plain(d: Dataset, scores: np.ndarray, ids: np.ndarray) -> Run:
-    rows = [frame_features(s, i, d.map_xy) for s, i in zip(scores, ids)]
-    return Run(ids[:, :5], {"margin": np.array([r["margin"] for r in rows])})
-
-
-def run_hmm(
-    d: Dataset, scores: np.ndarray, ids: np.ndarray, config: TemporalConfig, odometry: bool
+def run(
+    vpr_map: VprMap,
+    d: Dataset,
+    config: LocalizerConfig,
+    order: np.ndarray,
+    odometry: bool = False,
+    margins: np.ndarray | None = None,
 ) -> Run:
-    """Frame by frame, exactly as the node would call it."""
-    route = Route.of_map(d.map_xy, len(d.map_descriptors))
-    f = TemporalFilter(route, config)
-    ranked = np.full((len(ids), 5), -1)
-    rows, resets, elapsed = [], 0, 0.0
-    for q in range(len(ids)):
-        start = time.perf_counter()
-        r = f.push(ids[q, : config.candidates], scores[q, : config.candidates],
-                   float(d.travelled_m[q]) if odometry else None, k=5)
-        elapsed += time.perf_counter() - start
-        ranked[q, : len(r.place_ids)] = r.place_ids
-        rows.append(frame_features(scores[q], ids[q], d.map_xy, r))
-        resets += r.reset
-    features = {name: np.array([row[name] for row in rows]) for name in FEATURES_TEMPORAL}
-    return Run(ranked, features, resets - 1, elapsed / len(ids) * 1e3)
-
-
-def map_size_cost(config: TemporalConfig, frames: int = 300) -> tuple[float, float]:
     """
-    Time (ms per frame) the same candidate stream takes on a 1k and a 1M place map.
+    Run the queries in ``order``, frame by frame through ``Localizer.match``.
 
-    Positions: place indices.
+    ``margins``: the plain run's confidence margins in the same order (the temporal features
+    need them).
     """
-    rng = np.random.default_rng(0)
-    truth = 100 + np.rint(np.arange(frames) * 0.8).astype(np.int64)
-    ids = rng.integers(0, 1000, size=(frames, config.candidates))
-    hit = rng.uniform(size=frames) < 0.5
-    ids[hit, 0] = truth[hit]
-    scores = np.sort(rng.uniform(0.3, 0.8, size=ids.shape))[:, ::-1]
-    times = []
-    for size, shift in ((1_000, 0), (1_000_000, 500_000)):
-        f = TemporalFilter(Route(np.arange(float(size))), config)
-        start = time.perf_counter()
-        for i, sc in zip(ids, scores):
-            f.push(i + shift, sc)
-        times.append((time.perf_counter() - start) / frames * 1e3)
-    return times[0], times[1]
+    localizer = Localizer(vpr_map, None, config)
+    ranked = np.full((len(order), 5), -1)
+    confidence, margin, support = (np.zeros(len(order)) for _ in range(3))
+    resets, applied, ms = 0, np.zeros(len(order), bool), []
+    for q, i in enumerate(order):
+        m = localizer.match(
+            d.query_descriptors[i], travelled_m=float(d.travelled_m[i]) if odometry else None
+        )
+        ids = [c.place_id for c in m.candidates]
+        ranked[q, : min(5, len(ids))] = ids[:5]
+        confidence[q] = m.confidence
+        if config.temporal == "none":
+            scores = np.array([c.score for c in m.candidates])
+            margin[q] = frame_features(scores, np.array(ids), d.map_xy)["margin"]
+        if config.temporal == "hmm":
+            support[q] = m.temporal["support"]
+            resets += m.temporal["reset"]
+            applied[q] = m.temporal["applied"]
+            ms.append(m.latency_ms["temporal"])
+    features = (
+        {"margin": margin}
+        if config.temporal == "none"
+        else {"margin": margins, "support": support} if margins is not None else {}
+    )
+    hmm = config.temporal == "hmm"
+    return Run(
+        ranked,
+        confidence,
+        features,
+        resets - 1 if hmm else 0,
+        applied if hmm else None,
+        float(np.median(ms)) if ms else math.nan,
+    )
 
 
 def correct_top1(ranked: np.ndarray, positives: list[np.ndarray]) -> np.ndarray:
     return np.array([r[0] in p for r, p in zip(ranked, positives)])
+
+
+def runs_of(d: Dataset, vpr_map: VprMap) -> dict[str, tuple[Run, list[np.ndarray]]]:
+    """Every configuration on one data set: name -> (run, positives in the run's query order)."""
+    in_order = np.arange(len(d.query_descriptors))
+    shuffled = np.random.default_rng(0).permutation(len(d.query_descriptors))
+    top_k = min(10, len(vpr_map))
+    plain = run(vpr_map, d, LocalizerConfig(top_k=top_k, temporal="none"), in_order)
+    out = {"plain": (plain, d.positives)}
+    seqslam = LocalizerConfig(top_k=top_k, temporal="seqslam", sequence=seqslam_config(d))
+    out[f"SeqSLAM {SEQSLAM_LENGTH}"] = (run(vpr_map, d, seqslam, in_order), d.positives)
+    hmm = LocalizerConfig(top_k=top_k, temporal="hmm")
+    out["hmm"] = (run(vpr_map, d, hmm, in_order, margins=plain.features["margin"]), d.positives)
+    if d.travelled_m is not None:
+        out["hmm+odom"] = (
+            run(vpr_map, d, hmm, in_order, True, plain.features["margin"]),
+            d.positives,
+        )
+    out["hmm, shuffled"] = (
+        run(vpr_map, d, hmm, shuffled, margins=plain.features["margin"][shuffled]),
+        [d.positives[i] for i in shuffled],
+    )
+    return out
 
 
 def main() -> None:
@@ -288,51 +339,45 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="also write precision-recall PNGs here")
     a = parser.parse_args()
-    config = TemporalConfig()
+    common.print_machine()
     sets = [nordland(a.cache, a.refresh), demo(a.cache, a.refresh), gardens(a.cache, a.refresh),
             demo(a.cache, a.refresh, "raw-pixels")]
-    runs: dict[tuple[str, str], Run] = {}
-    print("| data set | queries | places | method | R@1 | R@5 | resets | ms/frame |")
-    print("|---|---|---|---|---|---|---|---|")
-    for d in sets:
-        k = min(max(config.candidates, 5), len(d.map_descriptors))
-        ranked = rank_database(d.query_descriptors, d.map_descriptors, k)
-        scores = np.take_along_axis(d.query_descriptors @ d.map_descriptors.T, ranked, axis=1)
-        sims = np.asarray(d.query_descriptors @ d.map_descriptors.T, dtype=np.float32)
-        seq, _ = filter_sequence(sims, seqslam_config(d), 5)
-        rows = {"plain": run_plain(d, scores, ranked), f"SeqSLAM {SEQSLAM_LENGTH}": Run(seq, {}),
-                "hmm": run_hmm(d, scores, ranked, config, odometry=False)}
-        if d.travelled_m is not None:
-            rows["hmm+odom"] = run_hmm(d, scores, ranked, config, odometry=True)
-        for name, run in rows.items():
-            runs[d.name, name] = run
-            r = recall_at_n(run.ranked, d.positives, (1, 5))
-            extra = ""
-            if d.positives_loose is not None:
-                extra = (
-                    f" (R@1 within +-1: {recall_at_n(run.ranked, d.positives_loose, (1,))[1]:.3f})"
+    runs: dict[str, dict[str, tuple[Run, list[np.ndarray]]]] = {}
+    print("| data set | queries | places | method | R@1 | R@5 | resets | filter applied |"
+          " temporal ms/frame |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory(prefix="vpr_bench_temporal_") as work:
+        for d in sets:
+            runs[d.name] = runs_of(d, write_dataset_map(d, Path(work)))
+            for name, (r, positives) in runs[d.name].items():
+                recall = recall_at_n(r.ranked, positives, (1, 5))
+                extra = ""
+                if d.positives_loose is not None and "shuffled" not in name:
+                    loose = recall_at_n(r.ranked, d.positives_loose, (1,))[1]
+                    extra = f" (R@1 within +-1: {loose:.3f})"
+                hmm = name.startswith("hmm")
+                print(
+                    f"| {d.name} ({d.ground_truth}) | {len(d.query_descriptors)} |"
+                    f" {len(d.map_descriptors)} | {name} | {recall[1]:.3f}{extra} |"
+                    f" {recall[5]:.3f} | {r.resets if hmm else ''} |"
+                    f" {f'{r.applied.mean():.2f}' if hmm else ''} |"
+                    f" {f'{r.ms_per_frame:.2f}' if hmm else ''} |",
+                    flush=True,
                 )
-            resets = run.resets if name.startswith("hmm") else ""
-            ms = f"{run.ms_per_frame:.2f}" if name.startswith("hmm") else ""
-            print(
-                f"| {d.name} ({d.ground_truth}) | {len(d.query_descriptors)} |"
-                f" {len(d.map_descriptors)} | {name} | {r[1]:.3f}{extra} | {r[5]:.3f} | {resets} |"
-                f" {ms} |"
-            )
 
-    # Confidence: fitted on Nordland only, checked on the others.
+    # The shipped confidence on every data set; models refit on Nordland printed beside it (the
+    # temporal one on the frames the filter answered: elsewhere the plain model applies).
     fit_set = sets[0]
-    models = {
-        name: fit_confidence(
-            runs[fit_set.name, name].features,
-            correct_top1(runs[fit_set.name, name].ranked, fit_set.positives),
+    for name, features in (("plain", FEATURES_PLAIN), ("hmm", FEATURES_TEMPORAL)):
+        r, positives = runs[fit_set.name][name]
+        rows = np.ones(len(r.ranked), bool) if r.applied is None else r.applied
+        m = fit_confidence(
+            {f: v[rows] for f, v in r.features.items()},
+            correct_top1(r.ranked, positives)[rows],
             features,
         )
-        for name, features in (("plain", FEATURES_PLAIN), ("hmm", FEATURES_TEMPORAL))
-    }
-    for name, m in models.items():
         print(
-            f"confidence model ({name}), fitted on {fit_set.name}: features {m.features} weights "
+            f"confidence model ({name}) refit on {fit_set.name}: features {m.features} weights "
             f"{tuple(round(w, 4) for w in m.weights)} bias {m.bias:.4f}"
         )
     print(
@@ -342,48 +387,42 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for d in sets:
-        for name, run in ((n, r) for (s, n), r in runs.items() if s == d.name and r.features):
-            model = models["plain" if name == "plain" else "hmm"]
-            conf = model.batch(run.features)
-            right = correct_top1(run.ranked, d.positives)
-            curve = precision_recall(conf, right)
-            point = at_min_confidence(conf, right, a.min_confidence)
+        for name, (r, positives) in runs[d.name].items():
+            right = correct_top1(r.ranked, positives)
+            curve = precision_recall(r.confidence, right)
+            point = at_min_confidence(r.confidence, right, a.min_confidence)
             t99 = lowest_threshold_for_precision(curve, 0.99)
-            tag = " (fit)" if d is fit_set else ""
             sweep = ", ".join(
                 f"{t}: {p.precision:.3f}/{p.accepted_fraction:.2f}"
                 for t in (0.5, 0.8, 0.9, 0.95)
-                for p in [at_min_confidence(conf, right, t)]
+                for p in [at_min_confidence(r.confidence, right, t)]
             )
             print(
-                f"| {d.name}{tag} | {name} | {curve.auc:.3f} |"
-                f" {curve.recall_at_full_precision:.3f} | {curve.extended_precision:.3f} |"
-                f" {point.precision:.3f} | {point.accepted_fraction:.3f} |"
-                f" {'none' if t99 is None else f'{t99:.3f}'} | {sweep} |"
+                f"| {d.name} | {name} | {curve.auc:.3f} | {curve.recall_at_full_precision:.3f} |"
+                f" {curve.extended_precision:.3f} | {point.precision:.3f} |"
+                f" {point.accepted_fraction:.3f} | {'none' if t99 is None else f'{t99:.3f}'} |"
+                f" {sweep} |"
             )
-    small, big = map_size_cost(config)
-    print(
-        f"\nper-frame cost, same candidates: 1k places {small:.2f} ms, 1M places {big:.2f} ms"
-        f" (ratio {big / small:.2f})"
-    )
     if a.out:
         a.out.mkdir(parents=True, exist_ok=True)
         for d in sets:
-            curves = {}
-            for (s_name, name), run in runs.items():
-                if s_name == d.name and run.features:
-                    model = models["plain" if name == "plain" else "hmm"]
-                    curves[name] = precision_recall(
-                        model.batch(run.features), correct_top1(run.ranked, d.positives)
-                    )
+            curves = {
+                name: precision_recall(r.confidence, correct_top1(r.ranked, positives))
+                for name, (r, positives) in runs[d.name].items()
+            }
             plot = plot_precision_recall(
                 curves, a.out / f"pr_{d.name}.png", f"{d.name}: precision-recall over confidence"
             )
             print(f"wrote {plot}")
-    r1 = {d.name: recall_at_n(runs[d.name, "hmm"].ranked, d.positives, (1,))[1] for d in sets}
+    r1 = {
+        (d.name, name): recall_at_n(runs[d.name][name][0].ranked, d.positives, (1,))[1]
+        for d in sets
+        for name in ("hmm", "plain")
+    }
     print(
-        f"nordland_r1={r1['nordland']:.3f} demo_r1={r1['demo']:.3f} gardens_r1={r1['gardens']:.3f}"
-        f" raw_pixels_r1={r1['raw_pixels']:.3f}"
+        " ".join(f"{d.name}_r1={r1[d.name, 'hmm']:.3f}" for d in sets)
+        + " "
+        + " ".join(f"{d.name}_plain_r1={r1[d.name, 'plain']:.3f}" for d in sets)
     )
 
 
