@@ -71,12 +71,19 @@ CPU_CONFIGS = (
 )
 
 
-def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
-    """Every configuration that runs here, by label; those that cannot say why."""
+COMPILE = "torch-compile:bf16"
+
+
+def extractors(
+    name: str, cache_dir: Path, only: list[str] | None = None
+) -> dict[str, DescriptorExtractor]:
+    """Every configuration that runs here (or those in ``only``), by label."""
     model, spec, fingerprint = seeded_model(name)
     configs = list(CPU_CONFIGS)
     if tensorrt_problem() is None:
         configs += [("tensorrt", "fp32"), ("tensorrt", "fp16")]
+    if only:
+        configs = [c for c in configs if c == CPU_CONFIGS[0] or ":".join(c) in only]
     found: dict[str, DescriptorExtractor] = {}
     for backend, precision in tqdm(configs, desc=f"building {name}", unit="config"):
         try:
@@ -89,10 +96,10 @@ def extractors(name: str, cache_dir: Path) -> dict[str, DescriptorExtractor]:
 
 
 def bench_model(
-    name: str, images: list[np.ndarray], runs: int, cache_dir: Path
+    name: str, images: list[np.ndarray], runs: int, cache_dir: Path, only: list[str] | None
 ) -> tuple[list[str], dict]:
     """Table rows of one model and its summary (fastest within cosine 0.99 of fp32)."""
-    configs = extractors(name, cache_dir)
+    configs = extractors(name, cache_dir, only)
     spec = next(iter(configs.values())).spec
     reference = configs["torch fp32"].extract(images)
     one = preprocess_batch(images[:1], spec)
@@ -142,6 +149,11 @@ def main() -> None:
         "--cache-dir", type=Path, help="where ONNX files/engines go (default: a temporary folder)"
     )
     parser.add_argument(
+        "--configs",
+        nargs="+",
+        help="only these backend:precision pairs (torch:fp32, the reference, always runs)",
+    )
+    parser.add_argument(
         "--starts",
         action="store_true",
         help="first and second start (fresh processes, cold then warm cache) of torch-compile"
@@ -170,14 +182,16 @@ def main() -> None:
                 print(f"(skipping {name}: not registered)")
                 continue
             cache_dir = args.cache_dir or Path(tmp) / name
-            if args.starts:  # first: its cold start is the one that fills the cache
-                starts = measure_starts(name, ["torch-compile:bf16"], cache_dir)
-                second = starts["torch-compile:bf16"]["second"].get("wall_s", float("nan"))
-            model_rows, summary = bench_model(name, images, args.runs, cache_dir)
-            if args.starts:
+            compile_start = args.starts and (not args.configs or COMPILE in args.configs)
+            if compile_start:  # first: its cold start is the one that fills the cache
+                starts = measure_starts(name, [COMPILE], cache_dir)
+                second = starts[COMPILE]["second"].get("wall_s", float("nan"))
+            model_rows, summary = bench_model(name, images, args.runs, cache_dir, args.configs)
+            if compile_start:
                 summary["compile_second_start_s"] = f"{second:.1f}"
+            if args.starts:
                 config = summary["best"]
-                if config not in ("torch:fp32", "torch-compile:bf16"):
+                if config not in ("torch:fp32", COMPILE):
                     fresh = measure_starts(name, [config], Path(tmp) / f"{name}-best")[config]
                     summary["best_first_start_s"] = f"{fresh['first'].get('wall_s', -1):.1f}"
                     summary["best_second_start_s"] = f"{fresh['second'].get('wall_s', -1):.1f}"
