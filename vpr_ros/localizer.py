@@ -1,0 +1,446 @@
+"""
+The ROS-free pipeline: image -> descriptor -> search -> re-rank -> temporal filter -> Match.
+
+The node, `vpr-ros localize`, `vpr-ros eval` and the demo all go through
+``Localizer.match`` (``localize`` adds the descriptor), so what is evaluated is what runs
+on the robot. Every decision about a match is taken here: the candidates and their order,
+the confidence, whether a pose prior is published and its covariance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from vpr_ros.confidence import (
+    DEFAULT_MIN_CONFIDENCE,
+    FITTED_RERANKERS,
+    default_model,
+    distances,
+    frame_features,
+)
+from vpr_ros.errors import ConfigError
+from vpr_ros.index import TEMPORAL_FILTERS
+from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker, reranker_names
+from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
+from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
+from vpr_ros.inference.extractor import DescriptorExtractor
+from vpr_ros.maps.local_features import LocalFeatureStore, stored_reranker
+from vpr_ros.maps.mapdir import VprMap
+from vpr_ros.stamps import ns_to_stamp_dict
+
+SCHEMA = "vpr_ros/PlaceMatch/1"
+
+
+@dataclass
+class Candidate:
+    place_id: int
+    score: float  # cosine similarity of the global descriptors
+    # the re-ranker's score (its meaning: see the re-ranker); None without re-ranking
+    rerank_score: float | None
+    position: list[float] | None  # map frame (UTM metres when the map came from GPS)
+    orientation: list[float] | None  # quaternion x, y, z, w
+    stamp_ns: int  # when the map image was taken
+    source: str
+    # the temporal filter's belief in this place; None without a filter
+    temporal_score: float | None = None
+
+
+@dataclass
+class PosePrior:
+    """
+    What /vpr/pose_prior carries.
+
+    The best place's pose and a 6x6 covariance (x, y, z, roll, pitch, yaw).
+    """
+
+    position: list[float]
+    orientation: list[float]  # quaternion x, y, z, w; identity when the map has no orientation
+    covariance: list[float]  # 36 values, row-major
+
+
+@dataclass
+class Match:
+    stamp_ns: int
+    frame_id: str
+    map_id: str
+    model: str
+    candidates: list[Candidate]
+    confidence: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    covariance_xy: list[list[float]] | None = None  # 2x2, metres^2, see Localizer.pose_covariance
+    pose_prior: PosePrior | None = None  # set when the match is confident enough to act on
+    rerank: str | None = None  # the re-ranker that ordered the candidates
+    temporal: dict | None = None  # {"filter", "reset", ...} when a temporal filter ran
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": SCHEMA,
+            "stamp": ns_to_stamp_dict(self.stamp_ns),
+            "frame_id": self.frame_id,
+            "map_id": self.map_id,
+            "model": self.model,
+            "confidence": round(self.confidence, 4),
+            "candidates": [
+                {
+                    **asdict(c),
+                    "score": round(c.score, 6),
+                    "map_stamp": ns_to_stamp_dict(c.stamp_ns),
+                }
+                for c in self.candidates
+            ],
+            "covariance_xy": self.covariance_xy,
+            "pose_prior": self.pose_prior is not None,
+            "rerank": self.rerank,
+            "temporal": self.temporal,
+            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class LocalizerConfig:
+    """
+    How the pipeline decides (the node's parameters and the CLI's flags map onto these).
+
+    rerank: none | auto | a re-ranker name (``reranker_names()``); auto takes the re-ranker whose
+        features the map holds, or none. rerank_top_k: global candidates it re-sorts.
+    temporal: none | hmm (the place filter over the map's route, ``index/temporal.py``) | seqslam.
+    min_confidence: calibrated probability that the best place is right, above which a pose prior
+    is given.
+    """
+
+    top_k: int = 5
+    rerank: str = "none"
+    rerank_top_k: int = 10
+    temporal: str = "hmm"
+    min_confidence: float = DEFAULT_MIN_CONFIDENCE
+    ambiguity_radius_m: float = 25.0
+    base_sigma_m: float = 5.0
+    sequence: SequenceConfig = SequenceConfig()
+    hmm: TemporalConfig = TemporalConfig()
+
+    def __post_init__(self):
+        if self.temporal not in TEMPORAL_FILTERS:
+            raise ConfigError(
+                f"unknown temporal filter {self.temporal!r}; choose one of"
+                f" {', '.join(TEMPORAL_FILTERS)}"
+            )
+        if self.rerank not in ("none", "auto", *reranker_names()):
+            raise ConfigError(
+                f"unknown re-ranker {self.rerank!r}; choose none, auto or"
+                f" {', '.join(reranker_names())}"
+            )
+        if self.top_k < 1 or self.rerank_top_k < 1:
+            raise ConfigError(
+                f"top_k and rerank_top_k must be >= 1, got {self.top_k} and {self.rerank_top_k}"
+            )
+
+
+class Localizer:
+    """
+    Localizes images against a map, one frame after another (the temporal filter keeps state).
+
+    Per frame: the global descriptor finds candidates; a re-ranker (when configured and the
+    map holds its features) re-sorts the first ``rerank_top_k`` by local features; the temporal
+    filter (``hmm`` by default) follows the robot along the map's route using those candidates
+    and, when given, the odometry distance travelled since the previous frame. Confidence is
+    the calibrated probability that the best place is right (``vpr_ros.confidence``): from the
+    ratio-test margin, plus the filter's support when it runs. The pose covariance grows with
+    ambiguity: candidates that score almost as well but lie elsewhere spread it.
+    """
+
+    def __init__(
+        self,
+        vpr_map: VprMap,
+        extractor: DescriptorExtractor | None,
+        config: LocalizerConfig = LocalizerConfig(),
+    ):
+        """
+        Set up the pipeline.
+
+        ``extractor`` may be None to ``match`` precomputed descriptors without re-ranking
+        (evaluation).
+        """
+        self.map = vpr_map
+        self.extractor = extractor
+        self.config = config
+        self._positions = np.array(
+            [p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64
+        )
+        xy = self._positions[:, :2]
+        self._xy = None if np.isnan(xy).all() else xy
+        self.reranker, self.local_store = self._open_reranker()
+        self.hmm = (
+            TemporalFilter(Route.of_map(self._xy, len(vpr_map)), config.hmm)
+            if config.temporal == "hmm"
+            else None
+        )
+        self.sequence = (SequenceMatcher(len(vpr_map), config.sequence)
+                         if config.temporal == "seqslam" and config.sequence.length > 1 else None)
+
+    def _open_reranker(self) -> tuple[Reranker | None, LocalFeatureStore | None]:
+        """
+        Return the configured re-ranker and the map's features for it.
+
+        A map without them is refused (MapError).
+        """
+        name = self.config.rerank
+        if name == "auto":
+            name = stored_reranker(self.map.path) or "none"
+        if name == "none":
+            return None, None
+        if self.extractor is None:
+            raise ConfigError(
+                f"re-ranker {name!r} needs the descriptor extractor; pass one to the Localizer"
+            )
+        reranker = create_reranker(name, self.extractor)
+        return reranker, LocalFeatureStore.open(self.map.path, reranker.describe(), len(self.map))
+
+    def localize(
+        self,
+        rgb: np.ndarray,
+        stamp_ns: int = 0,
+        frame_id: str = "",
+        latency_ms: dict | None = None,
+        travelled_m: float | None = None,
+        frames: float = 1.0,
+    ) -> Match:
+        """
+        One camera frame (RGB uint8).
+
+        ``travelled_m``: odometry distance since the previous frame (or None); ``frames``: camera
+        frames since the previous call (more than 1 when frames were dropped).
+        """
+        latency = dict(latency_ms or {})
+        t0 = time.perf_counter()
+        query_local = None
+        if self.reranker is not None:
+            descriptor, query_local = self.reranker.extract_query(rgb, self.extractor)
+        else:
+            descriptor = self.extractor.extract([rgb])[0]
+        latency["descriptor"] = (time.perf_counter() - t0) * 1e3
+        match = self.match(descriptor, query_local, stamp_ns, frame_id, travelled_m, frames)
+        latency.update(match.latency_ms)
+        latency["total"] = sum(latency.values())
+        match.latency_ms = latency
+        return match
+
+    def match(
+        self,
+        descriptor: np.ndarray,
+        query_local: LocalFeatures | None = None,
+        stamp_ns: int = 0,
+        frame_id: str = "",
+        travelled_m: float | None = None,
+        frames: float = 1.0,
+    ) -> Match:
+        """Run the pipeline after the descriptor: search, re-rank, filter, confidence, prior."""
+        cfg = self.config
+        latency = {}
+        t0 = time.perf_counter()
+        k = max(
+            cfg.top_k,
+            2,
+            cfg.rerank_top_k if self.reranker else 0,
+            cfg.hmm.candidates if self.hmm else 0,
+        )
+        if self.sequence is not None:
+            similarity = np.asarray(self.map.descriptors) @ descriptor
+            ids, path_scores = self.sequence.push(similarity, k)
+            scores = similarity[ids]
+        else:
+            scores, ids = self.map.index.search(descriptor[None], k)
+            keep = ids[0] >= 0
+            scores, ids, path_scores = scores[0][keep], ids[0][keep], None
+        t1 = time.perf_counter()
+        latency["search"] = (t1 - t0) * 1e3
+        # confidence and covariance judge the retrieval's own candidates: what the descriptor says
+        retrieval_scores, retrieval_ids = scores, ids
+        rerank_scores = None
+        if self.reranker is not None and query_local is not None:
+            ids, scores, rerank_scores = self._rerank(query_local, ids, scores)
+            latency["rerank"] = (time.perf_counter() - t1) * 1e3
+        temporal, temporal_scores, t2 = None, path_scores, time.perf_counter()
+        if self.hmm is not None:
+            r = self.hmm.push(
+                ids,
+                self._observed(scores, rerank_scores),
+                travelled_m,
+                k=max(cfg.top_k, 2),
+                frames=frames,
+            )
+            by_id = dict(zip(ids.tolist(), range(len(ids))))
+            # places the track predicts but the search did not return get their search-space cosine
+            unseen = np.array([i for i in r.place_ids.tolist() if i not in by_id], dtype=np.int64)
+            extra = (
+                dict(zip(unseen.tolist(), self.map.index.similarity(descriptor, unseen).tolist()))
+                if len(unseen)
+                else {}
+            )
+            scores = np.array(
+                [scores[by_id[i]] if i in by_id else extra[i] for i in r.place_ids.tolist()],
+                dtype=np.float32,
+            )
+            if rerank_scores is not None:
+                rerank_scores = np.array(
+                    [
+                        rerank_scores[by_id[i]] if i in by_id else np.nan
+                        for i in r.place_ids.tolist()
+                    ]
+                )
+            ids, temporal_scores = r.place_ids, r.scores
+            temporal = {
+                "filter": "hmm",
+                "reset": bool(r.reset),
+                # False: the motion model has not explained recent frames; the ranking is the
+                # retrieval's (see index/temporal.py, "Trust")
+                "applied": bool(r.applied),
+                "evidence": round(float(r.evidence), 3),
+                "agreement": round(float(r.agreement), 4),
+                "support": round(float(r.support), 4),
+            }
+            latency["temporal"] = (time.perf_counter() - t2) * 1e3
+        elif self.sequence is not None:
+            temporal = {"filter": "seqslam", "reset": False}
+        # The filter's support counts only where its ranking is the answer: on frames it leaves
+        # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
+        applied = r if self.hmm is not None and r.applied else None
+        # the re-ranker's score of the answer counts where the default models know its scale
+        best_rerank = (
+            rerank_scores[0]
+            if rerank_scores is not None
+            and len(rerank_scores)
+            and self.reranker.name in FITTED_RERANKERS
+            else None
+        )
+        features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
+        confidence = default_model(features)(**features)
+        covariance_xy = self.pose_covariance(scores, ids)
+        n = cfg.top_k
+        candidates = [
+            self._candidate(
+                int(i),
+                float(s),
+                (
+                    None
+                    if rerank_scores is None or np.isnan(rerank_scores[j])
+                    else float(rerank_scores[j])
+                ),
+                None if temporal_scores is None else float(temporal_scores[j]),
+            )
+            for j, (i, s) in enumerate(zip(ids[:n], scores[:n]))
+        ]
+        return Match(
+            stamp_ns=stamp_ns,
+            frame_id=frame_id,
+            map_id=self.map.map_id,
+            model=self.map.model["name"],
+            candidates=candidates,
+            confidence=confidence,
+            latency_ms=latency,
+            covariance_xy=covariance_xy,
+            pose_prior=(
+                self.pose_prior(candidates[0], confidence, covariance_xy) if candidates else None
+            ),
+            rerank=self.reranker.name if self.reranker is not None else None,
+            temporal=temporal,
+        )
+
+    @staticmethod
+    def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:
+        """
+        Return what the temporal filter observes.
+
+        The re-ranker's scores when it found evidence in this frame (they separate true from false
+        places far better than global scores), else the global scores, so a frame where nothing
+        verified (e.g. images too small for local features) does not leave the filter blind.
+        """
+        if rerank_scores is None:
+            return scores
+        evidence = np.nan_to_num(np.asarray(rerank_scores, dtype=np.float64), nan=0.0)
+        return evidence if evidence.max() > 0 else scores
+
+    def _rerank(
+        self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Re-sort the first ``rerank_top_k`` candidates.
+
+        The rest keep their global order, below them.
+        """
+        head = min(self.config.rerank_top_k, len(ids))
+        order, rerank_scores = self.reranker.rerank(
+            query, [self.local_store[int(i)] for i in ids[:head]], scores[:head]
+        )
+        order = np.concatenate([order, np.arange(head, len(ids))])
+        rerank_all = np.concatenate([rerank_scores, np.full(len(ids) - head, np.nan)])
+        return ids[order], scores[order], rerank_all[order]
+
+    def _candidate(
+        self, i: int, score: float, rerank_score: float | None, temporal_score: float | None
+    ) -> Candidate:
+        p = self.map.places[i]
+        return Candidate(
+            place_id=p.place_id,
+            score=score,
+            rerank_score=rerank_score,
+            position=list(p.position) if p.position else None,
+            orientation=list(p.orientation) if p.orientation else None,
+            stamp_ns=p.stamp_ns,
+            source=p.source,
+            temporal_score=temporal_score,
+        )
+
+    def pose_covariance(self, scores: np.ndarray, ids: np.ndarray) -> list[list[float]] | None:
+        """
+        2x2 xy covariance around the best place.
+
+        Base_sigma^2 I plus the spread of weighted alternatives.
+
+        Weights are (d1/di)^8 on descriptor distances: a candidate 10 % farther in descriptor space
+        counts about half, 25 % farther about a sixth.
+        """
+        pos = self._positions[ids, :2]
+        if len(ids) == 0 or np.isnan(pos[0]).any():
+            return None
+        d = distances(scores)
+        w = (d[0] / d) ** 8
+        w[np.isnan(pos).any(axis=1)] = 0.0
+        offsets = np.nan_to_num(pos - pos[0])
+        spread = (w[:, None, None] * offsets[:, :, None] * offsets[:, None, :]).sum(0) / w.sum()
+        cov = spread + np.eye(2) * self.config.base_sigma_m**2
+        return cov.round(4).tolist()
+
+    def pose_prior(
+        self, best: Candidate, confidence: float, covariance_xy: list[list[float]] | None
+    ) -> PosePrior | None:
+        """
+        Return the best place's pose with a 6x6 covariance.
+
+        None below ``min_confidence`` or without a position.
+        """
+        if (
+            confidence < self.config.min_confidence
+            or covariance_xy is None
+            or best.position is None
+        ):
+            return None
+        cov = [0.0] * 36  # row-major x, y, z, roll, pitch, yaw
+        (cov[0], cov[1]), (cov[6], cov[7]) = covariance_xy
+        # height is weakly observed by place recognition
+        cov[14] = 4.0 * self.config.base_sigma_m**2
+        cov[21] = cov[28] = 0.1  # roll, pitch: ~18 deg
+        # The map image's heading is roughly the camera's; unknown when the map had no orientation.
+        cov[35] = 0.35**2 if best.orientation else math.pi**2
+        return PosePrior(list(best.position), list(best.orientation or (0.0, 0.0, 0.0, 1.0)), cov)
