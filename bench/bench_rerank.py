@@ -21,6 +21,9 @@ Data (../shared/data beside the repository; the demo route is rendered here):
 - demo route: map bag keyframes every 2 m, every query frame, 10 m;
 - tokyo_pair: inliers of the true day/night pair and of wrong pairs (the pair's
   query against the Gardens Point images and the database image against them).
+- confidence (only with --only confidence): refits the confidence models with the re-ranking
+  feature (vpr_ros/confidence.py DEFAULT_MODELS) on the demo route in world seed 1 pooled with
+  Nordland and checks them on the demo route (seed 0) and Gardens Point.
 
 Timing on 640x480 demo frames, map-side features precomputed: per frame
 ``query_features`` + ``rerank`` of the top 10 stored candidates against

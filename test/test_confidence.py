@@ -60,7 +60,8 @@ def test_model_call_matches_batch_and_names_missing_features():
 def test_rerank_feature_is_log1p_of_the_best_places_score_and_picks_its_model():
     scores, ids = np.array([0.9, 0.8, 0.5]), np.array([4, 20, 40])
     plain = frame_features(scores, ids, None)
-    assert tuple(plain) == FEATURES_PLAIN and default_model(plain) is DEFAULT_MODELS[FEATURES_PLAIN]
+    assert tuple(plain) == FEATURES_PLAIN
+    assert default_model(plain) is DEFAULT_MODELS[FEATURES_PLAIN]
     verified = frame_features(scores, ids, None, rerank_score=60.0)
     assert verified["rerank"] == pytest.approx(np.log1p(60.0))
     assert default_model(verified) is DEFAULT_MODELS[FEATURES_RERANK]
