@@ -20,8 +20,10 @@ to a neighbouring grid value with probability ``speed_change`` per frame, slowly
 a 3x change over 4 s at 10 Hz is followed, an instant 3x jump only by re-localizing. Both
 directions, because nothing says which way a query runs along a map's build order (a map
 recorded driving the other way, a robot backing up); turning round passes through the
-slowest speeds. There is no speed 0 (see DEFAULT_SPEEDS): a stop is overshot and
-re-acquired within a few frames.
+slowest speeds. Measured without the trust gate below: queries in reverse order, Recall@1 on
+Nordland 0.05 with forward speeds only, 0.83 with both; demo route 0.17 and 1.00; the price,
+raw pixels driven forwards 0.45 instead of 0.48. There is no speed 0 (see DEFAULT_SPEEDS): a
+stop is overshot and re-acquired within a few frames.
 With odometry (``travelled_m``: metres along the route since the last push, from
 nav_msgs/Odometry) every hypothesis moves by that distance instead, which also follows
 stops and reversing. Position noise is Gaussian around the predicted route coordinate;
@@ -61,8 +63,8 @@ predicted places costs little (their likelihood is the floor under both models),
 outlives long retrieval failures; frames in random order earn nothing (about 0 per frame), a
 route followed earns about 0.6 per frame. Measured: on the Gardens Point sample (ten places,
 every one a candidate of every frame, day against night) the evidence peaks at 0.5 and the
-retrieval's answer stands; on Nordland and the demo route the filter is applied after 3-4
-frames.
+retrieval's answer stands; on Nordland and the demo route the filter is applied on 98 % of
+the frames (from about the fifth on): Recall@1 0.928 and 0.994 (0.925 and 1.000 ungated).
 
 The filter is causal: ``filter_candidates`` (offline) gives exactly what ``push`` gives
 frame by frame on the robot.
@@ -217,7 +219,8 @@ class TemporalResult:
     scores: posterior probability of each of place_ids (summed over speeds).
     candidate_scores: posterior probability of each input candidate, in input order.
     reset: the answer does not continue the previous track: the belief (re)started from this
-        frame's candidates (first frame, ``reset()``, loss of track) or the best place jumped.
+        frame's candidates (first frame, ``reset()``, loss of track) or its best place jumped
+        farther than the speeds it held reach.
     agreement: how well the predicted belief explained this frame's candidates, in (0, 1].
     applied: the motion model has explained the recent frames (``evidence`` above
         ``trust_evidence``), so place_ids is the filter's ranking.
