@@ -19,7 +19,8 @@ SHARED = REPO.parent / "shared"
 # Git-ignored build and output directories (colcon in place, `make demo`, evaluations): not
 # package source, so the lint tests skip them (ament's linters already skip '.'/'_' directories).
 LINT_EXCLUDES = [
-    str(REPO / name) for name in ("build", "install", "log", "out", "demo_out", "eval_out", "bench_out")
+    str(REPO / name)
+    for name in ("build", "install", "log", "out", "demo_out", "eval_out", "bench_out")
 ]
 
 
