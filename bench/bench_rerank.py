@@ -168,10 +168,10 @@ def tokyo(reranker: XFeatReranker) -> None:
     query, database = read_rgb(pair / "query.jpg"), read_rgb(pair / "database.png")
     others = [read_rgb(p) for p in image_files(SHARED_DATA / "gardens_point_sample" / "night")]
     fq, fd = reranker.query_features(query), reranker.query_features(database)
-    wrong = [reranker.inliers(fq, reranker.query_features(o)) for o in others]
-    wrong += [reranker.inliers(fd, reranker.query_features(o)) for o in others]
+    places = [reranker.query_features(o) for o in others]
+    wrong = np.concatenate([reranker.inlier_counts(f, places) for f in (fq, fd)]).astype(int)
     print(
-        f"tokyo_pair: true pair {reranker.inliers(fq, fd)} inliers; "
+        f"tokyo_pair: true pair {reranker.inlier_counts(fq, [fd])[0]:.0f} inliers; "
         f"{len(wrong)} wrong pairs: max {max(wrong)}, "
         f"mean {np.mean(wrong):.1f} (verified at >= {reranker.conf['min_inliers']})",
         flush=True,
