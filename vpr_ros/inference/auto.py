@@ -71,8 +71,9 @@ def candidates(precision: str) -> list[tuple[str, str]]:
     pairs = [REFERENCE]
     if has_bf16:  # bf16 without hardware support is emulated: never the fastest
         pairs += [("torch", "bf16"), ("torch-compile", "bf16")]
-    for backend, module in (("onnxruntime", "onnxruntime"), ("openvino", "openvino")):
-        if library_versions()[module] != "absent":
+    versions = library_versions()
+    for backend in ("onnxruntime", "openvino"):  # backend name == module name
+        if versions[backend] != "absent":
             pairs += [(backend, "fp32"), (backend, "int8")]
             if backend == "openvino" and has_bf16:
                 pairs.append((backend, "bf16"))
