@@ -134,17 +134,28 @@ def _median(rows: list[dict], key: str) -> float:
     return float(np.median(values)) if values else float("nan")
 
 
-def _report(name: str, node_frames: list[dict], bare_frames: list[dict], sent: int) -> float:
-    """Print one transport's table and split; return its overhead (ms)."""
+def _report(name: str, node_frames: list[dict], bare_frames: list[dict],
+            sent: int) -> tuple[float, float]:
+    """
+    Print one transport's table and split.
+
+    Returns (overhead: node p50 - bare p50, added: median over frames of e2e less the node's own
+    decode + localize), ms. The second compares within each frame, so load that changes between a
+    node frame and the next bare frame cancels; it assumes the node's pipeline runs as fast as the
+    bare one, which the table shows.
+    """
     e2e = percentiles([r["e2e_ms"] for r in node_frames])
     bare = percentiles([r["bare_ms"] for r in bare_frames])
     overhead = e2e["p50"] - bare["p50"]
+    added = float(np.median([r["e2e_ms"] - r["total"] + r.get("queue", 0.0)
+                             for r in node_frames]))
     print(f"\n### {name}: {len(node_frames)}/{sent} frames answered"
           f" (after {WARMUP_FRAMES} warm-up)")
     print("| latency (ms) | p50 | p95 |\n|---|---|---|")
     print(f"| bare: decode + localize, in-process | {bare['p50']:.2f} | {bare['p95']:.2f} |")
     print(f"| node: publish -> /vpr/match received | {e2e['p50']:.2f} | {e2e['p95']:.2f} |")
     print(f"| overhead (node p50 - bare p50) | {overhead:.2f} | |")
+    print(f"| added per frame (e2e - node's decode + localize), median | {added:.2f} | |")
     # Where the node's time goes, medians per frame, in order. In: stamp -> DDS receipt in the node
     # (the publisher's serialisation and DDS), DDS receipt -> callback (executor wake-up,
     # deserialisation into Python), callback -> worker thread. The node's pipeline. Out: pipeline
@@ -168,7 +179,7 @@ def _report(name: str, node_frames: list[dict], bare_frames: list[dict], sent: i
         f" {_median(bare_frames, 'localize_ms'):.2f}; node decode"
         f" {_median(node_frames, 'decode'):.2f}"
     )
-    return overhead
+    return overhead, added
 
 
 def main() -> None:
@@ -217,7 +228,7 @@ def main() -> None:
           f" alternating at {a.rate:g} Hz")
 
     receiver = MatchReceiver()
-    overhead, p50 = {}, {}
+    overhead, added, p50 = {}, {}, {}
     try:
         for name, cls, topic, messages in (("raw", Image, IMAGE_TOPIC, raw),
                                            ("compressed", CompressedImage,
@@ -235,7 +246,8 @@ def main() -> None:
                 stop_process(node)
             (work / f"frames_{name}.json").write_text(
                 json.dumps({"node": node_frames, "bare": bare_frames}))
-            overhead[name] = _report(name, node_frames, bare_frames, len(messages))
+            overhead[name], added[name] = _report(name, node_frames, bare_frames,
+                                                  len(messages))
             p50[name] = (percentiles([r["e2e_ms"] for r in node_frames])["p50"],
                          percentiles([r["bare_ms"] for r in bare_frames])["p50"])
     finally:
@@ -245,7 +257,8 @@ def main() -> None:
         f"raw_overhead_ms={overhead['raw']:.2f} compressed_overhead_ms="
         f"{overhead['compressed']:.2f} raw_p50_ms={p50['raw'][0]:.2f}"
         f" bare_p50_ms={p50['raw'][1]:.2f} compressed_p50_ms={p50['compressed'][0]:.2f}"
-        f" compressed_bare_p50_ms={p50['compressed'][1]:.2f}"
+        f" compressed_bare_p50_ms={p50['compressed'][1]:.2f} raw_added_ms={added['raw']:.2f}"
+        f" compressed_added_ms={added['compressed']:.2f}"
     )
 
 
