@@ -6,7 +6,6 @@ import pytest
 from vpr_ros.confidence import (
     DEFAULT_MODELS,
     FEATURES_PLAIN,
-    FEATURES_RERANK,
     FEATURES_TEMPORAL,
     FEATURES_TEMPORAL_RERANK,
     ConfidenceModel,
@@ -57,32 +56,33 @@ def test_model_call_matches_batch_and_names_missing_features():
         ConfidenceModel(("margin",), (1.0, 2.0), 0.0)
 
 
-def test_rerank_feature_is_log1p_of_the_best_places_score_and_picks_its_model():
+def test_rerank_feature_is_log1p_of_the_best_places_score_with_the_filters_answer_only():
     scores, ids = np.array([0.9, 0.8, 0.5]), np.array([4, 20, 40])
-    plain = frame_features(scores, ids, None)
-    assert tuple(plain) == FEATURES_PLAIN
-    assert default_model(plain) is DEFAULT_MODELS[FEATURES_PLAIN]
-    verified = frame_features(scores, ids, None, rerank_score=60.0)
-    assert verified["rerank"] == pytest.approx(np.log1p(60.0))
-    assert default_model(verified) is DEFAULT_MODELS[FEATURES_RERANK]
-    # not among the re-ranked candidates (NaN) or unverified: 0
-    assert frame_features(scores, ids, None, rerank_score=float("nan"))["rerank"] == 0.0
-    assert frame_features(scores, ids, None, rerank_score=0.0)["rerank"] == 0.0
 
     class Track:
         support = 0.9
 
-    both = frame_features(scores, ids, None, Track(), rerank_score=30.0)
-    assert tuple(both) == FEATURES_TEMPORAL_RERANK
+    # without the filter's answer the re-ranker's score does not enter (verified near misses)
+    alone = frame_features(scores, ids, None, rerank_score=60.0)
+    assert tuple(alone) == FEATURES_PLAIN
+    assert default_model(alone) is DEFAULT_MODELS[FEATURES_PLAIN]
+    verified = frame_features(scores, ids, None, Track(), rerank_score=60.0)
+    assert tuple(verified) == FEATURES_TEMPORAL_RERANK
+    assert verified["rerank"] == pytest.approx(np.log1p(60.0))
+    assert default_model(verified) is DEFAULT_MODELS[FEATURES_TEMPORAL_RERANK]
+    # not among the re-ranked candidates (NaN) or unverified: 0
+    for score in (float("nan"), 0.0):
+        assert frame_features(scores, ids, None, Track(), rerank_score=score)["rerank"] == 0.0
+    assert tuple(frame_features(scores, ids, None, Track())) == FEATURES_TEMPORAL
     with pytest.raises(ValueError, match="no default confidence model"):
-        default_model({"margin": 0.1, "rerank": 1.0, "support": 0.5})  # order matters: a typo
+        default_model({"margin": 0.1, "rerank": 1.0})
 
 
-def test_rerank_models_trust_verified_answers_more_and_unverified_like_the_plain_model():
-    for features in (FEATURES_RERANK, FEATURES_TEMPORAL_RERANK):
-        model = DEFAULT_MODELS[features]
-        base = {"margin": 0.0, "support": 0.2}
-        values = [model(**base, rerank=np.log1p(n)) for n in (0, 15, 60, 200)]
-        assert values == sorted(values) and values[-1] > values[0] + 0.2
-    unverified = DEFAULT_MODELS[FEATURES_RERANK](margin=0.2, rerank=0.0)
-    assert unverified == pytest.approx(DEFAULT_MODELS[FEATURES_PLAIN](margin=0.2), abs=0.05)
+def test_rerank_model_trusts_verified_answers_more():
+    model = DEFAULT_MODELS[FEATURES_TEMPORAL_RERANK]
+    values = [model(margin=0.0, support=0.2, rerank=np.log1p(n)) for n in (0, 15, 60, 200)]
+    assert values == sorted(values) and values[-1] > values[0] + 0.2
+    # unverified: about what the model without the feature says
+    assert model(margin=0.1, support=0.6, rerank=0.0) == pytest.approx(
+        DEFAULT_MODELS[FEATURES_TEMPORAL](margin=0.1, support=0.6), abs=0.1
+    )
