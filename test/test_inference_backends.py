@@ -168,6 +168,8 @@ def test_torch_compile_package_is_reused_by_a_second_start(tmp_path, real_images
     key = json.loads(package.with_name(package.name + ".json").read_text())
     assert key["torch_version"] == torch.__version__ and key["input_size"] == [24, 32]
     assert {"cpu_model", "cpu_flags", "fingerprint", "precision"} <= set(key)
+    # exactly what a fresh process computes (AOTInductor once added entries to the options)
+    assert key["compile_options"] == {"freezing": True, "max_autotune": True}
     mtime = package.stat().st_mtime_ns
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="vpr_ros.inference.engine_cache"):

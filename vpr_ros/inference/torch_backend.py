@@ -85,7 +85,7 @@ def compiled_package_key(spec: ModelSpec, fingerprint: str, precision: str) -> d
         "input_size": list(spec.input_size),
         "precision": precision,
         "torch_version": torch.__version__,
-        "compile_options": COMPILE_OPTIONS,
+        "compile_options": dict(COMPILE_OPTIONS),
         **cpu_key(),
     }
 
@@ -105,7 +105,8 @@ def compile_package(model: nn.Module, spec: ModelSpec, out: Path) -> None:
         # AOTInductor wants a path ending in .pt2; the caller's ``out`` is a temp name.
         package = Path(tmp) / "model.pt2"
         torch._inductor.aoti_compile_and_package(
-            program, package_path=str(package), inductor_configs=COMPILE_OPTIONS
+            # A copy: AOTInductor adds its own entries to the dict it is given.
+            program, package_path=str(package), inductor_configs=dict(COMPILE_OPTIONS)
         )
         shutil.copyfile(package, out)
 
