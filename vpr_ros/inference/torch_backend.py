@@ -91,9 +91,7 @@ def compiled_package_key(spec: ModelSpec, fingerprint: str, precision: str) -> d
 
 
 def compile_package(model: nn.Module, spec: ModelSpec, out: Path) -> None:
-    """
-    Export ``model`` (bf16, batch 1) and compile it with AOTInductor into the package ``out``.
-    """
+    """Export ``model`` (bf16, batch 1) and compile it with AOTInductor into package ``out``."""
     # A copy: casting to bf16 in place would change the caller's fp32 model.
     bf16_model = copy.deepcopy(model).eval().cpu().to(torch.bfloat16)
     example = torch.zeros(1, 3, *spec.input_size, dtype=torch.bfloat16)
