@@ -96,24 +96,26 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter(
         "backend",
         "auto",
-        "Inference backend. auto picks TensorRT (GPU), else ONNX Runtime, else torch, and logs"
-        " why; torch-compile (bf16) is the fastest CPU path for the ViT models but compiles at"
-        " start-up.",
+        "Inference backend. auto: TensorRT where a GPU and tensorrt are present, else the"
+        " fastest CPU backend for this model on this host, measured once (a few seconds per"
+        " candidate) and cached in engine_cache_dir; the log says which and why.",
         choices=BACKENDS,
     ),
     Parameter(
         "precision",
         "fp32",
-        "fp32 | fp16 (GPU) | bf16 | int8 (ONNX Runtime dynamic int8 on CPU, calibrated on "
-        "TensorRT), where the backend supports it.",
+        "fp32 | fp16 (GPU) | bf16 | int8 (dynamic int8 on CPU, calibrated on TensorRT), where"
+        " the backend supports it; auto (with backend auto): the fastest precision whose"
+        " descriptors stay within cosine 0.99 of fp32. The first start with auto builds every"
+        " candidate (torch-compile: about a minute for a ViT); later starts read the cache.",
         choices=PRECISIONS,
     ),
     Parameter(
         "engine_cache_dir",
         "",
-        "Where exported ONNX files and TensorRT engines are cached, keyed by GPU, TensorRT"
-        " version, precision, input size and ONNX hash. Empty: $VPR_ROS_CACHE_DIR, else"
-        " ~/.cache/vpr_ros.",
+        "Where exported ONNX files, TensorRT engines, compiled torch packages and auto's backend"
+        " choice are cached, keyed by model, weights, precision, input size, CPU or GPU and"
+        " library versions. Empty: $VPR_ROS_CACHE_DIR, else ~/.cache/vpr_ros.",
     ),
     Parameter(
         "image_transport",
