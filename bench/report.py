@@ -25,7 +25,9 @@ from pathlib import Path
 from common import print_machine
 
 BENCH = Path(__file__).resolve().parent
-KEY_VALUE_LINE = re.compile(r"^\s*[A-Za-z_][\w.]*=\S+(\s+[A-Za-z_][\w.]*=\S+)*\s*$")
+KEY_VALUE_LINE = re.compile(r"^\s*[A-Za-z_][\w.-]*=\S+(\s+[A-Za-z_][\w.-]*=\S+)*\s*$")
+# a progress bar's redraws, e.g. "frames:  48%|████▊     | 43/89 [00:10<00:11,  4.00frame/s]"
+PROGRESS_LINE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ BENCHMARKS = (
     Benchmark(
         "build_distributed",
         "bench_build_distributed.py",
-        (),
+        ("--frames", "400"),
         "build-map on Ray with 1 and 2 workers (loopback)",
         400,
     ),
@@ -179,9 +181,10 @@ def run(benchmark: Benchmark) -> Outcome:
 
 
 def _tail(text: str, lines: int = 60) -> str:
-    kept = text.rstrip().splitlines()
-    # progress bars redraw with carriage returns: keep each line's final state
-    kept = [line.rsplit("\r", 1)[-1] for line in kept]
+    # progress bars redraw with carriage returns: keep each line's final state, and of a bar
+    # only its finished state
+    kept = [line.rsplit("\r", 1)[-1] for line in text.rstrip().splitlines()]
+    kept = [line for line in kept if not PROGRESS_LINE.search(line) or "100%|" in line]
     if len(kept) > lines:
         kept = [f"... ({len(kept) - lines} earlier lines)"] + kept[-lines:]
     return "\n".join(kept)

@@ -15,8 +15,8 @@ def _outcome(output: str, status: str = "ok") -> report.Outcome:
 
 
 def test_result_line_is_the_last_key_value_line():
-    out = "machine: cpu\nratio 0.9 (goal)\na=1 b=2.5\nc=3 d=x_y\nwrote file.png\n"
-    assert _outcome(out).result_line == "c=3 d=x_y"
+    out = "machine: cpu\nratio 0.9 (goal)\na=1 b=2.5\nc=3 m-b.t-c.first_s=2.6\nwrote file.png\n"
+    assert _outcome(out).result_line == "c=3 m-b.t-c.first_s=2.6"
     assert _outcome("no result here\nratio: 0.9\n").result_line == ""
 
 
@@ -37,3 +37,9 @@ def test_failed_run_and_markdown(tmp_path):
     text = report.render([outcome, _outcome("k=1")], "machine: test", 60.0, full=False)
     assert "| fail | fails on purpose | failed (rc 3) |" in text
     assert "`k=1`" in text and "machine: test" in text
+
+
+def test_tail_keeps_finished_progress_bars_only():
+    bar = "frames:  48%|████▊     | 43/89 [00:10<00:11,  4.00frame/s]"
+    done = "frames: 100%|██████████| 89/89 [00:20<00:00,  4.00frame/s]"
+    assert report._tail(f"a\n{bar}\n{bar}\r{done}\nb=1").splitlines() == ["a", done, "b=1"]
