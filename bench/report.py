@@ -71,6 +71,13 @@ BENCHMARKS = (
         900,
     ),
     Benchmark(
+        "node_start",
+        "bench_node_start.py",
+        (),
+        "the localize node's start to its first /vpr/match per backend (default model)",
+        900,
+    ),
+    Benchmark(
         "rerank",
         "bench_rerank.py",
         ("--only", "timing", "--only", "tokyo"),

@@ -69,4 +69,5 @@ class OutputCollector:
 
     def close(self) -> None:
         self._executor.shutdown()
+        self._thread.join(timeout=5.0)  # a spin thread alive at exit aborts the interpreter
         self.node.destroy_node()
