@@ -23,7 +23,7 @@ import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.host import cpu_flags
-from vpr_ros.inference.engine_cache import cached_build, cpu_key
+from vpr_ros.inference.engine_cache import cached_build, model_cpu_key
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.parity import compare_descriptors
 from vpr_ros.inference.preprocess import preprocess_batch
@@ -146,14 +146,7 @@ def measure(
 
 def choice_key(spec: ModelSpec, fingerprint: str, precision: str) -> dict:
     """Return what a measured choice depends on: model, weights, CPU and library versions."""
-    return {
-        "model": spec.name,
-        "fingerprint": fingerprint,
-        "input_size": list(spec.input_size),
-        "precision": precision,
-        **cpu_key(),
-        "libraries": library_versions(),
-    }
+    return {**model_cpu_key(spec, fingerprint, precision), "libraries": library_versions()}
 
 
 def choice_path(cache_dir: Path, spec: ModelSpec, fingerprint: str, precision: str) -> Path:

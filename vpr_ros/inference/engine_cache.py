@@ -26,6 +26,7 @@ from pathlib import Path
 
 from vpr_ros.fileio import atomic_output, atomic_write_text, file_sha256
 from vpr_ros.host import cpu_flags, cpu_model
+from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,17 @@ class EngineKey:
 def cpu_key() -> dict:
     """Return the key fields of an artefact only valid on this CPU (compiled code, timings)."""
     return {"cpu_model": cpu_model(), "cpu_flags": list(cpu_flags())}
+
+
+def model_cpu_key(spec: ModelSpec, fingerprint: str, precision: str) -> dict:
+    """Return the key fields of an artefact for one model, weights and precision on this CPU."""
+    return {
+        "model": spec.name,
+        "fingerprint": fingerprint,
+        "input_size": list(spec.input_size),
+        "precision": precision,
+        **cpu_key(),
+    }
 
 
 SHA256_FIELD = "sha256"  # in a sidecar beside the key's fields: the file's digest when written

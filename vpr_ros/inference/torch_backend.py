@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.inference.engine_cache import cached_build, cpu_key, default_cache_dir
+from vpr_ros.inference.engine_cache import cached_build, default_cache_dir, model_cpu_key
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.models.spec import ModelSpec
 
@@ -80,13 +80,9 @@ COMPILE_OPTIONS = {"freezing": True, "max_autotune": True}
 def compiled_package_key(spec: ModelSpec, fingerprint: str, precision: str) -> dict:
     """Return everything an AOTInductor package depends on: model, weights, shape, torch, CPU."""
     return {
-        "model": spec.name,
-        "fingerprint": fingerprint,
-        "input_size": list(spec.input_size),
-        "precision": precision,
+        **model_cpu_key(spec, fingerprint, precision),
         "torch_version": torch.__version__,
         "compile_options": dict(COMPILE_OPTIONS),
-        **cpu_key(),
     }
 
 
