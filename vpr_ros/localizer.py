@@ -175,9 +175,8 @@ class Localizer:
         self.map = vpr_map
         self.extractor = extractor
         self.config = config
-        self._positions = np.array(
-            [p.position or (math.nan,) * 3 for p in vpr_map.places], dtype=np.float64
-        )
+        # by column: a Place object per map place would cost seconds at a million places
+        self._positions = vpr_map.places.positions()
         xy = self._positions[:, :2]
         self._xy = None if np.isnan(xy).all() else xy
         self.reranker, self.local_store = self._open_reranker()
