@@ -74,6 +74,33 @@ def test_a_consumer_that_stops_stops_the_thread_and_closes_the_source():
     assert not _prefetch_threads()
 
 
+def test_ctrl_c_inside_thread_start_leaves_no_producer(monkeypatch):
+    """A KeyboardInterrupt raised as the thread starts: nothing keeps producing into shutdown."""
+    produced = []
+
+    def counted():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    real_start = threading.Thread.start
+
+    def start_then_interrupt(thread):
+        real_start(thread)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        next(_prefetch(counted(), depth=4))
+    monkeypatch.undo()
+    assert not _prefetch_threads()  # joined before the interrupt left the generator
+    stopped_at = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == stopped_at
+
+
 def _frames(n: int) -> list[Frame]:
     rng = np.random.default_rng(0)
     return [

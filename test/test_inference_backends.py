@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -185,13 +187,35 @@ def test_torch_compile_package_is_reused_by_a_second_start(tmp_path, real_images
         create_extractor("raw-pixels", backend="torch-compile", precision="fp32")
 
 
+def test_openvino_backend_sends_no_telemetry(tmp_path):
+    """
+    The openvino backend never loads OpenVINO's telemetry.
+
+    Outside CI, with no opt-out file in $HOME, ``import openvino`` would send an event to the
+    network.
+    """
+    script = (
+        "import sys, threading\n"
+        "from vpr_ros.inference.factory import create_extractor\n"
+        f"create_extractor('raw-pixels', backend='openvino', engine_cache_dir={str(tmp_path)!r})\n"
+        "print('openvino_telemetry' in sys.modules, threading.active_count())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)  # no opt-out file here
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "1"]
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_dinov2_s_openvino_stays_within_cosine_099_of_fp32(
     dinov2_s, dinov2_s_fp32, real_images, precision
 ):
-    import openvino
+    from vpr_ros.inference.openvino_backend import OpenVinoExtractor, import_openvino
 
-    from vpr_ros.inference.openvino_backend import OpenVinoExtractor
+    openvino = import_openvino()
 
     model, spec, fingerprint, cache = dinov2_s
     if precision == "bf16" and "BF16" not in openvino.Core().get_property(

@@ -108,8 +108,10 @@ def build_extractor(
 
         return CompiledTorchExtractor(net, spec, fingerprint, precision, cache_dir)
     if backend in ("onnxruntime", "openvino"):
+        from vpr_ros.inference.openvino_backend import import_openvino
+
         try:
-            importlib.import_module(backend)
+            import_openvino() if backend == "openvino" else importlib.import_module(backend)
         except ImportError as e:
             raise BackendUnavailableError(
                 f"backend {backend} is not installed ({e}); pip install {backend}, or use"
@@ -119,11 +121,11 @@ def build_extractor(
 
         if backend == "openvino":
             from vpr_ros.inference.openvino_backend import OpenVinoExtractor, inference_precision
-            import openvino
 
             # Refuse an unsupported precision before exporting anything.
             inference_precision(
-                precision, openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+                precision,
+                import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
             )
             onnx_precision = "fp32" if precision == "bf16" else precision
             onnx_path = cached_onnx(net, spec, fingerprint, onnx_precision, cache_dir)

@@ -10,7 +10,9 @@ the model, device and settings), so a later start skips most of the compile.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -22,6 +24,21 @@ from vpr_ros.models.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def import_openvino() -> ModuleType:
+    """
+    Import OpenVINO without its model-conversion tools.
+
+    ``import openvino`` also imports ``openvino.tools.ovc`` (``convert_model``; unused here,
+    models arrive as ONNX files), and that import sends a telemetry event to the network unless
+    the user has opted out or ``CI=true``. A robot's node does not phone home: a None entry in
+    ``sys.modules`` makes that one import fail, which OpenVINO's ``__init__`` tolerates.
+    """
+    sys.modules.setdefault("openvino.tools.ovc", None)
+    import openvino
+
+    return openvino
 
 
 def inference_precision(precision: str, capabilities: list[str]) -> str:
@@ -53,8 +70,7 @@ class OpenVinoExtractor(DescriptorExtractor):
         precision: str = "fp32",
         cache_dir: str | Path | None = None,
     ):
-        import openvino as ov
-
+        ov = import_openvino()
         super().__init__(spec, fingerprint, precision)
         core = ov.Core()
         capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")

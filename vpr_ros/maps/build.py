@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import closing
 import queue
 import threading
 from dataclasses import dataclass, replace
@@ -42,6 +43,12 @@ def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
     items produced before it. When the consumer stops early (an error, Ctrl-C, a closed
     generator), the thread stops before its next item and closes ``items`` (a bag reader's file)
     and this generator returns only once it has.
+
+    No producer thread may outlive the interpreter's finalization: one still inside OpenCV
+    then aborts the process ("terminate called without an active exception", seen on Ctrl-C
+    in CI). So callers close this generator with ``contextlib.closing`` rather than leave it to
+    the garbage collector, and a Ctrl-C landing inside ``Thread.start`` still stops the thread
+    (it checks ``stop`` before each item, the first included).
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -58,10 +65,14 @@ def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
     def produce() -> None:
         iterator = iter(items)
         try:
-            for item in iterator:
+            while not stop.is_set():
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    put((_DONE, None))
+                    return
                 if not put((item, None)):
                     return
-            put((_DONE, None))
         except BaseException as err:  # handed to the consumer, raised there
             put((_DONE, err))
         finally:
@@ -70,8 +81,8 @@ def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
                 close()
 
     thread = threading.Thread(target=produce, name="vpr-prefetch", daemon=True)
-    thread.start()
     try:
+        thread.start()
         while True:
             item, err = q.get()
             if err is not None:
@@ -81,7 +92,8 @@ def _prefetch(items: Iterable, depth: int = 16) -> Iterator:
             yield item
     finally:
         stop.set()
-        thread.join()
+        if thread.is_alive():  # not yet alive: it will see ``stop`` before its first item
+            thread.join()
 
 
 def _batches(
@@ -142,10 +154,13 @@ def extract_frames(
     Returns (descriptors, frames).
     """
     descriptors, kept = [], []
-    with tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True) as bar:
-        # Reading, decoding, preprocessing and batching on the prefetch thread (a few batches
-        # ahead): this thread runs forward passes only.
-        for group, inputs in _prefetch(_batches(frames, extractor.spec, batch_size), depth=4):
+    # Reading, decoding, preprocessing and batching on the prefetch thread (a few batches
+    # ahead): this thread runs forward passes only.
+    batches = closing(_prefetch(_batches(frames, extractor.spec, batch_size), depth=4))
+    with batches as prefetched, tqdm(
+        total=total, desc=desc, unit="img", dynamic_ncols=True
+    ) as bar:
+        for group, inputs in prefetched:
             descriptors.append(extractor.extract_preprocessed(inputs))
             kept.extend(group)
             bar.update(len(group))
@@ -369,16 +384,17 @@ def _extract_with_local(
         kept.extend(batch)
         batch.clear()
 
-    for frame in tqdm(
-        _prefetch(source),  # reading and decoding overlap the extraction
-        total=len(source),
-        desc=f"building map + {reranker.name} features",
-        unit="img",
-        dynamic_ncols=True,
-    ):
-        batch.append(frame)
-        if len(batch) == batch_size:
-            flush()
+    with closing(_prefetch(source)) as frames:  # reading and decoding overlap the extraction
+        for frame in tqdm(
+            frames,
+            total=len(source),
+            desc=f"building map + {reranker.name} features",
+            unit="img",
+            dynamic_ncols=True,
+        ):
+            batch.append(frame)
+            if len(batch) == batch_size:
+                flush()
     if batch:
         flush()
     return (
