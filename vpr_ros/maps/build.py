@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from contextlib import closing
 import queue
 import threading
+from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
