@@ -111,7 +111,9 @@ def build_extractor(
         from vpr_ros.inference.openvino_backend import import_openvino
 
         try:
-            import_openvino() if backend == "openvino" else importlib.import_module(backend)
+            library = (
+                import_openvino() if backend == "openvino" else importlib.import_module(backend)
+            )
         except ImportError as e:
             raise BackendUnavailableError(
                 f"backend {backend} is not installed ({e}); pip install {backend}, or use"
@@ -125,7 +127,7 @@ def build_extractor(
             # Refuse an unsupported precision before exporting anything.
             inference_precision(
                 precision,
-                import_openvino().Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
+                library.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"),
             )
             onnx_precision = "fp32" if precision == "bf16" else precision
             onnx_path = cached_onnx(net, spec, fingerprint, onnx_precision, cache_dir)
