@@ -76,6 +76,9 @@ class Match:
     pose_prior: PosePrior | None = None  # set when the match is confident enough to act on
     rerank: str | None = None  # the re-ranker that ordered the candidates
     temporal: dict | None = None  # {"filter", "reset", ...} when a temporal filter ran
+    # probability that the frame shows a place of this map at all (see vpr_ros.on_map); None when
+    # the map holds no null distribution to judge it by
+    on_map: float | None = None
 
     @property
     def best(self) -> Candidate | None:
@@ -89,6 +92,7 @@ class Match:
             "map_id": self.map_id,
             "model": self.model,
             "confidence": round(self.confidence, 4),
+            "on_map": None if self.on_map is None else round(self.on_map, 4),
             "candidates": [
                 {
                     **asdict(c),
