@@ -31,6 +31,7 @@ from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, stored_reranker
 from vpr_ros.maps.mapdir import VprMap
+from vpr_ros.on_map import OnMapFilter, default_on_map_model
 from vpr_ros.stamps import ns_to_stamp_dict
 
 SCHEMA = "vpr_ros/PlaceMatch/1"
@@ -191,6 +192,17 @@ class Localizer:
         )
         self.sequence = (SequenceMatcher(len(vpr_map), config.sequence)
                          if config.temporal == "seqslam" and config.sequence.length > 1 else None)
+        self.null = vpr_map.null_similarity
+        self.on_map = None if self.null is None else OnMapFilter(
+            default_on_map_model(self.reranker is not None
+                                 and self.reranker.name in FITTED_RERANKERS)
+        )
+
+    def reset(self) -> None:
+        """Forget what earlier frames said (a new run of queries, a time gap)."""
+        for state in (self.hmm, self.sequence, self.on_map):
+            if state is not None:
+                state.reset()
 
     def _open_reranker(self) -> tuple[Reranker | None, LocalFeatureStore | None]:
         """
@@ -329,6 +341,10 @@ class Localizer:
         )
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
         confidence = default_model(features)(**features)
+        on_map = self._on_map(retrieval_scores, rerank_scores, applied, frames)
+        # the models give P(right | on the map): off it nothing is right
+        if on_map is not None:
+            confidence *= on_map
         covariance_xy = self.pose_covariance(scores, ids)
         n = cfg.top_k
         candidates = [
@@ -354,11 +370,41 @@ class Localizer:
             latency_ms=latency,
             covariance_xy=covariance_xy,
             pose_prior=(
-                self.pose_prior(candidates[0], confidence, covariance_xy) if candidates else None
+                self.pose_prior(candidates[0], confidence, covariance_xy)
+                if candidates and (applied is None or self._corroborated(ids[0], retrieval_ids))
+                else None
             ),
             rerank=self.reranker.name if self.reranker is not None else None,
             temporal=temporal,
+            on_map=on_map,
         )
+
+    def _on_map(self, retrieval_scores: np.ndarray, rerank_scores: np.ndarray | None,
+                track, frames: float) -> float | None:
+        """
+        P(the frame is on the map), from the map's null, verification and the track.
+
+        The track's Bayes factor counts only while the filter is trusted (``applied``).
+        """
+        if self.on_map is None or len(retrieval_scores) == 0:
+            return None
+        features = {"novelty": self.null.novelty(float(retrieval_scores[0]))}
+        if "inliers" in self.on_map.model.features:
+            best = np.nan_to_num(np.nanmax(rerank_scores), nan=0.0) if rerank_scores is not None \
+                and len(rerank_scores) and not np.isnan(rerank_scores).all() else 0.0
+            features["inliers"] = math.log1p(max(float(best), 0.0))
+        bayes = math.exp(min(track.log_bayes_factor, 30.0)) if track is not None else 1.0
+        return self.on_map.push(bayes, frames, **features)
+
+    def _corroborated(self, best: int, retrieval_ids: np.ndarray) -> bool:
+        """
+        Whether this frame's own retrieval saw the track's answer (within one place along it).
+
+        A track answers through frames where the retrieval misses; those answers are not acted on,
+        since after a jump or off the map they are the old track's continuation.
+        """
+        offsets = self.hmm.route.offset(int(best), np.asarray(retrieval_ids, dtype=np.int64))
+        return bool(np.any(np.abs(offsets) <= 1.0))
 
     @staticmethod
     def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:

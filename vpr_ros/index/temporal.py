@@ -236,6 +236,8 @@ class TemporalResult:
     evidence: float = 0.0
     support: float = 0.0  # posterior mass within one place spacing of the answer's best place
     hypotheses: int = field(default=0)  # kept after this frame (<= max_hypotheses)
+    # this frame's log Bayes factor of the track against independent frames (0 on a (re)start)
+    log_bayes_factor: float = 0.0
 
 
 class TemporalFilter:
@@ -303,7 +305,7 @@ class TemporalFilter:
         log_lik = self.config.sharpness * self._standardise(sims)
 
         started = len(self._weights) == 0
-        reset, agreement = started, 1.0
+        reset, agreement, log_bf = started, 1.0, 0.0
         if not started:
             jumped = self._jump_prior(ids, keep_speed=True)
             places, speed_idx, weights = self._predict(odometry, frames)
@@ -311,9 +313,8 @@ class TemporalFilter:
                 np.dot(weights, np.exp(self._log_lik_of(places, ids, log_lik))) / weights.sum()
             )
             agreement = self._agreement(predicted, log_lik.max())
-            self._evidence = self.config.evidence_memory * self._evidence + math.log(
-                predicted / self._independent_likelihood(ids, log_lik)
-            )
+            log_bf = math.log(predicted / self._independent_likelihood(ids, log_lik))
+            self._evidence = self.config.evidence_memory * self._evidence + log_bf
             self._surprised = self._surprised + 1 if agreement < self.config.lost_agreement else 0
             reset = self.config.lost_frames > 0 and self._surprised >= self.config.lost_frames
         if reset:  # a lost track keeps its speed belief: a kidnap moves the robot, not its speed
@@ -334,6 +335,7 @@ class TemporalFilter:
         result = self._result(ids, k or len(ids), reset, agreement)
         best = self._belief_best()
         result.reset = reset or self._jumped(best, odometry, frames, speeds)
+        result.log_bayes_factor = 0.0 if reset else log_bf
         self._best = best
         return result
 

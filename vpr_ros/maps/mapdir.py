@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -47,6 +48,7 @@ from vpr_ros.fileio import atomic_directory, file_sha256, out_of_space
 from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
 from vpr_ros.index.pca import Pca
 from vpr_ros.maps.places import Place, PlaceTable, read_places, write_places
+from vpr_ros.on_map import NullSimilarity, compute_null
 
 FORMAT = "vpr_ros/map"
 FORMAT_VERSION = 2  # 2: manifest checksum (manifest_sha256) and schema
@@ -55,6 +57,7 @@ MANIFEST_CHECKSUM = "manifest_sha256"
 PLACES_FILE = "places.csv"
 DESCRIPTORS_FILE = "descriptors.npy"
 REQUIRED_FILES = (DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE)
+NULL_KEY = "null_similarity"  # optional: quantiles of vpr_ros.on_map.NullSimilarity
 LOCAL_PREFIX = "local/"  # a re-ranker's local features (vpr_ros.maps.local_features)
 # The faiss class each manifest index type must load as (METRIC_INNER_PRODUCT throughout).
 FAISS_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
@@ -87,6 +90,18 @@ class VprMap:
 
     def __len__(self) -> int:
         return len(self.places)
+
+    @functools.cached_property
+    def null_similarity(self) -> NullSimilarity | None:
+        """
+        The map's null (``vpr_ros.on_map``): stored by the build, computed here for older maps.
+
+        None for a map too small to have places elsewhere.
+        """
+        if NULL_KEY in self.manifest:
+            return NullSimilarity(tuple(self.manifest[NULL_KEY]))
+        xy = self.places.positions()[:, :2]
+        return compute_null(self.index.search, np.asarray(self.descriptors), xy)
 
 
 @contextlib.contextmanager
@@ -154,6 +169,8 @@ def write_map_into(
             "the sources gave no usable frames; check the image topic and --min-distance"
         )
     index = PlaceIndex.build(descriptors, index_config, pca)
+    xy = np.array([(p.x, p.y) for p in places], dtype=np.float64)
+    null = compute_null(index.search, descriptors, xy)
     # descriptors.npy plus an index of about the same size
     with write_errors(target, 2 * descriptors.nbytes):
         np.save(tmp / DESCRIPTORS_FILE, descriptors)
@@ -169,6 +186,7 @@ def write_map_into(
             "place_count": len(places),
             "dim": int(descriptors.shape[1]),
             "sources": sources,
+            **({NULL_KEY: null.to_manifest()} if null is not None else {}),
             "files": {
                 **{
                     name: file_sha256(tmp / name)
@@ -337,6 +355,15 @@ def validate_manifest(manifest: Any, where: Path) -> None:
         lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v),
         "a list of objects",
     )
+    if NULL_KEY in manifest:
+        value(
+            manifest,
+            NULL_KEY,
+            NULL_KEY,
+            lambda v: isinstance(v, list) and len(v) >= 3 and all(map(_is_number, v))
+            and v == sorted(v),
+            "3 or more ascending numbers",
+        )
     files = obj(manifest, "files", "files")
     for name in (*REQUIRED_FILES, *index_files):
         need(name in files, f"files.{name}", "present")
