@@ -3,6 +3,8 @@
 
 The measurement runs on raw-pixels (tiny, so the test is fast); the choice is read back
 from the cache directory by later calls and is redone when its key no longer matches.
+Candidates that crash or hang are provoked for real in their child processes through
+VPR_ROS_AUTO_FAULT (vpr_ros.inference.auto_child).
 """
 
 from __future__ import annotations
@@ -14,8 +16,19 @@ import logging
 import numpy as np
 import pytest
 
-from vpr_ros.inference.auto import MIN_COSINE, REFERENCE, candidates, choice_key, choice_path
-from vpr_ros.inference.factory import create_extractor, tensorrt_problem
+from vpr_ros.errors import BackendUnavailableError, ConfigError
+from vpr_ros.inference.auto import (
+    MIN_COSINE,
+    REFERENCE,
+    Recipe,
+    Timeouts,
+    candidates,
+    choice_key,
+    choice_path,
+    choose,
+)
+from vpr_ros.inference.auto_child import FAULT_ENV
+from vpr_ros.inference.factory import build_extractor, create_extractor, tensorrt_problem
 from vpr_ros.models.load import load_model
 
 pytestmark = pytest.mark.skipif(
@@ -95,3 +108,63 @@ def test_candidates_are_installed_backends_at_the_asked_precision(precision):
         assert precision in ("auto", pair_precision)
         if backend in ("onnxruntime", "openvino"):
             importlib.import_module(backend)  # listed only when installed
+
+
+def test_a_crashing_winner_is_left_out_remembered_and_the_next_best_starts(
+    tmp_path, caplog, monkeypatch
+):
+    healthy = auto(tmp_path / "healthy", caplog)
+    winner = (healthy.backend, healthy.precision)
+    # The winner's child now dies of SIGSEGV in its first timed run, as on the AMX host.
+    monkeypatch.setenv(FAULT_ENV, f"{healthy.backend}:{healthy.precision}:segv:run")
+    extractor = auto(tmp_path / "faulty", caplog)
+    assert "measured now" in caplog.text
+    assert f"auto: {winner[0]} {winner[1]} left out: crashed with signal SIGSEGV" in caplog.text
+    [choice_file] = (tmp_path / "faulty").glob("raw-pixels-*-fp32-auto.json")
+    choice = json.loads(choice_file.read_text())
+    measured = {(r["backend"], r["precision"]): r["ms"] for r in choice["measured"]}
+    chosen = (extractor.backend, extractor.precision)
+    assert winner not in measured and chosen != winner
+    assert chosen == min(measured, key=measured.get), "not the fastest of the survivors"
+    reasons = {(e["backend"], e["precision"]): e["reason"] for e in choice["excluded"]}
+    assert reasons[winner] == "crashed with signal SIGSEGV while timing"
+    images = [np.full((48, 64, 3), v, np.uint8) for v in (30, 120, 220)]
+    reference = create_extractor("raw-pixels", backend="torch").extract(images)
+    assert (reference * extractor.extract(images)).sum(1).min() >= MIN_COSINE
+
+    # A later start reads the choice, exclusion included, instead of crashing a child again.
+    again = auto(tmp_path / "faulty", caplog)
+    assert "measured earlier" in caplog.text and "measured now" not in caplog.text
+    assert f"{winner[0]} {winner[1]} (crashed with signal SIGSEGV while timing)" in caplog.text
+    assert (again.backend, again.precision) == chosen
+
+
+def test_crashes_while_building_and_hangs_are_reported_when_no_candidate_survives(
+    tmp_path, caplog, monkeypatch
+):
+    monkeypatch.setenv(
+        FAULT_ENV, "torch:fp32:abort:build,onnxruntime:fp32:hang:run,openvino:fp32:segv:build"
+    )
+    net, spec, fingerprint = load_model("raw-pixels")
+
+    def build(backend, precision):
+        return build_extractor(backend, precision, net, spec, fingerprint, tmp_path)
+
+    # Every candidate fails, so the short run timeout can only catch the hanging one.
+    timeouts = Timeouts(build_s=600, run_s=2)
+    with pytest.raises(BackendUnavailableError) as refused:
+        recipe = Recipe("raw-pixels", None, str(tmp_path))
+        choose(spec, fingerprint, "fp32", tmp_path, build, recipe, timeouts=timeouts)
+    message = str(refused.value)
+    assert "torch fp32: crashed with signal SIGABRT while building" in message
+    assert "onnxruntime fp32: hung: no answer within 2 s while timing; killed" in message
+    if ("openvino", "fp32") in candidates("fp32"):
+        assert "openvino fp32: crashed with signal SIGSEGV while building" in message
+    assert "backend torch precision fp32" in message
+    assert not list(tmp_path.glob("*-auto.json")), "a failed measurement must not be cached"
+
+
+def test_a_malformed_fault_entry_is_refused_with_its_format(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv(FAULT_ENV, "onnxruntime:fp32:explode")
+    with pytest.raises(ConfigError, match="BACKEND:PRECISION:FAULT:STAGE"):
+        auto(tmp_path, caplog)

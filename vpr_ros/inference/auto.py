@@ -4,9 +4,12 @@
 Every backend/precision that can run here is built (ONNX exports, int8 files, compiled
 packages: all cached anyway), checked against torch fp32 on a few probe images (cosine
 >= MIN_COSINE), and timed at batch 1 in interleaved rounds for a bounded time.  The
-fastest wins.  The choice is written to the cache directory under a key of the model,
-its weights, the CPU and the library versions, so later starts read it instead of
-measuring; a changed key (new weights, another CPU, an upgraded library) measures again.
+fastest wins.  Each candidate runs in a child process of its own (``auto_child``): one
+that crashes, hangs or raises is left out with the reason, and the others still compete.
+The choice, with what was left out and why, is written to the cache directory under a
+key of the model, its weights, the CPU and the library versions, so later starts read it
+instead of measuring; a changed key (new weights, another CPU, an upgraded library)
+measures again.  Only the winner is then built in this process.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,10 +27,19 @@ import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.host import cpu_flags
+from vpr_ros.inference.auto_child import (
+    FAULT_ENV,
+    RUN,
+    CandidateChild,
+    ChildFailed,
+    Job,
+    Recipe,
+    Refused,
+    faults_for,
+)
 from vpr_ros.inference.engine_cache import cached_build, model_cpu_key
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.parity import compare_descriptors
-from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -99,54 +112,102 @@ def probe_images(spec: ModelSpec, count: int = 4) -> list[np.ndarray]:
     return images
 
 
-def measure(
-    pairs: list[tuple[str, str]], build: Build, spec: ModelSpec, budget_s: float
-) -> tuple[list[Measured], dict[tuple[str, str], DescriptorExtractor]]:
-    """
-    Build and time every pair (the first is the reference); return results and extractors.
+@dataclass(frozen=True)
+class Excluded:
+    """A candidate left out, and why (not installed, cosine, crashed, hung, raised)."""
 
-    Only pairs within MIN_COSINE of the reference are timed.  Runs are interleaved round by
-    round, so load from other processes hits all alike; timing stops after ``budget_s`` per
-    candidate (at least two runs each).
+    backend: str
+    precision: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a candidate's child may stay silent before it counts as hung and is killed."""
+
+    build_s: float = 1800.0  # exporting, quantizing or compiling a ViT-B on 2 cores: minutes
+    run_s: float = 120.0  # one batch-1 run: seconds even for a ViT-B at 322 px on 2 cores
+
+
+def measure(
+    pairs: list[tuple[str, str]],
+    recipe: Recipe,
+    reference: np.ndarray,
+    images: list[np.ndarray],
+    budget_s: float,
+    timeouts: Timeouts,
+) -> tuple[list[Measured], list[Excluded]]:
     """
-    images = probe_images(spec)
-    built: dict[tuple[str, str], DescriptorExtractor] = {}
-    build_s: dict[tuple[str, str], float] = {}
-    cosines: dict[tuple[str, str], float] = {}
-    reference = None
-    for pair in pairs:
-        start = time.perf_counter()
-        try:
-            extractor = build(*pair)
-            descriptors = extractor.extract(images)  # also the warm-up run
-        except BackendUnavailableError as e:
-            log.info("auto: %s %s cannot run here (%s)", *pair, e)
-            continue
-        build_s[pair] = time.perf_counter() - start
-        reference = descriptors if reference is None else reference
-        cosines[pair] = compare_descriptors(reference, descriptors).min_cosine
-        if cosines[pair] < MIN_COSINE:
-            log.info("auto: %s %s left out: cosine %.4f to torch fp32", *pair, cosines[pair])
-            continue
-        built[pair] = extractor
-    batch = preprocess_batch(images[:1], spec)
-    times: dict[tuple[str, str], list[float]] = {pair: [] for pair in built}
-    deadline = time.perf_counter() + budget_s * len(built)
-    while min(len(t) for t in times.values()) < 2 or time.perf_counter() < deadline:
-        for pair, extractor in built.items():
-            start = time.perf_counter()
-            extractor.extract_preprocessed(batch)
-            times[pair].append(time.perf_counter() - start)
+    Build and time every pair, each in a child process of its own; return results and exclusions.
+
+    ``reference``: torch fp32's descriptors of ``images``; only pairs within MIN_COSINE of it
+    are timed.  Children are started together (their imports overlap) and built one at a time.
+    Runs are interleaved round by round, so load from other processes hits all alike; timing
+    stops after ``budget_s`` per candidate (at least two runs each).
+    """
+    import torch
+
+    faults_for(*REFERENCE, os.environ.get(FAULT_ENV, ""))  # a malformed value fails here, once
+    excluded: list[Excluded] = []
+
+    def leave_out(pair: tuple[str, str], reason: str, level: int = logging.WARNING) -> None:
+        log.log(level, "auto: %s %s left out: %s", *pair, reason)
+        excluded.append(Excluded(*pair, reason))
+
+    children = {pair: CandidateChild() for pair in pairs}
+    try:
+        live: dict[tuple[str, str], CandidateChild] = {}
+        build_s: dict[tuple[str, str], float] = {}
+        cosines: dict[tuple[str, str], float] = {}
+        for pair, child in children.items():
+            job = Job(recipe, *pair, images, torch.get_num_threads())
+            try:
+                reply = child.request(job, timeouts.build_s, "building")
+            except ChildFailed as e:
+                leave_out(pair, str(e))
+                continue
+            if isinstance(reply, Refused):
+                level = logging.INFO if reply.unavailable else logging.WARNING
+                leave_out(pair, f"cannot run here ({reply.reason})", level)
+                child.close()
+                continue
+            cosines[pair] = compare_descriptors(reference, reply.descriptors).min_cosine
+            if cosines[pair] < MIN_COSINE:
+                leave_out(pair, f"cosine {cosines[pair]:.4f} to torch fp32", logging.INFO)
+                child.close()
+                continue
+            live[pair] = child
+            build_s[pair] = reply.build_s
+        times: dict[tuple[str, str], list[float]] = {pair: [] for pair in live}
+        deadline = time.perf_counter() + budget_s * len(live)
+        while live and (
+            min(len(times[pair]) for pair in live) < 2 or time.perf_counter() < deadline
+        ):
+            for pair, child in list(live.items()):
+                try:
+                    times[pair].append(child.request(RUN, timeouts.run_s, "timing"))
+                except ChildFailed as e:
+                    leave_out(pair, str(e))
+                    del live[pair]
+        for child in live.values():
+            child.close()
+    except BaseException:
+        for child in children.values():
+            child.kill()
+        raise
     results = [
         Measured(*pair, float(np.median(times[pair])) * 1000, cosines[pair], build_s[pair])
-        for pair in built
+        for pair in live
     ]
-    return results, built
+    return results, excluded
 
 
 def choice_key(spec: ModelSpec, fingerprint: str, precision: str) -> dict:
     """Return what a measured choice depends on: model, weights, CPU and library versions."""
-    return {**model_cpu_key(spec, fingerprint, precision), "libraries": library_versions()}
+    key = {**model_cpu_key(spec, fingerprint, precision), "libraries": library_versions()}
+    if os.environ.get(FAULT_ENV):  # a choice made under injected faults serves no other start
+        key["injected_faults"] = os.environ[FAULT_ENV]
+    return key
 
 
 def choice_path(cache_dir: Path, spec: ModelSpec, fingerprint: str, precision: str) -> Path:
@@ -159,24 +220,46 @@ def choose(
     precision: str,
     cache_dir: Path,
     build: Build,
+    recipe: Recipe,
     budget_s: float = 3.0,
+    timeouts: Timeouts = Timeouts(),
 ) -> DescriptorExtractor:
     """
     Return the extractor of the fastest (backend, precision) here, measuring only once.
 
-    ``build(backend, precision)`` makes an extractor; ``precision`` 'auto' lets the
-    precision be chosen too.
+    ``build(backend, precision)`` makes an extractor in this process (torch fp32 for the
+    reference, then the winner); ``recipe`` lets child processes build the candidates.
+    ``precision`` 'auto' lets the precision be chosen too.  BackendUnavailableError when no
+    candidate at ``precision`` survives.
     """
-    built: dict[tuple[str, str], DescriptorExtractor] = {}
+    made: dict[tuple[str, str], DescriptorExtractor] = {}
 
     def write_choice(tmp: Path) -> None:
-        results, extractors = measure(candidates(precision), build, spec, budget_s)
-        built.update(extractors)
+        images = probe_images(spec)
+        made[REFERENCE] = build(*REFERENCE)
+        reference = made[REFERENCE].extract(images)
+        results, excluded = measure(
+            candidates(precision), recipe, reference, images, budget_s, timeouts
+        )
         # torch fp32 is always measured (the reference) but only wins where fp32 was asked.
         eligible = [r for r in results if precision in ("auto", r.precision)]
+        if not eligible:
+            raise BackendUnavailableError(
+                f"backend auto: no candidate at precision {precision} survived measurement ("
+                + "; ".join(f"{e.backend} {e.precision}: {e.reason}" for e in excluded)
+                + "); name a backend and precision that run here, e.g. backend torch"
+                " precision fp32"
+            )
         best = min(eligible, key=lambda r: r.ms)
         tmp.write_text(
-            json.dumps({"best": asdict(best), "measured": [asdict(r) for r in results]}, indent=2)
+            json.dumps(
+                {
+                    "best": asdict(best),
+                    "measured": [asdict(r) for r in results],
+                    "excluded": [asdict(e) for e in excluded],
+                },
+                indent=2,
+            )
         )
 
     path = cached_build(
@@ -187,22 +270,29 @@ def choose(
     )
     choice = json.loads(path.read_text())
     best = Measured(**choice["best"])
-    reference = next(
-        r["ms"] for r in choice["measured"] if (r["backend"], r["precision"]) == REFERENCE
+    reference_ms = next(
+        (r["ms"] for r in choice["measured"] if (r["backend"], r["precision"]) == REFERENCE),
+        float("nan"),  # torch fp32 itself failed in its child
     )
     log.info(
         "descriptor backend auto -> %s %s for %s: %.1f ms/image at batch 1, %.2fx torch fp32"
-        " (%.1f ms), cosine %.4f to torch fp32; the fastest of %s (%s%s)",
+        " (%.1f ms), cosine %.4f to torch fp32; the fastest of %s; left out: %s (%s%s)",
         best.backend,
         best.precision,
         spec.name,
         best.ms,
-        reference / best.ms,
-        reference,
+        reference_ms / best.ms,
+        reference_ms,
         best.min_cosine,
         ", ".join(f"{r['backend']} {r['precision']} {r['ms']:.1f} ms" for r in choice["measured"]),
-        "measured now" if built else "measured earlier",
+        "; ".join(
+            f"{e['backend']} {e['precision']} ({e['reason']})"
+            # a choice cached before exclusions were recorded has none
+            for e in choice.get("excluded", [])
+        )
+        or "none",
+        "measured now" if made else "measured earlier",
         f", cached in {path}",
     )
     pair = (best.backend, best.precision)
-    return built.get(pair) or build(*pair)
+    return made.get(pair) or build(*pair)

@@ -44,7 +44,8 @@ def create_extractor(
 
     ``auto`` takes TensorRT where it imports and a CUDA GPU is present; else it measures
     every CPU backend that runs here at ``precision`` (precision ``auto``: at every
-    precision within cosine 0.99 of fp32) and takes the fastest, measured once per model,
+    precision within cosine 0.99 of fp32), each in a child process so that one crashing
+    library cannot end this one, and takes the fastest, measured once per model,
     weights, CPU and library versions and cached (``vpr_ros.inference.auto``).  ONNX files,
     TensorRT engines and compiled torch packages are built on first use into
     ``engine_cache_dir`` and reused.  ``calib_dir``: representative images for TensorRT
@@ -83,10 +84,16 @@ def create_extractor(
             torch.cuda.get_device_name(),
         )
         return build("tensorrt", precision)
-    from vpr_ros.inference.auto import choose
+    from vpr_ros.inference.auto import Recipe, choose
 
     log.info("descriptor backend auto: measuring CPU backends (%s)", trt_problem)
-    return choose(spec, fingerprint, precision, cache_dir, build)
+    recipe = Recipe(
+        model,
+        None if weights is None else str(weights),
+        str(cache_dir),
+        None if calib_dir is None else str(calib_dir),
+    )
+    return choose(spec, fingerprint, precision, cache_dir, build, recipe)
 
 
 def build_extractor(
