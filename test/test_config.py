@@ -1,5 +1,6 @@
 """config/localize.yaml, the node's declared parameters and the launch file agree."""
 
+import json
 import re
 from pathlib import Path
 
@@ -61,19 +62,24 @@ def test_defaults_are_valid_and_velocity_order_is_checked():
     assert parameters.problems({**parameters.defaults(), "base_sigma_m": 5}) == []
 
 
+LAUNCH_ARGS = ("map", "model", "weights", "params_file", "image", "image_transport", "odom",
+               "autostart", "namespace", "dds_profile")
+
+
 def test_launch_file_compiles_and_declares_the_documented_arguments():
     source = (REPO / "launch/localize.launch.py").read_text()
     compile(source, "localize.launch.py", "exec")
-    for arg in ("map", "model", "weights", "params_file", "image", "odom"):
+    for arg in LAUNCH_ARGS:
         assert re.search(rf'DeclareLaunchArgument\(\s*"{arg}"', source), arg
 
 
-def test_launch_file_starts_the_node_with_its_arguments():
+def test_launch_file_starts_the_node_and_leaves_empty_arguments_to_the_params_file():
     pytest.importorskip(
         "launch_ros",
         reason="launch_ros is not on PyPI; this runs on a machine with a ROS 2 install",
     )
-    from launch.actions import DeclareLaunchArgument
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
     import importlib.util
 
@@ -84,6 +90,26 @@ def test_launch_file_starts_the_node_with_its_arguments():
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()
     args = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert args == {"map", "model", "weights", "params_file", "image", "odom"}
-    nodes = [e for e in ld.entities if isinstance(e, Node)]
-    assert len(nodes) == 1 and nodes[0].node_executable == "localize"
+    assert args == set(LAUNCH_ARGS)
+    context = LaunchContext()
+    context.launch_configurations.update({name: "" for name in LAUNCH_ARGS})
+    context.launch_configurations.update(
+        {"map": "/maps/a", "params_file": "/p.yaml", "image": "/cam", "autostart": "false"}
+    )
+    (opaque,) = [e for e in ld.entities if isinstance(e, OpaqueFunction)]
+    (node,) = opaque.execute(context)
+    assert isinstance(node, Node) and node.node_executable == "localize"
+
+
+def test_rviz_and_foxglove_show_the_topics_the_node_publishes():
+    published = {"/vpr/map_places", "/vpr/candidates", "/vpr/markers", "/vpr/pose_prior"}
+    rviz = yaml.safe_load((REPO / "config/vpr.rviz").read_text())["Visualization Manager"]
+    assert rviz["Global Options"]["Fixed Frame"] == "map"
+    topics = {d["Topic"]["Value"]: d["Topic"] for d in rviz["Displays"] if "Topic" in d}
+    assert set(topics) == published
+    # the map's places are published once: only a transient-local subscription gets them
+    assert topics["/vpr/map_places"]["Durability Policy"] == "Transient Local"
+    layout = json.loads((REPO / "config/vpr.foxglove.json").read_text())
+    panels = layout["configById"]
+    assert set(panels["3D!vprmap"]["topics"]) == published
+    assert {p["value"].split(".")[0] for p in panels["Plot!vprconf"]["paths"]} == {"/vpr/match"}
