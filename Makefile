@@ -13,17 +13,19 @@ export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt setup.py tools/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The test, demo and benchmark harness (tools/vpr_harness), apart from the package.
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e tools
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/vpr-ros demo --out demo_out
+	$(PY) -m vpr_harness.demo.run --out demo_out
 
 test: setup
 	$(PY) -m pytest -q test

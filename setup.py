@@ -8,7 +8,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "bench"]),
-    package_data={"vpr_ros.replay": ["fastdds_loopback.xml"], "vpr_ros.models": ["weights/*.pt"]},
+    package_data={"vpr_ros.models": ["weights/*.pt"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -15,7 +15,6 @@ fastest configuration.  The last line: ``model=... best=backend:precision speedu
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,11 +31,8 @@ from vpr_ros.inference.factory import build_extractor, tensorrt_problem
 from vpr_ros.inference.parity import compare_descriptors
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models import registry
-from vpr_ros.models.load import load_model, state_dict_fingerprint
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_startup import measure_starts  # noqa: E402
-from common import SHARED_DATA, print_machine  # noqa: E402
+from common import SHARED_DATA, measure_starts, print_machine, seeded_model
 
 DEFAULT_MODELS = ("baseline", "dinov2-s", "dinov2-b", "scicevpr-b", "mutualvpr-b")
 
@@ -48,15 +44,6 @@ def real_images() -> list[np.ndarray]:
         SHARED_DATA / "tokyo_pair" / "database.png",
     ]
     return [read_rgb(p) for p in paths]
-
-
-def seeded_model(name: str):
-    spec = registry.spec(name)
-    if not spec.needs_weights:
-        return load_model(name)
-    torch.manual_seed(0)
-    model = registry.build(name)
-    return model, spec, state_dict_fingerprint(name, model.state_dict())
 
 
 CPU_CONFIGS = (

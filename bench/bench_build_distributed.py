@@ -27,7 +27,7 @@ from common import IMAGE_TOPIC, POSE_TOPIC, print_machine
 
 def demo_bag_set(workdir: Path, cities: int, frames: int) -> list[Path]:
     """Map and query drives of ``cities`` demo cities: 2 x cities bags."""
-    from vpr_ros.demo.route import write_demo_bags
+    from vpr_harness.demo.route import write_demo_bags
 
     return [bag for seed in range(cities)
             for bag in write_demo_bags(workdir / f"city{seed}", frames=frames, seed=seed)]

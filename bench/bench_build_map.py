@@ -55,8 +55,12 @@ def measure(
     from vpr_ros.maps.build import build_map
     from vpr_ros.maps.sources import BagSource
 
-    from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, demo_traversals, write_traversal_bag
-    from vpr_ros.demo.world import StreetWorld
+    from vpr_harness.demo.route import (
+        COMPRESSED_CAMERA_TOPIC,
+        demo_traversals,
+        write_traversal_bag,
+    )
+    from vpr_harness.demo.world import StreetWorld
 
     work = Path(tempfile.mkdtemp(prefix=f"vpr_bench_{name}_"))
     bag = work / "bag"  # the demo route's map traversal only: no query bag to render

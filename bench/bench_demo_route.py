@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from vpr_ros.demo.route import demo_traversals, write_demo_bags
-from vpr_ros.demo.world import StreetWorld
+from vpr_harness.demo.route import demo_traversals, write_demo_bags
+from vpr_harness.demo.world import StreetWorld
 
 
 def _size_mb(path: Path) -> float:

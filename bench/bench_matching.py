@@ -12,7 +12,7 @@ and the per-frame cost of re-ranking and filtering (median ms, from the pipeline
 
 Data sets (../shared/data; each is skipped, saying so, when absent):
 - nordland: 3576 winter queries against 3576 summer places (64x32 px), right within 1 frame.
-- demo: the synthetic route (`vpr_ros.demo.route`), map keyframes every 2 m, right within 10 m.
+- demo: the synthetic route (`vpr_harness.demo.route`), map keyframes every 2 m, right within 10 m.
 - gardens: ten Gardens Point places, day queries against the night map, right at the exact place
   (and within one place).
 Ends with one line `nordland_r1=... demo_r1=... gardens_r1=...` for the node's defaults (rerank
@@ -61,7 +61,7 @@ def sources(name: str, work: Path):
             return None
         return (FolderSource(root / "night"), lambda: FolderSource(root / "day"), None, (0, 1))
     if name == "demo":
-        from vpr_ros.demo.route import (
+        from vpr_harness.demo.route import (
             COMPRESSED_CAMERA_TOPIC,
             GPS_TOPIC,
             RECOMMENDED_MATCH_RADIUS_M,

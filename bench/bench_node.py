@@ -26,6 +26,8 @@ import numpy as np
 
 from common import IMAGE_TOPIC, POSE_TOPIC, demo_bags, percentiles, print_machine
 
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
+
 from vpr_ros.stamps import stamp_to_ns  # noqa: E402
 
 WARMUP_FRAMES = 3  # first frames of each transport: caches, allocator pools, DDS buffers
@@ -87,7 +89,7 @@ def _node_vs_bare(receiver: MatchReceiver, node_log: Path, node, msg_cls, topic:
     from tqdm import tqdm
 
     from vpr_ros.imaging import image_msg_to_rgb
-    from vpr_ros.replay.processes import wait_for_subscriber
+    from vpr_harness.replay.processes import wait_for_subscriber
     from vpr_ros.stamps import ns_to_sec_nanosec
 
     pub = receiver.node.create_publisher(
@@ -184,6 +186,7 @@ def _report(name: str, node_frames: list[dict], bare_frames: list[dict],
 
 
 def main() -> None:
+    apply_loopback_dds_env()  # before rclpy starts here: DDS on this machine, a domain of our own
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--model", default="baseline", help="default: %(default)s")
     ap.add_argument("--backend", default="auto",
@@ -204,8 +207,8 @@ def main() -> None:
     from vpr_ros.maps.build import build_map
     from vpr_ros.maps.mapdir import load_map
     from vpr_ros.maps.sources import BagSource
-    from vpr_ros.replay.processes import start_node, stop_process
-    from vpr_ros.replay.scenes import raw_image_msg
+    from vpr_harness.replay.processes import start_node, stop_process
+    from vpr_harness.replay.scenes import raw_image_msg
     from vpr_ros.ros.node import localizer_config
 
     print_machine()

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from common import print_machine
 
-from vpr_ros.replay.processes import start_node, stop_process
-from vpr_ros.replay.scenes import build_scene_map, raw_image_msg, scene_images
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
+from vpr_harness.replay.processes import start_node, stop_process
+from vpr_harness.replay.scenes import build_scene_map, raw_image_msg, scene_images
 
 DEFAULT_CONFIGS = (
     "torch:fp32",
@@ -70,6 +71,7 @@ def time_to_first_match(
 
 
 def main() -> None:
+    apply_loopback_dds_env()  # before rclpy starts here: DDS on this machine, a domain of our own
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -81,7 +83,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print_machine()
-    from vpr_ros.replay.collector import OutputCollector
+    from vpr_harness.replay.collector import OutputCollector
 
     collector = OutputCollector()
     results = []

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 
 import common
-from vpr_ros.demo.route import RECOMMENDED_MATCH_RADIUS_M
+from vpr_harness.demo.route import RECOMMENDED_MATCH_RADIUS_M
 from vpr_ros.evaluation.evaluate import Queries, evaluate, ground_truth
 from vpr_ros.localizer import Localizer, LocalizerConfig
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.maps.build import build_map, extract_frames
+from vpr_ros.inference.batch import extract_frames
+from vpr_ros.maps.build import build_map
 from vpr_ros.maps.mapdir import load_map, write_map
 from vpr_ros.maps.places import Place
 from vpr_ros.maps.sources import BagSource, FolderSource

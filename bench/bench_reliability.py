@@ -29,11 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402,F401  (DDS on loopback with a domain of our own, before rclpy loads)
-
-from vpr_ros.host import describe  # noqa: E402
-from vpr_ros.replay import fuzz_maps, map_write_faults  # noqa: E402
+from vpr_harness.replay import fuzz_maps, map_write_faults
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
+from vpr_ros.host import describe
 
 # (full, --quick) sizes of each part; the full run stays under 15 minutes on 2 shared cores
 SIZES = {
@@ -57,6 +55,7 @@ def _section(title: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    apply_loopback_dds_env()  # before rclpy starts here: DDS on this machine, a domain of our own
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument(
         "--quick", action="store_true", help="a short run of every part (a few minutes)"
@@ -84,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             total[k] += v
 
     # -- images ---------------------------------------------------------------------------------
-    if _have("vpr_ros.replay.fuzz_images"):
-        from vpr_ros.replay.fuzz_images import run_image_campaign, run_live_campaign
+    if _have("vpr_harness.replay.fuzz_images"):
+        from vpr_harness.replay.fuzz_images import run_image_campaign, run_live_campaign
 
         t = _section(
             f"image fuzzing: {size['images']} generated messages through the conversion layer"
@@ -116,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             add(lr["sent_bad"], lr["failed"] + died, 0, 0)
         print(f"({time.monotonic() - t:.0f} s)")
     else:
-        gaps.append("image fuzzing (vpr_ros/replay/fuzz_images.py is not in this tree)")
+        gaps.append("image fuzzing (tools/vpr_harness/replay/fuzz_images.py is not in this tree)")
 
     # -- overload -------------------------------------------------------------------------------
-    if _have("vpr_ros.replay.overload"):
-        from vpr_ros.replay.overload import run_overload
+    if _have("vpr_harness.replay.overload"):
+        from vpr_harness.replay.overload import run_overload
 
         t = _section(
             f"overload: {', '.join(f'{n} frames at {hz:g} Hz' for hz, n in size['overload'])}"
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         rss_growth = max(p["rss_growth_pct"] for p in phases)
         print(f"({time.monotonic() - t:.0f} s)")
     else:
-        gaps.append("overload (vpr_ros/replay/overload.py is not in this tree)")
+        gaps.append("overload (tools/vpr_harness/replay/overload.py is not in this tree)")
 
     # -- maps -----------------------------------------------------------------------------------
     t = _section("map fuzzing: damaged maps through load_map, inspect-map, localize")

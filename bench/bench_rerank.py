@@ -41,8 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_rerank_fol import timed
-from common import IMAGE_TOPIC, POSE_TOPIC, SHARED_DATA, print_machine
+from common import IMAGE_TOPIC, POSE_TOPIC, SHARED_DATA, print_machine, timed
 from tqdm import tqdm
 
 from vpr_ros.confidence import (
@@ -52,7 +51,7 @@ from vpr_ros.confidence import (
     fit_confidence,
     frame_features,
 )
-from vpr_ros.demo.route import write_demo_bags
+from vpr_harness.demo.route import write_demo_bags
 from vpr_ros.evaluation.precision import at_min_confidence, precision_recall
 from vpr_ros.evaluation.recall import positives_by_distance, rank_database, recall_at_n
 from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter

@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from bench_backends import seeded_model
+from common import seeded_model, timed
 from tqdm import tqdm
 
 from vpr_ros.host import describe
@@ -42,12 +41,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # official layout: [3600, 128] float32 per image, zero padded
 OFFICIAL_BYTES_PER_PLACE = 3600 * 128 * 4
 TOP_K = 10
-
-
-def timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, (time.perf_counter() - start) * 1e3
 
 
 def local_head_cost(model: FoLNet, batch: np.ndarray, repeats: int = 3) -> float:

@@ -40,7 +40,6 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-import common  # noqa: F401  (puts the repository on sys.path)
 from vpr_ros.index.faiss_index import PCA_AUTO_DIM, IndexConfig
 from vpr_ros.maps.mapdir import DESCRIPTORS_FILE, write_map
 from vpr_ros.maps.places import Place

@@ -11,9 +11,9 @@ Data sets (descriptors are cached in --cache; --refresh recomputes them):
 - nordland: all 3576 winter queries against the 3576 summer places
   (../shared/data/nordland_trimmed), right within 1 frame; the map has no positions, so the HMM
   moves along place indices.
-- demo: the synthetic demo route (`vpr_ros.demo.route.write_demo_bags`, JPEG bags), map keyframes
-  every 2 m as `vpr-ros demo` builds them, right within 10 m; the HMM gets odometry from the query
-  bag's /odom (row "hmm+odom") and, separately, nothing (row "hmm", speed prior only).
+- demo: the synthetic demo route (`vpr_harness.demo.route.write_demo_bags`, JPEG bags), map
+  keyframes every 2 m as `make demo` builds them, right within 10 m; the HMM gets odometry from the
+  query bag's /odom (row "hmm+odom") and, separately, nothing (row "hmm", speed prior only).
 - gardens: the Gardens Point sample (../shared/data/gardens_point_sample), day queries in order
   against the night map, right at the exact place (R@1 within +-1 printed beside it).
 - raw_pixels: the demo route with the `raw-pixels` model.
@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-import common  # noqa: F401  (puts the repository on sys.path)
+import common
 from vpr_ros.confidence import (
     DEFAULT_MIN_CONFIDENCE,
     FEATURES_PLAIN,
@@ -59,7 +59,7 @@ from vpr_ros.maps.mapdir import VprMap, load_map, write_map
 from vpr_ros.maps.places import Place
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEMO_MIN_DISTANCE_M = 2.0  # `vpr-ros demo --min-distance` default
+DEMO_MIN_DISTANCE_M = 2.0  # `make demo` (--min-distance) default
 DEMO_THRESHOLD_M = 10.0
 SEQSLAM_LENGTH = 10
 
@@ -75,11 +75,12 @@ class Dataset:
     ground_truth: str
     positives_loose: list[np.ndarray] | None = None  # Gardens Point: within +-1 place
     model: str = "baseline"
+    query_xy: np.ndarray | None = None  # [Q, 2] metres where the queries have positions
 
 
 def _extract_folder(folder: Path, model: str) -> np.ndarray:
     from vpr_ros.inference.factory import create_extractor
-    from vpr_ros.maps.build import extract_frames
+    from vpr_ros.inference.batch import extract_frames
     from vpr_ros.maps.sources import FolderSource
 
     source = FolderSource(folder)
@@ -147,7 +148,7 @@ def gardens(cache: Path, refresh: bool) -> Dataset:
 
 
 def _demo_bags(cache: Path) -> tuple[Path, Path]:
-    from vpr_ros.demo.route import write_demo_bags
+    from vpr_harness.demo.route import write_demo_bags
 
     bags = cache / "demo_bags"
     if (bags / "map").exists() and (bags / "query").exists():
@@ -156,14 +157,14 @@ def _demo_bags(cache: Path) -> tuple[Path, Path]:
 
 
 def _demo_arrays(cache: Path, model: str) -> dict:
-    from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, ODOM_TOPIC
+    from vpr_harness.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, ODOM_TOPIC
     from vpr_ros.inference.factory import create_extractor
-    from vpr_ros.maps.build import extract_frames
+    from vpr_ros.inference.batch import extract_frames
     from vpr_ros.maps.sources import BagSource
 
     map_bag, query_bag = _demo_bags(cache)
     extractor = create_extractor(model)
-    # The same keyframes and query frames as `vpr-ros demo` (vpr_ros/demo/run.py).
+    # The same keyframes and query frames as `make demo` (tools/vpr_harness/demo/run.py).
     source = BagSource(
         [map_bag], COMPRESSED_CAMERA_TOPIC, GPS_TOPIC, min_distance_m=DEMO_MIN_DISTANCE_M
     )
@@ -201,18 +202,19 @@ def demo(cache: Path, refresh: bool, model: str = "baseline") -> Dataset:
         travelled,
         f"within {DEMO_THRESHOLD_M:g} m",
         model=model,
+        query_xy=a["query_xy"],
     )
 
 
 def seqslam_config(d: Dataset) -> SequenceConfig:
     """
-    Return the SeqSLAM settings `vpr-ros demo` / `vpr-ros eval` use.
+    Return the SeqSLAM settings the demo and `vpr-ros eval` use.
 
     Velocities from the routes where known.
     """
     if d.map_xy is None:
         return SequenceConfig(length=SEQSLAM_LENGTH)
-    from vpr_ros.demo.run import _sequence_config
+    from vpr_harness.demo.run import _sequence_config
 
     # only step lengths matter
     query_xy = np.cumsum(np.c_[d.travelled_m, np.zeros_like(d.travelled_m)], axis=0)

@@ -178,7 +178,7 @@ def default_model_checks(models: dict, shared: Path, frames: int = 200) -> list[
     """
     import numpy as np
 
-    from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
+    from vpr_harness.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
     from vpr_ros.evaluation.recall import positives_by_distance, rank_database, recall_at_n
     from vpr_ros.imaging import read_rgb
     from vpr_ros.maps.sources import BagSource

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vpr_ros.replay.dds_env import apply_loopback_dds_env
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
 
 # Before anything imports rclpy: discovery on this machine only, a domain of our own.
 apply_loopback_dds_env()

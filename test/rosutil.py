@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from vpr_ros.replay.scenes import build_scene_map
+from vpr_harness.replay.scenes import build_scene_map
 
 
 def place_images(n: int, seed: int = 0, size=(240, 320)) -> list[np.ndarray]:

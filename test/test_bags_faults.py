@@ -351,7 +351,7 @@ def test_bag_with_no_readable_frame_is_refused(tmp_path: Path, capsys) -> None:
 
 def test_the_player_opens_bags_the_same_way(tmp_path: Path) -> None:
     pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not installed")
-    from vpr_ros.replay.player import read_image_messages
+    from vpr_harness.replay.player import read_image_messages
 
     bag = Recording().write(tmp_path / "bag", StoragePlugin.MCAP)
     cls, messages = read_image_messages(bag, CAMERA)

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.cli import main
-from vpr_ros.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
+from vpr_harness.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
 from vpr_ros.errors import BagError
 from vpr_ros.fileio import PARTIAL, file_sha256
 from vpr_ros.index.faiss_index import IndexConfig

@@ -18,7 +18,8 @@ import pytest
 
 from vpr_ros.errors import BagError
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.maps.build import _prefetch, build_map, extract_frames
+from vpr_ros.inference.batch import extract_frames, prefetch
+from vpr_ros.maps.build import build_map
 from vpr_ros.maps.sources import Frame
 
 
@@ -33,7 +34,7 @@ def test_items_come_in_order_then_the_producers_error():
 
     got = []
     with pytest.raises(BagError, match="cut short"):
-        for item in _prefetch(items(), depth=4):
+        for item in prefetch(items(), depth=4):
             got.append(item)
     assert got == list(range(40))
     assert not _prefetch_threads()
@@ -47,7 +48,7 @@ def test_the_producer_runs_at_most_depth_ahead():
             produced.append(i)
             yield i
 
-    stream = _prefetch(items(), depth=4)
+    stream = prefetch(items(), depth=4)
     assert next(stream) == 0
     time.sleep(0.3)  # ample time to run ahead, were it unbounded
     # the queue's 4, the one the producer waits to put, and the one taken
@@ -67,7 +68,7 @@ def test_a_consumer_that_stops_stops_the_thread_and_closes_the_source():
         finally:
             closed.set()
 
-    for i in _prefetch(endless(), depth=2):
+    for i in prefetch(endless(), depth=2):
         if i == 3:
             break  # the generator is closed here, as on an error or Ctrl-C in the loop
     assert closed.is_set()
@@ -93,7 +94,7 @@ def test_ctrl_c_inside_thread_start_leaves_no_producer(monkeypatch):
 
     monkeypatch.setattr(threading.Thread, "start", start_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        next(_prefetch(counted(), depth=4))
+        next(prefetch(counted(), depth=4))
     monkeypatch.undo()
     assert not _prefetch_threads()  # joined before the interrupt left the generator
     stopped_at = len(produced)

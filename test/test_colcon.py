@@ -53,6 +53,8 @@ def test_colcon_build_installs_launch_config_index_entry_and_a_working_executabl
     executable = prefix / "lib/vpr_ros/localize"
     assert os.access(executable, os.X_OK)
     site = next((prefix / "lib").glob("python3*/site-packages"))
+    # the test, demo and benchmark harness (tools/) stays out of what a robot installs
+    assert not (site / "vpr_ros" / "replay").exists() and not list(site.glob("vpr_harness*"))
     env = {**os.environ, "PYTHONPATH": str(site), "AMENT_PREFIX_PATH": str(prefix)}
     code = (
         "import runpy, sys, vpr_ros; print(vpr_ros.__file__); sys.argv = [sys.argv[1], '--help'];"

@@ -1,5 +1,5 @@
 """
-`vpr-ros demo` end to end on a short synthetic route.
+`make demo` (vpr_harness.demo.run) end to end on a short synthetic route.
 
 Node, player and collector in their own processes.
 """
@@ -12,7 +12,7 @@ import sys
 def test_demo_runs_end_to_end_and_reports(tmp_path):
     out = tmp_path / "demo"
     r = subprocess.run(
-        [sys.executable, "-m", "vpr_ros.cli", "demo", "--frames", "80", "--out", str(out)],
+        [sys.executable, "-m", "vpr_harness.demo.run", "--frames", "80", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=600,

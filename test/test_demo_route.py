@@ -15,7 +15,7 @@ import utm
 from rosbags.highlevel import AnyReader
 from rosbags.typesys import Stores, get_typestore
 
-from vpr_ros.demo.route import (
+from vpr_harness.demo.route import (
     CAMERA_TOPIC,
     COMPRESSED_CAMERA_TOPIC,
     GPS_TOPIC,
@@ -25,7 +25,7 @@ from vpr_ros.demo.route import (
     ground_truth,
     write_traversal_bag,
 )
-from vpr_ros.demo.world import StreetWorld
+from vpr_harness.demo.world import StreetWorld
 from vpr_ros.evaluation.recall import recall_at_n
 
 FRAMES = 30  # 3 s of driving: enough to check counts and stamps, quick to render

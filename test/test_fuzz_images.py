@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from vpr_ros.imaging import SUPPORTED_ENCODINGS
-from vpr_ros.replay.fuzz_images import COMPRESSED_DAMAGES, RAW_DAMAGES, run_image_campaign
+from vpr_harness.replay.fuzz_images import COMPRESSED_DAMAGES, RAW_DAMAGES, run_image_campaign
 
 N = 2500
 
@@ -52,7 +52,7 @@ def test_the_campaign_is_deterministic_in_its_seed() -> None:
 @pytest.mark.slow
 def test_live_node_survives_bad_messages_and_keeps_matching(tmp_path) -> None:
     pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not installed")
-    from vpr_ros.replay.fuzz_images import run_live_campaign
+    from vpr_harness.replay.fuzz_images import run_live_campaign
 
     results = run_live_campaign(tmp_path, per_transport=300)
     assert sum(r["sent_bad"] for r in results.values()) >= 500

@@ -23,8 +23,8 @@ from vpr_ros.fileio import PARTIAL, atomic_directory, file_sha256, remove_debris
 from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.maps.mapdir import load_map, read_manifest, with_checksum, write_map
 from vpr_ros.maps.places import Place, write_places
-from vpr_ros.replay.fuzz_maps import run_map_campaign
-from vpr_ros.replay.map_write_faults import full_disk_trial
+from vpr_harness.replay.fuzz_maps import run_map_campaign
+from vpr_harness.replay.map_write_faults import full_disk_trial
 
 MODEL = {"name": "baseline", "fingerprint": "abc123", "input_size": [32, 64], "dim": 16,
          "preprocessing": {"resize": [32, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}

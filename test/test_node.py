@@ -17,10 +17,10 @@ from sensor_msgs.msg import CompressedImage, Image  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
 from rosutil import build_test_map, perturb, place_images  # noqa: E402
-from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
-from vpr_ros.replay.scenes import raw_image_msg  # noqa: E402
+from vpr_harness.replay.processes import start_node, stop_process  # noqa: E402
+from vpr_harness.replay.scenes import raw_image_msg  # noqa: E402
 from vpr_ros.imaging import rgb_to_compressed  # noqa: E402
-from vpr_ros.replay.collector import OutputCollector  # noqa: E402
+from vpr_harness.replay.collector import OutputCollector  # noqa: E402
 
 N_PLACES = 12
 MODEL = "baseline"

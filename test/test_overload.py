@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not installed")
 
-from vpr_ros.replay.overload import run_overload  # noqa: E402
+from vpr_harness.replay.overload import run_overload  # noqa: E402
 
 
 @pytest.mark.slow

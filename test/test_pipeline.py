@@ -15,7 +15,11 @@ import sys
 import pytest
 
 from vpr_ros.cli import main
-from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC as CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
+from vpr_harness.demo.route import (
+    COMPRESSED_CAMERA_TOPIC as CAMERA_TOPIC,
+    GPS_TOPIC,
+    write_demo_bags,
+)
 from vpr_ros.maps.mapdir import read_manifest
 
 FRAMES = 120
@@ -63,7 +67,7 @@ def _cli(*args: str, timeout=300) -> subprocess.CompletedProcess:
 
 
 def test_every_command_has_help():
-    for cmd in ("build-map", "localize", "eval", "inspect-map", "export", "demo"):
+    for cmd in ("build-map", "localize", "eval", "inspect-map", "export"):
         r = _cli(cmd, "--help")
         assert r.returncode == 0 and "usage: vpr-ros " + cmd in r.stdout
 

@@ -17,11 +17,11 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy (ROS 2 Kilted wheels) is not 
 
 from std_srvs.srv import Trigger  # noqa: E402
 
-from vpr_ros.replay.collector import OutputCollector  # noqa: E402
-from vpr_ros.replay.fuzz_maps import (  # noqa: E402
+from vpr_harness.replay.collector import OutputCollector  # noqa: E402
+from vpr_harness.replay.fuzz_maps import (  # noqa: E402
     ISSUE_DAMAGES, MODEL, build_base_maps, catalogue, node_reload_sample, pick,
 )
-from vpr_ros.replay.processes import start_node, stop_process  # noqa: E402
+from vpr_harness.replay.processes import start_node, stop_process  # noqa: E402
 
 VERIFIED = ISSUE_DAMAGES  # the damage classes issue 9 found
 UNVERIFIED = [

@@ -311,6 +311,16 @@ def test_folder_with_vpr_names_sorted_non_images_ignored_corrupt_skipped(
     assert [f.position[0] for f in kept] == [500000.0, 500006.0, 500012.0]
 
 
+def test_numbered_frames_in_natural_order(tmp_path: Path) -> None:
+    names = [f"frame_{k}.jpg" for k in (10, 2, 1, 0, 11, 100, 9)]
+    for k, name in enumerate(names):
+        _write_jpg(tmp_path / name, k)
+    frames = list(FolderSource(tmp_path))
+    assert [f.topic for f in frames] == [
+        f"frame_{k}.jpg" for k in (0, 1, 2, 9, 10, 11, 100)
+    ]
+
+
 def test_folder_with_xy_csv(tmp_path: Path) -> None:
     for k in range(3):
         _write_jpg(tmp_path / f"img_{k}.jpg", k)

@@ -273,7 +273,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(nordland, tmp_path):
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    from vpr_ros.demo.route import write_demo_bags
+    from vpr_harness.demo.route import write_demo_bags
 
     return write_demo_bags(
         tmp_path_factory.mktemp("bags"), frames=40, storage="mcap", compressed=True
@@ -282,7 +282,7 @@ def bags(tmp_path_factory):
 
 @pytest.mark.slow  # trains
 def test_trains_from_two_bags_of_one_site(bags, tmp_path):
-    from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
+    from vpr_harness.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
 
     places = datasets.rosbags(bags, COMPRESSED_CAMERA_TOPIC, GPS_TOPIC)
     sources = [len(p) for p in places.places]
@@ -367,7 +367,7 @@ def test_gsv_cities_and_vpr_folder_layouts(tmp_path):
 
 @pytest.mark.slow  # trains
 def test_bad_input_is_refused_before_training(nordland, runs, bags, tmp_path, capsys):
-    from vpr_ros.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
+    from vpr_harness.demo.route import COMPRESSED_CAMERA_TOPIC, GPS_TOPIC
 
     (tmp_path / "empty").mkdir()
     _jpeg(tmp_path / "unnamed" / "frame_0001.jpg")

@@ -1,8 +1,6 @@
 """
 The `vpr-ros` command: build and inspect maps, localize and evaluate offline, export models.
 
-It also runs the demo.
-
 Thin: every subcommand parses its options and calls one pipeline function.
 """
 
@@ -440,12 +438,6 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(a: argparse.Namespace) -> int:
-    from vpr_ros.demo.run import run_demo
-
-    return run_demo(a)
-
-
 def cmd_train(a: argparse.Namespace) -> int:
     from vpr_ros.training.run import run_training
 
@@ -630,55 +622,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the intermediate ONNX file for TensorRT is cached",
     )
     p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser(
-        "demo",
-        help="the whole job end to end: bags -> map -> ROS 2 node -> matches -> report",
-        description=(
-            "With no bags, renders a synthetic route twice (different light and appearance),"
-            " writes both as rosbag2, builds a map from the first, starts the localize node,"
-            " replays the second at camera rate and reports recall, latency, drops and a"
-            " trajectory plot."
-        ),
-    )
-    p.add_argument("--bag", type=Path, help="map bag (default: synthetic route)")
-    p.add_argument(
-        "--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)"
-    )
-    p.add_argument(
-        "--image-topic",
-        default="/camera/image_raw",
-        help=(
-            "Image topic, or a CompressedImage topic ending in /compressed (default: %(default)s)"
-        ),
-    )
-    p.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
-    p.add_argument("--model", default="baseline", help="default: %(default)s")
-    p.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
-    p.add_argument("--threshold-m", type=float, help="a match is right within this many metres "
-                   "(default: 10 on the synthetic route, 25 on your bags)")
-    p.add_argument(
-        "--min-distance",
-        type=float,
-        default=2.0,
-        help="map keyframe spacing, metres (default: %(default)s)",
-    )
-    p.add_argument(
-        "--frames",
-        type=int,
-        default=400,
-        help="synthetic frames per traversal (default: %(default)s)",
-    )
-    p.add_argument(
-        "--rate", type=float, default=0.0, help="replay rate in Hz (default: the bag's own rate)"
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=Path("demo_out"),
-        help="where bags, map and report go (default: %(default)s)",
-    )
-    p.set_defaults(func=cmd_demo)
 
     from vpr_ros.training.run import add_arguments as add_train_arguments
 

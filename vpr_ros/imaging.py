@@ -19,6 +19,7 @@ a line on stderr and a half-grey image), PNG and the other file formats with Pil
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,14 +301,22 @@ def read_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarr
     return decode_image_bytes(data, f"image file {path}", max_pixels)
 
 
+def _natural_key(path: Path) -> tuple[list, str]:
+    # Runs of digits compare as numbers, so frame_2 comes before frame_10, as numbered frames
+    # were taken; the path itself breaks ties (frame_02, frame_2).
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))], str(path)
+
+
 def image_files(folder: str | Path, recursive: bool = False) -> list[Path]:
     """
-    Return the image files (IMAGE_SUFFIXES, any case) in `folder`, sorted by path.
+    Return the image files (IMAGE_SUFFIXES, any case) in `folder`, in natural path order.
 
     Empty when there are none.
     """
     paths = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
-    return sorted(p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(
+        (p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key
+    )
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str) -> dict[str, Any]:

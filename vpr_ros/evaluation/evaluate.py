@@ -17,9 +17,9 @@ from tqdm import tqdm
 from vpr_ros.evaluation.precision import plot_precision_recall, precision_recall, summary
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
 from vpr_ros.index.rerank import LocalFeatures, Reranker
+from vpr_ros.inference.batch import extract_frames
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.localizer import Localizer, LocalizerConfig
-from vpr_ros.maps.build import extract_frames
 from vpr_ros.maps.mapdir import VprMap
 
 RECALL_NS = (1, 5, 10, 20)

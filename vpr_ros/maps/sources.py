@@ -488,7 +488,7 @@ def read_poses_csv(path: Path) -> dict[str, _Pose]:
 
 class FolderSource:
     """
-    Image files of one folder (not recursive), in sorted file-name order.
+    Image files of one folder (not recursive), in natural file-name order (frame_2, frame_10).
 
     Poses from `poses_csv` when given, else from VPR-layout file names where they follow it
     (see parse_vpr_filename); frames without either have no pose. Non-image files are

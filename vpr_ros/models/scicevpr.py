@@ -145,22 +145,6 @@ class SuperCricaVPR(SciceVPR):
         return self.encoder(regions).reshape(b, n * c)
 
 
-class PCAProjection(nn.Module):
-    """
-    Optional PCA after the descriptor (eval.py ``--pca_dim``): L2(W (x - mean)).
-
-    Fitted outside the model.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int = 4096) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.proj = nn.Linear(in_dim, out_dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(x - self.mean), p=2.0, dim=-1)
-
-
 def _build(cls: type[SciceVPR], arch: str, out_indices: list[int]) -> SciceVPR:
     dino = dinov2_vit(arch)
     return cls(

@@ -21,7 +21,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from tqdm import tqdm
 
-from vpr_ros.demo.world import Appearance, CameraPose, StreetWorld
+from vpr_harness.demo.world import Appearance, CameraPose, StreetWorld
 from vpr_ros.evaluation.recall import positives_by_distance
 from vpr_ros.imaging import rgb_to_compressed
 from vpr_ros.stamps import ns_to_sec_nanosec

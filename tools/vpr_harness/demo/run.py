@@ -1,5 +1,5 @@
 """
-`vpr-ros demo`: the whole job for real, in separate processes talking over DDS.
+`make demo` (``python -m vpr_harness.demo.run``): the whole job for real, in processes over DDS.
 
 1. bags: the user's, or a synthetic route rendered twice (map / query traversal);
 2. a map from the first bag (`build_map`, the same code as `vpr-ros build-map`);
@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import time
@@ -20,8 +21,8 @@ import numpy as np
 
 from vpr_ros.evaluation.plots import plot_trajectory_matches
 from vpr_ros.index.sequence import SequenceConfig
-from vpr_ros.replay.dds_env import apply_loopback_dds_env
-from vpr_ros.replay.processes import replay, start_node, stop_process
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
+from vpr_harness.replay.processes import replay, start_node, stop_process
 from vpr_ros.stamps import stamp_to_ns
 
 
@@ -143,20 +144,59 @@ def _sequence_config(query_positions, map_positions) -> SequenceConfig:
     return SequenceConfig(length=SEQUENCE_LENGTH, min_velocity=0.7 * v, max_velocity=1.3 * v)
 
 
-def run_demo(a) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m vpr_harness.demo.run",
+        description=(
+            "The whole job end to end: bags -> map -> ROS 2 node -> matches -> report. With no"
+            " bags, renders a synthetic route twice (different light and appearance), writes both"
+            " as rosbag2, builds a map from the first, starts the localize node, replays the"
+            " second at camera rate and reports recall, latency, drops and a trajectory plot."
+        ),
+    )
+    parser.add_argument("--bag", type=Path, help="map bag (default: synthetic route)")
+    parser.add_argument(
+        "--query-bag", type=Path, help="query bag replayed to the node (default: synthetic route)"
+    )
+    parser.add_argument(
+        "--image-topic",
+        default="/camera/image_raw",
+        help="Image topic or a CompressedImage topic ending in /compressed (default: %(default)s)",
+    )
+    parser.add_argument("--pose-topic", default="/gps/fix", help="default: %(default)s")
+    parser.add_argument("--model", default="baseline", help="default: %(default)s")
+    parser.add_argument("--weights", help="official checkpoint file (DINOv2-based models)")
+    parser.add_argument("--threshold-m", type=float, help="a match is right within this many"
+                        " metres (default: 10 on the synthetic route, 25 on your bags)")
+    parser.add_argument("--min-distance", type=float, default=2.0,
+                        help="map keyframe spacing, metres (default: %(default)s)")
+    parser.add_argument("--frames", type=int, default=400,
+                        help="synthetic frames per traversal (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="replay rate in Hz (default: the bag's own rate)")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"),
+                        help="where bags, map and report go (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
     from vpr_ros.evaluation.evaluate import format_table
+    from vpr_ros.logs import configure_logging
+
+    a = parse_args(argv)
+    configure_logging(False)
 
     apply_loopback_dds_env()  # before this process's collector starts rclpy
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     if bool(a.bag) != bool(a.query_bag):
         raise SystemExit(
-            "vpr-ros demo: give both --bag and --query-bag, or neither for the synthetic route"
+            "demo: give both --bag and --query-bag, or neither for the synthetic route"
         )
     if a.bag:
         map_bag, query_bag = a.bag, a.query_bag
     else:
-        from vpr_ros.demo.route import (
+        from vpr_harness.demo.route import (
             COMPRESSED_CAMERA_TOPIC,
             RECOMMENDED_MATCH_RADIUS_M,
             write_demo_bags,
@@ -231,7 +271,7 @@ def _run_node(
     The node gets ``params`` on top of config/localize.yaml; another process replays the query
     bag. Returns what came back on /vpr/match and /vpr/pose_prior, summarized.
     """
-    from vpr_ros.replay.collector import OutputCollector
+    from vpr_harness.replay.collector import OutputCollector
 
     out.mkdir(parents=True, exist_ok=True)
     collector = OutputCollector()
@@ -240,7 +280,7 @@ def _run_node(
         played = replay(query_bag, a.image_topic, out / "sent.json", a.rate)
         if played.returncode != 0:
             raise SystemExit(
-                f"vpr-ros demo: the player failed: {played.stdout}{played.stderr}\nnode log:"
+                f"demo: the player failed: {played.stdout}{played.stderr}\nnode log:"
                 f" {out / 'node.log'}"
             )
         sent = json.loads((out / "sent.json").read_text())["frames"]
@@ -292,3 +332,7 @@ def _print_report(r: dict) -> None:
         print(f"offline {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
     if "trajectory_png" in r:
         print(f"trajectory plot: {r['trajectory_png']}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,7 +1,7 @@
 """
 Image message fuzzing over the conversion layer (`vpr_ros.imaging.image_msg_to_rgb`).
 
-    python -m vpr_ros.replay.fuzz_images --n 10000 --seed 0
+    python -m vpr_harness.replay.fuzz_images --n 10000 --seed 0
 
 hypothesis draws the structure of each message (kind, encoding, size, step, endianness, data
 container, and one damage: truncation, extension, bit flips, a lying header field, a cut JPEG with
@@ -378,15 +378,15 @@ def run_live_campaign(
     place), node_alive, bad_frame_warnings (throttled log lines), decoder_lines (lines a
     decoder printed itself) and seconds.
     """
-    from vpr_ros.replay.dds_env import apply_loopback_dds_env
+    from vpr_harness.replay.dds_env import apply_loopback_dds_env
 
     apply_loopback_dds_env()
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CompressedImage, Image
 
-    from vpr_ros.replay.collector import OutputCollector
-    from vpr_ros.replay.processes import start_node, stop_process
-    from vpr_ros.replay.scenes import build_scene_map, scene_images
+    from vpr_harness.replay.collector import OutputCollector
+    from vpr_harness.replay.processes import start_node, stop_process
+    from vpr_harness.replay.scenes import build_scene_map, scene_images
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -447,7 +447,7 @@ def run_live_campaign(
 def _good_message(rgb: np.ndarray, transport: str):
     from sensor_msgs.msg import CompressedImage
 
-    from vpr_ros.replay.scenes import raw_image_msg
+    from vpr_harness.replay.scenes import raw_image_msg
 
     if transport == "raw":
         msg = raw_image_msg(rgb)
@@ -462,7 +462,7 @@ def _good_message(rgb: np.ndarray, transport: str):
 def _live_phase(
     collector, pub, node, log_path: Path, batch: list[Case], good: list, good_every: int
 ) -> dict:
-    from vpr_ros.replay.processes import wait_for_subscriber
+    from vpr_harness.replay.processes import wait_for_subscriber
 
     wait_for_subscriber(pub, node, log_path)
     t0 = collector._now()

@@ -528,8 +528,8 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
     from std_srvs.srv import Trigger
 
     from vpr_ros.imaging import rgb_to_image_fields
-    from vpr_ros.replay.collector import OutputCollector
-    from vpr_ros.replay.processes import start_node, stop_process, wait_for_subscriber
+    from vpr_harness.replay.collector import OutputCollector
+    from vpr_harness.replay.processes import start_node, stop_process, wait_for_subscriber
 
     live = workdir / "live_map"
     shutil.rmtree(live, ignore_errors=True)

@@ -35,7 +35,7 @@ from vpr_ros.maps.mapdir import (
     write_map,
 )
 from vpr_ros.maps.places import Place
-from vpr_ros.replay.fuzz_maps import MODEL, random_images
+from vpr_harness.replay.fuzz_maps import MODEL, random_images
 
 # -- kill -9 during build-map ---------------------------------------------------------------------
 KILL_PHASES = ("extracting", DESCRIPTORS_FILE, PLACES_FILE, INDEX_FILE, MANIFEST, "swap")
@@ -86,10 +86,32 @@ def _phase(target: Path, before_id: str | None, stale: set[Path]) -> str:
     if _manifest_id(target) != before_id:
         return "swap"  # the new map is in place; the previous one was being removed
     partial = [d for d in _partial_dirs(target) if d not in stale]
+    if not partial:
+        return "starting"  # imports, model, listing the images: no temporary directory yet
     names = {f.name for d in partial for f in d.iterdir()}
     # the build opens its temporary directory before extracting (local features stream into
     # it), so a directory without map files yet is still extraction
     return next((name for name in reversed(KILL_PHASES[1:5]) if name in names), "extracting")
+
+
+def _bytes_read(proc: subprocess.Popen) -> int:
+    """Bytes the process has read so far (its /proc io counter): how far extraction got."""
+    io = Path(f"/proc/{proc.pid}/io").read_text()
+    return int(next(line for line in io.splitlines() if line.startswith("rchar:")).split()[1])
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGSTOP ``proc`` and return once every thread of it has stopped."""
+    proc.send_signal(signal.SIGSTOP)
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while proc.poll() is None:
+        try:
+            # the state follows the parenthesised command name, which may hold spaces
+            stats = [(t / "stat").read_text() for t in tasks.iterdir()]
+        except OSError:  # a thread exited between listing and reading
+            continue
+        if {stat.rpartition(")")[2].split()[0] for stat in stats} <= {"T", "t"}:
+            return
 
 
 def _kill_when(
@@ -99,23 +121,37 @@ def _kill_when(
     before_id: str | None,
     stale: set[Path],
     rng: random.Random,
-    extract_s: float,
+    image_bytes: int,
     timeout_s: float = 300,
 ) -> str:
-    """Wait for the build to reach ``aim``, SIGKILL it; returns the phase it was in."""
+    """
+    Wait for the build to reach ``aim``, SIGKILL it; returns the phase it was in.
+
+    Decided by what the build has done, not by time: in extraction, once it has opened its
+    temporary directory and then read a random share of the images' bytes; in a write phase, once
+    that file is there. The build is stopped before its phase is read, so the phase returned is
+    the one the kill hit.
+    """
+    share, read_before = rng.uniform(0.1, 0.9), None
     t0 = time.monotonic()
-    kill_at = t0 + rng.uniform(0.2, 0.95) * extract_s
     while proc.poll() is None and time.monotonic() - t0 < timeout_s:
         phase = _phase(target, before_id, stale)
-        if phase == aim and (aim != "extracting" or time.monotonic() >= kill_at):
+        if phase == "extracting" and read_before is None:
+            read_before = _bytes_read(proc)
+        if phase == aim and (
+            aim != "extracting" or _bytes_read(proc) - read_before >= share * image_bytes
+        ):
             break
-        if KILL_PHASES.index(phase) > KILL_PHASES.index(aim):
+        if phase != "starting" and KILL_PHASES.index(phase) > KILL_PHASES.index(aim):
             break  # the poll missed the aimed phase; kill where it is
         time.sleep(0.001)
-    time.sleep(rng.uniform(0, 0.005))
+    if aim != "extracting":
+        time.sleep(rng.uniform(0, 0.005))  # somewhere inside the file's write, not at its start
+    _stop(proc)
+    phase = _phase(target, before_id, stale)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    return _phase(target, before_id, stale)
+    return phase
 
 
 def make_image_folder(folder: Path, n: int) -> Path:
@@ -151,24 +187,17 @@ def run_kill_trials(n: int, workdir: Path, seed: int = 0, images: int = 1500) ->
         "--min-distance",
         "0",
     ]
-    # The first build fills the caches (ONNX export, auto's backend measurement); the second
-    # times start-up and extraction as every trial will see them, up to its first map file.
+    # The first build fills the caches (ONNX export, auto's backend measurement), so every trial
+    # starts as the next build would.
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
-    before = _manifest_id(target)
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while _phase(target, before, set()) == "extracting" and proc.poll() is None:
-        time.sleep(0.005)
-    extract_s = time.monotonic() - t0
-    if proc.wait(timeout=600) != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed")
+    image_bytes = sum(f.stat().st_size for f in folder.iterdir())
     phases: Counter = Counter()
     lost, failures = 0, []
     for i in tqdm(range(n), desc="kill -9 trials", unit="kill"):
         before, stale = _map_id(target), set(_partial_dirs(target))
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         phase = _kill_when(
-            proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, extract_s
+            proc, target, KILL_PHASES[i % len(KILL_PHASES)], before, stale, rng, image_bytes
         )
         phases[phase] += 1
         if _map_id(target) is None:

@@ -1,7 +1,7 @@
 """
 Overload: 640x480 frames at camera rates the node cannot keep up with, through a live node.
 
-    python -m vpr_ros.replay.overload --rate 60 --frames 5000 --rate 300 --frames 5000
+    python -m vpr_harness.replay.overload --rate 60 --frames 5000 --rate 300 --frames 5000
 
 One localize node (its own process, DDS on loopback) is fed raw rgb8 640x480 frames by a
 publisher in this process, phase after phase (e.g. 60 Hz, then 300 Hz). Per phase it reports
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.replay.dds_env import apply_loopback_dds_env
-from vpr_ros.replay.scenes import build_scene_map, raw_image_msg, scene_images
+from vpr_harness.replay.dds_env import apply_loopback_dds_env
+from vpr_harness.replay.scenes import build_scene_map, raw_image_msg, scene_images
 
 WIDTH, HEIGHT = 640, 480
 PLACES = 8
@@ -79,8 +79,8 @@ def run_overload(
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from vpr_ros.replay.collector import OutputCollector
-    from vpr_ros.replay.processes import start_node, stop_process, wait_for_subscriber
+    from vpr_harness.replay.collector import OutputCollector
+    from vpr_harness.replay.processes import start_node, stop_process, wait_for_subscriber
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """
 Replay a bag's image topic onto a live topic at camera rate, restamped like a live camera.
 
-    python -m vpr_ros.replay.player --bag B --topic /camera/image_raw --sent-log sent.json
+    python -m vpr_harness.replay.player --bag B --topic /camera/image_raw --sent-log sent.json
 
 The bag's messages are published as they are (no re-encoding); each gets the
 current time as its stamp, and sent.json records (frame index, live stamp, bag

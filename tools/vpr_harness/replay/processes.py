@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from vpr_ros.replay.dds_env import loopback_dds_env
+from vpr_harness.replay.dds_env import loopback_dds_env
 
-CONFIG = Path(__file__).resolve().parents[2] / "config" / "localize.yaml"
+CONFIG = Path(__file__).resolve().parents[3] / "config" / "localize.yaml"
 
 
 def _params_file() -> Path:
@@ -110,7 +110,7 @@ def replay(
     cmd = [
         sys.executable,
         "-m",
-        "vpr_ros.replay.player",
+        "vpr_harness.replay.player",
         "--bag",
         str(bag),
         "--topic",
