@@ -7,8 +7,9 @@ message right before publishing it and takes the match's arrival time in its sub
 two node frames it decodes the same message and localizes it in-process with the node's own
 configuration (the bare pipeline: what the node must do anyway). Node and bare frames alternate
 at the same cadence, so both see the same machine load and the same idle gaps.
-Overhead = what the node adds: DDS transport, deserialisation into Python, thread hand-off, JSON
-and publishing, and the return trip of /vpr/match. Goal (issue 8): at most 1.0 ms for both.
+Overhead = what the node adds: DDS transport, deserialisation into Python, thread hand-off, the
+PlaceMatch message and publishing, and the return trip of /vpr/match. Goal (issue 8): at most
+1.0 ms for both.
 
     python bench/bench_node.py [--model baseline] [--backend auto] [--frames 100] [--rate 8]
 """
@@ -43,14 +44,14 @@ class MatchReceiver:
     def __init__(self) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from std_msgs.msg import String
+        from vpr_ros.msg import PlaceMatch
 
         if not rclpy.ok():
             rclpy.init()
         self.node = rclpy.create_node("vpr_bench_node")
         self.arrived: dict[int, dict] = {}
         self._event = threading.Event()
-        self.node.create_subscription(String, "/vpr/match", self._on_match, 100)
+        self.node.create_subscription(PlaceMatch, "/vpr/match", self._on_match, 100)
         self._executor = SingleThreadedExecutor()
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._executor.spin, daemon=True)
@@ -58,10 +59,11 @@ class MatchReceiver:
 
     def _on_match(self, msg, info) -> None:
         callback_ns = time.time_ns()
-        match = json.loads(msg.data)
-        self.arrived[stamp_to_ns(match["stamp"])] = {
+        self.arrived[stamp_to_ns(msg.header.stamp)] = {
             "callback_ns": callback_ns, "received_ns": info["received_timestamp"],
-            "written_ns": info["source_timestamp"], "latency_ms": match["latency_ms"]}
+            "written_ns": info["source_timestamp"],
+            "latency_ms": {k: getattr(msg.latency_ms, k)
+                           for k in msg.latency_ms.get_fields_and_field_types()}}
         self._event.set()
 
     def wait(self, stamp_ns: int, timeout: float) -> dict | None:
@@ -123,7 +125,7 @@ def _node_vs_bare(receiver: MatchReceiver, node_log: Path, node, msg_cls, topic:
         t2 = time.perf_counter()
         if i >= WARMUP_FRAMES:
             # unstaged: the localizer's own work outside its timed stages (the node's counts in
-            # its "out: JSON + publish")
+            # its "out: message + publish")
             bare_frames.append({"decode_ms": (t1 - t0) * 1e3, "localize_ms": (t2 - t1) * 1e3,
                                 "bare_ms": (t2 - t0) * 1e3,
                                 "unstaged_ms": (t2 - t1) * 1e3 - match.latency_ms["total"]})
@@ -162,7 +164,7 @@ def _report(name: str, node_frames: list[dict], bare_frames: list[dict],
     # Where the node's time goes, medians per frame, in order. In: stamp -> DDS receipt in the node
     # (the publisher's serialisation and DDS), DDS receipt -> callback (executor wake-up,
     # deserialisation into Python), callback -> worker thread. The node's pipeline. Out: pipeline
-    # done -> the node's DDS write (JSON, publish; less the localizer's unstaged work, which the
+    # done -> the node's DDS write (message, publish; less the localizer's unstaged work, which the
     # bare pipeline has too), DDS, and this process's take of /vpr/match.
     split = {
         "in: publish + DDS": float(np.median(
@@ -171,8 +173,8 @@ def _report(name: str, node_frames: list[dict], bare_frames: list[dict],
         "queue": _median(node_frames, "queue"),
         "node pipeline (decode + localize)": float(np.median(
             [r["total"] - r.get("queue", 0.0) for r in node_frames])),
-        "out: JSON + publish": (_median(node_frames, "out_node_ms")
-                                - _median(bare_frames, "unstaged_ms")),
+        "out: message + publish": (_median(node_frames, "out_node_ms")
+                                   - _median(bare_frames, "unstaged_ms")),
         "out: DDS": _median(node_frames, "out_dds_ms"),
         "out: take here": _median(node_frames, "out_take_ms"),
     }

@@ -77,6 +77,10 @@ def _matches_after(collector, t0_ns):
     return [m for t, m in collector.matches if t >= t0_ns]
 
 
+def _secs(collector, t0_ns):
+    return [m["header"]["stamp"]["sec"] for m in _matches_after(collector, t0_ns)]
+
+
 def test_node_matches_places_with_source_stamps_and_frames(tmp_path, map_dir, images, collector):
     node = NodeUnderTest(tmp_path, map_dir)
     try:
@@ -89,22 +93,24 @@ def test_node_matches_places_with_source_stamps_and_frames(tmp_path, map_dir, im
             lambda: len(_matches_after(collector, t0)) >= N_PLACES, 30
         ), node.log_text()
         matches = _matches_after(collector, t0)
-        by_stamp = {m["stamp"]["sec"]: m for m in matches}
+        by_stamp = {m["header"]["stamp"]["sec"]: m for m in matches}
         assert sorted(by_stamp) == list(range(5000, 5000 + N_PLACES))
         for sec, m in by_stamp.items():
-            assert m["schema"] == "vpr_ros/PlaceMatch/1"
-            assert m["frame_id"] == "cam_test" and m["model"] == MODEL
-            assert m["stamp"]["nanosec"] == 0
+            assert m["header"]["frame_id"] == "cam_test" and m["model"] == MODEL
+            assert m["header"]["stamp"]["nanosec"] == 0
             assert len(m["candidates"]) == 5
             assert m["candidates"][0]["place_id"] == sec - 5000
-            assert m["candidates"][0]["position"] == [1000.0 + 10 * (sec - 5000), 2000.0, 0.0]
-            assert set(m["latency_ms"]) >= {"decode", "descriptor", "search", "total"}
+            position = m["candidates"][0]["pose"]["position"]
+            assert position == {"x": 1000.0 + 10 * (sec - 5000), "y": 2000.0, "z": 0.0}
+            assert all(
+                m["latency_ms"][k] >= 0 for k in ("decode", "descriptor", "search", "total")
+            )
         priors = [p for t, p in collector.pose_priors if t >= t0]
         assert priors, "no pose prior published at all"
         for p in priors:
             assert p.header.frame_id == "map" and p.header.stamp.sec in by_stamp
             m = by_stamp[p.header.stamp.sec]
-            assert p.pose.pose.position.x == m["candidates"][0]["position"][0]
+            assert p.pose.pose.position.x == m["candidates"][0]["pose"]["position"]["x"]
             assert p.pose.covariance[0] >= 25.0 - 1e-6  # at least base_sigma_m^2
     finally:
         assert node.stop() == 0, node.log_text()
@@ -129,9 +135,9 @@ def test_bad_frames_are_counted_and_the_node_keeps_running(tmp_path, map_dir, im
             time.sleep(0.2)
         pub.publish(_raw(images[3], 6010))
         assert collector.wait_for(
-            lambda: any(m["stamp"]["sec"] == 6010 for m in _matches_after(collector, t0)), 20
+            lambda: 6010 in _secs(collector, t0), 20
         ), node.log_text()
-        assert [m["stamp"]["sec"] for m in _matches_after(collector, t0)] == [6010]
+        assert [m["header"]["stamp"]["sec"] for m in _matches_after(collector, t0)] == [6010]
         assert collector.wait_for(
             lambda: any(int(d.get("frames_bad", 0)) >= 4 for d in collector.diagnostics[-3:]), 5
         )
@@ -158,11 +164,11 @@ def test_compressed_transport_and_corrupt_jpeg(tmp_path, map_dir, images, collec
         good.header.stamp.sec, good.header.frame_id = 7001, "cam_c"
         pub.publish(good)
         assert collector.wait_for(
-            lambda: any(m["stamp"]["sec"] == 7001 for m in _matches_after(collector, t0)), 20
+            lambda: 7001 in _secs(collector, t0), 20
         ), node.log_text()
         got = [m for m in _matches_after(collector, t0)]
-        assert [m["stamp"]["sec"] for m in got] == [7001]
-        assert got[0]["candidates"][0]["place_id"] == 5 and got[0]["frame_id"] == "cam_c"
+        assert [m["header"]["stamp"]["sec"] for m in got] == [7001]
+        assert got[0]["candidates"][0]["place_id"] == 5 and got[0]["header"]["frame_id"] == "cam_c"
     finally:
         assert node.stop() == 0, node.log_text()
 
@@ -182,10 +188,10 @@ def test_latest_frame_wins_and_drops_are_counted(tmp_path, map_dir, images, coll
             pub.publish(msg)
             time.sleep(0.002)
         assert collector.wait_for(
-            lambda: any(m["stamp"]["sec"] == 8039 for m in _matches_after(collector, t0)), 30
+            lambda: 8039 in _secs(collector, t0), 30
         ), node.log_text()
         time.sleep(1.5)
-        got = [m["stamp"]["sec"] for m in _matches_after(collector, t0)]
+        got = [m["header"]["stamp"]["sec"] for m in _matches_after(collector, t0)]
         # in order, and the newest frame is never dropped
         assert got == sorted(got) and got[-1] == 8039
         d = collector.diagnostics[-1]
@@ -220,7 +226,7 @@ def test_reload_map_refuses_a_damaged_map_and_keeps_the_old_one(
         t0 = collector._now()
         pub.publish(_raw(images[2], 9000))
         assert collector.wait_for(
-            lambda: any(m["stamp"]["sec"] == 9000 for m in _matches_after(collector, t0)), 20
+            lambda: 9000 in _secs(collector, t0), 20
         ), node.log_text()
         shutil.rmtree(local_map)
         shutil.copytree(map_dir, local_map)

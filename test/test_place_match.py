@@ -57,7 +57,7 @@ def _check(value, field_type: str, where: str) -> None:
 
 @pytest.fixture(scope="module")
 def matches(tmp_path_factory):
-    """Matches of the real pipeline: one per temporal filter, re-ranked where the map allows."""
+    """Localize with the real pipeline: three frames per temporal filter."""
     images = place_images(6, seed=5)
     vpr_map = load_map(build_test_map(tmp_path_factory.mktemp("m") / "map", images))
     extractor = create_extractor("baseline", None, "torch", "fp32", None)

@@ -223,6 +223,18 @@ PARAMETERS: tuple[Parameter, ...] = (
         True,
         "Check every map file's sha256 when loading (a large map takes longer).",
     ),
+    Parameter(
+        "viz_max_places",
+        20_000,
+        "Most map places shown on vpr/map_places (every n-th place of larger maps); 0: none.",
+        min=0,
+    ),
+    Parameter(
+        "autostart",
+        True,
+        "Configure and activate the managed (lifecycle) node at start; false: wait in the"
+        " unconfigured state for a lifecycle manager (or `ros2 lifecycle set`).",
+    ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
 
@@ -281,8 +293,9 @@ def render_help() -> str:
     out = [
         "usage: localize [--ros-args --params-file FILE -p NAME:=VALUE ...]\n",
         (
-            f"The {NODE_NAME} node: camera images in, /vpr/match, /vpr/pose_prior and /diagnostics"
-            " out."
+            f"The {NODE_NAME} node: camera images in, vpr/match (vpr_ros/msg/PlaceMatch),"
+            " vpr/pose_prior, /diagnostics and the visualization topics out; a managed"
+            " (lifecycle) node."
         ),
         (
             "Subscribes `image` (or `image/compressed`); remap it to your camera topic with -r"

@@ -47,7 +47,12 @@ def place_match_fields(match: Match) -> dict:
 
 def place_match_json(match: Match) -> str:
     """One JSON document (one line): ``place_match_fields`` with NaN written as null."""
-    return json.dumps(_nulls(place_match_fields(match)), separators=(",", ":"), allow_nan=False)
+    return json_line(place_match_fields(match))
+
+
+def json_line(fields: dict) -> str:
+    """Return PlaceMatch fields (of a Match, or of a received message) as one line of JSON."""
+    return json.dumps(_nulls(fields), separators=(",", ":"), allow_nan=False)
 
 
 def _candidate(c: Candidate) -> dict:

@@ -1,6 +1,9 @@
 """
 The `vpr_localizer` node: thin glue between ROS topics and vpr_ros.localizer.
 
+A managed (lifecycle) node: configure loads the model and the map, activate starts the
+subscriptions and publishers, deactivate stops them and keeps both loaded, cleanup frees them;
+with ``autostart`` (the default) it configures and activates itself.
 Images are taken by the subscription callback into a one-frame slot; a worker
 thread (off the executor) decodes, localizes and publishes the newest frame.
 Bad frames are logged (throttled), counted and skipped: input never kills the node.
@@ -23,11 +26,11 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
+from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from vpr_ros import parameters
@@ -38,8 +41,11 @@ from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer, LocalizerConfig, Match
 from vpr_ros.logs import quiet_third_party_logs
 from vpr_ros.maps.mapdir import VprMap, load_map
+from vpr_ros.msg import PlaceMatch
 from vpr_ros.ros.latest_slot import LatestSlot
+from vpr_ros.ros.messages import place_match_msg
 from vpr_ros.ros.stats import PipelineStats
+from vpr_ros.ros.visualization import Visualization
 from vpr_ros.stamps import stamp_to_ns
 
 # Changing these needs a new extractor, subscription or timer: they are fixed at start-up.
@@ -53,6 +59,7 @@ FIXED_AT_START = (
     "image_qos",
     "diagnostics_period_s",
     "odom_topic",
+    "autostart",
 )
 # /diagnostics is WARN while a frame failed within this many diagnostics periods
 RECENT_FAILURE_PERIODS = 10
@@ -60,7 +67,7 @@ RECENT_FAILURE_PERIODS = 10
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-class LocalizerNode(Node):
+class LocalizerNode(LifecycleNode):
     def __init__(self) -> None:
         super().__init__(parameters.NODE_NAME)
         self.slot = LatestSlot()
@@ -69,47 +76,117 @@ class LocalizerNode(Node):
         self.p = self._declare_parameters()
         self.stats = PipelineStats()
         self._map_lock = threading.Lock()
+        self.extractor = None
         self.vpr_map: VprMap | None = None
         self.localizer: Localizer | None = None
         self._odom = OdometryDistance()
         self._dropped_seen = 0
+        # set while configured: the lifecycle publishers; while active: the inputs and the timer
+        self.match_pub = self.pose_pub = self.diag_pub = self.viz = None
+        self._reload_service = None
+        self._inputs = []
+        self._diagnostics_timer = None
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
+        self.worker.start()
 
-        self.extractor = create_extractor(
-            self.p["model"],
-            self.p["weights"] or None,
-            self.p["backend"],
-            self.p["precision"],
-            Path(self.p["engine_cache_dir"]).expanduser() if self.p["engine_cache_dir"] else None,
-        )
+    # -- lifecycle -----------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """
+        Load the model and the map, offer ~/reload_map and create the (inactive) publishers.
+
+        A map that fails to load leaves the node waiting for ~/reload_map.
+        """
+        try:
+            self.extractor = create_extractor(
+                self.p["model"],
+                self.p["weights"] or None,
+                self.p["backend"],
+                self.p["precision"],
+                Path(self.p["engine_cache_dir"]).expanduser()
+                if self.p["engine_cache_dir"] else None,
+            )
+        except VprError as e:  # e.g. a model without weights: one line that says what to do
+            self.get_logger().error(f"configure failed: {e}")
+            return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
             f"model {self.p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
             f"fingerprint {self.extractor.fingerprint}"
         )
         self._log_map_result(*self._load_map())
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while
+        # the map loads.
+        self._reload_service = self.create_service(Trigger, "~/reload_map", self._on_reload)
+        self.match_pub = self.create_lifecycle_publisher(PlaceMatch, "vpr/match", 10)
+        self.pose_pub = self.create_lifecycle_publisher(
+            PoseWithCovarianceStamped, "vpr/pose_prior", 10
+        )
+        self.diag_pub = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.viz = Visualization(self)
+        return super().on_configure(state)
 
-        self.match_pub = self.create_publisher(String, "/vpr/match", 10)
-        self.pose_pub = self.create_publisher(PoseWithCovarianceStamped, "/vpr/pose_prior", 10)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Enable the publishers, show the map, then subscribe."""
+        result = super().on_activate(state)
+        self._show_map()
         qos = qos_profile_sensor_data if self.p["image_qos"] == "sensor_data" else QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         if self.p["image_transport"] == "raw":
-            self.create_subscription(Image, "image", self._on_image, qos)
+            self._inputs.append(self.create_subscription(Image, "image", self._on_image, qos))
         else:
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
-        if self.p["odom_topic"]:
-            self.create_subscription(
-                Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data
+            self._inputs.append(
+                self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
             )
+        if self.p["odom_topic"]:
+            self._inputs.append(self.create_subscription(
+                Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data
+            ))
+        self._diagnostics_timer = self.create_timer(
+            self.p["diagnostics_period_s"], self._publish_diagnostics
+        )
+        return result
 
-        # Single-threaded executor: callbacks only hand frames over; a reload pauses intake while
-        # the map loads.
-        self.create_service(Trigger, "~/reload_map", self._on_reload)
-        self.create_timer(self.p["diagnostics_period_s"], self._publish_diagnostics)
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking frames and publishing; the model and the map stay loaded."""
+        self._stop_inputs()
+        return super().on_deactivate(state)
 
-        self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
-        self.worker.start()
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free the map and the model; withdraw the publishers and ~/reload_map."""
+        self._release()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_inputs()
+        self._release()
+        return super().on_shutdown(state)
+
+    def _stop_inputs(self) -> None:
+        for sub in self._inputs:
+            self.destroy_subscription(sub)
+        self._inputs = []
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+
+    def _release(self) -> None:
+        if self._reload_service is not None:
+            self.destroy_service(self._reload_service)
+            self._reload_service = None
+        with self._map_lock:
+            self.vpr_map = self.localizer = None
+            if self.viz is not None:
+                self.viz.destroy()
+                for pub in (self.match_pub, self.pose_pub, self.diag_pub):
+                    self.destroy_lifecycle_publisher(pub)
+            self.match_pub = self.pose_pub = self.diag_pub = self.viz = None
+        self.extractor = None
+
+    def _show_map(self) -> None:
+        with self._map_lock:
+            vpr_map = self.vpr_map
+        if vpr_map is not None and self.viz is not None:
+            self.viz.publish_map(vpr_map, self.p["map_frame"], self.p["viz_max_places"])
 
     # -- parameters ----------------------------------------------------------
     def _declare_parameters(self) -> dict:
@@ -191,6 +268,8 @@ class LocalizerNode(Node):
     def _on_reload(self, request, response):
         response.success, response.message = self._load_map()
         self._log_map_result(response.success, response.message)
+        if response.success:
+            self._show_map()
         return response
 
     def _log_map_result(self, ok: bool, message: str) -> None:
@@ -257,18 +336,22 @@ class LocalizerNode(Node):
         match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
         if take_ms is not None:
             match.latency_ms["take"] = take_ms
-        self.match_pub.publish(String(data=match.to_json()))
-        if match.pose_prior is not None:
-            self.pose_pub.publish(self._pose_prior_msg(match, msg.header.stamp))
-            self.stats.count("pose_priors")
+        out, in_map = place_match_msg(match), Header(stamp=msg.header.stamp,
+                                                     frame_id=self.p["map_frame"])
+        with self._map_lock:  # not while cleanup withdraws the publishers
+            if self.match_pub is None:
+                return
+            self.match_pub.publish(out)
+            if match.pose_prior is not None:
+                self.pose_pub.publish(self._pose_prior_msg(match, in_map))
+                self.stats.count("pose_priors")
+            self.viz.publish_match(match, in_map)
         self.stats.count("processed")
         self.stats.latency(match.latency_ms["total"])
 
-    def _pose_prior_msg(self, match: Match, stamp) -> PoseWithCovarianceStamped:
+    def _pose_prior_msg(self, match: Match, header: Header) -> PoseWithCovarianceStamped:
         prior = match.pose_prior
-        out = PoseWithCovarianceStamped()
-        out.header.stamp = stamp
-        out.header.frame_id = self.p["map_frame"]
+        out = PoseWithCovarianceStamped(header=header)
         pose = out.pose.pose
         pose.position.x, pose.position.y, pose.position.z = prior.position
         pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = (
@@ -409,7 +492,8 @@ def run(args: list[str] | None = None) -> int:
     """
     Spin the node until shutdown.
 
-    0 on a normal stop, 2 on a configuration error (one line printed).
+    0 on a normal stop, 2 on a configuration error (one line printed), including a failed
+    configure transition under ``autostart``.
     """
     quiet_third_party_logs()
     keep_freed_frame_memory()
@@ -417,6 +501,10 @@ def run(args: list[str] | None = None) -> int:
     node = None
     try:
         node = LocalizerNode()
+        if node.p["autostart"]:
+            if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+                return 2
+            node.trigger_activate()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()

@@ -23,6 +23,7 @@ from vpr_ros.evaluation.plots import plot_trajectory_matches
 from vpr_ros.index.sequence import SequenceConfig
 from vpr_harness.replay.dds_env import apply_loopback_dds_env
 from vpr_harness.replay.processes import replay, start_node, stop_process
+from vpr_ros.place_match import json_line
 from vpr_ros.stamps import stamp_to_ns
 
 
@@ -52,11 +53,12 @@ def summarize(
     )
     rows = []
     for received_ns, m in matches:
-        stamp = stamp_to_ns(m["stamp"])
+        stamp = stamp_to_ns(m["header"]["stamp"])
         i = frame_of_stamp.get(stamp)
-        if i is None or not m["candidates"] or m["candidates"][0]["position"] is None:
+        if i is None or not m["candidates"] or not m["candidates"][0]["has_position"]:
             continue
-        best = np.array(m["candidates"][0]["position"][:2])
+        position = m["candidates"][0]["pose"]["position"]
+        best = np.array([position["x"], position["y"]])
         rows.append(
             (i, best, (received_ns - stamp) * 1e-6, m["latency_ms"]["total"], m["confidence"])
         )
@@ -290,7 +292,7 @@ def _run_node(
         code = stop_process(node)
         collector.close()
     with open(out / "matches.jsonl", "w") as f:
-        f.writelines(json.dumps(m) + "\n" for _, m in collector.matches)
+        f.writelines(json_line(m) + "\n" for _, m in collector.matches)
     summary = summarize(collector.matches, collector.pose_priors, sent, query_xy, a.threshold_m)
     diag = collector.diagnostics[-1] if collector.diagnostics else {}
     summary.update(

@@ -6,7 +6,6 @@ Used by the demo, tests and benchmark.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -14,7 +13,9 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from rclpy.executors import SingleThreadedExecutor
-from std_msgs.msg import String
+
+from vpr_ros.msg import PlaceMatch
+from vpr_ros.ros.messages import message_fields
 
 
 class OutputCollector:
@@ -24,10 +25,11 @@ class OutputCollector:
         if not rclpy.ok():
             rclpy.init()
         self.node = rclpy.create_node("vpr_output_collector")
-        self.matches: list[tuple[int, dict]] = []  # (receive time ns, PlaceMatch)
+        # (receive time ns, the PlaceMatch's fields: the JSON of `vpr-ros localize`)
+        self.matches: list[tuple[int, dict]] = []
         self.pose_priors: list[tuple[int, PoseWithCovarianceStamped]] = []
         self.diagnostics: list[dict] = []
-        self.node.create_subscription(String, "/vpr/match", self._on_match, 100)
+        self.node.create_subscription(PlaceMatch, "/vpr/match", self._on_match, 100)
         self.node.create_subscription(
             PoseWithCovarianceStamped, "/vpr/pose_prior", self._on_pose, 100
         )
@@ -40,8 +42,8 @@ class OutputCollector:
     def _now(self) -> int:
         return self.node.get_clock().now().nanoseconds
 
-    def _on_match(self, msg: String) -> None:
-        self.matches.append((self._now(), json.loads(msg.data)))
+    def _on_match(self, msg: PlaceMatch) -> None:
+        self.matches.append((self._now(), message_fields(msg)))
 
     def _on_pose(self, msg: PoseWithCovarianceStamped) -> None:
         self.pose_priors.append((self._now(), msg))

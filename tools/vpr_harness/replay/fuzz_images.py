@@ -39,6 +39,7 @@ from vpr_ros.imaging import (
     rgb_to_compressed,
     rgb_to_image_fields,
 )
+from vpr_ros.stamps import stamp_to_ns
 
 # Small enough that a lying header cannot make the campaign allocate gigabytes, large enough for
 # any sent image.
@@ -484,9 +485,9 @@ def _live_phase(
 
     def matched() -> dict[int, dict]:
         return {
-            m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"]: m
+            stamp_to_ns(m["header"]["stamp"]): m
             for t, m in collector.matches
-            if t >= t0 and m["frame_id"] == "good"
+            if t >= t0 and m["header"]["frame_id"] == "good"
         }
 
     collector.wait_for(lambda: len(matched()) >= len(good_stamps), 30)

@@ -566,7 +566,7 @@ def node_reload_sample(base: Path, picks: list[Damage], workdir: Path, timeout_s
             pub.publish(msg)
             served = collector.wait_for(
                 lambda: any(
-                    m["stamp"]["sec"] == stamp and m["map_id"] == old_id
+                    m["header"]["stamp"]["sec"] == stamp and m["map_id"] == old_id
                     for _, m in collector.matches
                 ),
                 timeout_s,

@@ -23,6 +23,7 @@ import numpy as np
 
 from vpr_harness.replay.dds_env import apply_loopback_dds_env
 from vpr_harness.replay.scenes import build_scene_map, raw_image_msg, scene_images
+from vpr_ros.stamps import stamp_to_ns
 
 WIDTH, HEIGHT = 640, 480
 PLACES = 8
@@ -131,7 +132,7 @@ def _phase(collector, pub, pid: int, messages: list, rate_hz: float, frames: int
     }
     received_matches = collector.matches[t_matches:]
     matches = [m for _, m in received_matches]
-    stamps = [m["stamp"]["sec"] * 1_000_000_000 + m["stamp"]["nanosec"] for m in matches]
+    stamps = [stamp_to_ns(m["header"]["stamp"]) for m in matches]
     sent_set = set(sent)
     end_to_end_ms = [(t - stamp) * 1e-6 for (t, _), stamp in zip(received_matches, stamps)]
     node_ms = [float(m["latency_ms"]["total"]) for m in matches]
