@@ -318,6 +318,7 @@ def _localizer_config(a: argparse.Namespace, rerank: str, temporal: str, top_k: 
 
 def cmd_localize(a: argparse.Namespace) -> int:
     from vpr_ros.localizer import Localizer
+    from vpr_ros.place_match import place_match_json
 
     vpr_map, extractor = _map_and_extractor(a)
     localizer = Localizer(vpr_map, extractor, _localizer_config(a, a.rerank, a.temporal, a.top_k))
@@ -332,7 +333,7 @@ def cmd_localize(a: argparse.Namespace) -> int:
             match = localizer.localize(
                 frame.image, frame.stamp_ns, frame.frame_id or "camera", travelled_m=travelled
             )
-            out.write(match.to_json() + "\n")
+            out.write(place_match_json(match) + "\n")
     finally:
         if a.out:
             out.close()
@@ -524,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="match query images against a map, without ROS",
         description=(
             "Match every image of a bag topic or folder against a map, in order, through the"
-            " node's pipeline (re-ranking, temporal filter, confidence); one PlaceMatch JSON per"
-            " line."
+            " node's pipeline (re-ranking, temporal filter, confidence); one JSON document per"
+            " line with the fields of the node's vpr_ros/msg/PlaceMatch (null where unknown)."
         ),
     )
     _add_query_args(p)
