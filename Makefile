@@ -45,7 +45,7 @@ $(MSGS): $(STAMP) CMakeLists.txt package.xml $(wildcard msg/*.msg)
 	cp -r CMakeLists.txt package.xml msg vpr_ros launch config $(COLCON_WS)/src/vpr_ros/
 	AMENT_PREFIX_PATH=$(CURDIR)/$(VENV) $(VENV)/bin/colcon --log-base $(COLCON_WS)/log build \
 	  --base-paths $(COLCON_WS)/src --build-base $(COLCON_WS)/build \
-	  --install-base $(COLCON_WS)/install --event-handlers console_cohesion- \
+	  --install-base $(COLCON_WS)/install --event-handlers console_direct- \
 	  --cmake-args -DPython3_EXECUTABLE=$(CURDIR)/$(PY) -DBUILD_TESTING=OFF
 	rm -rf vpr_ros/msg vpr_ros/vpr_ros_s__*.so
 	mkdir vpr_ros/msg
