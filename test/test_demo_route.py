@@ -157,6 +157,29 @@ def test_query_revisits_the_map_places_from_another_viewpoint():
     assert 2.0 < np.percentile(yaw_offset, 90) < 8.0
 
 
+def test_excursions_leave_the_map_for_a_stretch_and_jump_once():
+    reference, query = demo_traversals(400, excursions=True)
+    usual = demo_traversals(400)[1]
+    map_xy, query_xy = reference.frame_positions(), query.frame_positions()
+    nearest = np.linalg.norm(query_xy[:, None] - map_xy[None], axis=2).min(1)
+    # One stretch farther than three match radii from every map frame, inside the drive.
+    off = np.flatnonzero(nearest > 30.0)
+    assert len(off) >= 0.1 * query.frames and np.all(np.diff(off) == 1)
+    assert 0 < off[0] and off[-1] < query.frames - 1
+    # One jump: consecutive frames from places far apart; elsewhere a drive's steps.
+    steps = np.linalg.norm(np.diff(query_xy, axis=0), axis=1)
+    jump = query.jump_frame()
+    assert (np.flatnonzero(steps > 30.0) + 1).tolist() == [jump]
+    assert np.delete(steps, jump - 1).max() < 3.0
+    # It lands on the map after the off-map stretch, with frames left to recover in.
+    assert off[-1] < jump and nearest[jump] < 3.0 and query.frames - jump > 30
+    # The wheels do not see it: odometry stays continuous.
+    assert np.diff(query.drive.driven(query.frame_times_s)).max() < 3.0
+    # Otherwise the usual query drive: frames, light and season.
+    assert query.frames == usual.frames and query.appearance == usual.appearance
+    assert usual.jump_frame() is None
+
+
 def _raw_pixels(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (32, 24), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
 

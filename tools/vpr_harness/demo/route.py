@@ -7,6 +7,10 @@ lit windows, other parked cars, about a metre further left with a wandering lane
 position and yaw, a lower camera, and another, varying speed, so no query frame
 sits exactly on a map frame. GPS (5 Hz) and odometry (10 Hz) are stamped between
 camera frames, so a reader has to interpolate poses.
+
+With ``excursions`` (the demo's), the query drive also leaves the mapped area for a stretch (it
+goes round a block by streets the map drive never took) and is once carried to another part of the
+loop, as a robot picked up and put down elsewhere.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ GPS_HZ = 5.0
 ORIGIN_LATLON = (63.4305, 10.3951)
 # Street intersections the loop passes, in local metres (the city's street grid has a 60 m pitch).
 DEMO_LOOP = ((60, 60), (240, 60), (240, 120), (180, 120), (180, 180), (60, 180))
+# The query's loop with excursions: past the map's turn at (240, 60) to x = 300 and back along
+# y = 120, a detour of 120 m by streets the map drive never took.
+DETOUR_LOOP = ((60, 60), (300, 60), (300, 120), (180, 120), (180, 180), (60, 180))
+# With excursions, the query is carried at this share of its frames this far along its loop (at 400
+# frames from y = 120 near x = 210 to y = 180 near x = 150: 83 m away, out of sight).
+JUMP_AT_SHARE, JUMP_M = 0.64, 110.0
 MAP_EPOCH_NS = 1_750_000_000 * 10**9
 QUERY_EPOCH_NS = MAP_EPOCH_NS + 30 * 86_400 * 10**9  # a month later
 RECOMMENDED_MATCH_RADIUS_M = 10.0
@@ -106,16 +116,29 @@ class Drive:
     yaw_wander_rad: float
     camera_height_m: float
     phase: float  # de-correlates the wander of two drives
+    jump_at_s: float = math.inf  # when the camera is carried `jump_m` further along the route
+    jump_m: float = 0.0
 
-    def arc_length(self, t: np.ndarray) -> np.ndarray:
+    def driven(self, t: np.ndarray) -> np.ndarray:
+        """Arc length the wheels have covered at times `t`: what odometry sees (no jump)."""
         omega = 2 * math.pi / 23.0  # one speed cycle every 23 s
         # integral of the oscillation
         surge = self.speed_variation * (1 - np.cos(omega * t + self.phase)) / omega
         return self.start_m + self.mean_speed_mps * (t + surge)
 
-    def poses(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Camera positions [N, 2] (local metres) and yaws [N] at times `t` [N] seconds."""
-        s = self.arc_length(np.asarray(t, np.float64))
+    def arc_length(self, t: np.ndarray) -> np.ndarray:
+        """Where on the route the camera is at times `t`."""
+        t = np.asarray(t, np.float64)
+        return self.driven(t) + np.where(t >= self.jump_at_s, self.jump_m, 0.0)
+
+    def poses(self, t: np.ndarray, odometry: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """
+        Camera positions [N, 2] (local metres) and yaws [N] at times `t` [N] seconds.
+
+        ``odometry``: where the wheels alone would put it, i.e. as if it had not been carried.
+        """
+        t = np.asarray(t, np.float64)
+        s = self.driven(t) if odometry else self.arc_length(t)
         centre, heading = self.route.at(s)
         lateral = self.lane_offset_m + self.lane_wander_m * np.sin(
             2 * math.pi * s / 170.0 + self.phase
@@ -145,6 +168,11 @@ class Traversal:
         """Ground-truth camera positions [frames, 2] in local metres."""
         return self.drive.poses(self.frame_times_s)[0]
 
+    def jump_frame(self) -> int | None:
+        """Index of the first frame after the camera was carried, or None."""
+        after = np.flatnonzero(self.frame_times_s >= self.drive.jump_at_s)
+        return int(after[0]) if len(after) else None
+
     def camera_poses(self) -> list[CameraPose]:
         xy, yaw = self.drive.poses(self.frame_times_s)
         height = self.drive.camera_height_m
@@ -154,13 +182,14 @@ class Traversal:
 
 
 def demo_traversals(
-    frames: int = 400, route: LoopRoute | None = None
+    frames: int = 400, route: LoopRoute | None = None, excursions: bool = False
 ) -> tuple[Traversal, Traversal]:
     """
     Return the map traversal and the query traversal.
 
     The map traversal has `frames` frames, once around the loop; the query traversal is
-    faster, with fewer frames.
+    faster, with fewer frames. With ``excursions`` the query drives DETOUR_LOOP and is carried
+    JUMP_M along it at JUMP_AT_SHARE of its frames.
     """
     route = route or LoopRoute(DEMO_LOOP)
     map_speed = route.length_m / (frames / CAMERA_HZ)
@@ -176,8 +205,9 @@ def demo_traversals(
         phase=0.0,
     )
     query_speedup = 1.12
+    query_frames = int(frames / query_speedup)
     query_drive = Drive(
-        route,
+        LoopRoute(DETOUR_LOOP) if excursions else route,
         start_m=7.3,
         mean_speed_mps=map_speed * query_speedup,
         speed_variation=0.15,
@@ -186,8 +216,9 @@ def demo_traversals(
         yaw_wander_rad=math.radians(3.0),
         camera_height_m=1.45,
         phase=1.7,
+        jump_at_s=JUMP_AT_SHARE * query_frames / CAMERA_HZ if excursions else math.inf,
+        jump_m=JUMP_M if excursions else 0.0,
     )
-    query_frames = int(frames / query_speedup)
     return (Traversal(map_drive, Appearance.sunny_summer(), frames, MAP_EPOCH_NS),
             Traversal(query_drive, Appearance.autumn_dusk(), query_frames, QUERY_EPOCH_NS))
 
@@ -196,6 +227,12 @@ def ground_truth(query: Traversal, reference: Traversal,
                  radius_m: float = RECOMMENDED_MATCH_RADIUS_M) -> list[np.ndarray]:
     """Return, for each query frame, the reference frames whose camera was within `radius_m` m."""
     return positives_by_distance(query.frame_positions(), reference.frame_positions(), radius_m)
+
+
+def local_to_utm(xy: np.ndarray) -> np.ndarray:
+    """Local metres [N, 2] -> UTM easting and northing [N, 2]: where map positions live."""
+    east0, north0, _, _ = utm.from_latlon(*ORIGIN_LATLON)
+    return np.asarray(xy, np.float64) + [east0, north0]
 
 
 def local_to_latlon(xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,8 +335,9 @@ def write_traversal_bag(
     odom_t = np.arange(0.03, duration_s, 1 / CAMERA_HZ)
     gps_xy, _ = traversal.drive.poses(gps_t)
     lat, lon = local_to_latlon(gps_xy)
-    odom_xy, odom_yaw = traversal.drive.poses(odom_t)
-    odom_speed = np.gradient(traversal.drive.arc_length(odom_t), odom_t)
+    # Odometry comes from the wheels: a carried robot's odometry does not see the jump.
+    odom_xy, odom_yaw = traversal.drive.poses(odom_t, odometry=True)
+    odom_speed = np.gradient(traversal.drive.driven(odom_t), odom_t)
     camera_topic, camera_type = (
         (COMPRESSED_CAMERA_TOPIC, "sensor_msgs/msg/CompressedImage")
         if compressed
@@ -351,16 +389,18 @@ def write_demo_bags(
     seed: int = 0,
     storage: str = "sqlite3",
     compressed: bool = False,
+    excursions: bool = False,
 ) -> tuple[Path, Path]:
     """
     Render the demo city twice and write `map` and `query` rosbag2 directories under `out_dir`.
 
-    Existing bags there are left alone: remove them to regenerate.
+    Existing bags there are left alone: remove them to regenerate. ``excursions``: see
+    demo_traversals.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     world = StreetWorld(seed=seed)
-    reference, query = demo_traversals(frames)
+    reference, query = demo_traversals(frames, excursions=excursions)
     paths = out_dir / "map", out_dir / "query"
     for path, traversal in zip(paths, (reference, query)):
         if path.exists():
