@@ -5,7 +5,9 @@ Descriptor backends head to head: ms per image at batch 1 and agreement with tor
 
 Models get seeded random weights (or their shipped weights where they need none): speed
 does not depend on weight values, and agreement is measured on real images from
-../shared/data.  Runs of all configurations of a model are interleaved, so load from
+../shared/data.  Each configuration runs in a child process of its own (as ``auto``
+measures them): one whose library crashes or hangs is left out with the reason instead of
+ending the benchmark.  Runs of all configurations of a model are interleaved, so load from
 other processes hits them alike; the table reports medians.  ``--starts`` adds the first
 and second start (fresh processes, cold then warm cache) of torch-compile and of the
 fastest configuration.  The last line: ``model=... best=backend:precision speedup=...``
@@ -16,21 +18,19 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from vpr_ros.errors import BackendUnavailableError
 from vpr_ros.imaging import read_rgb
-from vpr_ros.inference.auto import MIN_COSINE
-from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.inference.factory import build_extractor, tensorrt_problem
+from vpr_ros.inference.auto import MIN_COSINE, Timeouts
+from vpr_ros.inference.auto_child import RUN, CandidateChild, ChildFailed, Job, Recipe, Refused
+from vpr_ros.inference.factory import tensorrt_problem
 from vpr_ros.inference.parity import compare_descriptors
-from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models import registry
+from vpr_ros.models.spec import ModelSpec
 
 from common import SHARED_DATA, measure_starts, print_machine, seeded_model
 
@@ -59,51 +59,75 @@ CPU_CONFIGS = (
 
 
 COMPILE = "torch-compile:bf16"
+TIMEOUTS = Timeouts()  # auto's: a configuration silent for longer is hung and left out
 
 
-def extractors(
-    name: str, cache_dir: Path, only: list[str] | None = None
-) -> dict[str, DescriptorExtractor]:
-    """Every configuration that runs here (or those in ``only``), by label."""
-    model, spec, fingerprint = seeded_model(name)
+def start_children(
+    name: str, images: list[np.ndarray], cache_dir: Path, only: list[str] | None = None
+) -> tuple[dict[str, CandidateChild], dict[str, np.ndarray], ModelSpec]:
+    """
+    One child process per configuration that runs here (or those in ``only``), by label.
+
+    Each builds its extractor and describes ``images`` (also its warm-up); a configuration
+    whose library crashes or hangs ends only its child and is left out with the reason.
+    """
+    model, spec, _ = seeded_model(name)
+    weights = None
+    if spec.needs_weights:  # the children load the same seeded weights from a checkpoint
+        weights = str(cache_dir / f"{name}-seeded.pt")
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+    recipe = Recipe(name, weights, str(cache_dir))
     configs = list(CPU_CONFIGS)
     if tensorrt_problem() is None:
         configs += [("tensorrt", "fp32"), ("tensorrt", "fp16")]
     if only:
         configs = [c for c in configs if c == CPU_CONFIGS[0] or ":".join(c) in only]
-    found: dict[str, DescriptorExtractor] = {}
+    children: dict[str, CandidateChild] = {}
+    descriptors: dict[str, np.ndarray] = {}
     for backend, precision in tqdm(configs, desc=f"building {name}", unit="config"):
+        label = f"{backend} {precision}"
+        child = CandidateChild()
+        job = Job(recipe, backend, precision, images, torch.get_num_threads())
         try:
-            found[f"{backend} {precision}"] = build_extractor(
-                backend, precision, model, spec, fingerprint, cache_dir
-            )
-        except BackendUnavailableError as e:
-            print(f"({backend} {precision} left out: {e})", flush=True)
-    return found
+            reply = child.request(job, TIMEOUTS.build_s, "building")
+        except ChildFailed as e:
+            print(f"({label} left out: {e})", flush=True)
+            continue
+        if isinstance(reply, Refused):
+            print(f"({label} left out: {reply.reason})", flush=True)
+            child.close()
+            continue
+        children[label] = child
+        descriptors[label] = reply.descriptors
+    return children, descriptors, spec
 
 
 def bench_model(
     name: str, images: list[np.ndarray], runs: int, cache_dir: Path, only: list[str] | None
 ) -> tuple[list[str], dict]:
     """Table rows of one model and its summary (fastest within cosine 0.99 of fp32)."""
-    configs = extractors(name, cache_dir, only)
-    spec = next(iter(configs.values())).spec
-    reference = configs["torch fp32"].extract(images)
-    one = preprocess_batch(images[:1], spec)
-    times: dict[str, list[float]] = {label: [] for label in configs}
-    for extractor in configs.values():  # warm-up (allocations, lazy initialisation)
-        extractor.extract_preprocessed(one)
-    for _ in tqdm(range(runs), desc=f"timing {name}", unit="round"):
-        for label, extractor in configs.items():
-            start = time.perf_counter()
-            extractor.extract_preprocessed(one)
-            times[label].append(time.perf_counter() - start)
+    children, descriptors, spec = start_children(name, images, cache_dir, only)
+    if "torch fp32" not in children:
+        raise SystemExit(f"{name}: the reference torch fp32 failed (above); nothing to compare")
+    times: dict[str, list[float]] = {label: [] for label in children}
+    try:
+        for _ in tqdm(range(runs), desc=f"timing {name}", unit="round"):
+            for label, child in list(children.items()):
+                try:
+                    times[label].append(child.request(RUN, TIMEOUTS.run_s, "timing"))
+                except ChildFailed as e:
+                    print(f"({label} left out: {e})", flush=True)
+                    del children[label]
+    finally:
+        for child in children.values():
+            child.close()
     base = float(np.median(times["torch fp32"]))
     rows = []
     results = {}
-    for label, extractor in configs.items():
+    for label in children:
         ms = float(np.median(times[label]))
-        agreement = compare_descriptors(reference, extractor.extract(images))
+        agreement = compare_descriptors(descriptors["torch fp32"], descriptors[label])
         results[label] = (base / ms, agreement.min_cosine)
         size = "x".join(map(str, spec.input_size))
         rows.append(

@@ -147,15 +147,17 @@ def child_main(fd: int) -> None:
     start = time.perf_counter()
     try:
         extractor = job.recipe.build(job.backend, job.precision)
-        descriptors = extractor.extract(job.images)  # also the warm-up run
+        descriptors = extractor.extract(job.images)
+        build_s = time.perf_counter() - start
+        batch = preprocess_batch(job.images[:1], extractor.spec)
+        extractor.extract_preprocessed(batch)  # warm-up at the timed shape: first-call costs
     except BackendUnavailableError as e:
         conn.send(Refused(str(e), unavailable=True))
         return
     except Exception as e:  # noqa: BLE001 - whatever a library raises excludes only this pair
         conn.send(Refused(f"{type(e).__name__}: {e}", unavailable=False))
         return
-    conn.send(Built(descriptors, time.perf_counter() - start))
-    batch = preprocess_batch(job.images[:1], extractor.spec)
+    conn.send(Built(descriptors, build_s))
     while True:
         try:
             conn.recv()
