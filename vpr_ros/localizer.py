@@ -31,7 +31,7 @@ from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, stored_reranker
 from vpr_ros.maps.mapdir import VprMap
-from vpr_ros.on_map import OnMapFilter, default_on_map_model
+from vpr_ros.on_map import DEFAULT_ON_MAP_MODEL, OnMapFilter, OnMapModel, peak
 from vpr_ros.stamps import ns_to_stamp_dict
 
 SCHEMA = "vpr_ros/PlaceMatch/1"
@@ -80,6 +80,9 @@ class Match:
     # probability that the frame shows a place of this map at all (see vpr_ros.on_map); None when
     # the map holds no null distribution to judge it by
     on_map: float | None = None
+    # confident, on the map and (with a trusted track) seen by this frame's own retrieval: a pose
+    # prior is given where the map has positions
+    actionable: bool = False
 
     @property
     def best(self) -> Candidate | None:
@@ -104,6 +107,7 @@ class Match:
             ],
             "covariance_xy": self.covariance_xy,
             "pose_prior": self.pose_prior is not None,
+            "actionable": self.actionable,
             "rerank": self.rerank,
             "temporal": self.temporal,
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
@@ -170,12 +174,13 @@ class Localizer:
         vpr_map: VprMap,
         extractor: DescriptorExtractor | None,
         config: LocalizerConfig = LocalizerConfig(),
+        on_map_model: OnMapModel | None = None,
     ):
         """
         Set up the pipeline.
 
         ``extractor`` may be None to ``match`` precomputed descriptors without re-ranking
-        (evaluation).
+        (evaluation). ``on_map_model``: instead of the shipped one (fits held out from a data set).
         """
         self.map = vpr_map
         self.extractor = extractor
@@ -194,8 +199,7 @@ class Localizer:
                          if config.temporal == "seqslam" and config.sequence.length > 1 else None)
         self.null = vpr_map.null_similarity
         self.on_map = None if self.null is None else OnMapFilter(
-            default_on_map_model(self.reranker is not None
-                                 and self.reranker.name in FITTED_RERANKERS)
+            on_map_model or DEFAULT_ON_MAP_MODEL
         )
 
     def reset(self) -> None:
@@ -341,11 +345,16 @@ class Localizer:
         )
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
         confidence = default_model(features)(**features)
-        on_map = self._on_map(retrieval_scores, rerank_scores, applied, frames)
+        on_map = self._on_map(retrieval_scores, applied, frames)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
             confidence *= on_map
         covariance_xy = self.pose_covariance(scores, ids)
+        actionable = (
+            len(ids) > 0
+            and confidence >= cfg.min_confidence
+            and (applied is None or self._corroborated(ids[0], retrieval_ids))
+        )
         n = cfg.top_k
         candidates = [
             self._candidate(
@@ -370,31 +379,28 @@ class Localizer:
             latency_ms=latency,
             covariance_xy=covariance_xy,
             pose_prior=(
-                self.pose_prior(candidates[0], confidence, covariance_xy)
-                if candidates and (applied is None or self._corroborated(ids[0], retrieval_ids))
-                else None
+                self.pose_prior(candidates[0], covariance_xy) if actionable else None
             ),
+            actionable=actionable,
             rerank=self.reranker.name if self.reranker is not None else None,
             temporal=temporal,
             on_map=on_map,
         )
 
-    def _on_map(self, retrieval_scores: np.ndarray, rerank_scores: np.ndarray | None,
-                track, frames: float) -> float | None:
+    def _on_map(self, retrieval_scores: np.ndarray, track, frames: float) -> float | None:
         """
-        P(the frame is on the map), from the map's null, verification and the track.
+        P(the frame is on the map), from the map's null, the frame's candidates and the track.
 
         The track's Bayes factor counts only while the filter is trusted (``applied``).
         """
         if self.on_map is None or len(retrieval_scores) == 0:
             return None
-        features = {"novelty": self.null.novelty(float(retrieval_scores[0]))}
-        if "inliers" in self.on_map.model.features:
-            best = np.nan_to_num(np.nanmax(rerank_scores), nan=0.0) if rerank_scores is not None \
-                and len(rerank_scores) and not np.isnan(rerank_scores).all() else 0.0
-            features["inliers"] = math.log1p(max(float(best), 0.0))
-        bayes = math.exp(min(track.log_bayes_factor, 30.0)) if track is not None else 1.0
-        return self.on_map.push(bayes, frames, **features)
+        features = {"novelty": self.null.novelty(float(retrieval_scores[0])),
+                    "peak": peak(retrieval_scores)}
+        if track is None:
+            return self.on_map.push(1.0, frames, **features)
+        bayes = math.exp(min(track.log_bayes_factor, 30.0))
+        return self.on_map.push(bayes, frames, track.left_route, **features)
 
     def _corroborated(self, best: int, retrieval_ids: np.ndarray) -> bool:
         """
@@ -472,18 +478,14 @@ class Localizer:
         return cov.round(4).tolist()
 
     def pose_prior(
-        self, best: Candidate, confidence: float, covariance_xy: list[list[float]] | None
+        self, best: Candidate, covariance_xy: list[list[float]] | None
     ) -> PosePrior | None:
         """
         Return the best place's pose with a 6x6 covariance.
 
-        None below ``min_confidence`` or without a position.
+        None without a position.
         """
-        if (
-            confidence < self.config.min_confidence
-            or covariance_xy is None
-            or best.position is None
-        ):
+        if covariance_xy is None or best.position is None:
             return None
         cov = [0.0] * 36  # row-major x, y, z, roll, pitch, yaw
         (cov[0], cov[1]), (cov[6], cov[7]) = covariance_xy

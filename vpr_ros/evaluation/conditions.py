@@ -42,7 +42,7 @@ class Condition:
 
 
 def conditions(queries: int, places: int, seed: int = 0) -> list[Condition]:
-    """The replays of one data set (``queries`` frames in driving order, a map of ``places``)."""
+    """Return the replays of one data set (``queries`` frames in driving order, a map of ``places``)."""
     rng = np.random.default_rng(seed)
     in_order = np.arange(queries)
     out = [Condition("in order", in_order), Condition("reversed", in_order[::-1])]
@@ -131,7 +131,7 @@ def score(condition: Condition, frames: Frames) -> ConditionRow:
 
 
 def prefix_map(vpr_map: VprMap, places: int, work: Path) -> VprMap:
-    """The map's first ``places`` places as a map of their own (exact search, same model)."""
+    """Write the map's first ``places`` places as a map of their own (exact search, same model)."""
     table = [vpr_map.places[i] for i in range(places)]
     path = write_map(
         work / f"first_{places}",
@@ -178,7 +178,8 @@ def replay(
         best = index_of[m.candidates[0].place_id] if m.candidates else -1
         frames["right"][q] = best in pos[i]
         frames["plain_right"][q] = plain[q, 0] in pos[i]
-        frames["prior"][q] = m.pose_prior is not None
+        # maps without positions (image folders) give no pose; the decision is the same
+        frames["prior"][q] = m.actionable
         confidence[q] = m.confidence
         on_map[q] = np.nan if m.on_map is None else m.on_map
     return Frames(

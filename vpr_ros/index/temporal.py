@@ -72,6 +72,8 @@ frame by frame on the robot.
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -104,6 +106,10 @@ class TemporalConfig:
     lost_agreement, lost_frames: loss-of-track test; lost_frames 0 never resets.
     evidence_memory: per-frame factor by which the evidence for the motion model decays.
     trust_evidence: evidence (nats) above which the filter's ranking is the answer.
+    challenger_jump_prob: jump_prob of the fresh track that runs beside the main one (0: none).
+    challenger_window, switch_nats: the main track is replaced by the fresh one when they are
+        apart and the fresh one's log Bayes factors over the last ``challenger_window`` frames
+        exceed the main one's by ``switch_nats``.
     """
 
     candidates: int = 10
@@ -120,6 +126,10 @@ class TemporalConfig:
     lost_frames: int = 20
     evidence_memory: float = 0.97
     trust_evidence: float = 2.0
+    challenger_jump_prob: float = 0.2
+    challenger_window: int = 3
+    switch_nats: float = 1.0
+    doubt_nats: float = 0.1
 
     def __post_init__(self):
         problems = []
@@ -140,6 +150,8 @@ class TemporalConfig:
             problems.append("sharpness must be > 0, lost_agreement in [0, 1], lost_frames >= 0")
         if not 0 <= self.evidence_memory < 1 or self.trust_evidence < 0:
             problems.append("evidence_memory must be in [0, 1) and trust_evidence >= 0")
+        if not 0 <= self.challenger_jump_prob < 1 or self.challenger_window < 1:
+            problems.append("challenger_jump_prob must be in [0, 1), challenger_window >= 1")
         if problems:
             raise ValueError(f"invalid temporal filter parameters: {'; '.join(problems)}")
 
@@ -238,6 +250,7 @@ class TemporalResult:
     hypotheses: int = field(default=0)  # kept after this frame (<= max_hypotheses)
     # this frame's log Bayes factor of the track against independent frames (0 on a (re)start)
     log_bayes_factor: float = 0.0
+    left_route: float = 0.0  # share of the predicted belief that drove past the route's ends
 
 
 class TemporalFilter:
@@ -256,6 +269,14 @@ class TemporalFilter:
         self._ext = np.append(self._s, route.loop) if route.loop else self._s
         self._speeds = np.asarray(config.speeds, dtype=np.float64)
         self._speed_step = self._speed_transition()
+        # The fresh track: jumps to the retrieval's candidates readily, so after a jump it holds
+        # the new place within a frame or two while the main track still expects the old one.
+        self._challenger = (
+            TemporalFilter(route, dataclasses.replace(
+                config, jump_prob=config.challenger_jump_prob, challenger_jump_prob=0.0,
+                max_hypotheses=min(config.max_hypotheses, 100)))
+            if config.challenger_jump_prob > 0 else None
+        )
         self.reset()
 
     @property
@@ -269,7 +290,11 @@ class TemporalFilter:
         self._weights = np.zeros(0, np.float64)
         self._surprised = 0
         self._evidence = 0.0
+        self._left_route = 0.0
         self._best: int | None = None
+        self._recent: collections.deque = collections.deque(maxlen=self.config.challenger_window)
+        if self._challenger is not None:
+            self._challenger.reset()
 
     def push(self, candidate_ids, scores, travelled_m: float | None = None, k: int | None = None,
              frames: float = 1.0) -> TemporalResult:
@@ -280,6 +305,37 @@ class TemporalFilter:
         negative when reversing), or None. ``frames``: camera frames since the previous push
         without odometry (2 when the node dropped one in between): the speed prior is per
         camera frame. Returns the top ``k`` (default: the candidate count).
+        """
+        fresh = None
+        if self._challenger is not None:
+            fresh = self._challenger._step(candidate_ids, scores, travelled_m, k, frames)
+            self._challenger._recent.append(fresh.log_bayes_factor)
+        result = self._step(candidate_ids, scores, travelled_m, k, frames,
+                            None if fresh is None else sum(self._challenger._recent))
+        self._recent.append(result.log_bayes_factor)
+        if fresh is None:
+            return result
+        apart = abs(self.route.offset(self._best, self._challenger._best)) > 3.0
+        if apart and sum(self._challenger._recent) - sum(self._recent) > self.config.switch_nats:
+            self._adopt(self._challenger)
+            fresh.reset = True
+            return fresh
+        return result
+
+    def _adopt(self, other: TemporalFilter) -> None:
+        """Continue from ``other``'s belief (the fresh track won)."""
+        self._places, self._speed_idx, self._weights = (
+            other._places.copy(), other._speed_idx.copy(), other._weights.copy()
+        )
+        self._evidence, self._best, self._surprised = other._evidence, other._best, 0
+        self._recent = collections.deque(other._recent, maxlen=self.config.challenger_window)
+
+    def _step(self, candidate_ids, scores, travelled_m: float | None, k: int | None,
+              frames: float, rival: float | None = None) -> TemporalResult:
+        """
+        One frame of this track alone (``push`` adds the fresh track).
+
+        ``rival``: the fresh track's log Bayes factors over the recent frames.
         """
         if not frames > 0:
             raise ValueError(
@@ -332,10 +388,17 @@ class TemporalFilter:
         posterior = np.exp(log_post - log_post.max())
         posterior /= posterior.sum()
         self._keep(places, speed_idx, posterior)
-        result = self._result(ids, k or len(ids), reset, agreement)
+        # In doubt: the track explained none of the last frames (a jump, off the map, or a stretch
+        # the retrieval misses): the answer is the retrieval's until it explains them again.
+        # A fresh track that explains them better says the retrieval is coherent elsewhere.
+        window = sum([*self._recent][1 - self.config.challenger_window:]) + log_bf
+        doubt = (not reset and rival is not None and window <= self.config.doubt_nats
+                 and rival > window + self.config.doubt_nats)
+        result = self._result(ids, k or len(ids), reset, agreement, doubt)
         best = self._belief_best()
         result.reset = reset or self._jumped(best, odometry, frames, speeds)
         result.log_bayes_factor = 0.0 if reset else log_bf
+        result.left_route = 0.0 if started else self._left_route
         self._best = best
         return result
 
@@ -480,16 +543,23 @@ class TemporalFilter:
         # coarse the map's spacing (rounding to the nearest place would bias slow robots).
         x = (self._s[places] + step)[:, None] + sigma[:, None] * _GH_NODES[None, :]  # [H, Q]
         ext = self._ext
+        w = weights[:, None] * _GH_WEIGHTS[None, :]
+        self._left_route = 0.0
         if self.route.loop:
             x = self._s[0] + (x - self._s[0]) % self.route.loop
         else:
-            x = np.clip(x, ext[0], ext[-1])  # the robot stays on the map's route
+            # Mass driven more than half a place past either end leaves the map (the robot drove on
+            # where nobody mapped) instead of piling up at the end; all of it leaving keeps it.
+            beyond = (x < ext[0] - 0.5) | (x > ext[-1] + 0.5)
+            self._left_route = float(w[beyond].sum() / max(w.sum(), 1e-300))
+            if self._left_route < 1.0:
+                w = np.where(beyond, 0.0, w)
+            x = np.clip(x, ext[0], ext[-1])
         right = np.clip(np.searchsorted(ext, x, side="right"), min(1, len(ext) - 1), len(ext) - 1)
         left = np.maximum(right - 1, 0)  # 0 only on a one-place map
         gap = ext[right] - ext[left]
         frac = np.where(gap > 0, (x - ext[left]) / np.where(gap > 0, gap, 1.0), 0.0)
         right = right % self.size  # the loop's virtual place is the first place
-        w = weights[:, None] * _GH_WEIGHTS[None, :]
         parent = np.repeat(np.arange(len(places)), x.shape[1])
         target = np.concatenate([left.ravel(), right.ravel()])
         w = np.concatenate([(w * (1 - frac)).ravel(), (w * frac).ravel()])
@@ -524,11 +594,12 @@ class TemporalFilter:
         unique, mass = self._place_mass()
         return int(unique[np.lexsort((unique, -mass))[0]])
 
-    def _result(self, ids: np.ndarray, k: int, reset: bool, agreement: float) -> TemporalResult:
+    def _result(self, ids: np.ndarray, k: int, reset: bool, agreement: float,
+                doubt: bool = False) -> TemporalResult:
         unique, mass = self._place_mass()
         pos = np.clip(np.searchsorted(unique, ids), 0, len(unique) - 1)
         candidate_scores = np.where(unique[pos] == ids, mass[pos], 0.0)
-        applied = self._evidence > self.config.trust_evidence
+        applied = self._evidence > self.config.trust_evidence and not doubt
         _, first = np.unique(ids, return_index=True)
         first = np.sort(first)
         if applied:

@@ -94,7 +94,7 @@ class VprMap:
     @functools.cached_property
     def null_similarity(self) -> NullSimilarity | None:
         """
-        The map's null (``vpr_ros.on_map``): stored by the build, computed here for older maps.
+        Return the map's null (``vpr_ros.on_map``): stored by the build, else computed here.
 
         None for a map too small to have places elsewhere.
         """

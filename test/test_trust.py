@@ -1,0 +1,127 @@
+"""Pose priors a robot can act on: none off the map or from a lost track; held-out calibration."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vpr_ros.evaluation.calibration import expected_calibration_error
+from vpr_ros.evaluation.conditions import Condition, conditions, prefix_map, replay, score
+from vpr_ros.evaluation.recall import positives_by_frame
+from vpr_ros.localizer import Localizer, LocalizerConfig
+from vpr_ros.maps.mapdir import load_map, write_map
+from vpr_ros.maps.places import Place
+from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.on_map import fit_on_map, peak
+
+DIM = 64
+MODEL = {"name": "baseline", "fingerprint": "synthetic", "input_size": [32, 64], "dim": DIM,
+         "preprocessing": {"resize": [32, 64], "mean": [0, 0, 0], "std": [1, 1, 1]}}
+
+
+def _route(n: int, seed: int, noise: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Map and query descriptors of one route: neighbouring places alike, every place its own.
+
+    Queries are the places seen again with noise (another day).
+    """
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.normal(size=(n, DIM)), axis=0) * 0.35 + rng.normal(size=(n, DIM))
+    places = walk / np.linalg.norm(walk, axis=1, keepdims=True)
+    queries = places + noise * rng.normal(size=(n, DIM)) / np.sqrt(DIM)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return places.astype(np.float32), queries.astype(np.float32)
+
+
+def _map(tmp: Path, descriptors: np.ndarray):
+    places = [Place(i, i) for i in range(len(descriptors))]  # an image folder: no positions
+    path = write_map(tmp / "map", descriptors, places, MODEL,
+                     IndexConfig("flat", pca_dim=None), [{"source": "test"}])
+    return load_map(path)
+
+
+def _replay(localizer, order, queries, n):
+    truth = positives_by_frame(np.arange(len(queries)), np.arange(n), 1)
+    far = positives_by_frame(np.arange(len(queries)), np.arange(n), 3)
+    c = Condition("test", np.asarray(order))
+    return c, replay(localizer, c, queries, truth, far)
+
+
+def test_every_map_stores_its_null_similarity(tmp_path):
+    places, _ = _route(120, seed=0)
+    m = _map(tmp_path, places)
+    q = np.asarray(m.null_similarity.quantiles)
+    assert len(q) >= 3 and np.all(np.diff(q) >= 0)
+    assert m.manifest["null_similarity"] == m.null_similarity.to_manifest()
+
+
+def test_no_pose_prior_past_the_end_of_a_half_map(tmp_path):
+    places, queries = _route(300, seed=1)
+    full = _map(tmp_path, places)
+    half = prefix_map(full, 150, tmp_path)
+    c, frames = _replay(Localizer(half, None, LocalizerConfig()), np.arange(300), queries, 300)
+    row = score(c, frames)
+    assert frames.far.sum() > 100
+    assert frames.prior[~frames.far].any(), "the mapped half gets priors"
+    assert row.off_map_prior_rate == 0.0, np.nonzero(frames.prior & frames.far)[0]
+    # the on-map probability falls off the map and stays low there
+    assert np.median(frames.on_map_probability[frames.far]) < 0.5 < np.median(
+        frames.on_map_probability[~frames.far & frames.on_map])
+
+
+def _jump(tmp_path):
+    places, queries = _route(400, seed=2)
+    localizer = Localizer(_map(tmp_path, places), None, LocalizerConfig())
+    order = np.r_[np.arange(40, 100), np.arange(300, 360)]  # carried from place 99 to place 300
+    return _replay(localizer, order, queries, 400)
+
+
+def test_a_jump_gives_at_most_one_wrong_prior(tmp_path):
+    c, frames = _jump(tmp_path)
+    assert c.jumps == [60]
+    assert frames.prior[:60].mean() > 0.5
+    wrong = frames.prior[60:] & ~frames.right[60:]
+    assert wrong.sum() <= 1, np.nonzero(wrong)[0]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not met yet: the fresh track takes over 7 frames after the jump, but the on-map probability,"
+    " which fell while the answers were the retrieval's, needs more than 10 frames to come back"
+    " above the confidence threshold"))
+def test_right_priors_return_within_ten_frames_of_a_jump(tmp_path):
+    c, frames = _jump(tmp_path)
+    recovered = score(c, frames).frames_to_recover[0]
+    assert recovered is not None and recovered <= 10
+
+
+def test_shuffled_chunks_are_not_worse_than_the_plain_retrieval(tmp_path):
+    places, queries = _route(400, seed=3, noise=1.3)
+    localizer = Localizer(_map(tmp_path, places), None, LocalizerConfig())
+    chunks = next(c for c in conditions(400, 400) if c.name == "chunks of 25, shuffled")
+    _, frames = _replay(localizer, chunks.order, queries, 400)
+    assert frames.right.mean() >= frames.plain_right.mean()
+    assert (frames.right[frames.prior]).mean() >= 0.99
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "not met yet: fitted on one synthetic route, the on-map model separates on from off on another"
+    " (mean 0.8+ against 0.2-) but its expected calibration error there is 0.19, not under 0.1"))
+def test_on_map_model_fitted_on_one_route_is_calibrated_on_another(tmp_path):
+    def table(seed):
+        places, queries = _route(300, seed)
+        half = _map(tmp_path / str(seed), places[:150])
+        scores, _ = half.index.search(queries, 10)
+        i = np.arange(300)
+        novelty = [half.null_similarity.novelty(float(s)) for s in scores[:, 0]]
+        return {"novelty": np.array(novelty),
+                "peak": np.array([peak(s) for s in scores]), "on": i < 151, "far": i > 153}
+
+    model = fit_on_map([table(10)])
+    held_out = table(11)
+    used = held_out["on"] | held_out["far"]
+    odds = np.array([model.likelihood_ratio(novelty=n, peak=p) for n, p in
+                     zip(held_out["novelty"][used], held_out["peak"][used])])
+    prior_odds = model.base_rate / (1 - model.base_rate)
+    p_on = odds * prior_odds / (1 + odds * prior_odds)
+    assert expected_calibration_error(p_on, held_out["on"][used]) < 0.1
+    assert p_on[held_out["on"][used]].mean() > 0.8 > 0.2 > p_on[held_out["far"][used]].mean()
