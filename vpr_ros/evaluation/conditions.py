@@ -42,7 +42,7 @@ class Condition:
 
 
 def conditions(queries: int, places: int, seed: int = 0) -> list[Condition]:
-    """Return the replays of one data set (``queries`` frames in driving order, a map of ``places``)."""
+    """Return the replays of one data set: ``queries`` frames in driving order, ``places``."""
     rng = np.random.default_rng(seed)
     in_order = np.arange(queries)
     out = [Condition("in order", in_order), Condition("reversed", in_order[::-1])]
