@@ -12,6 +12,7 @@ prior.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vpr_ros.evaluation.calibration import expected_calibration_error, plot_reliability
 from vpr_ros.localizer import Localizer
 from vpr_ros.maps.mapdir import VprMap, load_map, write_map
 from vpr_ros.index.faiss_index import IndexConfig
@@ -217,3 +219,34 @@ def run_conditions(
         )
         out.append((score(c, frames), frames))
     return out
+
+
+COLUMNS = ("condition", "frames", "recall_at_1", "plain_recall_at_1", "prior_precision",
+           "prior_fraction", "off_map_frames", "off_map_prior_rate", "jumps",
+           "frames_to_recover_max", "jumps_never_recovered")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Format the rows (``ConditionRow.summary``) as a Markdown table."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join("" if r[c] is None else str(r[c]) for c in COLUMNS) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def write_report(results: list[tuple[ConditionRow, Frames]], out: Path, title: str) -> dict:
+    """
+    Write ``conditions.json`` and ``reliability.png`` (every condition's frames) into ``out``.
+
+    Returns the report: the rows and the expected calibration error of ``confidence``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    confidence = np.concatenate([f.confidence for _, f in results])
+    right = np.concatenate([f.right for _, f in results])
+    report = {
+        "rows": [row.summary() for row, _ in results],
+        "expected_calibration_error": round(expected_calibration_error(confidence, right), 4),
+    }
+    plot_reliability(confidence, right, out / "reliability.png", title)
+    (out / "conditions.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
