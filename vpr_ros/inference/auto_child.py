@@ -8,6 +8,7 @@ that crashes or hangs takes down only its child; the parent sees why and leaves 
 The parent starts ``python -c`` with its own ``sys.path`` and one end of a socket pair.
 Over it go pickled messages:
 
+    child  -> parent  READY           imports done
     parent -> child   Job             build the extractor, describe the probe images
     child  -> parent  Built|Refused   the descriptors and build time, or why it cannot run
     parent -> child   RUN             one timed batch-1 run (repeated)
@@ -49,6 +50,7 @@ from vpr_ros.models.load import load_model
 FAULT_ENV = "VPR_ROS_AUTO_FAULT"
 FAULTS = ("abort", "segv", "hang")
 STAGES = ("build", "run")
+READY = "ready"  # the child's first message: imports done, reading
 RUN = "run"
 # After the stream ends, how long a dying child may take to be reaped before it is killed.
 EXIT_WAIT_S = 30.0
@@ -140,6 +142,7 @@ def child_main(fd: int) -> None:
     import torch
 
     conn = Connection(fd)
+    conn.send(READY)
     job: Job = conn.recv()
     torch.set_num_threads(job.torch_threads)
     faults = faults_for(job.backend, job.precision, os.environ.get(FAULT_ENV, ""))
@@ -180,6 +183,7 @@ class CandidateChild:
             stdin=subprocess.DEVNULL,
         )
         child_end.close()
+        self.ready = False
 
     def request(self, message: object, timeout_s: float, stage: str) -> object:
         """
@@ -189,6 +193,13 @@ class CandidateChild:
         killed); ``stage`` names what it was doing, for the reason.
         """
         try:
+            # A Job outgrows the socket buffer and send() has no timeout: send only to a child
+            # that has finished its imports and reads.
+            if not self.ready:
+                if not self.conn.poll(timeout_s):
+                    self.kill()
+                    raise ChildFailed(f"hung: not started within {timeout_s:.0f} s; killed")
+                self.ready = self.conn.recv() == READY
             self.conn.send(message)
             if self.conn.poll(timeout_s):
                 return self.conn.recv()
@@ -198,6 +209,7 @@ class CandidateChild:
         raise ChildFailed(f"hung: no answer within {timeout_s:.0f} s while {stage}; killed")
 
     def _ended(self, stage: str) -> str:
+        self.conn.close()
         try:
             status = self.process.wait(timeout=EXIT_WAIT_S)
         except subprocess.TimeoutExpired:
