@@ -32,7 +32,9 @@ def demo(tmp_path_factory):
 def test_demo_runs_end_to_end_and_reports(demo):
     out, report = demo
     for run in (report, report["plain"]):  # the node's defaults, and each frame on its own
-        assert run["frames_sent"] >= 300 and run["frames_matched"] == run["frames_sent"]
+        # every frame answered or counted as dropped (latest frame wins on a busy host)
+        assert run["frames_sent"] >= 300
+        assert run["frames_matched"] + run["frames_dropped_by_node"] == run["frames_sent"]
         assert run["frames_bad"] == 0 and run["node_exit_code"] == 0
         assert run["latency_end_to_end_ms"]["p50"] > 0
         # the off-map stretch and the jump are in the drive, and scored
@@ -56,8 +58,8 @@ def test_demo_runs_end_to_end_and_reports(demo):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="not met yet by the pipeline (issue 14, in progress): measured at 8e04752, on-map"
-    " Recall@1 0.892 and pose priors on 8.5 % of the on-map frames (all right)",
+    reason="not met yet by the pipeline (issue 14, in progress): measured at cf45fa6, on-map"
+    " Recall@1 0.823 and pose priors on 33.8 % of the on-map frames (all right)",
 )
 def test_on_the_map_recall_and_pose_priors_meet_the_goals(demo):
     on_map = demo[1]["on_map"]
@@ -74,8 +76,8 @@ def test_no_pose_prior_off_the_map(demo):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="not met yet by the pipeline (issue 14, in progress): measured at 8e04752, the first"
-    " right pose prior came 17 frames after the jump (none wrong before it)",
+    reason="not met yet by the pipeline (issue 14, in progress): measured at cf45fa6, the first"
+    " right pose prior came 15 frames after the jump (none wrong before it)",
 )
 def test_first_right_pose_prior_within_10_frames_after_the_jump(demo):
     report = demo[1]
