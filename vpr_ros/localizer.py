@@ -13,19 +13,19 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
+from vpr_ros import parameters
 from vpr_ros.confidence import (
-    DEFAULT_MIN_CONFIDENCE,
     FITTED_RERANKERS,
     default_model,
     distances,
     frame_features,
 )
 from vpr_ros.errors import ConfigError
-from vpr_ros.index import TEMPORAL_FILTERS
-from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker, reranker_names
+from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker
 from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 from vpr_ros.inference.extractor import DescriptorExtractor
@@ -120,40 +120,40 @@ class Match:
 @dataclass(frozen=True)
 class LocalizerConfig:
     """
-    How the pipeline decides (the node's parameters and the CLI's flags map onto these).
+    How the pipeline decides: the pipeline's options of ``parameters.PARAMETERS``.
 
-    rerank: none | auto | a re-ranker name (``reranker_names()``); auto takes the re-ranker whose
-        features the map holds, or none. rerank_top_k: global candidates it re-sorts.
-    temporal: none | hmm (the place filter over the map's route, ``index/temporal.py``) | seqslam.
-    min_confidence: calibrated probability that the best place is right, above which a pose prior
-    is given.
+    Their defaults, ranges and choices come from that table (the node's parameters and the
+    commands' flags set them, through ``from_parameters``). rerank: none | auto (the re-ranker
+    whose features the map holds, or none) | a re-ranker name; rerank_top_k: global candidates
+    it re-sorts. temporal: none | hmm (the place filter over the map's route) | seqslam.
+    min_confidence: calibrated probability that the best place is right, above which a pose
+    prior is given.
     """
 
-    top_k: int = 5
-    rerank: str = "none"
-    rerank_top_k: int = 10
-    temporal: str = "hmm"
-    min_confidence: float = DEFAULT_MIN_CONFIDENCE
-    ambiguity_radius_m: float = 25.0
-    base_sigma_m: float = 5.0
+    top_k: int = parameters.BY_NAME["top_k"].default
+    rerank: str = parameters.BY_NAME["rerank"].default
+    rerank_top_k: int = parameters.BY_NAME["rerank_top_k"].default
+    temporal: str = parameters.BY_NAME["temporal"].default
+    min_confidence: float = parameters.BY_NAME["min_confidence"].default
+    ambiguity_radius_m: float = parameters.BY_NAME["ambiguity_radius_m"].default
+    base_sigma_m: float = parameters.BY_NAME["base_sigma_m"].default
     sequence: SequenceConfig = SequenceConfig()
     hmm: TemporalConfig = TemporalConfig()
 
     def __post_init__(self):
-        if self.temporal not in TEMPORAL_FILTERS:
+        values = {p.name: attrgetter(p.config)(self) for p in parameters.PIPELINE}
+        if problems := parameters.problems(values):
             raise ConfigError(
-                f"unknown temporal filter {self.temporal!r}; choose one of"
-                f" {', '.join(TEMPORAL_FILTERS)}"
+                "invalid pipeline options: " + "; ".join(problems)
+                + " (the node's parameters and the commands' flags of the same names)"
             )
-        if self.rerank not in ("none", "auto", *reranker_names()):
-            raise ConfigError(
-                f"unknown re-ranker {self.rerank!r}; choose none, auto or"
-                f" {', '.join(reranker_names())}"
-            )
-        if self.top_k < 1 or self.rerank_top_k < 1:
-            raise ConfigError(
-                f"top_k and rerank_top_k must be >= 1, got {self.top_k} and {self.rerank_top_k}"
-            )
+
+    @classmethod
+    def from_parameters(cls, values: dict) -> LocalizerConfig:
+        """Build the configuration from the table's pipeline options in ``values``, by name."""
+        flat = {p.config: values[p.name] for p in parameters.PIPELINE}
+        sequence = {k.split(".")[1]: flat.pop(k) for k in list(flat) if k.startswith("sequence.")}
+        return cls(**flat, sequence=SequenceConfig(**sequence))
 
 
 class Localizer:
@@ -345,7 +345,8 @@ class Localizer:
         )
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
         confidence = default_model(features)(**features)
-        on_map = self._on_map(retrieval_scores, applied, frames)
+        seen = applied is None or (self._corroborated(ids[0], retrieval_ids) and not r.stalled)
+        on_map = self._on_map(retrieval_scores, applied, frames, not seen)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
             confidence *= on_map
@@ -353,7 +354,7 @@ class Localizer:
         actionable = (
             len(ids) > 0
             and confidence >= cfg.min_confidence
-            and (applied is None or self._corroborated(ids[0], retrieval_ids))
+            and seen
         )
         n = cfg.top_k
         candidates = [
@@ -387,7 +388,8 @@ class Localizer:
             on_map=on_map,
         )
 
-    def _on_map(self, retrieval_scores: np.ndarray, track, frames: float) -> float | None:
+    def _on_map(self, retrieval_scores: np.ndarray, track, frames: float,
+                track_missed: bool) -> float | None:
         """
         P(the frame is on the map), from the map's null, the frame's candidates and the track.
 
@@ -400,7 +402,7 @@ class Localizer:
         if track is None:
             return self.on_map.push(1.0, frames, **features)
         bayes = math.exp(min(track.log_bayes_factor, 30.0))
-        return self.on_map.push(bayes, frames, track.left_route, **features)
+        return self.on_map.push(bayes, frames, track.left_route, track_missed, **features)
 
     def _corroborated(self, best: int, retrieval_ids: np.ndarray) -> bool:
         """

@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+STALL_FRAMES = 6  # frames over which a best place that does not move with the track is stalled
 _GH_NODES, _GH_WEIGHTS = np.polynomial.hermite_e.hermegauss(5)  # quadrature of a standard normal
 _GH_WEIGHTS = _GH_WEIGHTS / _GH_WEIGHTS.sum()
 # Places per frame: 8x from slowest to fastest, 3x either way around 0.9, both directions. No 0:
@@ -251,6 +252,7 @@ class TemporalResult:
     # this frame's log Bayes factor of the track against independent frames (0 on a (re)start)
     log_bayes_factor: float = 0.0
     left_route: float = 0.0  # share of the predicted belief that drove past the route's ends
+    stalled: bool = False  # the best place stayed put over recent frames while the track moved
 
 
 class TemporalFilter:
@@ -292,6 +294,7 @@ class TemporalFilter:
         self._evidence = 0.0
         self._left_route = 0.0
         self._best: int | None = None
+        self._path: collections.deque = collections.deque(maxlen=STALL_FRAMES)
         self._recent: collections.deque = collections.deque(maxlen=self.config.challenger_window)
         if self._challenger is not None:
             self._challenger.reset()
@@ -328,6 +331,7 @@ class TemporalFilter:
             other._places.copy(), other._speed_idx.copy(), other._weights.copy()
         )
         self._evidence, self._best, self._surprised = other._evidence, other._best, 0
+        self._path = collections.deque(other._path, maxlen=STALL_FRAMES)
         self._recent = collections.deque(other._recent, maxlen=self.config.challenger_window)
 
     def _step(self, candidate_ids, scores, travelled_m: float | None, k: int | None,
@@ -399,8 +403,28 @@ class TemporalFilter:
         result.reset = reset or self._jumped(best, odometry, frames, speeds)
         result.log_bayes_factor = 0.0 if reset else log_bf
         result.left_route = 0.0 if started else self._left_route
+        result.stalled = self._stalled(best, odometry, frames, result.reset)
         self._best = best
         return result
+
+    def _stalled(self, best: int, odometry: float | None, frames: float, reset: bool) -> bool:
+        """
+        Tell whether the best place stayed put while the belief (or odometry) says it moves.
+
+        The signature of a look-alike place that the retrieval returns frame after frame (a
+        tunnel, a station) holding the track while the robot drives on: the track keeps seeing
+        it, so only its motion gives it away. A stopped robot with odometry is not stalled.
+        """
+        if reset:
+            self._path.clear()
+        mass = np.bincount(self._speed_idx, weights=self._weights, minlength=len(self._speeds))
+        speed = float(np.abs(self._speeds) @ mass / max(mass.sum(), 1e-300))
+        self._path.append((best, abs(odometry) if odometry is not None else speed * frames))
+        if len(self._path) < self._path.maxlen:
+            return False
+        moved = abs(float(self.route.offset(self._path[0][0], best)))
+        expected = sum(step for _, step in list(self._path)[1:])
+        return moved < 0.5 * expected - 1.0
 
     def _odometry_step(self, travelled_m: float | None) -> float | None:
         """
