@@ -9,10 +9,9 @@ the confidence, whether a pose prior is published and its covariance.
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from operator import attrgetter
 
 import numpy as np
@@ -32,9 +31,7 @@ from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, stored_reranker
 from vpr_ros.maps.mapdir import VprMap
 from vpr_ros.on_map import DEFAULT_ON_MAP_MODEL, OnMapFilter, OnMapModel, peak
-from vpr_ros.stamps import ns_to_stamp_dict
 
-SCHEMA = "vpr_ros/PlaceMatch/1"
 
 
 @dataclass
@@ -87,34 +84,6 @@ class Match:
     @property
     def best(self) -> Candidate | None:
         return self.candidates[0] if self.candidates else None
-
-    def to_dict(self) -> dict:
-        return {
-            "schema": SCHEMA,
-            "stamp": ns_to_stamp_dict(self.stamp_ns),
-            "frame_id": self.frame_id,
-            "map_id": self.map_id,
-            "model": self.model,
-            "confidence": round(self.confidence, 4),
-            "on_map": None if self.on_map is None else round(self.on_map, 4),
-            "candidates": [
-                {
-                    **asdict(c),
-                    "score": round(c.score, 6),
-                    "map_stamp": ns_to_stamp_dict(c.stamp_ns),
-                }
-                for c in self.candidates
-            ],
-            "covariance_xy": self.covariance_xy,
-            "pose_prior": self.pose_prior is not None,
-            "actionable": self.actionable,
-            "rerank": self.rerank,
-            "temporal": self.temporal,
-            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
 
 
 @dataclass(frozen=True)
