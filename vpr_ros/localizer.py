@@ -33,7 +33,6 @@ from vpr_ros.maps.mapdir import VprMap
 from vpr_ros.on_map import DEFAULT_ON_MAP_MODEL, OnMapFilter, OnMapModel, peak
 
 
-
 @dataclass
 class Candidate:
     place_id: int
