@@ -205,13 +205,12 @@ def main() -> None:
     from vpr_ros import parameters
     from vpr_ros.imaging import rgb_to_compressed
     from vpr_ros.inference.factory import create_extractor
-    from vpr_ros.localizer import Localizer
+    from vpr_ros.localizer import Localizer, LocalizerConfig
     from vpr_ros.maps.build import build_map
     from vpr_ros.maps.mapdir import load_map
     from vpr_ros.maps.sources import BagSource
     from vpr_harness.replay.processes import start_node, stop_process
     from vpr_harness.replay.scenes import raw_image_msg
-    from vpr_ros.ros.node import localizer_config
 
     print_machine()
     print("load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
@@ -241,7 +240,7 @@ def main() -> None:
                                             IMAGE_TOPIC + "/compressed", jpeg)):
             # a fresh localizer per transport: its temporal filter starts where the node's does
             localizer = Localizer(load_map(map_dir, extractor.describe()), extractor,
-                                  localizer_config(defaults))
+                                  LocalizerConfig.from_parameters(defaults))
             log = work / f"node_{name}.log"
             node = start_node(map_dir, a.model, topic, log,
                               extra=["-p", f"backend:={extractor.backend}"])

@@ -20,7 +20,7 @@ from vpr_ros.errors import BagError
 from vpr_ros.fileio import PARTIAL, file_sha256
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.maps.append import append_to_map
-from vpr_ros.maps.build import extract_shard
+from vpr_ros.maps.build import in_process
 from vpr_ros.maps.local_features import LocalFeatureStore
 from vpr_ros.maps.mapdir import MANIFEST, load_map
 from vpr_ros.maps.sources import BagSource
@@ -149,7 +149,7 @@ def test_failed_append_leaves_the_old_map(bags, tmp_path):
     with pytest.raises(BagError, match="damaged"):
         append_to_map(
             out,
-            lambda writer: [extract_shard(source, extractor, 8, None, writer)],
+            in_process(source, extractor),
             extractor.describe(),
             source.describe(),
         )

@@ -151,6 +151,37 @@ def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, caps
         assert 0 <= row["pose_prior_fraction"] <= 1 and 0 <= row["auc_pr"] <= 1
     assert (out / "recall.png").stat().st_size > 10_000
     assert (out / "precision_recall.png").stat().st_size > 10_000
+    # how well confidence is a probability, per configuration
+    assert all(0 <= row["expected_calibration_error"] <= 1 for row in rows.values())
+    assert (out / "reliability_baseline_hmm.png").stat().st_size > 10_000
+
+
+def test_eval_conditions_replays_the_queries_and_writes_a_report(built_map, bags, tmp_path,
+                                                                 capsys):
+    from vpr_ros.evaluation.conditions import COLUMNS
+
+    out = tmp_path / "eval"
+    args = ["eval", "--map", str(built_map), "--bag", str(bags[1]), "--image-topic",
+            CAMERA_TOPIC, "--pose-topic", GPS_TOPIC, "--threshold-m", "10", "--conditions",
+            "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| " + " | ".join(COLUMNS) + " |" in printed  # the conditions' Markdown table
+    # the node's pipeline by default: one configuration, one report
+    report_dir = out / "conditions" / "baseline_hmm"
+    report = json.loads((report_dir / "conditions.json").read_text())
+    rows = {row["condition"]: row for row in report["rows"]}
+    assert list(rows) == ["in order", "reversed", "chunks of 10, shuffled",
+                          "chunks of 25, shuffled", "double speed", "stops", "off the map"]
+    assert rows["in order"]["frames"] == rows["reversed"]["frames"] == QUERY_FRAMES
+    assert rows["double speed"]["frames"] == (QUERY_FRAMES + 1) // 2
+    assert rows["stops"]["frames"] > QUERY_FRAMES
+    assert rows["in order"]["jumps"] == 0 and rows["chunks of 10, shuffled"]["jumps"] > 0
+    # a map of the route's first half: the queries of its second half are off it
+    assert rows["off the map"]["off_map_frames"] > 0 and rows["in order"]["off_map_frames"] == 0
+    assert 0 <= report["expected_calibration_error"] <= 1
+    assert (report_dir / "reliability.png").stat().st_size > 10_000
+    assert sorted(p.name for p in report_dir.iterdir()) == ["conditions.json", "reliability.png"]
 
 
 def test_bag_without_the_topic_lists_the_topics_it_has(bags, tmp_path):

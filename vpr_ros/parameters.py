@@ -1,11 +1,12 @@
 """
-The node's parameters, in one table: name, default, description, allowed values.
+The pipeline's and the node's options, in one table: name, default, description, allowed values.
 
 The node declares exactly these (with their ranges in the ParameterDescriptor),
 validates them at start-up and on every ``ros2 param set``, ``localize --help``
 prints them, and ``config/localize.yaml`` is generated from them
 (``python -m vpr_ros.parameters > config/localize.yaml``; a test keeps it current).
-No ROS import here.
+The pipeline's options (``config`` set) are also ``LocalizerConfig``'s fields, defaults and
+checks, and the flags of ``vpr-ros localize`` and ``eval``. No ROS import here.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 import sys
 import textwrap
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE
 from vpr_ros.index import TEMPORAL_FILTERS
@@ -31,6 +33,8 @@ class Parameter:
     choices: tuple[str, ...] = ()
     min: float | None = None  # inclusive
     max: float | None = None  # inclusive
+    # the LocalizerConfig field it sets ("member.field" inside a member); '' for the node's own
+    config: str = ""
 
     @property
     def type_name(self) -> str:
@@ -39,7 +43,10 @@ class Parameter:
     def problem(self, value: object) -> str:
         """Why ``value`` is not acceptable for this parameter ('' when it is)."""
         expected = type(self.default)
-        ok_type = type(value) is expected or (expected is float and type(value) is int)
+        ok_type = isinstance(value, expected)
+        if expected in (int, float):  # numpy's numbers too (a LocalizerConfig built from arrays)
+            number = Integral if expected is int else Real
+            ok_type = isinstance(value, number) and not isinstance(value, bool)
         if not ok_type:
             article = "an" if self.type_name == "integer" else "a"
             return (
@@ -135,7 +142,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "map",
         "frame_id of /vpr/pose_prior; map positions (UTM metres for GPS maps) are in it.",
     ),
-    Parameter("top_k", 5, "Candidates per frame in /vpr/match.", min=1, max=100),
+    Parameter("top_k", 5, "Candidates per frame in /vpr/match.", min=1, max=100, config="top_k"),
     Parameter(
         "rerank",
         "auto",
@@ -143,9 +150,11 @@ PARAMETERS: tuple[Parameter, ...] = (
         " whose features the map holds, none when it holds none); or a re-ranker by name, which"
         " the map must hold features for (`vpr-ros build-map --rerank NAME`).",
         choices=("none", "auto", *_reranker_names()),
+        config="rerank",
     ),
     Parameter(
-        "rerank_top_k", 10, "Global candidates the re-ranker re-sorts per frame.", min=1, max=100
+        "rerank_top_k", 10, "Global candidates the re-ranker re-sorts per frame.", min=1, max=100,
+        config="rerank_top_k",
     ),
     Parameter(
         "temporal",
@@ -156,6 +165,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         " the classic SeqSLAM over every map place (sequence_* parameters); none matches each"
         " frame on its own.",
         choices=TEMPORAL_FILTERS,
+        config="temporal",
     ),
     Parameter(
         "odom_topic",
@@ -171,21 +181,25 @@ PARAMETERS: tuple[Parameter, ...] = (
         " demo route 0.8 gives a prior for 79 % of frames, all of them right.",
         min=0.0,
         max=1.0,
+        config="min_confidence",
     ),
     Parameter(
         "ambiguity_radius_m",
         25.0,
         "Candidates farther than this from the best one count as other places.",
         min=0.0,
+        config="ambiguity_radius_m",
     ),
     Parameter(
         "base_sigma_m",
         5.0,
         "Position standard deviation of an unambiguous match, metres; alternatives widen it.",
         min=0.01,
+        config="base_sigma_m",
     ),
     Parameter(
-        "sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1, max=1000
+        "sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1,
+        max=1000, config="sequence.length",
     ),
     Parameter(
         "sequence_min_velocity",
@@ -194,6 +208,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "frame (speed / (frame rate * map keyframe spacing)).",
         min=-100.0,
         max=100.0,
+        config="sequence.min_velocity",
     ),
     Parameter(
         "sequence_max_velocity",
@@ -202,6 +217,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "frame; at least sequence_min_velocity.",
         min=-100.0,
         max=100.0,
+        config="sequence.max_velocity",
     ),
     Parameter(
         "max_image_pixels",
@@ -237,6 +253,8 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
 )
 BY_NAME = {p.name: p for p in PARAMETERS}
+# the pipeline's options: LocalizerConfig's fields and the commands' pipeline flags
+PIPELINE = tuple(p for p in PARAMETERS if p.config)
 
 
 def defaults() -> dict[str, Value]:

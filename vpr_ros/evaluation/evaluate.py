@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vpr_ros.evaluation.calibration import expected_calibration_error, plot_reliability
 from vpr_ros.evaluation.precision import plot_precision_recall, precision_recall, summary
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
 from vpr_ros.index.rerank import LocalFeatures, Reranker
@@ -150,6 +151,11 @@ def extract_queries(
     return Queries(np.asarray(descriptors, dtype=np.float32), local, travelled), kept
 
 
+def file_name(row: str) -> str:
+    """Return a file name for a configuration's ``row_name`` ("baseline + hmm": baseline_hmm)."""
+    return row.replace(" + ", "_")
+
+
 def row_name(model: str, rerank: str, temporal: str) -> str:
     return (
         model
@@ -182,10 +188,13 @@ def report_rows(results: dict[str, tuple[LocalizerConfig, EvalResult]]) -> dict[
     """
     Per configuration.
 
-    Recall@N and the confidence figures (AUC-PR, R@100P, EP, pose-prior precision/fraction).
+    Recall@N and the confidence figures (AUC-PR, R@100P, EP, pose-prior precision/fraction,
+    expected calibration error).
     """
     return {name: {"recall": {f"R@{n}": round(v, 4) for n, v in r.recalls.items()},
-                   **summary(r.confidence, r.correct_top1(), config.min_confidence)}
+                   **summary(r.confidence, r.correct_top1(), config.min_confidence),
+                   "expected_calibration_error": round(
+                       expected_calibration_error(r.confidence, r.correct_top1()), 4)}
             for name, (config, r) in results.items()}
 
 
@@ -196,7 +205,12 @@ def write_report(
     out_dir: Path,
     extra: dict | None = None,
 ) -> list[Path]:
-    """results.json (every configuration), recall.png and precision_recall.png in ``out_dir``."""
+    """
+    Write the report into ``out_dir``.
+
+    results.json (every configuration), recall.png, precision_recall.png and a reliability
+    diagram of each configuration's confidence (reliability_<configuration>.png).
+    """
     from vpr_ros.evaluation.plots import plot_recall_curve
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -219,22 +233,28 @@ def write_report(
         out_dir / "precision_recall.png",
         f"best match right ({ground_truth})",
     )
-    return [json_path, recall_png, pr_png]
+    reliability_pngs = [
+        plot_reliability(r.confidence, r.correct_top1(),
+                         out_dir / f"reliability_{file_name(name)}.png",
+                         f"{name}: best match right ({ground_truth})")
+        for name, (_, r) in results.items()
+    ]
+    return [json_path, recall_png, pr_png, *reliability_pngs]
 
 
 def format_table(rows: dict[str, dict]) -> str:
     """
     Markdown table of ``report_rows``.
 
-    Recall@N, then precision and fraction of pose priors, AUC-PR, EP.
+    Recall@N, then precision and fraction of pose priors, AUC-PR, EP, ECE.
     """
     ns = list(next(iter(rows.values()))["recall"]) if rows else []
     header = (
         "| configuration | "
         + " | ".join(ns)
-        + " | prior precision | prior fraction | AUC-PR | EP |"
+        + " | prior precision | prior fraction | AUC-PR | EP | ECE |"
     )
-    lines = [header, "|" + "---|" * (len(ns) + 5)]
+    lines = [header, "|" + "---|" * (len(ns) + 6)]
     for name, r in rows.items():
         precision = (
             "-" if r["pose_prior_precision"] is None else f"{r['pose_prior_precision']:.3f}"
@@ -243,6 +263,6 @@ def format_table(rows: dict[str, dict]) -> str:
             f"| {name} | "
             + " | ".join(f"{r['recall'][n]:.3f}" for n in ns)
             + f" | {precision} | {r['pose_prior_fraction']:.3f} | {r['auc_pr']:.3f} |"
-            f" {r['extended_precision']:.3f} |"
+            f" {r['extended_precision']:.3f} | {r['expected_calibration_error']:.3f} |"
         )
     return "\n".join(lines)

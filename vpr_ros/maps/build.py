@@ -7,7 +7,7 @@ import math
 from contextlib import closing
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
@@ -18,7 +18,7 @@ from vpr_ros.index.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.batch import extract_frames, prefetch
 from vpr_ros.index.rerank import Reranker
-from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
+from vpr_ros.maps.local_features import FeatureSink, LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.maps.mapdir import VprMap, write_errors, write_map_into
 from vpr_ros.maps.places import Place
 from vpr_ros.maps.poses import UtmProjector, UtmZone
@@ -56,8 +56,7 @@ class Shard:
     What extracting one source gave: its descriptors and frames (images dropped), in order.
 
     ``stats``: what reading it skipped; ``sources``: its manifest entries. ``local_features``: the
-    re-ranker's features of each frame where a worker gathered them in memory (``distributed``);
-    None where they went straight to the map's writer.
+    re-ranker's features of each frame where a Ray worker gathered them to ship (``distributed``).
     """
 
     descriptors: np.ndarray
@@ -67,8 +66,16 @@ class Shard:
     local_features: list | None = None
 
 
-# Yields the shards of a map in place order; given the map's local-feature writer (None without).
-ShardProducer = Callable[[Optional[LocalFeatureWriter]], Iterable[Shard]]
+# Yields the shards of a map in place order, given the map's local-feature sink (None without);
+# each shard's local features are in the sink before the shard is yielded.
+ShardProducer = Callable[[FeatureSink | None], Iterable[Shard]]
+
+
+def in_process(
+    source, extractor: DescriptorExtractor, batch_size: int = 8, reranker: Reranker | None = None
+) -> ShardProducer:
+    """Return the producer of one source extracted in this process (features streamed)."""
+    return lambda sink: [extract_shard(source, extractor, batch_size, reranker, sink)]
 
 
 def extract_shard(
@@ -76,20 +83,19 @@ def extract_shard(
     extractor: DescriptorExtractor,
     batch_size: int = 8,
     reranker: Reranker | None = None,
-    writer=None,
+    sink: FeatureSink | None = None,
 ) -> Shard:
     """
     Extract every frame of ``source``.
 
-    With ``reranker``, each frame's local features go to ``writer`` (a LocalFeatureWriter, or a
-    list that gathers them), in frame order.
+    With ``reranker``, each frame's local features go to ``sink``, in frame order.
     """
     if reranker is None:
         descriptors, frames = extract_frames(
             source, extractor, batch_size, total=len(source), desc="building map"
         )
     else:
-        descriptors, frames = _extract_with_local(source, extractor, reranker, writer, batch_size)
+        descriptors, frames = _extract_with_local(source, extractor, reranker, sink, batch_size)
     stats = getattr(source, "stats", None) or SourceStats()
     return Shard(descriptors, frames, stats, describe_source(source))
 
@@ -114,7 +120,7 @@ def build_map(
     """
     path, _ = write_shards(
         out,
-        lambda writer: [extract_shard(source, extractor, batch_size, reranker, writer)],
+        in_process(source, extractor, batch_size, reranker),
         extractor.describe(),
         index_config or IndexConfig(),
         allow_no_poses,
@@ -154,7 +160,7 @@ def write_shards(
                     store = LocalFeatureStore.open(base.path, local_description, len(base))
                     for place in range(len(store)):
                         writer.append(store[place])
-                new = [_with_local_written(shard, writer) for shard in shards(writer)]
+                new = list(shards(writer))
             local_files = writer.files
         stats = _combined_stats([shard.stats for shard in new])
         sources = [entry for shard in new for entry in shard.sources]
@@ -184,15 +190,6 @@ def write_shards(
         f" and {local_description['reranker']} local features" if local_description else "",
     )
     return out, stats
-
-
-def _with_local_written(shard: Shard, writer: LocalFeatureWriter) -> Shard:
-    """Hand local features a worker gathered in memory to the map's writer, in place order."""
-    if shard.local_features is not None:
-        for features in shard.local_features:
-            writer.append(features)
-        shard.local_features = None
-    return shard
 
 
 def _combined_stats(stats: list[SourceStats]) -> SourceStats:
@@ -247,20 +244,16 @@ def _extract_with_local(
     source,
     extractor: DescriptorExtractor,
     reranker: Reranker,
-    writer: LocalFeatureWriter,
+    sink: FeatureSink,
     batch_size: int,
 ) -> tuple[np.ndarray, list]:
-    """
-    Global descriptors and the re-ranker's local features, batch by batch.
-
-    Features go straight to ``writer``.
-    """
+    """Global descriptors, batch by batch; the re-ranker's local features go to ``sink``."""
     descriptors, kept, batch = [], [], []
 
     def flush():
         d, features = reranker.extract_map([f.image for f in batch], extractor)
         for f, lf in zip(batch, features):
-            writer.append(lf)
+            sink.append(lf)
             f.image = None
         descriptors.append(d)
         kept.extend(batch)

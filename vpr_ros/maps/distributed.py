@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from vpr_ros.errors import ConfigError, VprError
 from vpr_ros.maps.build import Shard, ShardProducer, describe_source, extract_shard
+from vpr_ros.maps.local_features import FeatureSink
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ class ShardWorker:
         return self.extractor.describe(), self.reranker.describe() if self.reranker else None
 
     def extract(self, source) -> Shard:
-        gathered: list | None = [] if self.reranker else None
+        gathered: list = []  # the sink on this side: shipped with the shard
         shard = extract_shard(source, self.extractor, self.batch_size, self.reranker, gathered)
         shard.local_features = gathered
         return shard
@@ -238,11 +239,11 @@ class RayExtraction:
         """
         Extract ``sources`` on the workers, one task each; yield their shards in source order.
 
-        The producer for ``build.write_shards`` (which passes local features to the map's
-        writer itself, as each shard arrives).
+        The producer for ``build.write_shards``: each shard's local features go to the map's
+        sink as the shard arrives.
         """
 
-        def produce(_writer) -> Iterator[Shard]:
+        def produce(sink: FeatureSink | None) -> Iterator[Shard]:
             from ray.util import ActorPool
 
             pool = ActorPool(self._actors)
@@ -253,6 +254,9 @@ class RayExtraction:
                 for source in sources:
                     with _worker_errors(f"extracting {_name(source)}"):
                         shard = next(results)
+                    for features in shard.local_features if sink is not None else ():
+                        sink.append(features)
+                    shard.local_features = None
                     bar.update(len(source))
                     yield shard
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import numpy as np
 
@@ -167,12 +167,31 @@ class LocalFeatureWriter:
                 self._keypoints.close()
 
 
-def stored_reranker(map_dir: str | Path) -> str | None:
+class FeatureSink(Protocol):
     """
-    Name of the re-ranker whose local features the map holds (None without any).
+    Where map building puts each place's local features, in place order.
 
-    What ``rerank auto`` picks.
+    The map's ``LocalFeatureWriter``, or the list a Ray worker ships back with its shard.
     """
+
+    def append(self, features: LocalFeatures) -> None:
+        """Take the next place's features."""
+
+
+def resolve_rerank(rerank: str, map_dir: str | Path | None) -> str | None:
+    """
+    Name the re-ranker ``rerank`` (none | auto | a name) stands for at ``map_dir``; None for none.
+
+    auto: the one whose local features the map holds (none where it holds none, or where there
+    is no map yet). build-map, eval and the pipeline all resolve ``--rerank`` / ``rerank`` here.
+    """
+    if rerank == "auto":
+        return stored_reranker(map_dir) if map_dir is not None else None
+    return None if rerank == "none" else rerank
+
+
+def stored_reranker(map_dir: str | Path) -> str | None:
+    """Name of the re-ranker whose local features the map holds (None without any)."""
     try:
         meta = json.loads((Path(map_dir) / LOCAL_DIR / META_FILE).read_text())
     except (OSError, ValueError):

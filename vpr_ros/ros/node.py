@@ -36,7 +36,6 @@ from std_srvs.srv import Trigger
 from vpr_ros import parameters
 from vpr_ros.errors import ConfigError, ImageDecodeError, VprError
 from vpr_ros.imaging import image_msg_to_rgb
-from vpr_ros.index.sequence import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer, LocalizerConfig, Match
 from vpr_ros.logs import quiet_third_party_logs
@@ -73,7 +72,7 @@ class LocalizerNode(LifecycleNode):
         self.slot = LatestSlot()
         self._running = True
         self.worker: threading.Thread | None = None
-        self.p = self._declare_parameters()
+        self.params = self._declare_parameters()
         self.stats = PipelineStats()
         self._map_lock = threading.Lock()
         self.extractor = None
@@ -99,18 +98,19 @@ class LocalizerNode(LifecycleNode):
         """
         try:
             self.extractor = create_extractor(
-                self.p["model"],
-                self.p["weights"] or None,
-                self.p["backend"],
-                self.p["precision"],
-                Path(self.p["engine_cache_dir"]).expanduser()
-                if self.p["engine_cache_dir"] else None,
+                self.params["model"],
+                self.params["weights"] or None,
+                self.params["backend"],
+                self.params["precision"],
+                Path(self.params["engine_cache_dir"]).expanduser()
+                if self.params["engine_cache_dir"] else None,
             )
         except VprError as e:  # e.g. a model without weights: one line that says what to do
             self.get_logger().error(f"configure failed: {e}")
             return TransitionCallbackReturn.FAILURE
         self.get_logger().info(
-            f"model {self.p['model']} on {self.extractor.backend} ({self.extractor.precision}), "
+            f"model {self.params['model']} on {self.extractor.backend}"
+            f" ({self.extractor.precision}), "
             f"fingerprint {self.extractor.fingerprint}"
         )
         self._log_map_result(*self._load_map())
@@ -129,20 +129,20 @@ class LocalizerNode(LifecycleNode):
         """Enable the publishers, show the map, then subscribe."""
         result = super().on_activate(state)
         self._show_map()
-        qos = qos_profile_sensor_data if self.p["image_qos"] == "sensor_data" else QoSProfile(
+        qos = qos_profile_sensor_data if self.params["image_qos"] == "sensor_data" else QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        if self.p["image_transport"] == "raw":
+        if self.params["image_transport"] == "raw":
             self._inputs.append(self.create_subscription(Image, "image", self._on_image, qos))
         else:
             self._inputs.append(
                 self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos)
             )
-        if self.p["odom_topic"]:
+        if self.params["odom_topic"]:
             self._inputs.append(self.create_subscription(
-                Odometry, self.p["odom_topic"], self._odom.add, qos_profile_sensor_data
+                Odometry, self.params["odom_topic"], self._odom.add, qos_profile_sensor_data
             ))
         self._diagnostics_timer = self.create_timer(
-            self.p["diagnostics_period_s"], self._publish_diagnostics
+            self.params["diagnostics_period_s"], self._publish_diagnostics
         )
         return result
 
@@ -186,7 +186,7 @@ class LocalizerNode(LifecycleNode):
         with self._map_lock:
             vpr_map = self.vpr_map
         if vpr_map is not None and self.viz is not None:
-            self.viz.publish_map(vpr_map, self.p["map_frame"], self.p["viz_max_places"])
+            self.viz.publish_map(vpr_map, self.params["map_frame"], self.params["viz_max_places"])
 
     # -- parameters ----------------------------------------------------------
     def _declare_parameters(self) -> dict:
@@ -215,16 +215,16 @@ class LocalizerNode(LifecycleNode):
 
         Accept only valid values; the localizer is rebuilt with them, the map kept.
         """
-        values = {**self.p, **{p.name: p.value for p in params}}
+        values = {**self.params, **{p.name: p.value for p in params}}
         if problems := parameters.problems(values):
             return SetParametersResult(successful=False, reason="; ".join(problems))
-        previous, self.p = self.p, values
+        previous, self.params = self.params, values
         with self._map_lock:
             if self.vpr_map is not None:
                 try:
                     localizer = self._make_localizer(self.vpr_map)
                 except VprError as e:  # e.g. rerank set to one whose features this map lacks
-                    self.p = previous
+                    self.params = previous
                     return SetParametersResult(successful=False, reason=str(e))
                 self.localizer = localizer
         return SetParametersResult(successful=True)
@@ -236,16 +236,17 @@ class LocalizerNode(LifecycleNode):
 
         A map without the re-ranker's features is refused.
         """
-        return Localizer(vpr_map, self.extractor, localizer_config(self.p))
+        return Localizer(vpr_map, self.extractor, LocalizerConfig.from_parameters(self.params))
 
     def _load_map(self) -> tuple[bool, str]:
         """All or nothing: the current map keeps serving unless the new one loads completely."""
-        path = self.p["map_path"]
+        path = self.params["map_path"]
         if not path:
             return False, "no map_path set: set the map_path parameter and call ~/reload_map"
         try:
             vpr_map = load_map(
-                Path(path).expanduser(), self.extractor.describe(), verify=self.p["verify_map"]
+                Path(path).expanduser(), self.extractor.describe(),
+                verify=self.params["verify_map"],
             )
             localizer = self._make_localizer(vpr_map)
         except VprError as e:
@@ -301,13 +302,14 @@ class LocalizerNode(LifecycleNode):
             except ImageDecodeError as e:
                 self.stats.error("bad_frames", str(e))
                 self.get_logger().warning(
-                    f"skipped a bad frame: {e}", throttle_duration_sec=self.p["log_throttle_s"]
+                    f"skipped a bad frame: {e}",
+                    throttle_duration_sec=self.params["log_throttle_s"],
                 )
             except Exception as e:  # the node must outlive any single frame
                 self.stats.error("errors", f"{type(e).__name__}: {e}")
                 self.get_logger().error(
                     f"frame failed: {traceback.format_exc()}",
-                    throttle_duration_sec=self.p["log_throttle_s"],
+                    throttle_duration_sec=self.params["log_throttle_s"],
                 )
 
     def _process(self, received: float, received_ns: int, take_ms: float | None, msg) -> None:
@@ -317,18 +319,19 @@ class LocalizerNode(LifecycleNode):
             self.stats.count("no_map")
             self.get_logger().warning(
                 "no map loaded; frames are skipped until ~/reload_map succeeds",
-                throttle_duration_sec=self.p["log_throttle_s"],
+                throttle_duration_sec=self.params["log_throttle_s"],
             )
             return
         t0 = time.perf_counter()
-        rgb = image_msg_to_rgb(msg, max_pixels=self.p["max_image_pixels"])
+        rgb = image_msg_to_rgb(msg, max_pixels=self.params["max_image_pixels"])
         t1 = time.perf_counter()
         stamp_ns = stamp_to_ns(msg.header.stamp)
         dropped = self.slot.dropped
         # camera frames since the last one
         frames, self._dropped_seen = 1 + dropped - self._dropped_seen, dropped
         # queue: waiting in the slot for the worker; decode: message -> RGB.
-        match = localizer.localize(rgb, stamp_ns, msg.header.frame_id or self.p["camera_frame"],
+        frame_id = msg.header.frame_id or self.params["camera_frame"]
+        match = localizer.localize(rgb, stamp_ns, frame_id,
                                    {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3},
                                    travelled_m=self._odom.take(), frames=frames)
         # How old the image was when it arrived (camera + transport delay); not part of the node's
@@ -337,7 +340,7 @@ class LocalizerNode(LifecycleNode):
         if take_ms is not None:
             match.latency_ms["take"] = take_ms
         out, in_map = place_match_msg(match), Header(stamp=msg.header.stamp,
-                                                     frame_id=self.p["map_frame"])
+                                                     frame_id=self.params["map_frame"])
         with self._map_lock:  # not while cleanup withdraws the publishers
             if self.match_pub is None:
                 return
@@ -362,7 +365,7 @@ class LocalizerNode(LifecycleNode):
 
     # -- diagnostics ---------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        window_s = RECENT_FAILURE_PERIODS * self.p["diagnostics_period_s"]
+        window_s = RECENT_FAILURE_PERIODS * self.params["diagnostics_period_s"]
         snap = self.stats.snapshot(recent_s=window_s)
         counts = {**snap["counts"], "dropped": self.slot.dropped}
         recent = snap["recent_failures"]
@@ -441,25 +444,6 @@ class OdometryDistance:
             return travelled
 
 
-def localizer_config(p: dict) -> LocalizerConfig:
-    """Build the pipeline's configuration from the node's parameter values (bench_node's too)."""
-    sequence = SequenceConfig(
-        length=p["sequence_length"],
-        min_velocity=p["sequence_min_velocity"],
-        max_velocity=p["sequence_max_velocity"],
-    )
-    return LocalizerConfig(
-        top_k=p["top_k"],
-        rerank=p["rerank"],
-        rerank_top_k=p["rerank_top_k"],
-        temporal=p["temporal"],
-        min_confidence=p["min_confidence"],
-        ambiguity_radius_m=p["ambiguity_radius_m"],
-        base_sigma_m=p["base_sigma_m"],
-        sequence=sequence,
-    )
-
-
 def _constraints(p: parameters.Parameter) -> str:
     parts = [f"one of {', '.join(p.choices)}"] if p.choices else []
     if p.min is not None or p.max is not None:
@@ -501,7 +485,7 @@ def run(args: list[str] | None = None) -> int:
     node = None
     try:
         node = LocalizerNode()
-        if node.p["autostart"]:
+        if node.params["autostart"]:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 2
             node.trigger_activate()
