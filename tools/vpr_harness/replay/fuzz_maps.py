@@ -46,6 +46,7 @@ from vpr_ros.maps.mapdir import (
     INDEX_FILE,
     MANIFEST,
     MANIFEST_CHECKSUM,
+    NULL_KEY,
     PLACES_FILE,
     load_map,
     with_checksum,
@@ -60,6 +61,9 @@ RETYPES: tuple = (None, "text", -7, 2.5, True, [], {})
 # Keys whose values the loader never reads (descriptive only): damaged with the checksum left stale
 # only.
 FREE_FORM = ("sources",)
+# Optional keys the loader recomputes, identically, when absent: dropping or renaming one (with
+# the checksum recomputed) leaves a map that behaves the same, so it is not damage.
+RECOMPUTED = (NULL_KEY,)
 # Damage names (prefixes) of the classes issue 9 found killing the node or loading anyway: KeyError
 # map_id / model / efSearch / files, AttributeError (list), mmap ValueError, faiss RuntimeError,
 # the unknown index type, and one of each file kind; the node-reload test and the campaign run
@@ -261,6 +265,11 @@ def _manifest_damages(base: Path) -> list[Damage]:
         # that is null.
         reread = path[0] not in (*FREE_FORM, MANIFEST_CHECKSUM)
         for what, edit in edits:
+            if path[0] in RECOMPUTED and not what.startswith("retype"):
+                out.append(
+                    Damage(f"{what} (checksum stale)", _manifest_edit(edit, fix_checksum=False))
+                )
+                continue
             out.append(
                 Damage(f"{what} (checksum stale)", _manifest_edit(edit, fix_checksum=False))
             )
