@@ -204,6 +204,8 @@ def test_latest_frame_wins_and_drops_are_counted(tmp_path, map_dir, images, coll
         # sees them; of those it does see, every one is either processed or counted as dropped.
         assert received <= 40 and dropped > 0 and processed + dropped == received
         assert processed == len(got)
+        # the last frame's on-map probability, and how many frames were judged off the map
+        assert 0.0 <= float(d["on_map"]) <= 1.0 and 0 <= int(d["frames_off_map"]) <= processed
     finally:
         assert node.stop() == 0, node.log_text()
 

@@ -60,6 +60,8 @@ FIXED_AT_START = (
     "odom_topic",
     "autostart",
 )
+# /diagnostics says "off the map" while the last frame's on_map is below this
+OFF_MAP = 0.5
 # /diagnostics is WARN while a frame failed within this many diagnostics periods
 RECENT_FAILURE_PERIODS = 10
 # glibc mallopt parameters (malloc.h)
@@ -85,6 +87,7 @@ class LocalizerNode(LifecycleNode):
         self._reload_service = None
         self._inputs = []
         self._diagnostics_timer = None
+        self._on_map: float | None = None  # the last frame's (Match.on_map)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.worker = threading.Thread(target=self._work, name="vpr_inference", daemon=True)
         self.worker.start()
@@ -351,6 +354,9 @@ class LocalizerNode(LifecycleNode):
             self.viz.publish_match(match, in_map)
         self.stats.count("processed")
         self.stats.latency(match.latency_ms["total"])
+        self._on_map = match.on_map
+        if match.on_map is not None and match.on_map < OFF_MAP:
+            self.stats.count("off_map")
 
     def _pose_prior_msg(self, match: Match, header: Header) -> PoseWithCovarianceStamped:
         prior = match.pose_prior
@@ -381,6 +387,12 @@ class LocalizerNode(LifecycleNode):
             status.message = (
                 f"{recent} frames failed in the last {window_s:g} s: {snap['last_error'][:200]}"
             )
+        elif self._on_map is not None and self._on_map < OFF_MAP:
+            # not a fault of the node (silence is its answer there), so not WARN
+            status.level = DiagnosticStatus.OK
+            status.message = (
+                f"off the map (on_map {self._on_map:.2f} on the last frame): no pose priors"
+            )
         else:
             status.level, status.message = DiagnosticStatus.OK, "localizing"
         values = {
@@ -392,6 +404,8 @@ class LocalizerNode(LifecycleNode):
             "frames_failed_recently": recent,
             "frames_without_map": counts.get("no_map", 0),
             "pose_priors": counts.get("pose_priors", 0),
+            "on_map": "" if self._on_map is None else round(self._on_map, 3),
+            "frames_off_map": counts.get("off_map", 0),
             "map_load_errors": counts.get("map_errors", 0),
             "rate_in_hz": round(snap["rates_hz"]["received"], 2),
             "rate_out_hz": round(snap["rates_hz"]["processed"], 2),
