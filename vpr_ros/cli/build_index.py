@@ -9,15 +9,12 @@ from vpr_ros.cli import options
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "build-index",
-        help="rebuild a map's index (and PCA) from its stored descriptors",
-        description=(
-            "Rebuild a map's search index, and its PCA, with other parameters from the map's"
-            " stored descriptors, without re-extracting. The map is verified first and replaced"
-            " atomically: an interrupted rebuild leaves the old map as it was."
-        ),
-    )
+    parser = sub.add_parser("build-index",
+                            help="rebuild a map's index (and PCA) from its stored descriptors",
+                            description="Rebuild a map's search index, and its PCA, with other "
+                            "parameters from the map's stored descriptors, without "
+                            "re-extracting. The map is verified first and replaced atomically: "
+                            "an interrupted rebuild leaves the old map as it was.")
     parser.add_argument("map", type=Path, help="map directory")
     options.add_index_args(parser)
     return parser

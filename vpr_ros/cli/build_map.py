@@ -11,76 +11,40 @@ from vpr_ros.parameters import BY_NAME
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "build-map",
-        help="build a map from rosbags or an image folder",
-        description=(
-            "Build a map directory (faiss index, places, descriptors, manifest) from rosbag2 files"
-            " or an image folder. Written atomically."
-        ),
-    )
+    parser = sub.add_parser("build-map", help="build a map from rosbags or an image folder",
+                            description="Build a map directory (faiss index, places, "
+                            "descriptors, manifest) from rosbag2 files or an image folder. "
+                            "Written atomically.")
     options.add_source_args(parser, keyframes=True)
     options.add_model_args(
         parser, "descriptor model (default: baseline; with --append the map's model)"
     )
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        help="map directory to write (replaced only when the build succeeds)",
-    )
-    parser.add_argument(
-        "--append",
-        action="store_true",
-        help=(
-            "add the bags (or folder) to the map at --out: only the new frames are extracted,"
-            " with the map's model, PCA, index settings and re-ranker; the map is replaced only"
-            " when the grown one is complete"
-        ),
-    )
+    parser.add_argument("--out", required=True, type=Path,
+                        help="map directory to write (replaced only when the build succeeds)")
+    parser.add_argument("--append", action="store_true",
+                        help="add the bags (or folder) to the map at --out: only the new frames "
+                        "are extracted, with the map's model, PCA, index settings and re-ranker; "
+                        "the map is replaced only when the grown one is complete")
     group = parser.add_argument_group("distributed (Ray)")
-    group.add_argument(
-        "--workers",
-        type=int,
-        help=(
-            "extract on this many Ray workers, one bag per task, each loading the model once"
-            " (default: in this process)"
-        ),
-    )
-    group.add_argument(
-        "--ray-address",
-        help=(
-            "join this Ray cluster (HEAD_IP:6379, after `ray start --head --node-ip-address"
-            " HEAD_IP` there and `ray start --address HEAD_IP:6379` on each worker node; bags"
-            " and weights at the same paths on every node); default: a private Ray on"
-            " 127.0.0.1 for this build"
-        ),
-    )
+    group.add_argument("--workers", type=int,
+                       help="extract on this many Ray workers, one bag per task, each loading "
+                       "the model once (default: in this process)")
+    group.add_argument("--ray-address",
+                       help="join this Ray cluster (HEAD_IP:6379, after `ray start --head "
+                       "--node-ip-address HEAD_IP` there and `ray start --address HEAD_IP:6379` "
+                       "on each worker node; bags and weights at the same paths on every node); "
+                       "default: a private Ray on 127.0.0.1 for this build")
     options.add_index_args(parser)
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=8,
-        help="images per inference batch (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--allow-no-poses",
-        action="store_true",
-        help=(
-            "write a map even when no place has a position (it can match places but never"
-            " localize)"
-        ),
-    )
-    parser.add_argument(
-        "--rerank",
-        default="auto",
-        choices=BY_NAME["rerank"].choices,
-        help=(
-            "also store this re-ranker's local features of every place (e.g. fol with a FoL model"
-            " on backend torch), so the node and eval can re-rank with it; auto: with --append"
-            " the map's, else none (default: %(default)s)"
-        ),
-    )
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="images per inference batch (default: %(default)s)")
+    parser.add_argument("--allow-no-poses", action="store_true",
+                        help="write a map even when no place has a position (it can match places "
+                        "but never localize)")
+    parser.add_argument("--rerank", default="auto", choices=BY_NAME["rerank"].choices,
+                        help="also store this re-ranker's local features of every place (e.g. "
+                        "fol with a FoL model on backend torch), so the node and eval can "
+                        "re-rank with it; auto: with --append the map's, else none (default: "
+                        "%(default)s)")
     return parser
 
 

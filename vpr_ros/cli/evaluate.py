@@ -14,50 +14,33 @@ FAR = 3  # "off the map": farther than three thresholds (or frame tolerances, at
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "eval",
-        help=(
-            "Recall@1/5/10/20 and confidence of queries against a map, per pipeline configuration"
-        ),
-        description=(
-            "Run query images through the node's pipeline once per configuration (every --rerank"
-            " with every --temporal): prints one row each (Recall@N, precision and fraction of"
-            " pose priors at --min-confidence, AUC-PR, Extended Precision, expected calibration"
-            " error) and writes results.json, recall.png, precision_recall.png and a reliability"
-            " diagram per configuration; with --conditions, also replays the queries reversed,"
-            " shuffled, faster, with stops and off the map."
-        ),
-    )
+    parser = sub.add_parser("eval",
+                            help="Recall@1/5/10/20 and confidence of queries against a map, per "
+                            "pipeline configuration",
+                            description="Run query images through the node's pipeline once per "
+                            "configuration (every --rerank with every --temporal): prints one "
+                            "row each (Recall@N, precision and fraction of pose priors at "
+                            "--min-confidence, AUC-PR, Extended Precision, expected calibration "
+                            "error) and writes results.json, recall.png, precision_recall.png "
+                            "and a reliability diagram per configuration; with --conditions, "
+                            "also replays the queries reversed, shuffled, faster, with stops and "
+                            "off the map.")
     options.add_query_args(parser)
     # Recall@20 needs 20 candidates per query
     options.add_pipeline_args(parser, several=("rerank", "temporal"), top_k=20)
-    parser.add_argument(
-        "--threshold-m",
-        type=float,
-        default=25.0,
-        help="a match is right within this many metres (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--frame-tolerance",
-        type=int,
-        help="instead of metres: right within this many frames (aligned sequences)",
-    )
-    parser.add_argument(
-        "--conditions",
-        action="store_true",
-        help=(
-            "also replay the queries under every condition of vpr_ros.evaluation.conditions (in"
-            " order, reversed, shuffled chunks, double speed, stops, off the map) per"
-            " configuration: prints a table each and writes conditions/<configuration>/"
-            " (conditions.json, reliability.png)"
-        ),
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=Path("eval_out"),
-        help="report directory (default: %(default)s)",
-    )
+    parser.add_argument("--threshold-m", type=float, default=25.0,
+                        help="a match is right within this many metres (default: %(default)s)")
+    parser.add_argument("--frame-tolerance", type=int,
+                        help="instead of metres: right within this many frames (aligned "
+                        "sequences)")
+    parser.add_argument("--conditions", action="store_true",
+                        help="also replay the queries under every condition of "
+                        "vpr_ros.evaluation.conditions (in order, reversed, shuffled chunks, "
+                        "double speed, stops, off the map) per configuration: prints a table "
+                        "each and writes conditions/<configuration>/ (conditions.json, "
+                        "reliability.png)")
+    parser.add_argument("--out", type=Path, default=Path("eval_out"),
+                        help="report directory (default: %(default)s)")
     return parser
 
 

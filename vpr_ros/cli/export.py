@@ -10,36 +10,22 @@ from vpr_ros.parameters import BY_NAME
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "export",
-        help="export a model to ONNX or a TensorRT engine",
-        description=(
-            "Export a model to ONNX (checked against torch) or build a TensorRT engine from it."
-        ),
-    )
+    parser = sub.add_parser("export", help="export a model to ONNX or a TensorRT engine",
+                            description="Export a model to ONNX (checked against torch) or build "
+                            "a TensorRT engine from it.")
     parser.add_argument("--model", required=True, help="model name, e.g. scicevpr-b")
     parser.add_argument("--weights", help="official checkpoint file")
-    parser.add_argument(
-        "--format", default="onnx", choices=["onnx", "tensorrt"], help="default: %(default)s"
-    )
-    parser.add_argument(
-        "--precision", default=BY_NAME["precision"].default,
-        choices=BY_NAME["precision"].choices, help="default: %(default)s",
-    )
+    parser.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"],
+                        help="default: %(default)s")
+    parser.add_argument("--precision", default=BY_NAME["precision"].default,
+                        choices=BY_NAME["precision"].choices, help="default: %(default)s")
     parser.add_argument("--out", required=True, type=Path, help="output file")
-    parser.add_argument(
-        "--calib-images", type=Path, help="folder of images for int8 calibration (TensorRT)"
-    )
-    parser.add_argument(
-        "--check-images",
-        type=Path,
-        help="folder of images: compare the ONNX export with torch on them",
-    )
-    parser.add_argument(
-        "--engine-cache-dir",
-        type=Path,
-        help="where the intermediate ONNX file for TensorRT is cached",
-    )
+    parser.add_argument("--calib-images", type=Path,
+                        help="folder of images for int8 calibration (TensorRT)")
+    parser.add_argument("--check-images", type=Path,
+                        help="folder of images: compare the ONNX export with torch on them")
+    parser.add_argument("--engine-cache-dir", type=Path,
+                        help="where the intermediate ONNX file for TensorRT is cached")
     return parser
 
 

@@ -8,15 +8,10 @@ from pathlib import Path
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "inspect-map",
-        help="what a map holds and whether it verifies",
-        description=(
-            "Print a map's manifest and load it the way the node does (manifest checksum and"
-            " schema, every file's sha256, shapes and counts). Exit status 1 when it does not"
-            " verify."
-        ),
-    )
+    parser = sub.add_parser("inspect-map", help="what a map holds and whether it verifies",
+                            description="Print a map's manifest and load it the way the node "
+                            "does (manifest checksum and schema, every file's sha256, shapes and "
+                            "counts). Exit status 1 when it does not verify.")
     parser.add_argument("map", type=Path, help="map directory")
     return parser
 

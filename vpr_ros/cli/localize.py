@@ -11,15 +11,11 @@ from vpr_ros.cli import options
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    parser = sub.add_parser(
-        "localize",
-        help="match query images against a map, without ROS",
-        description=(
-            "Match every image of a bag topic or folder against a map, in order, through the"
-            " node's pipeline (re-ranking, temporal filter, confidence); one JSON document per"
-            " line with the fields of the node's vpr_ros/msg/PlaceMatch (null where unknown)."
-        ),
-    )
+    parser = sub.add_parser("localize", help="match query images against a map, without ROS",
+                            description="Match every image of a bag topic or folder against a "
+                            "map, in order, through the node's pipeline (re-ranking, temporal "
+                            "filter, confidence); one JSON document per line with the fields of "
+                            "the node's vpr_ros/msg/PlaceMatch (null where unknown).")
     options.add_query_args(parser)
     options.add_pipeline_args(parser)
     parser.add_argument("--out", type=Path, help="JSON-lines file (default: standard output)")

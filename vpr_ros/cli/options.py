@@ -40,19 +40,12 @@ def add_pipeline_args(
     for p in PIPELINE:
         default = defaults.get(p.name, p.default)
         many = p.name in several
-        group.add_argument(
-            flag(p.name),
-            type=checked(p),
-            choices=p.choices or None,
-            nargs="+" if many else None,
-            default=[default] if many else default,
-            help=p.description.replace("%", "%%") + f" (default: {default})",
-        )
-    group.add_argument(
-        "--odometry-from-poses",
-        action="store_true",
-        help="feed the filter the distance between consecutive query poses, as odometry would",
-    )
+        group.add_argument(flag(p.name), type=checked(p), choices=p.choices or None,
+                           nargs="+" if many else None, default=[default] if many else default,
+                           help=p.description.replace("%", "%%") + f" (default: {default})")
+    group.add_argument("--odometry-from-poses", action="store_true",
+                       help="feed the filter the distance between consecutive query poses, as "
+                       "odometry would")
 
 
 def add_model_args(
@@ -68,51 +61,34 @@ def add_model_args(
         p = BY_NAME[name]
         group.add_argument(flag(name), default=p.default, choices=p.choices,
                            help=f"default: %(default)s{'; ' + note if note else ''}")
-    group.add_argument(
-        "--engine-cache-dir",
-        type=Path,
-        help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or ~/.cache/vpr_ros)",
-    )
+    group.add_argument("--engine-cache-dir", type=Path,
+                       help="exported ONNX / TensorRT engines (default: $VPR_ROS_CACHE_DIR or "
+                       "~/.cache/vpr_ros)")
 
 
 def add_bag_args(group, bag_help: str = "rosbag2 directory (sqlite3 or mcap); repeat for several"):
     """--bag (repeatable), --image-topic and --pose-topic: build-map, localize, eval and train."""
     group.add_argument("--bag", action="append", type=Path, help=bag_help)
-    group.add_argument(
-        "--image-topic", help="sensor_msgs/Image or CompressedImage topic in the bags"
-    )
-    group.add_argument(
-        "--pose-topic", help="NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped topic"
-    )
+    group.add_argument("--image-topic",
+                       help="sensor_msgs/Image or CompressedImage topic in the bags")
+    group.add_argument("--pose-topic",
+                       help="NavSatFix, Odometry, PoseStamped or PoseWithCovarianceStamped topic")
 
 
 def add_source_args(parser: argparse.ArgumentParser, keyframes: bool) -> None:
     group = parser.add_argument_group("images (a rosbag2 or a folder)")
     add_bag_args(group)
-    group.add_argument(
-        "--images",
-        type=Path,
-        help="image folder (VPR layout @east@north@zone@letter@lat@lon@.jpg, or with --poses-csv)",
-    )
-    group.add_argument(
-        "--poses-csv", type=Path, help="CSV of file name and x,y (or lat,lon) for --images"
-    )
+    group.add_argument("--images", type=Path,
+                       help="image folder (VPR layout @east@north@zone@letter@lat@lon@.jpg, or "
+                       "with --poses-csv)")
+    group.add_argument("--poses-csv", type=Path,
+                       help="CSV of file name and x,y (or lat,lon) for --images")
     if keyframes:
-        group.add_argument(
-            "--min-distance",
-            type=float,
-            default=2.0,
-            help=(
-                "keep a frame every this many metres of travel (default: %(default)s); 0 keeps"
-                " every frame"
-            ),
-        )
-        group.add_argument(
-            "--every-n",
-            type=int,
-            default=1,
-            help="without poses, keep every Nth frame (default: %(default)s)",
-        )
+        group.add_argument("--min-distance", type=float, default=2.0,
+                           help="keep a frame every this many metres of travel (default: "
+                           "%(default)s); 0 keeps every frame")
+        group.add_argument("--every-n", type=int, default=1,
+                           help="without poses, keep every Nth frame (default: %(default)s)")
 
 
 def add_query_args(parser: argparse.ArgumentParser) -> None:
@@ -134,29 +110,16 @@ def _pca_dim(text: str) -> int | str | None:
 
 def add_index_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search index")
-    group.add_argument(
-        "--index",
-        default="auto",
-        choices=["auto", "flat", "hnsw", "ivfpq"],
-        help=(
-            "faiss index (default: %(default)s: exact while the vectors fit 32 MiB, else HNSW over"
-            " 8-bit codes up to 250k places, else IVF-PQ; both re-score their shortlist exactly)"
-        ),
-    )
-    group.add_argument(
-        "--pca-dim",
-        type=_pca_dim,
-        default="auto",
-        help=(
-            "PCA of the descriptors to this many dims, learned from the map; 'none' keeps the"
-            " model's (default: %(default)s: 1024 for maps too big for exact search)"
-        ),
-    )
-    group.add_argument(
-        "--whiten",
-        action="store_true",
-        help="whiten the PCA (divide each direction by its spread)",
-    )
+    group.add_argument("--index", default="auto", choices=["auto", "flat", "hnsw", "ivfpq"],
+                       help="faiss index (default: %(default)s: exact while the vectors fit 32 "
+                       "MiB, else HNSW over 8-bit codes up to 250k places, else IVF-PQ; both "
+                       "re-score their shortlist exactly)")
+    group.add_argument("--pca-dim", type=_pca_dim, default="auto",
+                       help="PCA of the descriptors to this many dims, learned from the map; "
+                       "'none' keeps the model's (default: %(default)s: 1024 for maps too big "
+                       "for exact search)")
+    group.add_argument("--whiten", action="store_true",
+                       help="whiten the PCA (divide each direction by its spread)")
 
 
 def index_config(args: argparse.Namespace):
