@@ -424,7 +424,7 @@ class TemporalFilter:
             return False
         moved = abs(float(self.route.offset(self._path[0][0], best)))
         expected = sum(step for _, step in list(self._path)[1:])
-        return moved < 0.5 * expected - 1.0
+        return moved < 0.5 * expected
 
     def _odometry_step(self, travelled_m: float | None) -> float | None:
         """
