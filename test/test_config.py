@@ -62,6 +62,32 @@ def test_defaults_are_valid_and_velocity_order_is_checked():
     assert parameters.problems({**parameters.defaults(), "base_sigma_m": 5}) == []
 
 
+def test_commands_run_the_nodes_pipeline_and_can_set_every_option_of_it():
+    from vpr_ros.cli import build_parser, main
+    from vpr_ros.errors import ConfigError
+    from vpr_ros.localizer import LocalizerConfig
+
+    node = LocalizerConfig.from_parameters(parameters.defaults())
+    assert LocalizerConfig() == node
+    query = ["--map", "m", "--images", "i"]
+    args = build_parser().parse_args(["localize", *query])
+    assert LocalizerConfig.from_parameters(vars(args)) == node
+    every = ["--top-k", "7", "--rerank", "none", "--rerank-top-k", "3", "--temporal", "seqslam",
+             "--min-confidence", "0.5", "--ambiguity-radius-m", "9", "--base-sigma-m", "2",
+             "--sequence-length", "4", "--sequence-min-velocity", "0.5",
+             "--sequence-max-velocity", "2"]
+    parsed = vars(build_parser().parse_args(["eval", *query, *every]))
+    assert (parsed["rerank"], parsed["temporal"]) == (["none"], ["seqslam"])  # eval takes several
+    config = LocalizerConfig.from_parameters(parsed | {"rerank": "none", "temporal": "seqslam"})
+    assert (config.top_k, config.rerank_top_k, config.min_confidence, config.sequence.length,
+            config.sequence.max_velocity) == (7, 3, 0.5, 4, 2.0)
+    # the table's ranges, named by the flag or the option
+    with pytest.raises(SystemExit):
+        main(["localize", *query, "--top-k", "0"])
+    with pytest.raises(ConfigError, match=r"top_k must be in \[1, 100\], got 0"):
+        LocalizerConfig(top_k=0)
+
+
 LAUNCH_ARGS = ("map", "model", "weights", "params_file", "image", "image_transport", "odom",
                "autostart", "namespace", "dds_profile")
 
