@@ -28,7 +28,7 @@ from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker
 from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
 from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
 from vpr_ros.inference.extractor import DescriptorExtractor
-from vpr_ros.maps.local_features import LocalFeatureStore, stored_reranker
+from vpr_ros.maps.local_features import LocalFeatureStore, resolve_rerank
 from vpr_ros.maps.mapdir import VprMap
 from vpr_ros.on_map import DEFAULT_ON_MAP_MODEL, OnMapFilter, OnMapModel, peak
 
@@ -182,10 +182,8 @@ class Localizer:
 
         A map without them is refused (MapError).
         """
-        name = self.config.rerank
-        if name == "auto":
-            name = stored_reranker(self.map.path) or "none"
-        if name == "none":
+        name = resolve_rerank(self.config.rerank, self.map.path)
+        if name is None:
             return None, None
         if self.extractor is None:
             raise ConfigError(
@@ -314,7 +312,8 @@ class Localizer:
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
         confidence = default_model(features)(**features)
         seen = applied is None or (self._corroborated(ids[0], retrieval_ids) and not r.stalled)
-        on_map = self._on_map(retrieval_scores, applied, frames, not seen)
+        on_map = self._on_map(retrieval_scores, r if self.hmm is not None else None, applied,
+                              frames, not seen)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
             confidence *= on_map
@@ -356,21 +355,24 @@ class Localizer:
             on_map=on_map,
         )
 
-    def _on_map(self, retrieval_scores: np.ndarray, track, frames: float,
+    def _on_map(self, retrieval_scores: np.ndarray, filtered, track, frames: float,
                 track_missed: bool) -> float | None:
         """
-        P(the frame is on the map), from the map's null, the frame's candidates and the track.
+        P(the frame is on the map), from the map's null, the frame's candidates and the tracks.
 
-        The track's Bayes factor counts only while the filter is trusted (``applied``).
+        ``filtered``: the temporal filter's result, ``track`` the same while it is trusted
+        (``applied``). The main track's Bayes factor counts while it is trusted, the fresh track's
+        always: retrieval that follows a route coherently is on the map, wherever on it.
         """
         if self.on_map is None or len(retrieval_scores) == 0:
             return None
         features = {"novelty": self.null.novelty(float(retrieval_scores[0])),
                     "peak": peak(retrieval_scores)}
-        if track is None:
-            return self.on_map.push(1.0, frames, **features)
-        bayes = math.exp(min(track.log_bayes_factor, 30.0))
-        return self.on_map.push(bayes, frames, track.left_route, track_missed, **features)
+        log_bf = max(track.log_bayes_factor if track is not None else 0.0,
+                     filtered.fresh_log_bayes_factor if filtered is not None else 0.0)
+        left = track.left_route if track is not None else 0.0
+        return self.on_map.push(math.exp(min(log_bf, 30.0)), frames, left, track_missed,
+                                **features)
 
     def _corroborated(self, best: int, retrieval_ids: np.ndarray) -> bool:
         """

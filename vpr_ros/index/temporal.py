@@ -253,6 +253,8 @@ class TemporalResult:
     log_bayes_factor: float = 0.0
     left_route: float = 0.0  # share of the predicted belief that drove past the route's ends
     stalled: bool = False  # the best place stayed put over recent frames while the track moved
+    # the fresh track's log Bayes factor this frame (0 without one): coherent retrieval elsewhere
+    fresh_log_bayes_factor: float = 0.0
 
 
 class TemporalFilter:
@@ -318,6 +320,7 @@ class TemporalFilter:
         self._recent.append(result.log_bayes_factor)
         if fresh is None:
             return result
+        result.fresh_log_bayes_factor = fresh.fresh_log_bayes_factor = fresh.log_bayes_factor
         apart = abs(self.route.offset(self._best, self._challenger._best)) > 3.0
         if apart and sum(self._challenger._recent) - sum(self._recent) > self.config.switch_nats:
             self._adopt(self._challenger)
