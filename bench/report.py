@@ -136,6 +136,14 @@ BENCHMARKS = (
         full_only=True,
     ),
     Benchmark(
+        "conditions",
+        "bench_conditions.py",
+        (),
+        "pose priors under every replay condition on every data set, leave-one-set-out fits",
+        1800,
+        full_only=True,
+    ),
+    Benchmark(
         "reliability",
         "bench_reliability.py",
         (),
