@@ -311,8 +311,12 @@ class Localizer:
         )
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
         confidence = default_model(features)(**features)
-        seen = applied is None or (self._corroborated(ids[0], retrieval_ids) and not r.stalled)
-        on_map = self._on_map(retrieval_scores, r if self.hmm is not None else None, applied,
+        # The frame's own evidence is its first hmm.candidates (10) retrieval candidates, however
+        # many top_k asks to report (eval's 20 would otherwise corroborate more by chance).
+        own = cfg.hmm.candidates
+        seen_ids, seen_scores = retrieval_ids[:own], retrieval_scores[:own]
+        seen = applied is None or (self._corroborated(ids[0], seen_ids) and not r.stalled)
+        on_map = self._on_map(seen_scores, r if self.hmm is not None else None, applied,
                               frames, not seen)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
