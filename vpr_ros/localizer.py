@@ -26,7 +26,7 @@ from vpr_ros.confidence import (
 from vpr_ros.errors import ConfigError
 from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker
 from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
+from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter, TemporalResult
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, resolve_rerank
 from vpr_ros.maps.mapdir import VprMap
@@ -316,8 +316,7 @@ class Localizer:
         own = cfg.hmm.candidates
         seen_ids, seen_scores = retrieval_ids[:own], retrieval_scores[:own]
         seen = applied is None or (self._corroborated(ids[0], seen_ids) and not r.stalled)
-        on_map = self._on_map(seen_scores, r if self.hmm is not None else None, applied,
-                              frames, not seen)
+        on_map = self._on_map(seen_scores, r if self.hmm is not None else None, frames, not seen)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
             confidence *= on_map
@@ -359,22 +358,23 @@ class Localizer:
             on_map=on_map,
         )
 
-    def _on_map(self, retrieval_scores: np.ndarray, filtered, track, frames: float,
-                track_missed: bool) -> float | None:
+    def _on_map(self, retrieval_scores: np.ndarray, filtered: TemporalResult | None,
+                frames: float, track_missed: bool) -> float | None:
         """
         P(the frame is on the map), from the map's null, the frame's candidates and the tracks.
 
-        ``filtered``: the temporal filter's result, ``track`` the same while it is trusted
-        (``applied``). The main track's Bayes factor counts while it is trusted, the fresh track's
-        always: retrieval that follows a route coherently is on the map, wherever on it.
+        ``filtered``: the temporal filter's result. The main track's Bayes factor counts while it
+        is trusted (``applied``), the fresh track's always: retrieval that follows a route
+        coherently is on the map, wherever on it.
         """
         if self.on_map is None or len(retrieval_scores) == 0:
             return None
         features = {"novelty": self.null.novelty(float(retrieval_scores[0])),
                     "peak": peak(retrieval_scores)}
-        log_bf = max(track.log_bayes_factor if track is not None else 0.0,
+        trusted = filtered is not None and filtered.applied
+        log_bf = max(filtered.log_bayes_factor if trusted else 0.0,
                      filtered.fresh_log_bayes_factor if filtered is not None else 0.0)
-        left = track.left_route if track is not None else 0.0
+        left = filtered.left_route if trusted else 0.0
         return self.on_map.push(math.exp(min(log_bf, 30.0)), frames, left, track_missed,
                                 **features)
 

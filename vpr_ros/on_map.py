@@ -20,6 +20,7 @@ follow the track). Its probability is ``Match.on_map``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -53,9 +54,15 @@ class NullSimilarity:
         0 is a typical score against a place elsewhere; a right match lies well above. Scale-free,
         so one model serves every descriptor and map.
         """
+        median, spread = self._scale
+        return (best_score - median) / spread
+
+    @functools.cached_property
+    def _scale(self) -> tuple[float, float]:
+        """Median and q90 - q10 of the null, once per map rather than per frame."""
         q = np.asarray(self.quantiles)
         median, lo, hi = np.interp([0.5, 0.1, 0.9], np.linspace(0, 1, len(q)), q)
-        return float((best_score - median) / max(hi - lo, 1e-6))
+        return float(median), max(float(hi - lo), 1e-6)
 
     def to_manifest(self) -> list[float]:
         return [round(float(v), 6) for v in self.quantiles]
