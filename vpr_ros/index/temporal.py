@@ -128,9 +128,10 @@ class TemporalConfig:
     evidence_memory: float = 0.97
     trust_evidence: float = 2.0
     challenger_jump_prob: float = 0.2
-    challenger_window: int = 3
-    switch_nats: float = 1.0
+    challenger_window: int = 2
+    switch_nats: float = 0.5
     doubt_nats: float = 0.1
+    jump_speed_floor: float = 0.1
 
     def __post_init__(self):
         problems = []
@@ -530,6 +531,8 @@ class TemporalFilter:
         speed = np.full(n, 1.0 / n)
         if keep_speed and len(self._weights):
             speed = np.bincount(self._speed_idx, weights=self._weights, minlength=n)
+            speed = (1 - self.config.jump_speed_floor) * speed / speed.sum() + (
+                self.config.jump_speed_floor / n)
         unique = np.unique(ids)
         places = np.repeat(unique, n)
         speed_idx = np.tile(np.arange(n), len(unique))
