@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 # the extractor is only passed through; index/ does not need inference/ at import
 if TYPE_CHECKING:
@@ -71,6 +72,20 @@ def order_by_score(rerank_scores: np.ndarray, global_scores: np.ndarray) -> np.n
         )
     positions = np.arange(len(rerank_scores))
     return np.lexsort((positions, -global_scores, -rerank_scores))
+
+
+def one_blas_thread() -> threadpool_limits:
+    """
+    Limit numpy's BLAS to one thread inside a ``with`` block (the re-rankers' matching).
+
+    The similarity products of matching (XFeat 1024x64x1024, FoL ~3400x128x3400, one per
+    candidate) gain nothing from BLAS threads on a few cores and lose to their start-up and to
+    a core busy with other work (XFeat: 31 ms with OpenBLAS's 2 threads on a loaded 2-core
+    host, 2.4 ms in one). Threads split the output, not the dot products, so the
+    similarities are the same. Entering costs about 1 ms (threadpoolctl finds the loaded
+    libraries each time): once per frame, not per candidate.
+    """
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 class Reranker(abc.ABC):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
+from vpr_ros.index.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.models.fol import LOCAL_DIM
 
@@ -126,9 +126,10 @@ class FolReranker(Reranker):
     def rerank(
         self, query: LocalFeatures, candidates: list[LocalFeatures], global_scores: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        counts = mutual_match_counts(
-            query.descriptors, [c.descriptors for c in candidates], self.threshold
-        )
+        with one_blas_thread():  # the same counts, faster on a few busy cores
+            counts = mutual_match_counts(
+                query.descriptors, [c.descriptors for c in candidates], self.threshold
+            )
         return order_by_score(counts, np.asarray(global_scores)), counts
 
     def _check_extractor(self, extractor: DescriptorExtractor) -> None:

@@ -46,11 +46,10 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from vpr_ros.errors import BackendUnavailableError, ConfigError, ImageDecodeError
 from vpr_ros.host import physical_core_count
-from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
+from vpr_ros.index.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
 from vpr_ros.index.rerank.fol import mutual_matches
 from vpr_ros.inference.engine_cache import cached_build, default_cache_dir
 
@@ -303,10 +302,8 @@ class XFeatReranker(Reranker):
         if len(query) < min_matches or query.keypoints is None:
             return counts
         query_rows = dequantise(query.descriptors)
-        # One BLAS thread: a 1024x64x1024 product is too small to share. With OpenBLAS's 2
-        # threads it took 31 ms on a loaded 2-core host, 2.4 ms in one; threads split the
-        # output, not the dot products, so the similarities are the same.
-        with threadpool_limits(limits=1, user_api="blas"):
+        # One BLAS thread: a 1024x64x1024 product is too small to share (one_blas_thread).
+        with one_blas_thread():
             for i, candidate in enumerate(candidates):
                 if len(candidate) < min_matches or candidate.keypoints is None:
                     continue
