@@ -167,7 +167,7 @@ def load_and_search(map_dir: Path, queries_file: Path) -> dict:
         "index": vpr_map.manifest["index"],
         "temporal_ms": [m.latency_ms["temporal"] for m in walk],
         "match_ms": [sum(m.latency_ms.values()) for m in walk],
-        "temporal_applied": float(np.mean([m.temporal["applied"] for m in walk])),
+        "temporal_applied": float(np.mean([m.temporal.applied for m in walk])),
     }
 
 

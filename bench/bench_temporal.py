@@ -277,9 +277,9 @@ def run(
             scores = np.array([c.score for c in m.candidates])
             margin[q] = frame_features(scores, np.array(ids), d.map_xy)["margin"]
         if config.temporal == "hmm":
-            support[q] = m.temporal["support"]
-            resets += m.temporal["reset"]
-            applied[q] = m.temporal["applied"]
+            support[q] = m.temporal.support
+            resets += m.temporal.reset
+            applied[q] = m.temporal.applied
             ms.append(m.latency_ms["temporal"])
     features = (
         {"margin": margin}

@@ -86,10 +86,10 @@ def test_json_line_is_strict_json_with_null_for_what_is_unknown(matches):
         assert doc["latency_ms"]["total"] == match.latency_ms["total"]
         assert doc["latency_ms"]["decode"] is None  # the node's stage, not this pipeline's
         filter_name = doc["temporal"]["filter"]
-        assert filter_name == (match.temporal or {}).get("filter", "")
+        assert filter_name == (match.temporal.filter if match.temporal else "")
         assert (doc["temporal"]["agreement"] is None) == (filter_name != "hmm")
         assert doc["temporal"]["applied"] == (
-            filter_name == "seqslam" or bool((match.temporal or {}).get("applied")))
+            filter_name == "seqslam" or bool(match.temporal and match.temporal.applied))
 
 
 def test_a_stage_the_message_lacks_is_refused_by_name(matches):

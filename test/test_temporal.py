@@ -297,7 +297,7 @@ def test_frames_in_no_order_are_left_to_the_retrieval(tmp_path):
     plain, filtered = plain_and_filtered(vpr_map, queries, positives, "within 2.5 m")
     assert filtered.recalls[1] >= plain.recalls[1] - 0.01
     localizer = Localizer(vpr_map, None, LocalizerConfig(temporal="hmm"))
-    applied = [localizer.match(q).temporal["applied"] for q in queries]
+    applied = [localizer.match(q).temporal.applied for q in queries]
     assert np.mean(applied) < 0.1
 
 

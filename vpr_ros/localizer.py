@@ -19,6 +19,7 @@ import numpy as np
 from vpr_ros import parameters
 from vpr_ros.confidence import (
     FITTED_RERANKERS,
+    ConfidenceModel,
     default_model,
     distances,
     frame_features,
@@ -60,6 +61,24 @@ class PosePrior:
     covariance: list[float]  # 36 values, row-major
 
 
+@dataclass(frozen=True)
+class TemporalState:
+    """
+    The temporal filter's state after a frame: msg/TemporalState.msg, field for field.
+
+    ``applied``: the filter's ranking is the answer (seqslam always; hmm once its motion model
+    explained the recent frames, see index/temporal.py, "Trust"). evidence, agreement, support:
+    hmm only (None for seqslam).
+    """
+
+    filter: str
+    reset: bool = False
+    applied: bool = True
+    evidence: float | None = None
+    agreement: float | None = None
+    support: float | None = None
+
+
 @dataclass
 class Match:
     stamp_ns: int
@@ -72,13 +91,15 @@ class Match:
     covariance_xy: list[list[float]] | None = None  # 2x2, metres^2, see Localizer.pose_covariance
     pose_prior: PosePrior | None = None  # set when the match is confident enough to act on
     rerank: str | None = None  # the re-ranker that ordered the candidates
-    temporal: dict | None = None  # {"filter", "reset", ...} when a temporal filter ran
+    temporal: TemporalState | None = None  # None without a temporal filter
     # probability that the frame shows a place of this map at all (see vpr_ros.on_map); None when
     # the map holds no null distribution to judge it by
     on_map: float | None = None
     # confident, on the map and (with a trusted track) seen by this frame's own retrieval: a pose
     # prior is given where the map has positions
     actionable: bool = False
+    # what ``confidence`` was computed from (``vpr_ros.confidence.frame_features``): for refitting
+    confidence_features: dict[str, float] = field(default_factory=dict)
 
     @property
     def best(self) -> Candidate | None:
@@ -143,12 +164,14 @@ class Localizer:
         extractor: DescriptorExtractor | None,
         config: LocalizerConfig = LocalizerConfig(),
         on_map_model: OnMapModel | None = None,
+        confidence_models: dict[tuple[str, ...], ConfidenceModel] | None = None,
     ):
         """
         Set up the pipeline.
 
         ``extractor`` may be None to ``match`` precomputed descriptors without re-ranking
-        (evaluation). ``on_map_model``: instead of the shipped one (fits held out from a data set).
+        (evaluation). ``on_map_model``, ``confidence_models`` (by their features): instead of the
+        shipped ones (fits that leave a data set out).
         """
         self.map = vpr_map
         self.extractor = extractor
@@ -165,6 +188,7 @@ class Localizer:
         )
         self.sequence = (SequenceMatcher(len(vpr_map), config.sequence)
                          if config.temporal == "seqslam" and config.sequence.length > 1 else None)
+        self.confidence_models = confidence_models or {}
         self.null = vpr_map.null_similarity
         self.on_map = None if self.null is None else OnMapFilter(
             on_map_model or DEFAULT_ON_MAP_MODEL
@@ -285,19 +309,12 @@ class Localizer:
                     ]
                 )
             ids, temporal_scores = r.place_ids, r.scores
-            temporal = {
-                "filter": "hmm",
-                "reset": bool(r.reset),
-                # False: the motion model has not explained recent frames; the ranking is the
-                # retrieval's (see index/temporal.py, "Trust")
-                "applied": bool(r.applied),
-                "evidence": round(float(r.evidence), 3),
-                "agreement": round(float(r.agreement), 4),
-                "support": round(float(r.support), 4),
-            }
+            temporal = TemporalState("hmm", bool(r.reset), bool(r.applied),
+                                     round(float(r.evidence), 3), round(float(r.agreement), 4),
+                                     round(float(r.support), 4))
             latency["temporal"] = (time.perf_counter() - t2) * 1e3
         elif self.sequence is not None:
-            temporal = {"filter": "seqslam", "reset": False}
+            temporal = TemporalState("seqslam")
         # The filter's support counts only where its ranking is the answer: on frames it leaves
         # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
         applied = r if self.hmm is not None and r.applied else None
@@ -310,7 +327,8 @@ class Localizer:
             else None
         )
         features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
-        confidence = default_model(features)(**features)
+        confidence = (self.confidence_models.get(tuple(features))
+                      or default_model(features))(**features)
         # The frame's own evidence is its first hmm.candidates (10) retrieval candidates, however
         # many top_k asks to report (eval's 20 would otherwise corroborate more by chance).
         own = cfg.hmm.candidates
@@ -356,6 +374,7 @@ class Localizer:
             rerank=self.reranker.name if self.reranker is not None else None,
             temporal=temporal,
             on_map=on_map,
+            confidence_features=features,
         )
 
     def _on_map(self, retrieval_scores: np.ndarray, filtered: TemporalResult | None,

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from vpr_ros.stamps import ns_to_stamp_dict
 
 if TYPE_CHECKING:
-    from vpr_ros.localizer import Candidate, Match
+    from vpr_ros.localizer import Candidate, Match, TemporalState
 
 NAN = float("nan")
-# msg/TemporalState.msg and msg/StageLatency.msg, in their order
+# msg/TemporalState.msg (vpr_ros.localizer.TemporalState) and msg/StageLatency.msg, in their order
 TEMPORAL_FIELDS = ("filter", "reset", "applied", "evidence", "agreement", "support")
 LATENCY_STAGES = (
     "age_at_receipt", "take", "queue", "decode", "descriptor", "search", "rerank", "temporal",
@@ -74,21 +74,13 @@ def _candidate(c: Candidate) -> dict:
     }
 
 
-def _temporal(state: dict | None) -> dict:
-    """Return TemporalState: the filter's dict (absent without a filter)."""
-    state = state or {}
-    if unknown := set(state) - set(TEMPORAL_FIELDS):
-        raise ValueError(
-            f"temporal state {sorted(unknown)} has no field in msg/TemporalState.msg: add it there"
-        )
-    # seqslam's ranking is always its own answer; hmm says whether its motion model is confirmed
-    applied = state.get("applied", state.get("filter") == "seqslam")
-    return {
-        "filter": state.get("filter", ""),
-        "reset": bool(state.get("reset", False)),
-        "applied": bool(applied),
-        **{k: _number(state.get(k)) for k in ("evidence", "agreement", "support")},
-    }
+def _temporal(state: TemporalState | None) -> dict:
+    """Return the TemporalState message's fields (without a filter: none ran, nothing applied)."""
+    if state is None:
+        return {"filter": "", "reset": False, "applied": False,
+                **{k: NAN for k in TEMPORAL_FIELDS[3:]}}
+    return {"filter": state.filter, "reset": state.reset, "applied": state.applied,
+            **{k: _number(getattr(state, k)) for k in TEMPORAL_FIELDS[3:]}}
 
 
 def _latency(latency_ms: dict[str, float]) -> dict:

@@ -107,6 +107,7 @@ class Frames:
     prior: np.ndarray  # a pose prior was given
     confidence: np.ndarray
     on_map_probability: np.ndarray
+    confidence_features: list[dict[str, float]]  # what each confidence was computed from
 
 
 def score(condition: Condition, frames: Frames) -> ConditionRow:
@@ -170,6 +171,7 @@ def replay(
     use_odometry = travelled_m is not None and condition.name in ("in order", "off the map")
     frames = {k: np.zeros(len(order), bool) for k in ("right", "plain_right", "prior")}
     confidence, on_map = np.zeros(len(order)), np.full(len(order), np.nan)
+    features = []
     localizer.reset()
     for q, i in enumerate(order):
         m = localizer.match(
@@ -184,6 +186,7 @@ def replay(
         frames["prior"][q] = m.actionable
         confidence[q] = m.confidence
         on_map[q] = np.nan if m.on_map is None else m.on_map
+        features.append(m.confidence_features)
     return Frames(
         frames["right"],
         frames["plain_right"],
@@ -192,6 +195,7 @@ def replay(
         frames["prior"],
         confidence,
         on_map,
+        features,
     )
 
 

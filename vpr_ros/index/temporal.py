@@ -111,6 +111,11 @@ class TemporalConfig:
     challenger_window, switch_nats: the main track is replaced by the fresh one when they are
         apart and the fresh one's log Bayes factors over the last ``challenger_window`` frames
         exceed the main one's by ``switch_nats``.
+    doubt_nats: while the main track's log Bayes factors over that window stay below this and the
+        fresh track's exceed them by as much, the answer is the retrieval's.
+    jump_speed_floor: share of a jump's mass spread evenly over the speeds; the rest keeps the
+        belief's speeds. Without it a track that locked onto a look-alike at one speed (double
+        speed on Nordland: the slowest) could never return to the right one.
     """
 
     candidates: int = 10
@@ -154,6 +159,8 @@ class TemporalConfig:
             problems.append("evidence_memory must be in [0, 1) and trust_evidence >= 0")
         if not 0 <= self.challenger_jump_prob < 1 or self.challenger_window < 1:
             problems.append("challenger_jump_prob must be in [0, 1), challenger_window >= 1")
+        if not 0 <= self.jump_speed_floor <= 1:
+            problems.append("jump_speed_floor must be in [0, 1]")
         if problems:
             raise ValueError(f"invalid temporal filter parameters: {'; '.join(problems)}")
 
@@ -523,9 +530,10 @@ class TemporalFilter:
         """
         Mass over this frame's candidates (uniform) times the belief's speed distribution.
 
-        The product sums to 1. A jump moves the robot, not its speed: were jumps drawn at every
-        speed, a look-alike place that wins frame after frame would start a slow track there each
-        time and outvote a moving robot whose places the retrieval missed for a few frames.
+        The product sums to 1. A jump moves the robot, not its speed: were jumps drawn evenly at
+        every speed, a look-alike place that wins frame after frame would start a slow track there
+        each time and outvote a moving robot whose places the retrieval missed for a few frames.
+        ``jump_speed_floor`` of it is spread evenly all the same, so a wrong speed belief heals.
         """
         n = len(self._speeds)
         speed = np.full(n, 1.0 / n)
