@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vpr_ros.evaluation.recall import positives_by_frame, rank_database, recall_at_n
-from vpr_ros.index.sequence import SequenceConfig, filter_sequence
+from vpr_ros.temporal.seqslam import SequenceConfig, filter_sequence
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.models.shipped import efficientnet_lite0_checkpoint
 from vpr_ros.models.baseline import GridCNNDescriptor

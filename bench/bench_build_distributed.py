@@ -35,7 +35,7 @@ def demo_bag_set(workdir: Path, cities: int, frames: int) -> list[Path]:
 
 def build_on_ray(bags: list[Path], model: str, workers: int, out: Path) -> tuple[float, float]:
     """Build on ``workers`` Ray workers; return (start_s, extract_s)."""
-    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.search.faiss_index import IndexConfig
     from vpr_ros.maps.build import write_shards
     from vpr_ros.maps.distributed import ExtractorSpec, RayExtraction
     from vpr_ros.maps.sources import BagSource

@@ -33,8 +33,8 @@ from common import SHARED_DATA
 from vpr_ros.evaluation.evaluate import (  # noqa: E402
     extract_queries, format_table, ground_truth, report_rows, run_configurations,
 )
-from vpr_ros.index.faiss_index import IndexConfig  # noqa: E402
-from vpr_ros.index.rerank import create_reranker  # noqa: E402
+from vpr_ros.search.faiss_index import IndexConfig  # noqa: E402
+from vpr_ros.rerank import create_reranker  # noqa: E402
 from vpr_ros.inference.factory import create_extractor  # noqa: E402
 from vpr_ros.localizer import Localizer, LocalizerConfig  # noqa: E402
 from vpr_ros.maps.build import build_map  # noqa: E402

@@ -26,7 +26,7 @@ import common
 from vpr_harness.demo.route import RECOMMENDED_MATCH_RADIUS_M
 from vpr_ros.evaluation.evaluate import Queries, evaluate, ground_truth
 from vpr_ros.localizer import Localizer, LocalizerConfig
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.inference.batch import extract_frames
 from vpr_ros.maps.build import build_map

@@ -54,9 +54,9 @@ from vpr_ros.confidence import (
 from vpr_harness.demo.route import write_demo_bags
 from vpr_ros.evaluation.precision import at_min_confidence, precision_recall
 from vpr_ros.evaluation.recall import positives_by_distance, rank_database, recall_at_n
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter
+from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter
 from vpr_ros.imaging import image_files, read_rgb
-from vpr_ros.index.rerank.xfeat import XFeatReranker
+from vpr_ros.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from vpr_ros.host import describe
 from vpr_ros.imaging import image_files, read_rgb
-from vpr_ros.index.rerank.fol import FolReranker
+from vpr_ros.rerank.fol import FolReranker
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.inference.torch_backend import TorchExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import lfilter
 
-from vpr_ros.index.faiss_index import PCA_AUTO_DIM, IndexConfig
+from vpr_ros.search.faiss_index import PCA_AUTO_DIM, IndexConfig
 from vpr_ros.maps.mapdir import DESCRIPTORS_FILE, write_map
 from vpr_ros.maps.places import Place
 

@@ -52,8 +52,8 @@ from vpr_ros.evaluation.precision import (
     precision_recall,
 )
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
-from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.index.sequence import SequenceConfig
+from vpr_ros.search.faiss_index import IndexConfig
+from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_ros.localizer import Localizer, LocalizerConfig
 from vpr_ros.maps.mapdir import VprMap, load_map, write_map
 from vpr_ros.maps.places import Place

@@ -26,7 +26,7 @@ from vpr_ros.cli import main
 from vpr_harness.demo.route import CAMERA_TOPIC, GPS_TOPIC, write_demo_bags
 from vpr_ros.errors import BagError
 from vpr_ros.fileio import PARTIAL, file_sha256
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.maps.append import append_to_map
 from vpr_ros.maps.build import write_shards
 from vpr_ros.maps.distributed import ExtractorSpec, RayExtraction

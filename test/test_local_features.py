@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
-from vpr_ros.index.rerank.base import LocalFeatures
+from vpr_ros.rerank.base import LocalFeatures
 from vpr_ros.fileio import atomic_directory
 from vpr_ros.maps.local_features import (
     LOCAL_DIR,

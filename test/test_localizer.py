@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from rosutil import build_test_map, perturb, place_images
-from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.index.sequence import SequenceConfig
+from vpr_ros.search.faiss_index import IndexConfig
+from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
 from vpr_ros.localizer import Localizer, LocalizerConfig
 from vpr_ros.place_match import place_match_json

@@ -20,7 +20,7 @@ import pytest
 from vpr_ros.cli import main as cli_main
 from vpr_ros.errors import MapError, MapIntegrityError, MapManifestError
 from vpr_ros.fileio import PARTIAL, atomic_directory, file_sha256, remove_debris
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.maps.mapdir import load_map, read_manifest, with_checksum, write_map
 from vpr_ros.maps.places import Place, write_places
 from vpr_harness.replay.fuzz_maps import run_map_campaign

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.errors import MapError, MapIntegrityError, MapModelMismatchError, MapNotFoundError
-from vpr_ros.index.faiss_index import IndexConfig, PlaceIndex
+from vpr_ros.search.faiss_index import IndexConfig, PlaceIndex
 from vpr_ros.fileio import atomic_directory
 from vpr_ros.maps.mapdir import load_map, read_manifest, verify_files, write_map
 from vpr_ros.maps.places import Place, read_places, write_places

@@ -14,8 +14,8 @@ import pytest
 from rosutil import perturb, place_images
 from test_rerank_fol import tiny_fol
 from vpr_ros.errors import LocalFeaturesMissingError
-from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.index.rerank import create_reranker
+from vpr_ros.search.faiss_index import IndexConfig
+from vpr_ros.rerank import create_reranker
 from vpr_ros.inference.torch_backend import TorchExtractor
 from vpr_ros.localizer import Localizer, LocalizerConfig
 from vpr_ros.maps.build import build_map

@@ -13,9 +13,9 @@ from conftest import shared_path
 
 from vpr_ros.errors import BackendUnavailableError, LocalFeaturesMissingError
 from vpr_ros.imaging import image_files, read_rgb
-from vpr_ros.index.faiss_index import IndexConfig
-from vpr_ros.index.rerank.base import LocalFeatures
-from vpr_ros.index.rerank.fol import FolReranker, mutual_matches
+from vpr_ros.search.faiss_index import IndexConfig
+from vpr_ros.rerank.base import LocalFeatures
+from vpr_ros.rerank.fol import FolReranker, mutual_matches
 from vpr_ros.inference.preprocess import preprocess_batch
 from vpr_ros.inference.torch_backend import TorchExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter

@@ -9,8 +9,8 @@ from conftest import shared_path
 
 from vpr_ros.errors import ConfigError, ImageDecodeError
 from vpr_ros.imaging import image_files, read_rgb
-from vpr_ros.index.rerank.base import LocalFeatures
-from vpr_ros.index.rerank.xfeat import XFeatReranker, dequantise, nms, quantise
+from vpr_ros.rerank.base import LocalFeatures
+from vpr_ros.rerank.xfeat import XFeatReranker, dequantise, nms, quantise
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 
 
@@ -120,7 +120,7 @@ def test_onnxruntime_network_gives_the_keypoints_and_descriptors_of_torch(rerank
 
 def test_one_blas_thread_gives_the_inlier_counts_of_the_default_threads(reranker):
     """inlier_counts limits BLAS to one thread: the same counts as OpenBLAS's default threads."""
-    from vpr_ros.index.rerank.fol import mutual_matches
+    from vpr_ros.rerank.fol import mutual_matches
 
     query = reranker.query_features(gardens("day", 6))
     candidates = reranker.map_features([gardens("night", i) for i in range(10)])

@@ -14,8 +14,8 @@ import pytest
 
 from vpr_ros import cli
 from vpr_ros.errors import ConfigError, MapModelMismatchError
-from vpr_ros.index import faiss_index
-from vpr_ros.index.faiss_index import IndexConfig, PlaceIndex
+from vpr_ros.search import faiss_index
+from vpr_ros.search.faiss_index import IndexConfig, PlaceIndex
 from vpr_ros.maps.mapdir import load_map, read_manifest, rebuild_index, write_map
 from vpr_ros.maps.places import Place
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from vpr_ros.index.sequence import (
+from vpr_ros.temporal.seqslam import (
     SequenceConfig,
     SequenceMatcher,
     enhance_contrast,

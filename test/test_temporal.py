@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED, needs_shared
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter, filter_candidates
+from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter, filter_candidates
 
 K = 10
 
@@ -212,7 +212,7 @@ def route_map(tmp_path, n: int = 300, dim: int = 32, seed: int = 8):
 
     Returns (map, descriptors, rng).
     """
-    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.search.faiss_index import IndexConfig
     from vpr_ros.maps.mapdir import load_map, write_map
     from vpr_ros.maps.places import Place
 

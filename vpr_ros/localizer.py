@@ -25,9 +25,9 @@ from vpr_ros.confidence import (
     frame_features,
 )
 from vpr_ros.errors import ConfigError
-from vpr_ros.index.rerank import LocalFeatures, Reranker, create_reranker
-from vpr_ros.index.sequence import SequenceConfig, SequenceMatcher
-from vpr_ros.index.temporal import Route, TemporalConfig, TemporalFilter, TemporalResult
+from vpr_ros.rerank import LocalFeatures, Reranker, create_reranker
+from vpr_ros.temporal.seqslam import SequenceConfig, SequenceMatcher
+from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter, TemporalResult
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.maps.local_features import LocalFeatureStore, resolve_rerank
 from vpr_ros.maps.mapdir import VprMap
@@ -67,7 +67,7 @@ class TemporalState:
     The temporal filter's state after a frame: msg/TemporalState.msg, field for field.
 
     ``applied``: the filter's ranking is the answer (seqslam always; hmm once its motion model
-    explained the recent frames, see index/temporal.py, "Trust"). evidence, agreement, support:
+    explained the recent frames, see temporal/hmm.py, "Trust"). evidence, agreement, support:
     hmm only (None for seqslam).
     """
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 
 from vpr_ros.confidence import DEFAULT_MIN_CONFIDENCE
-from vpr_ros.index import TEMPORAL_FILTERS
+from vpr_ros.temporal import TEMPORAL_FILTERS
+from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_ros.inference import BACKENDS, PRECISIONS
 
 NODE_NAME = "vpr_localizer"
@@ -79,7 +80,7 @@ def _model_names() -> tuple[str, ...]:
 
 
 def _reranker_names() -> tuple[str, ...]:
-    from vpr_ros.index.rerank import reranker_names
+    from vpr_ros.rerank import reranker_names
 
     return reranker_names()
 
@@ -198,12 +199,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         config="base_sigma_m",
     ),
     Parameter(
-        "sequence_length", 10, "Frames of the seqslam filter (temporal: seqslam).", min=1,
-        max=1000, config="sequence.length",
+        "sequence_length", SequenceConfig.length,
+        "Frames of the seqslam filter (temporal: seqslam).", min=1, max=1000,
+        config="sequence.length",
     ),
     Parameter(
         "sequence_min_velocity",
-        0.8,
+        SequenceConfig.min_velocity,
         "Slowest travel the seqslam filter tries, in map places per camera "
         "frame (speed / (frame rate * map keyframe spacing)).",
         min=-100.0,
@@ -212,7 +214,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter(
         "sequence_max_velocity",
-        1.25,
+        SequenceConfig.max_velocity,
         "Fastest travel the seqslam filter tries, in map places per camera "
         "frame; at least sequence_min_velocity.",
         min=-100.0,

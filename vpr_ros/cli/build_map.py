@@ -86,7 +86,7 @@ def _write_built(args: argparse.Namespace, shards, model: dict, sources: list, l
 
 
 def _build_in_process(args: argparse.Namespace, model: str, rerank: str | None):
-    from vpr_ros.index.rerank import create_reranker
+    from vpr_ros.rerank import create_reranker
     from vpr_ros.maps.build import in_process
 
     source = options.open_source(args, keyframes=True)

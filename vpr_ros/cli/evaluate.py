@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         run_configurations,
         write_report,
     )
-    from vpr_ros.index.rerank import create_reranker
+    from vpr_ros.rerank import create_reranker
     from vpr_ros.localizer import LocalizerConfig
     from vpr_ros.maps.local_features import resolve_rerank
 

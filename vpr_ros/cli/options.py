@@ -123,7 +123,7 @@ def add_index_args(parser: argparse.ArgumentParser) -> None:
 
 
 def index_config(args: argparse.Namespace):
-    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.search.faiss_index import IndexConfig
 
     return IndexConfig(args.index, pca_dim=args.pca_dim, whiten=args.whiten)
 

@@ -23,7 +23,7 @@ import numpy as np
 from vpr_ros.evaluation.calibration import expected_calibration_error, plot_reliability
 from vpr_ros.localizer import Localizer
 from vpr_ros.maps.mapdir import VprMap, load_map, write_map
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 
 CHUNKS = (10, 25)
 STOP_EVERY, STOP_FRAMES = 20, 8  # every 20th frame is held for 8 more frames

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from vpr_ros.evaluation.calibration import expected_calibration_error, plot_reliability
 from vpr_ros.evaluation.precision import plot_precision_recall, precision_recall, summary
 from vpr_ros.evaluation.recall import positives_by_distance, positives_by_frame, recall_at_n
-from vpr_ros.index.rerank import LocalFeatures, Reranker
+from vpr_ros.rerank import LocalFeatures, Reranker
 from vpr_ros.inference.batch import extract_frames
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.localizer import Localizer, LocalizerConfig

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vpr_ros.errors import ConfigError, MapModelMismatchError
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.maps.build import ShardProducer, write_shards
 from vpr_ros.maps.local_features import stored_reranker
 from vpr_ros.maps.mapdir import VprMap, load_map, model_differences

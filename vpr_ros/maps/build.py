@@ -14,10 +14,10 @@ from tqdm import tqdm
 
 from vpr_ros.errors import ConfigError, PoseError, VprError
 from vpr_ros.fileio import atomic_directory
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.inference.batch import extract_frames, prefetch
-from vpr_ros.index.rerank import Reranker
+from vpr_ros.rerank import Reranker
 from vpr_ros.maps.local_features import FeatureSink, LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.maps.mapdir import VprMap, write_errors, write_map_into
 from vpr_ros.maps.places import Place

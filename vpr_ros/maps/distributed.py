@@ -80,7 +80,7 @@ class ShardWorker:
         """
         import torch
 
-        from vpr_ros.index.rerank import create_reranker
+        from vpr_ros.rerank import create_reranker
 
         os.sched_setaffinity(0, cores)  # ONNX Runtime sizes its pool by the affinity
         torch.set_num_threads(len(cores))

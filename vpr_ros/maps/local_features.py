@@ -29,7 +29,7 @@ import numpy as np
 
 from vpr_ros.errors import LocalFeaturesMissingError, MapIntegrityError, MapModelMismatchError
 from vpr_ros.fileio import file_sha256
-from vpr_ros.index.rerank.base import LocalFeatures
+from vpr_ros.rerank.base import LocalFeatures
 
 FORMAT = "vpr_ros/local_features"
 FORMAT_VERSION = 1

@@ -45,8 +45,8 @@ from vpr_ros.errors import (
     MapNotFoundError,
 )
 from vpr_ros.fileio import atomic_directory, file_sha256, out_of_space
-from vpr_ros.index.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
-from vpr_ros.index.pca import Pca
+from vpr_ros.search.faiss_index import INDEX_FILE, IndexConfig, PlaceIndex
+from vpr_ros.search.pca import Pca
 from vpr_ros.maps.places import Place, PlaceTable, read_places, write_places
 from vpr_ros.on_map import NullSimilarity, compute_null
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vpr_ros.index.sequence import SequenceConfig
+from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_harness.demo.plot import plot_trajectory
 from vpr_harness.replay.dds_env import apply_loopback_dds_env
 from vpr_harness.replay.processes import replay, start_node, stop_process

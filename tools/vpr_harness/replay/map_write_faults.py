@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from vpr_ros.errors import MapError
 from vpr_ros.fileio import PARTIAL
-from vpr_ros.index.faiss_index import IndexConfig
+from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.maps.mapdir import (
     DESCRIPTORS_FILE,
     INDEX_FILE,

@@ -37,7 +37,7 @@ def build_scene_map(
     source: str = "synthetic scenes",
 ) -> Path:
     """Build a map whose place i is scene i, at ``origin`` + (10 i, 0) metres, heading east."""
-    from vpr_ros.index.faiss_index import IndexConfig
+    from vpr_ros.search.faiss_index import IndexConfig
     from vpr_ros.inference.factory import create_extractor
     from vpr_ros.maps.mapdir import write_map
     from vpr_ros.maps.places import Place

@@ -1,7 +1,7 @@
 """
 A discrete Bayes filter (HMM) over map places that follows the robot along the map's route.
 
-Why not SeqSLAM (``sequence.py``): it scores every map place on every frame and assumes
+Why not SeqSLAM (``seqslam.py``): it scores every map place on every frame and assumes
 the query moves 0.8-1.25 map places per frame. This filter keeps a sparse belief, a
 bounded set of hypotheses (place, speed), and looks only at the retrieval's top
 candidates, so its cost per frame depends on the candidate count and the hypothesis cap,

@@ -7,9 +7,9 @@ A re-ranker is named by its class's ``name``; ``create_reranker`` builds one for
 from __future__ import annotations
 
 from vpr_ros.errors import ConfigError
-from vpr_ros.index.rerank.base import LocalFeatures, Reranker, order_by_score
-from vpr_ros.index.rerank.fol import FolReranker
-from vpr_ros.index.rerank.xfeat import XFeatReranker
+from vpr_ros.rerank.base import LocalFeatures, Reranker, order_by_score
+from vpr_ros.rerank.fol import FolReranker
+from vpr_ros.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.extractor import DescriptorExtractor
 
 __all__ = ["LocalFeatures", "Reranker", "create_reranker", "order_by_score", "reranker_names"]

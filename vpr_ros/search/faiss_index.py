@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_ros.errors import ConfigError, MapIntegrityError, MapModelMismatchError
-from vpr_ros.index.pca import Pca
+from vpr_ros.search.pca import Pca
 
 log = logging.getLogger(__name__)
 

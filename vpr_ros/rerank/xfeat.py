@@ -49,8 +49,8 @@ import torch.nn.functional as F
 
 from vpr_ros.errors import BackendUnavailableError, ConfigError, ImageDecodeError
 from vpr_ros.host import physical_core_count
-from vpr_ros.index.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
-from vpr_ros.index.rerank.fol import mutual_matches
+from vpr_ros.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
+from vpr_ros.rerank.fol import mutual_matches
 from vpr_ros.inference.engine_cache import cached_build, default_cache_dir
 
 if TYPE_CHECKING:

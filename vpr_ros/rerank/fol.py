@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from vpr_ros.errors import BackendUnavailableError
-from vpr_ros.index.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
+from vpr_ros.rerank.base import LocalFeatures, Reranker, one_blas_thread, order_by_score
 from vpr_ros.inference.extractor import DescriptorExtractor
 from vpr_ros.models.fol import LOCAL_DIM
 
