@@ -66,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="keep maps, bags and logs here (default: a temporary directory)",
     )
-    a = ap.parse_args(argv)
-    size = {k: v[1] if a.quick else v[0] for k, v in SIZES.items()}
-    workdir = a.workdir or Path(tempfile.mkdtemp(prefix="vpr_reliability_"))
+    args = ap.parse_args(argv)
+    size = {k: v[1] if args.quick else v[0] for k, v in SIZES.items()}
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vpr_reliability_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"CPU: {describe()}; {'quick' if a.quick else 'full'} run; work in {workdir}")
+    print(f"CPU: {describe()}; {'quick' if args.quick else 'full'} run; work in {workdir}")
     total = {"inputs": 0, "crashes": 0, "refused": 0, "must_refuse": 0}
     gaps: list[str] = []
     rss_growth = "NA"
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         t = _section(
             f"image fuzzing: {size['images']} generated messages through the conversion layer"
         )
-        r = run_image_campaign(size["images"], a.seed)
+        r = run_image_campaign(size["images"], args.seed)
         print(
             f"inputs {r['inputs']}, decoded {r['decoded']}, refused {r['refused']}, crashes"
             f" {r['crashes']} ({time.monotonic() - t:.0f} s)"
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         live = run_live_campaign(
             workdir / "images_live",
             per_transport=size["images_live_per_transport"],
-            seed=a.seed + 3,
+            seed=args.seed + 3,
         )
         for transport, lr in live.items():
             died = 0 if lr["node_alive"] else 1
@@ -141,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # -- maps -----------------------------------------------------------------------------------
     t = _section("map fuzzing: damaged maps through load_map, inspect-map, localize")
-    kinds = ("flat", "hnsw", "ivfpq") if not a.quick else ("hnsw",)
+    kinds = ("flat", "hnsw", "ivfpq") if not args.quick else ("hnsw",)
     m = fuzz_maps.run_map_campaign(
-        size["maps"], a.seed, size["maps_subprocess"], workdir / "maps", index_types=kinds
+        size["maps"], args.seed, size["maps_subprocess"], workdir / "maps", index_types=kinds
     )
     print(
         f"inputs {m['inputs']}, clear refusals {m['refused']}, crashes {m['crashes']}, false"
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     base, other, _ = fuzz_maps.build_base_maps(workdir / "reload_maps")
     picks = fuzz_maps.pick(
         fuzz_maps.catalogue(base["flat"], other),
-        random.Random(a.seed).sample(fuzz_maps.ISSUE_DAMAGES, size["reloads"]),
+        random.Random(args.seed).sample(fuzz_maps.RELOAD_DAMAGES, size["reloads"]),
     )
     rl = fuzz_maps.node_reload_sample(base["flat"], picks, workdir / "reload_maps")
     print(
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         f"kill -9 during build-map: {size['kill_trials']} trials over the phases"
         f" {', '.join(map_write_faults.KILL_PHASES)}"
     )
-    k = map_write_faults.run_kill_trials(size["kill_trials"], workdir / "kills", a.seed)
+    k = map_write_faults.run_kill_trials(size["kill_trials"], workdir / "kills", args.seed)
     print(
         f"maps lost {k['maps_lost']}, debris before the next build"
         f" {k['debris_mb_before_next_build']} MB, after it {k['debris_mb']} MB; kills landed in"

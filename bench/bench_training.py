@@ -142,18 +142,18 @@ def run_one(name: str, data: Path, out: Path, places, val) -> tuple[float, float
     ]
     if name == "scicevpr":
         argv += ["--teacher", str(out / "scicevpr-teacher" / "best_model.pth")]
-    a = build_parser().parse_args(argv)
-    recipe = RECIPES[a.method]
-    seed_everything(a.seed)
+    args = build_parser().parse_args(argv)
+    recipe = RECIPES[args.method]
+    seed_everything(args.seed)
     began = time.monotonic()
     train_set = require_images_per_place(
-        merge_consecutive(places, a.merge_places), a.images_per_place
+        merge_consecutive(places, args.merge_places), args.images_per_place
     )
-    trainer = build_trainer(a, recipe, train_set, torch.device("cpu"))
+    trainer = build_trainer(args, recipe, train_set, torch.device("cpu"))
     cfg = LoopConfig(
-        a.out,
-        a.epochs,
-        DataConfig(a.places_per_batch, a.images_per_place, a.steps_per_epoch, a.seed),
+        args.out,
+        args.epochs,
+        DataConfig(args.places_per_batch, args.images_per_place, args.steps_per_epoch, args.seed),
     )
     history = train(trainer, train_set, val, cfg)
     return history.r1_before, history.r1[-1], (time.monotonic() - began) / 60

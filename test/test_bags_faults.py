@@ -1,5 +1,5 @@
 """
-Faulty bags through build-map (issue 9, defect 5 and the bag campaign).
+Faulty bags through build-map: every fault skipped and counted, or the build refused by name.
 
 Real rosbag2 bags written with rosbags (sqlite3 and mcap). Each fault is either skipped,
 counted by reason and the map built correctly from the rest, or the build refused with a

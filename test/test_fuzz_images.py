@@ -1,5 +1,5 @@
 """
-Image fuzzing (issue 9 campaign) of the conversion layer.
+Image fuzzing of the conversion layer: every mutated message decoded or refused by name.
 
 Generated Image/CompressedImage messages through the conversion layer give a decoded image or
 an ImageDecodeError with a reason, never anything else. CI-sized here;

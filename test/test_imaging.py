@@ -246,7 +246,7 @@ def test_reverse_conversion_rejects_bad_arguments() -> None:
         rgb_to_compressed(_random_rgb(), "webp")
 
 
-# --- issue 9, defect 4: each of these failed on the OpenCV-only decoder --------------------------
+# --- JPEGs that an OpenCV-only decoder got wrong --------------------------------------------
 
 def _jpeg(h: int = 120, w: int = 160) -> bytes:
     return rgb_to_compressed(_random_rgb(h, w, seed=3), "jpeg", quality=90)[1]

@@ -1,5 +1,5 @@
 """
-Damaged maps, full disks and killed writers (issue 9, defects 1-3 and the map campaign).
+Damaged maps, full disks and killed writers: a map on disk is never left half-written.
 
 Every damage must end in a MapError that names the file or field and says how to fix it; no
 other exception, no "verifies" for a map the loader refuses, no debris left by dead writers.

@@ -1,5 +1,5 @@
 """
-Overload (issue 9 campaign), CI-sized: 640x480 frames at 60 Hz and at 300 Hz through a live node.
+Overload, CI-sized: 640x480 frames at 60 Hz and at 300 Hz through a live node.
 
 The node drops what it cannot process (newest frame wins) and accounts for every frame it received;
 every match belongs to a processed frame; memory and latency stay flat. The long variant (5,000

@@ -1,5 +1,5 @@
 """
-~/reload_map on damaged maps (issue 9, defect 1).
+~/reload_map on damaged maps: refused by name, the loaded map keeps serving.
 
 A real node in its own process, a Trigger client here.
 
@@ -19,11 +19,11 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from vpr_harness.replay.collector import OutputCollector  # noqa: E402
 from vpr_harness.replay.fuzz_maps import (  # noqa: E402
-    ISSUE_DAMAGES, MODEL, build_base_maps, catalogue, node_reload_sample, pick,
+    MODEL, RELOAD_DAMAGES, build_base_maps, catalogue, node_reload_sample, pick,
 )
 from vpr_harness.replay.processes import start_node, stop_process  # noqa: E402
 
-VERIFIED = ISSUE_DAMAGES  # the damage classes issue 9 found
+VERIFIED = RELOAD_DAMAGES  # damage classes a reload once failed on
 UNVERIFIED = [
     "truncate index.faiss to 1 ",
     "truncate descriptors.npy to 1 ",

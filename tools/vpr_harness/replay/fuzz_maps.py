@@ -64,11 +64,11 @@ FREE_FORM = ("sources",)
 # Optional keys the loader recomputes, identically, when absent: dropping or renaming one (with
 # the checksum recomputed) leaves a map that behaves the same, so it is not damage.
 RECOMPUTED = (NULL_KEY,)
-# Damage names (prefixes) of the classes issue 9 found killing the node or loading anyway: KeyError
+# Damage names (prefixes) of the classes once found killing the node or loading anyway: KeyError
 # map_id / model / efSearch / files, AttributeError (list), mmap ValueError, faiss RuntimeError,
 # the unknown index type, and one of each file kind; the node-reload test and the campaign run
 # these.
-ISSUE_DAMAGES = [
+RELOAD_DAMAGES = [
     "drop map_id (checksum stale)",
     "drop map_id (checksum recomputed)",
     "drop model (checksum recomputed)",
