@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=8.0,
                     help="node frames and bare frames per second together, alternating"
                     " (default: %(default)s; slow enough that nothing queues)")
-    a = ap.parse_args()
+    args = ap.parse_args()
 
     from sensor_msgs.msg import CompressedImage, Image
 
@@ -214,8 +214,8 @@ def main() -> None:
 
     print_machine()
     print("load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg()))
-    work, map_bag, query_bag = demo_bags(a.frames)
-    extractor = create_extractor(a.model, backend=a.backend)
+    work, map_bag, query_bag = demo_bags(args.frames)
+    extractor = create_extractor(args.model, backend=args.backend)
     map_dir = build_map(
         BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=2.0), extractor, work / "map"
     )
@@ -227,10 +227,10 @@ def main() -> None:
         fmt, data = rgb_to_compressed(rgb, "jpeg", quality=90)
         jpeg.append(CompressedImage(format=fmt, data=data))
         jpeg[-1].header.frame_id = "camera"
-    print(f"model {a.model} ({extractor.backend}/{extractor.precision}), {len(rgbs)} query frames"
-          f" {rgbs[0].shape[1]}x{rgbs[0].shape[0]}, JPEG median"
+    print(f"model {args.model} ({extractor.backend}/{extractor.precision}), {len(rgbs)} query"
+          f" frames {rgbs[0].shape[1]}x{rgbs[0].shape[0]}, JPEG median"
           f" {np.median([len(m.data) for m in jpeg]) / 1e3:.0f} KB, node and bare frames"
-          f" alternating at {a.rate:g} Hz")
+          f" alternating at {args.rate:g} Hz")
 
     receiver = MatchReceiver()
     overhead, added, p50 = {}, {}, {}
@@ -242,11 +242,11 @@ def main() -> None:
             localizer = Localizer(load_map(map_dir, extractor.describe()), extractor,
                                   LocalizerConfig.from_parameters(defaults))
             log = work / f"node_{name}.log"
-            node = start_node(map_dir, a.model, topic, log,
+            node = start_node(map_dir, args.model, topic, log,
                               extra=["-p", f"backend:={extractor.backend}"])
             try:
                 node_frames, bare_frames = _node_vs_bare(
-                    receiver, log, node, cls, topic, messages, localizer, 1.0 / a.rate)
+                    receiver, log, node, cls, topic, messages, localizer, 1.0 / args.rate)
             finally:
                 stop_process(node)
             (work / f"frames_{name}.json").write_text(
