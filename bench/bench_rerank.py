@@ -58,7 +58,7 @@ from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer
+from vpr_ros.localizer import Localizer, Ranked
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.maps.sources import BagSource
 
@@ -212,7 +212,7 @@ def confidence_frames(
         rerank_all = np.concatenate([head_scores, np.full(k - top_k, np.nan)])[order]
         ids_rr, scores_rr = ids[order], scores[order]
         by_id = dict(zip(ids_rr.tolist(), rerank_all.tolist()))
-        r = hmm.push(ids_rr, Localizer._observed(scores_rr, rerank_all), None, k=5)
+        r = hmm.push(ids_rr, Localizer._observed(Ranked(ids_rr, scores_rr, rerank_all)), None, k=5)
         applied = r if r.applied else None
         for row, best in (("plain", int(ids_rr[0])), ("hmm", int(r.place_ids[0]))):
             features = frame_features(

@@ -10,7 +10,7 @@ from rosutil import build_test_map, perturb, place_images
 from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer, LocalizerConfig
+from vpr_ros.localizer import Localizer, LocalizerConfig, Ranked
 from vpr_ros.place_match import place_match_json
 from vpr_ros.maps.mapdir import load_map, write_map
 from vpr_ros.maps.places import Place
@@ -95,13 +95,13 @@ def test_sequence_filter_ranks_by_path_scores(vpr_map, extractor, images):
 
 
 def test_temporal_filter_observes_the_rerankers_evidence_when_there_is_some():
-    scores = np.array([0.9, 0.8, 0.7], np.float32)
-    assert Localizer._observed(scores, None) is scores
+    ids, scores = np.arange(3), np.array([0.9, 0.8, 0.7], np.float32)
+    assert Localizer._observed(Ranked(ids, scores)) is scores
     # nothing verified (e.g. images too small for local features): the filter sees retrieval as it
     # was
     np.testing.assert_array_equal(
-        Localizer._observed(scores, np.array([0.0, 0.0, np.nan])), scores
+        Localizer._observed(Ranked(ids, scores, np.array([0.0, 0.0, np.nan]))), scores
     )
     np.testing.assert_array_equal(
-        Localizer._observed(scores, np.array([0.0, np.nan, 40.0])), [0.0, 0.0, 40.0]
+        Localizer._observed(Ranked(ids, scores, np.array([0.0, np.nan, 40.0]))), [0.0, 0.0, 40.0]
     )

@@ -34,6 +34,30 @@ from vpr_ros.maps.mapdir import VprMap
 from vpr_ros.on_map import DEFAULT_ON_MAP_MODEL, OnMapFilter, OnMapModel, peak
 
 
+@dataclass(frozen=True)
+class Ranked:
+    """
+    One frame's places, best first, with every score a stage gave them, kept aligned.
+
+    scores: cosine of the global descriptors; rerank: the re-ranker's (NaN: not re-ranked), None
+    without one; temporal: the filter's belief (the HMM's posterior, SeqSLAM's path score), None
+    without one.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    rerank: np.ndarray | None = None
+    temporal: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> Ranked:
+        """Return these rows, in this order, of every column."""
+        return Ranked(*(None if c is None else c[rows]
+                        for c in (self.ids, self.scores, self.rerank, self.temporal)))
+
+    def head(self, n: int) -> Ranked:
+        return self.take(np.arange(min(n, len(self.ids))))
+
+
 @dataclass
 class Candidate:
     place_id: int
@@ -258,106 +282,50 @@ class Localizer:
         cfg = self.config
         latency = {}
         t0 = time.perf_counter()
-        k = max(
-            cfg.top_k,
-            2,
-            cfg.rerank_top_k if self.reranker else 0,
-            cfg.hmm.candidates if self.hmm else 0,
-        )
-        if self.sequence is not None:
-            similarity = np.asarray(self.map.descriptors) @ descriptor
-            ids, path_scores = self.sequence.push(similarity, k)
-            scores = similarity[ids]
-        else:
-            scores, ids = self.map.index.search(descriptor[None], k)
-            keep = ids[0] >= 0
-            scores, ids, path_scores = scores[0][keep], ids[0][keep], None
+        ranked = self._search(descriptor)
+        # confidence, covariance and on-map evidence judge what the descriptor alone says
+        retrieval = ranked
         t1 = time.perf_counter()
         latency["search"] = (t1 - t0) * 1e3
-        # confidence and covariance judge the retrieval's own candidates: what the descriptor says
-        retrieval_scores, retrieval_ids = scores, ids
-        rerank_scores = None
         if self.reranker is not None and query_local is not None:
-            ids, scores, rerank_scores = self._rerank(query_local, ids, scores)
+            ranked = self._rerank(query_local, ranked)
             latency["rerank"] = (time.perf_counter() - t1) * 1e3
-        temporal, temporal_scores, t2 = None, path_scores, time.perf_counter()
+        filtered, temporal = None, None
         if self.hmm is not None:
-            r = self.hmm.push(
-                ids,
-                self._observed(scores, rerank_scores),
-                travelled_m,
-                k=max(cfg.top_k, 2),
-                frames=frames,
-            )
-            by_id = dict(zip(ids.tolist(), range(len(ids))))
-            # places the track predicts but the search did not return get their search-space cosine
-            unseen = np.array([i for i in r.place_ids.tolist() if i not in by_id], dtype=np.int64)
-            extra = (
-                dict(zip(unseen.tolist(), self.map.index.similarity(descriptor, unseen).tolist()))
-                if len(unseen)
-                else {}
-            )
-            scores = np.array(
-                [scores[by_id[i]] if i in by_id else extra[i] for i in r.place_ids.tolist()],
-                dtype=np.float32,
-            )
-            if rerank_scores is not None:
-                rerank_scores = np.array(
-                    [
-                        rerank_scores[by_id[i]] if i in by_id else np.nan
-                        for i in r.place_ids.tolist()
-                    ]
-                )
-            ids, temporal_scores = r.place_ids, r.scores
-            temporal = TemporalState("hmm", bool(r.reset), bool(r.applied),
-                                     round(float(r.evidence), 3), round(float(r.agreement), 4),
-                                     round(float(r.support), 4))
+            t2 = time.perf_counter()
+            ranked, filtered = self._follow(ranked, descriptor, travelled_m, frames)
             latency["temporal"] = (time.perf_counter() - t2) * 1e3
+            temporal = TemporalState("hmm", bool(filtered.reset), bool(filtered.applied),
+                                     round(float(filtered.evidence), 3),
+                                     round(float(filtered.agreement), 4),
+                                     round(float(filtered.support), 4))
         elif self.sequence is not None:
             temporal = TemporalState("seqslam")
         # The filter's support counts only where its ranking is the answer: on frames it leaves
         # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
-        applied = r if self.hmm is not None and r.applied else None
+        applied = filtered if filtered is not None and filtered.applied else None
         # the re-ranker's score of the answer counts where the default models know its scale
         best_rerank = (
-            rerank_scores[0]
-            if rerank_scores is not None
-            and len(rerank_scores)
+            ranked.rerank[0]
+            if ranked.rerank is not None and len(ranked.ids)
             and self.reranker.name in FITTED_RERANKERS
             else None
         )
-        features = frame_features(retrieval_scores, retrieval_ids, self._xy, applied, best_rerank)
+        features = frame_features(retrieval.scores, retrieval.ids, self._xy, applied, best_rerank)
         confidence = (self.confidence_models.get(tuple(features))
                       or default_model(features))(**features)
         # The frame's own evidence is its first hmm.candidates (10) retrieval candidates, however
         # many top_k asks to report (eval's 20 would otherwise corroborate more by chance).
-        own = cfg.hmm.candidates
-        seen_ids, seen_scores = retrieval_ids[:own], retrieval_scores[:own]
-        seen = applied is None or (self._corroborated(ids[0], seen_ids) and not r.stalled)
-        on_map = self._on_map(seen_scores, r if self.hmm is not None else None, frames, not seen)
+        own = retrieval.head(cfg.hmm.candidates)
+        seen = applied is None or (self._corroborated(ranked.ids[0], own.ids)
+                                   and not filtered.stalled)
+        on_map = self._on_map(own.scores, filtered, frames, not seen)
         # the models give P(right | on the map): off it nothing is right
         if on_map is not None:
             confidence *= on_map
-        covariance_xy = self.pose_covariance(scores, ids)
-        actionable = (
-            len(ids) > 0
-            and confidence >= cfg.min_confidence
-            and seen
-        )
-        n = cfg.top_k
-        candidates = [
-            self._candidate(
-                int(i),
-                float(s),
-                (
-                    None
-                    if rerank_scores is None or np.isnan(rerank_scores[j])
-                    else float(rerank_scores[j])
-                ),
-                None if temporal_scores is None else float(temporal_scores[j]),
-            )
-            for j, (i, s) in enumerate(zip(ids[:n], scores[:n]))
-        ]
+        covariance_xy = self.pose_covariance(ranked.scores, ranked.ids)
+        actionable = len(ranked.ids) > 0 and confidence >= cfg.min_confidence and seen
+        candidates = [self._candidate(ranked, j) for j in range(min(cfg.top_k, len(ranked.ids)))]
         return Match(
             stamp_ns=stamp_ns,
             frame_id=frame_id,
@@ -376,6 +344,39 @@ class Localizer:
             on_map=on_map,
             confidence_features=features,
         )
+
+    def _search(self, descriptor: np.ndarray) -> Ranked:
+        """
+        Return the map's best places: faiss, or SeqSLAM's paths over every place.
+
+        As many as the later stages look at (top_k, the re-ranker's and the filter's candidates).
+        """
+        cfg = self.config
+        k = max(cfg.top_k, 2, cfg.rerank_top_k if self.reranker else 0,
+                cfg.hmm.candidates if self.hmm else 0)
+        if self.sequence is not None:
+            similarity = np.asarray(self.map.descriptors) @ descriptor
+            ids, path_scores = self.sequence.push(similarity, k)
+            return Ranked(ids, similarity[ids], temporal=path_scores)
+        scores, ids = self.map.index.search(descriptor[None], k)
+        keep = ids[0] >= 0
+        return Ranked(ids[0][keep], scores[0][keep])
+
+    def _follow(self, ranked: Ranked, descriptor: np.ndarray, travelled_m: float | None,
+                frames: float) -> tuple[Ranked, TemporalResult]:
+        """Push the candidates through the place filter; its answer with every score aligned."""
+        r = self.hmm.push(ranked.ids, self._observed(ranked), travelled_m,
+                          k=max(self.config.top_k, 2), frames=frames)
+        position = {int(i): j for j, i in enumerate(ranked.ids)}
+        rows = np.array([position.get(int(i), -1) for i in r.place_ids], dtype=np.int64)
+        seen = rows >= 0
+        scores = np.where(seen, ranked.scores[rows], 0.0).astype(np.float32)
+        # places the track predicts but the search did not return get their search-space cosine
+        if not seen.all():
+            scores[~seen] = self.map.index.similarity(descriptor, r.place_ids[~seen])
+        rerank = (None if ranked.rerank is None
+                  else np.where(seen, ranked.rerank[rows], np.nan))
+        return Ranked(r.place_ids, scores, rerank, r.scores), r
 
     def _on_map(self, retrieval_scores: np.ndarray, filtered: TemporalResult | None,
                 frames: float, track_missed: bool) -> float | None:
@@ -408,7 +409,7 @@ class Localizer:
         return bool(np.any(np.abs(offsets) <= 1.0))
 
     @staticmethod
-    def _observed(scores: np.ndarray, rerank_scores: np.ndarray | None) -> np.ndarray:
+    def _observed(ranked: Ranked) -> np.ndarray:
         """
         Return what the temporal filter observes.
 
@@ -416,40 +417,37 @@ class Localizer:
         places far better than global scores), else the global scores, so a frame where nothing
         verified (e.g. images too small for local features) does not leave the filter blind.
         """
-        if rerank_scores is None:
-            return scores
-        evidence = np.nan_to_num(np.asarray(rerank_scores, dtype=np.float64), nan=0.0)
-        return evidence if evidence.max() > 0 else scores
+        if ranked.rerank is None:
+            return ranked.scores
+        evidence = np.nan_to_num(np.asarray(ranked.rerank, dtype=np.float64), nan=0.0)
+        return evidence if evidence.max() > 0 else ranked.scores
 
-    def _rerank(
-        self, query: LocalFeatures, ids: np.ndarray, scores: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _rerank(self, query: LocalFeatures, ranked: Ranked) -> Ranked:
         """
         Re-sort the first ``rerank_top_k`` candidates.
 
         The rest keep their global order, below them.
         """
-        head = min(self.config.rerank_top_k, len(ids))
+        head = min(self.config.rerank_top_k, len(ranked.ids))
         order, rerank_scores = self.reranker.rerank(
-            query, [self.local_store[int(i)] for i in ids[:head]], scores[:head]
+            query, [self.local_store[int(i)] for i in ranked.ids[:head]], ranked.scores[:head]
         )
-        order = np.concatenate([order, np.arange(head, len(ids))])
-        rerank_all = np.concatenate([rerank_scores, np.full(len(ids) - head, np.nan)])
-        return ids[order], scores[order], rerank_all[order]
+        rerank = np.concatenate([rerank_scores, np.full(len(ranked.ids) - head, np.nan)])
+        order = np.concatenate([order, np.arange(head, len(ranked.ids))])
+        return Ranked(ranked.ids, ranked.scores, rerank, ranked.temporal).take(order)
 
-    def _candidate(
-        self, i: int, score: float, rerank_score: float | None, temporal_score: float | None
-    ) -> Candidate:
-        p = self.map.places[i]
+    def _candidate(self, ranked: Ranked, j: int) -> Candidate:
+        p = self.map.places[int(ranked.ids[j])]
+        rerank = None if ranked.rerank is None else float(ranked.rerank[j])
         return Candidate(
             place_id=p.place_id,
-            score=score,
-            rerank_score=rerank_score,
+            score=float(ranked.scores[j]),
+            rerank_score=None if rerank is None or math.isnan(rerank) else rerank,
             position=list(p.position) if p.position else None,
             orientation=list(p.orientation) if p.orientation else None,
             stamp_ns=p.stamp_ns,
             source=p.source,
-            temporal_score=temporal_score,
+            temporal_score=None if ranked.temporal is None else float(ranked.temporal[j]),
         )
 
     def pose_covariance(self, scores: np.ndarray, ids: np.ndarray) -> list[list[float]] | None:
