@@ -58,8 +58,8 @@ def test_demo_runs_end_to_end_and_reports(demo):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="not met yet by the pipeline (issue 14, in progress): measured at d7be3be, on-map"
-    " Recall@1 0.823 and pose priors on 40.0 % of the on-map frames (all right)",
+    reason="not met yet by the pipeline: measured on 8 Dec 2026 (the fresh track of 2 frames),"
+    " on-map Recall@1 0.785 and pose priors on 38.8 % of the on-map frames (all right)",
 )
 def test_on_the_map_recall_and_pose_priors_meet_the_goals(demo):
     on_map = demo[1]["on_map"]
@@ -76,8 +76,8 @@ def test_no_pose_prior_off_the_map(demo):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="not met yet by the pipeline (issue 14, in progress): measured at d7be3be, the first"
-    " right pose prior came 15 frames after the jump (none wrong before it)",
+    reason="not met yet by the pipeline: measured on 8 Dec 2026, the first right pose prior came"
+    " 15 frames after the jump (none wrong before it)",
 )
 def test_first_right_pose_prior_within_10_frames_after_the_jump(demo):
     report = demo[1]
