@@ -66,7 +66,7 @@ def recall_rows(
                 m.places,
                 m.model,
                 IndexConfig("flat", pca_dim=dim, whiten=whiten),
-                m.manifest["sources"],
+                m.manifest.sources,
             )
             pm = load_map(path)
             pca = pm.index.pca

@@ -62,8 +62,8 @@ def test_append_gives_the_map_built_from_both_bags(bags, tmp_path):
     np.testing.assert_array_equal(a.descriptors[: len(before)], old_descriptors)
     assert list(a.places) == list(b.places)
     assert [p.place_id for p in a.places] == list(range(len(a)))
-    assert a.manifest["sources"] == b.manifest["sources"]
-    assert [s["source"] for s in a.manifest["sources"]] == [str(first), str(second)]
+    assert a.manifest.sources == b.manifest.sources
+    assert [s["source"] for s in a.manifest.sources] == [str(first), str(second)]
     assert a.model == b.model and a.map_id != before.map_id
     # the index covers the new places: each new descriptor finds itself
     _, ids = a.index.search(np.asarray(a.descriptors[len(before):]), 1)
@@ -81,9 +81,9 @@ def test_append_keeps_the_pca_and_index_settings(bags, tmp_path):
     pca_before = before.index.pca
     assert _build("--append", "--bag", second, "--out", out) == 0
     after = load_map(out)
-    assert after.manifest["index"]["type"] == "hnsw"
-    assert after.manifest["index"]["params"] == before.manifest["index"]["params"]
-    assert after.manifest["index"]["pca"] == before.manifest["index"]["pca"]
+    assert after.manifest.index.type == "hnsw"
+    assert after.manifest.index.params == before.manifest.index.params
+    assert after.manifest.index.pca == before.manifest.index.pca
     # kept, not learned again from old + new places
     np.testing.assert_array_equal(after.index.pca.components, pca_before.components)
     np.testing.assert_array_equal(after.index.pca.mean, pca_before.mean)
@@ -170,9 +170,9 @@ def test_append_extends_the_local_features(bags, tmp_path):
     assert _build("--bag", first, "--bag", second, *common, "--out", whole) == 0
     a, b = load_map(grown), load_map(whole)
     assert list(a.places) == list(b.places)
-    described = {k: v for k, v in a.manifest["files"].items() if k.startswith("local/")}
+    described = {k: v for k, v in a.manifest.files.items() if k.startswith("local/")}
     assert described and set(described) == {
-        k for k in b.manifest["files"] if k.startswith("local/")
+        k for k in b.manifest.files if k.startswith("local/")
     }
     store_a = LocalFeatureStore.open(grown, _xfeat_description(grown), len(a))
     store_b = LocalFeatureStore.open(whole, _xfeat_description(whole), len(b))
@@ -195,7 +195,7 @@ def test_manifest_checksums_cover_the_appended_files(bags, tmp_path):
     out = tmp_path / "map"
     assert _build("--bag", first, "--model", MODEL, "--out", out) == 0
     assert _build("--append", "--bag", second, "--out", out) == 0
-    files = load_map(out).manifest["files"]
+    files = load_map(out).manifest.files
     on_disk = {k: v for k, v in _snapshot(out).items() if k != MANIFEST}
     assert files == on_disk
 

@@ -95,8 +95,8 @@ def test_two_workers_build_the_one_process_map(bags, tmp_path):
     assert len(a) == len(b) == 56
     np.testing.assert_allclose(a.descriptors, b.descriptors, atol=1e-6)
     assert list(a.places) == list(b.places)  # bag order, then time
-    assert a.manifest["sources"] == b.manifest["sources"]
-    assert a.model == b.model and a.manifest["index"] == b.manifest["index"]
+    assert a.manifest.sources == b.manifest.sources
+    assert a.model == b.model and a.manifest.index == b.manifest.index
 
 
 def _descendants(root: int) -> set[int]:

@@ -72,8 +72,8 @@ def test_written_map_loads_and_verifies(tmp_path):
     assert len(m) == 50 and m.descriptors.shape == (50, 16)
     assert isinstance(m.descriptors, np.memmap)
     manifest = read_manifest(tmp_path / "m")
-    assert manifest["place_count"] == 50 and manifest["model"] == MODEL
-    assert set(manifest["files"]) == {"descriptors.npy", "places.csv", "index.faiss"}
+    assert manifest.place_count == 50 and manifest.to_dict()["model"] == MODEL
+    assert set(manifest.files) == {"descriptors.npy", "places.csv", "index.faiss"}
     assert verify_files(tmp_path / "m", manifest) == []
     # no temporary directories are left beside the map
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
@@ -128,18 +128,18 @@ def test_map_from_another_model_is_refused_with_differences(tmp_path):
 
 def test_failed_build_keeps_the_existing_map(tmp_path):
     _write(tmp_path / "m")
-    before = read_manifest(tmp_path / "m")["map_id"]
+    before = read_manifest(tmp_path / "m").map_id
     with pytest.raises(RuntimeError):
         with atomic_directory(tmp_path / "m") as tmp:
             (tmp / "manifest.json").write_text("half")
             raise RuntimeError("crash in the middle")
-    assert read_manifest(tmp_path / "m")["map_id"] == before
+    assert read_manifest(tmp_path / "m").map_id == before
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
 def test_rebuild_replaces_the_map(tmp_path):
     _write(tmp_path / "m")
-    before = read_manifest(tmp_path / "m")["map_id"]
+    before = read_manifest(tmp_path / "m").map_id
     _write(tmp_path / "m", n=20)
     m = load_map(tmp_path / "m")
     assert m.map_id != before and len(m) == 20
@@ -154,7 +154,7 @@ def _slow_write(path):
 
 def test_process_killed_mid_write_leaves_old_map_intact(tmp_path):
     _write(tmp_path / "m")
-    before = read_manifest(tmp_path / "m")["map_id"]
+    before = read_manifest(tmp_path / "m").map_id
     proc = mp.get_context("spawn").Process(target=_slow_write, args=(tmp_path / "m",))
     proc.start()
     deadline = time.time() + 30

@@ -74,9 +74,9 @@ def test_every_command_has_help():
 
 def test_built_map_records_model_sources_and_gps_places(built_map, bags):
     manifest = read_manifest(built_map)
-    assert manifest["model"]["name"] == "baseline"
-    assert manifest["sources"][0]["image_topic"] == CAMERA_TOPIC
-    assert 40 <= manifest["place_count"] <= FRAMES  # keyframes every 2 m
+    assert manifest.model.name == "baseline"
+    assert manifest.sources[0]["image_topic"] == CAMERA_TOPIC
+    assert 40 <= manifest.place_count <= FRAMES  # keyframes every 2 m
     r = _cli("inspect-map", str(built_map))
     assert r.returncode == 0 and "verifies   yes" in r.stdout
     places = (built_map / "places.csv").read_text().splitlines()
@@ -109,7 +109,7 @@ def test_localize_writes_one_place_match_per_query(built_map, bags, tmp_path):
     assert {m["header"]["frame_id"] for m in lines} == {"camera"}
     stamps = [(m["header"]["stamp"]["sec"], m["header"]["stamp"]["nanosec"]) for m in lines]
     assert stamps == sorted(set(stamps))  # one match per frame, in bag order
-    assert lines[0]["map_id"] == read_manifest(built_map)["map_id"]
+    assert lines[0]["map_id"] == read_manifest(built_map).map_id
 
 
 def test_eval_reports_recall_table_json_and_plot(built_map, bags, tmp_path, capsys):
@@ -258,7 +258,7 @@ def test_ctrl_c_during_build_leaves_the_existing_map_untouched(built_map, bags, 
 
     target = tmp_path / "m"
     shutil.copytree(built_map, target)
-    before = read_manifest(target)["map_id"]
+    before = read_manifest(target).map_id
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -286,5 +286,5 @@ def test_ctrl_c_during_build_leaves_the_existing_map_untouched(built_map, bags, 
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "nothing was left half-written" in err
-    assert read_manifest(target)["map_id"] == before
+    assert read_manifest(target).map_id == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

@@ -78,7 +78,7 @@ def test_map_holds_verified_local_features_and_rerank_fills_rerank_score(
 ):
     vpr_map = load_map(fol_map, extractor.describe())
     # protected by the manifest
-    assert any(name.startswith("local/") for name in vpr_map.manifest["files"])
+    assert any(name.startswith("local/") for name in vpr_map.manifest.files)
     localizer = Localizer(
         vpr_map,
         extractor,
@@ -97,7 +97,7 @@ def test_map_holds_verified_local_features_and_rerank_fills_rerank_score(
 def test_rebuilding_the_index_keeps_the_local_features(fol_map, extractor):
     rebuild_index(fol_map, IndexConfig("hnsw"))
     vpr_map = load_map(fol_map, extractor.describe())
-    assert vpr_map.manifest["index"]["type"] == "hnsw"
+    assert vpr_map.manifest.index.type == "hnsw"
     assert (
         Localizer(vpr_map, extractor, LocalizerConfig(rerank="fol", temporal="none")).local_store
         is not None

@@ -59,14 +59,10 @@ def _exact_ids(db, q, k):
 def test_pca_is_recorded_in_the_map_and_projects_queries_as_it_projected_the_map(tmp_path, whiten):
     _write(tmp_path / "m", config=IndexConfig("flat", pca_dim=16, whiten=whiten))
     m = load_map(tmp_path / "m")
-    entry = m.manifest["index"]
-    assert (
-        entry["dim"] == 16
-        and entry["pca"]["input_dim"] == DIM
-        and entry["pca"]["output_dim"] == 16
-    )
-    assert entry["pca"]["whiten"] is whiten and 0 < entry["pca"]["explained_variance"] < 1
-    assert "pca.npz" in m.manifest["files"]  # checksummed like every map file
+    entry = m.manifest.index
+    assert entry.dim == 16 and entry.pca.input_dim == DIM and entry.pca.output_dim == 16
+    assert entry.pca.whiten is whiten and 0 < entry.pca.explained_variance < 1
+    assert "pca.npz" in m.manifest.files  # checksummed like every map file
     # The loaded PCA maps the stored descriptors onto exactly the vectors the index was built from
     # ...
     indexed = m.index.index.reconstruct_n(0, len(m))
@@ -129,7 +125,7 @@ def test_auto_builds_a_compressed_pca_map_when_exact_search_would_be_too_big(
     monkeypatch.setattr(faiss_index, "PCA_AUTO_DIM", 32)
     _write(tmp_path / "m", n=1500, config=IndexConfig())
     m = load_map(tmp_path / "m")
-    assert m.manifest["index"]["type"] == "hnsw" and m.manifest["index"]["pca"]["output_dim"] == 32
+    assert m.manifest.index.type == "hnsw" and m.manifest.index.pca.output_dim == 32
     assert m.index.rescore_vectors.dtype == np.float16 and isinstance(
         m.index.rescore_vectors, np.memmap
     )
@@ -177,10 +173,10 @@ def test_build_index_rewrites_the_map_atomically_from_its_descriptors(tmp_path, 
     assert "hnsw index over 800 places, PCA 64->24 whitened" in capsys.readouterr().out
     after = read_manifest(tmp_path / "m")
     m = load_map(tmp_path / "m")  # verifies every checksum
-    assert after["index"]["type"] == "hnsw" and after["index"]["pca"]["output_dim"] == 24
+    assert after.index.type == "hnsw" and after.index.pca.output_dim == 24
     # Not re-extracted: the same descriptors and places, byte for byte.
-    assert after["files"]["descriptors.npy"] == before["files"]["descriptors.npy"]
-    assert after["files"]["places.csv"] == before["files"]["places.csv"]
+    assert after.files["descriptors.npy"] == before.files["descriptors.npy"]
+    assert after.files["places.csv"] == before.files["places.csv"]
     assert np.array_equal(m.index.search(m.descriptors[:100], 1)[1][:, 0], np.arange(100))
     assert cli.main(["inspect-map", str(tmp_path / "m")]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["m"]  # nothing left beside it
@@ -188,7 +184,7 @@ def test_build_index_rewrites_the_map_atomically_from_its_descriptors(tmp_path, 
         cli.main(["build-index", str(tmp_path / "m"), "--pca-dim", "none", "--index", "flat"]) == 0
     )
     assert (
-        "pca.npz" not in read_manifest(tmp_path / "m")["files"]
+        "pca.npz" not in read_manifest(tmp_path / "m").files
         and not (tmp_path / "m" / "pca.npz").exists()
     )
 
@@ -225,8 +221,8 @@ def test_a_kill_during_build_index_leaves_the_old_map_intact(tmp_path):
     proc.join()
     assert read_manifest(tmp_path / "m") == before
     # verifies: the old map, whole
-    assert load_map(tmp_path / "m").manifest["index"]["type"] == "flat"
+    assert load_map(tmp_path / "m").manifest.index.type == "flat"
     # the next rebuild succeeds and clears the debris
     rebuild_index(tmp_path / "m", IndexConfig("hnsw", pca_dim=16))
-    assert load_map(tmp_path / "m").manifest["index"]["type"] == "hnsw"
+    assert load_map(tmp_path / "m").manifest.index.type == "hnsw"
     assert [p.name for p in tmp_path.iterdir()] == ["m"]

@@ -52,7 +52,7 @@ def test_every_map_stores_its_null_similarity(tmp_path):
     m = _map(tmp_path, places)
     q = np.asarray(m.null_similarity.quantiles)
     assert len(q) >= 3 and np.all(np.diff(q) >= 0)
-    assert m.manifest["null_similarity"] == m.null_similarity.to_manifest()
+    assert list(m.manifest.null_similarity) == m.null_similarity.to_manifest()
 
 
 def test_no_pose_prior_past_the_end_of_a_half_map(tmp_path):

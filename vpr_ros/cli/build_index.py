@@ -24,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from vpr_ros.maps.mapdir import read_manifest, rebuild_index
 
     manifest = read_manifest(rebuild_index(args.map, options.index_config(args)))
-    index, pca = manifest["index"], manifest["index"]["pca"]
+    pca = manifest.index.pca
     pca_text = (
-        f", PCA {pca['input_dim']}->{pca['output_dim']}{' whitened' if pca['whiten'] else ''}"
+        f", PCA {pca.input_dim}->{pca.output_dim}{' whitened' if pca.whiten else ''}"
         if pca
         else ""
     )
-    print(f"rebuilt {args.map}: {index['type']} index over {manifest['place_count']} places"
+    print(f"rebuilt {args.map}: {manifest.index.type} index over {manifest.place_count} places"
           f"{pca_text}")
     return 0

@@ -61,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
     if args.ray_address and args.workers is None:
         raise VprError("--ray-address needs --workers N (how many Ray workers to run)")
     held = read_manifest(args.out) if args.append else None
-    model = args.model or (held["model"]["name"] if held else "baseline")
+    model = args.model or (held.model.name if held else "baseline")
     rerank = resolve_rerank(args.rerank, args.out if held else None)
     build = _build_in_process if args.workers is None else _build_on_ray
     path, stats = build(args, model, rerank)
-    count = read_manifest(path)["place_count"]
+    count = read_manifest(path).place_count
     print(f"{'appended to' if args.append else 'map written to'} {path}: {count} places")
     skipped = "\n".join(f"  {line}" for line in stats.report().splitlines())
     print(f"skipped while reading:\n{skipped}")

@@ -23,20 +23,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"map        {args.map}")
     try:
         manifest = read_manifest(args.map)
-        model, index = manifest["model"], manifest["index"]
+        model, index = manifest.model, manifest.index
         print(
-            f"id         {manifest['map_id']}\ncreated    {manifest['created']}\nplaces    "
-            f" {manifest['place_count']}\nmodel      {model['name']} (fingerprint"
-            f" {model['fingerprint']}, {model['dim']}-D, input {model['input_size']})\nindex     "
-            f" {index['type']} {json.dumps(index['params'])}, {index['dim']}-D"
+            f"id         {manifest.map_id}\ncreated    {manifest.created}\nplaces    "
+            f" {manifest.place_count}\nmodel      {model.name} (fingerprint"
+            f" {model.fingerprint}, {model.dim}-D, input {list(model.input_size)})\nindex     "
+            f" {index.type} {json.dumps(index.params)}, {index.dim}-D"
         )
-        if pca := index["pca"]:
+        if pca := index.pca:
             print(
-                f"pca        {pca['input_dim']} ->"
-                f" {pca['output_dim']}{' whitened' if pca['whiten'] else ''},"
-                f" {pca['explained_variance']:.1%} of the variance kept"
+                f"pca        {pca.input_dim} ->"
+                f" {pca.output_dim}{' whitened' if pca.whiten else ''},"
+                f" {pca.explained_variance:.1%} of the variance kept"
             )
-        for s in manifest["sources"]:
+        for s in manifest.sources:
             print(f"source     {json.dumps(s)}")
         # "verifies" means exactly: the loader the node and localize use accepts it
         load_map(args.map)

@@ -161,5 +161,5 @@ def extractor(args: argparse.Namespace, model: str):
 def map_and_extractor(args: argparse.Namespace):
     from vpr_ros.maps.mapdir import load_map, read_manifest
 
-    described = extractor(args, args.model or read_manifest(args.map)["model"]["name"])
+    described = extractor(args, args.model or read_manifest(args.map).model.name)
     return load_map(args.map, described.describe()), described

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from vpr_ros.errors import ConfigError, MapModelMismatchError
-from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.maps.build import ShardProducer, write_shards
 from vpr_ros.maps.local_features import stored_reranker
 from vpr_ros.maps.mapdir import VprMap, load_map, model_differences
@@ -47,7 +46,8 @@ def append_to_map(
             f" {held or 'none'}, or rebuild the map from all bags without --append"
         )
     return write_shards(
-        path, shards, base.model, index_config_of(base), allow_no_poses, local_description, base
+        path, shards, base.model, base.manifest.index.config(), allow_no_poses, local_description,
+        base,
     )
 
 
@@ -65,7 +65,7 @@ def map_to_grow(path: str | Path, model: dict, new_sources: list[dict]) -> VprMa
             f" ({'; '.join(diff)}). Append with the map's model ({base.model['name']}, same"
             " weights file: leave --model out to use it), or build a new map with this model"
         )
-    held = {_resolved(s.get("source")): i for i, s in enumerate(base.manifest["sources"])}
+    held = {_resolved(s.get("source")): i for i, s in enumerate(base.manifest.sources)}
     for entry in new_sources:
         if (i := held.get(_resolved(entry.get("source")))) is not None:
             raise ConfigError(
@@ -74,18 +74,6 @@ def map_to_grow(path: str | Path, model: dict, new_sources: list[dict]) -> VprMa
                 " without --append to change how it is read"
             )
     return base
-
-
-def index_config_of(vpr_map: VprMap) -> IndexConfig:
-    """Return the index type, parameters and PCA settings the map was built with."""
-    entry = vpr_map.manifest["index"]
-    pca = entry.get("pca")
-    return IndexConfig(
-        entry["type"],
-        dict(entry["params"]),
-        pca["output_dim"] if pca else None,
-        bool(pca["whiten"]) if pca else False,
-    )
 
 
 def _resolved(source) -> Path | None:

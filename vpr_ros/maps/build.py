@@ -178,7 +178,7 @@ def write_shards(
             one_utm_zone(old_places + places),
             model,
             index_config,
-            (base.manifest["sources"] if base is not None else []) + sources,
+            [*(base.manifest.sources if base is not None else ()), *sources],
             local_files,
             base.index.pca if base is not None else None,
         )

@@ -29,8 +29,8 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -61,7 +61,7 @@ NULL_KEY = "null_similarity"  # optional: quantiles of vpr_ros.on_map.NullSimila
 LOCAL_PREFIX = "local/"  # a re-ranker's local features (vpr_ros.maps.local_features)
 # The faiss class each manifest index type must load as (METRIC_INNER_PRODUCT throughout).
 FAISS_CLASSES = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSW, "ivfpq": faiss.IndexIVFPQ}
-INDEX_PARAMS = {
+INDEX_PARAMS = {  # the parameters each index type needs
     "flat": (),
     "hnsw": ("M", "efConstruction", "efSearch", "rescore"),
     "ivfpq": ("nlist", "m", "nbits", "nprobe", "rescore"),
@@ -72,21 +72,298 @@ def _rebuild(path: Path) -> str:
     return f"rebuild it with `vpr-ros build-map --out {path} ...` (or restore it from a backup)"
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and np.isfinite(v)
+
+
+def _iso_time(v: Any) -> bool:
+    try:
+        return isinstance(v, str) and dt.datetime.fromisoformat(v) is not None
+    except ValueError:
+        return False
+
+
+def _is_relative_file(name: Any) -> bool:
+    if not isinstance(name, str) or not name:
+        return False
+    p = PurePosixPath(name)
+    return not p.is_absolute() and ".." not in p.parts and "\\" not in name
+
+
+# (test, what it must be) for ``_Object.get``
+TEXT = (lambda v: isinstance(v, str) and v != "", "a non-empty string")
+POSITIVE = (lambda v: _is_int(v) and v > 0, "a positive integer")
+PIXELS = (lambda v: isinstance(v, list) and len(v) == 2 and all(map(POSITIVE[0], v)),
+          "[height, width] in positive pixels")
+RGB = (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)),
+       "3 numbers (one per RGB channel)")
+ASCENDING = (lambda v: isinstance(v, list) and len(v) >= 3 and all(map(_is_number, v))
+             and v == sorted(v), "3 or more ascending numbers")
+
+
+def _equal(want: Any, text: str) -> tuple:
+    return (lambda v: v == want, text)
+
+
+class _Object:
+    """One JSON object of the manifest being parsed; ``field`` (``model.pca``) names it."""
+
+    def __init__(self, value: Any, where: Path, field: str = ""):
+        self.value, self.where, self.prefix = value, where, f"{field}." if field else ""
+        self.need(isinstance(value, dict), field or "(top level)", "an object")
+
+    def need(self, ok: Any, field: str, want: str) -> None:
+        if not ok:
+            raise MapManifestError(
+                f"{self.where}: field {field!r} must be {want}; the manifest is damaged:"
+                f" {_rebuild(self.where.parent)}"
+            )
+
+    def get(self, key: str, test: tuple) -> Any:
+        """Return the value at ``key``: MapManifestError unless it is present and passes."""
+        self.need(key in self.value, self.prefix + key, "present")
+        self.need(test[0](self.value[key]), self.prefix + key, test[1])
+        return self.value[key]
+
+    def object(self, key: str, optional: bool = False) -> _Object | None:
+        """Return the object at ``key``; None for an optional one that is absent or null."""
+        if optional and self.value.get(key) is None:
+            return None
+        self.need(key in self.value, self.prefix + key, "present")
+        return _Object(self.value[key], self.where, self.prefix + key)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input."""
+
+    resize: tuple[int, int]  # [height, width] the image is resized to
+    mean: tuple[float, float, float]  # subtracted per RGB channel (after scaling to 0..1)
+    std: tuple[float, float, float]  # divided by per RGB channel
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model that described the places: a query must be described by the same one."""
+
+    name: str  # registered model name (vpr_ros.models)
+    fingerprint: str  # sha256 of its weights (or of the model's definition without weights)
+    input_size: tuple[int, int]  # [height, width] of its input
+    dim: int  # descriptor dims
+    preprocessing: Preprocessing
+
+    @classmethod
+    def parse(cls, o: _Object) -> ModelInfo:
+        pre = o.object("preprocessing")
+        return cls(o.get("name", TEXT), o.get("fingerprint", TEXT),
+                   tuple(o.get("input_size", PIXELS)), o.get("dim", POSITIVE),
+                   Preprocessing(tuple(pre.get("resize", PIXELS)), tuple(pre.get("mean", RGB)),
+                                 tuple(pre.get("std", RGB))))
+
+
+@dataclass(frozen=True)
+class PcaInfo:
+    """The PCA that projects descriptors into the search space (``vpr_ros.search.pca``)."""
+
+    file: str  # its file in the map directory
+    input_dim: int  # the model's dims
+    output_dim: int  # the search space's dims
+    whiten: bool  # components scaled to unit variance
+    explained_variance: float  # share of the descriptors' variance kept
+
+
+@dataclass(frozen=True)
+class RescoreInfo:
+    """The search-space vectors that re-score an approximate index's shortlists."""
+
+    file: str  # its file in the map directory
+    dtype: str  # always "float16"
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The search index over the places (``vpr_ros.search.faiss_index.PlaceIndex``)."""
+
+    type: str  # flat, hnsw or ivfpq
+    params: dict  # its parameters (INDEX_PARAMS), e.g. {"M": 32, "efSearch": 256, ...}
+    dim: int  # dims of the search space: the model's, or the PCA's output
+    pca: PcaInfo | None  # None: no PCA
+    rescore: RescoreInfo | None  # None: the index's own scores are final
+
+    @classmethod
+    def parse(cls, o: _Object, dim: int) -> IndexInfo:
+        kind = o.get("type", (lambda v: isinstance(v, str) and v in INDEX_PARAMS,
+                              f"one of {', '.join(INDEX_PARAMS)}"))
+        params = o.object("params")
+        for name in INDEX_PARAMS[kind]:
+            params.get(name, (POSITIVE[0], f"a positive integer (index type {kind})"))
+        search_dim = o.get("dim", POSITIVE)
+        pca = o.object("pca", optional=True)
+        if pca is None:
+            o.need(search_dim == dim, "index.dim", f"the model's dim ({dim}) when there is no PCA")
+        rescore = o.object("rescore", optional=True)
+        return cls(
+            kind, params.value, search_dim, pca and PcaInfo(
+                pca.get("file", (TEXT[0], "a file name")),
+                pca.get("input_dim", _equal(dim, f"the model's dim ({dim})")),
+                pca.get("output_dim", _equal(search_dim, f"index.dim ({search_dim})")),
+                pca.get("whiten", (lambda v: isinstance(v, bool), "true or false")),
+                pca.get("explained_variance", (_is_number, "a number")),
+            ),
+            rescore and RescoreInfo(
+                rescore.get("file", (TEXT[0], "a file name")),
+                rescore.get("dtype", _equal("float16", '"float16"')),
+            ),
+        )
+
+    def config(self) -> IndexConfig:
+        """Return the index type, parameters and PCA settings it was built with."""
+        pca = self.pca
+        return IndexConfig(self.type, dict(self.params), pca and pca.output_dim,
+                           bool(pca and pca.whiten))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` says about its map; ``to_dict()`` is what it holds."""
+
+    map_id: str  # unique id of this map (a new one for each write)
+    created: str  # ISO 8601 time of the write
+    model: ModelInfo
+    index: IndexInfo
+    place_count: int  # places (rows of places.csv, descriptors.npy and the index)
+    dim: int  # the model's descriptor dims
+    sources: tuple[dict, ...]  # descriptive entries of the bags and folders read (free form)
+    null_similarity: tuple[float, ...] | None  # quantiles of vpr_ros.on_map.NullSimilarity
+    files: dict[str, str]  # {path relative to the map directory: sha256} of every map file
+    checksum: str  # manifest_sha256: sha256 of the rest as canonical JSON
+
+    @classmethod
+    def parse(cls, data: Any, where: Path) -> Manifest:
+        """
+        Check types and ranges of every field the loader uses and return the typed value.
+
+        ``where``: the manifest's path, for messages. MapManifestError names the first bad field.
+        """
+        o = _Object(data, where)
+        o.get("format", _equal(FORMAT, repr(FORMAT)))
+        o.get("format_version", _equal(FORMAT_VERSION, str(FORMAT_VERSION)))
+        checksum = o.get(MANIFEST_CHECKSUM, (lambda v: isinstance(v, str) and _SHA256.fullmatch(v),
+                                             "a sha256 hex digest"))
+        map_id, created = o.get("map_id", TEXT), o.get("created", (_iso_time, "an ISO 8601 time"))
+        model = ModelInfo.parse(o.object("model"))
+        index = IndexInfo.parse(o.object("index"), model.dim)
+        place_count = o.get("place_count", POSITIVE)
+        o.get("dim", _equal(model.dim, f"the model's dim ({model.dim})"))
+        sources = o.get("sources", (lambda v: isinstance(v, list)
+                                    and all(isinstance(s, dict) for s in v), "a list of objects"))
+        null = o.get(NULL_KEY, ASCENDING) if NULL_KEY in data else None
+        files = o.object("files")
+        for name in (*REQUIRED_FILES, *(part.file for part in (index.pca, index.rescore) if part)):
+            o.need(name in files.value, f"files.{name}", "present")
+        for name, digest in files.value.items():
+            o.need(_is_relative_file(name), f"files.{name}", "a path inside the map directory")
+            o.need(isinstance(digest, str) and _SHA256.fullmatch(digest) is not None,
+                   f"files.{name}", "a sha256 hex digest")
+        return cls(map_id, created, model, index, place_count, model.dim, tuple(sources),
+                   None if null is None else tuple(null), files.value, checksum)
+
+    def to_dict(self) -> dict:
+        """Return the manifest as JSON values, keys in the order ``manifest.json`` holds them."""
+        # through JSON: tuples become lists, as json.loads reads them back
+        out = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               **json.loads(json.dumps(asdict(self)))}
+        if out[NULL_KEY] is None:
+            del out[NULL_KEY]
+        out[MANIFEST_CHECKSUM] = out.pop("checksum")
+        return out
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """Return the sha256 of the manifest's body (every key but the checksum) as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+def with_checksum(manifest: dict) -> dict:
+    """Return ``manifest`` with its checksum."""
+    return {**manifest, MANIFEST_CHECKSUM: manifest_checksum(manifest)}
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read, checksum and parse the manifest of the map at ``path``."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not path.exists():
+        raise MapNotFoundError(
+            f"no map at {path}: build one with `vpr-ros build-map --out {path} ...` or fix the map"
+            " path"
+        )
+    if not mf.is_file():
+        raise MapNotFoundError(
+            f"{path} is not a vpr_ros map (no {MANIFEST}); point the map path at a directory"
+            " written by `vpr-ros build-map`"
+        )
+    try:
+        data = json.loads(mf.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise MapManifestError(
+            f"{mf} is not valid JSON ({e}); the map is damaged: {_rebuild(path)}"
+        ) from None
+    except OSError as e:
+        raise MapManifestError(f"{mf} cannot be read ({e}); {_rebuild(path)}") from None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not _is_int(version := data.get("format_version"))
+    ):
+        raise MapManifestError(
+            f"{mf} is not a vpr_ros map manifest (no format {FORMAT!r} with an integer"
+            f" format_version); {_rebuild(path)}"
+        )
+    if version > FORMAT_VERSION:
+        raise MapError(
+            f"{path} has map format {version}, newer than this vpr_ros reads"
+            f" ({FORMAT_VERSION}); upgrade vpr_ros"
+        )
+    if version < FORMAT_VERSION:
+        raise MapError(
+            f"{path} has old map format {version} (this vpr_ros reads"
+            f" {FORMAT_VERSION}, which checksums and validates the manifest): {_rebuild(path)}"
+        )
+    if data.get(MANIFEST_CHECKSUM) != manifest_checksum(data):
+        raise MapManifestError(
+            f"{mf} was altered: its content does not match its {MANIFEST_CHECKSUM};"
+            f" {_rebuild(path)}"
+        )
+    return Manifest.parse(data, mf)
+
+
 @dataclass
 class VprMap:
     path: Path
-    manifest: dict
+    manifest: Manifest
     places: PlaceTable
     descriptors: np.ndarray
     index: PlaceIndex
 
     @property
     def map_id(self) -> str:
-        return self.manifest["map_id"]
+        return self.manifest.map_id
 
-    @property
+    @functools.cached_property
     def model(self) -> dict:
-        return self.manifest["model"]
+        """Return the map's model as the extractor's ``describe()`` gives it."""
+        return self.manifest.to_dict()["model"]
 
     def __len__(self) -> int:
         return len(self.places)
@@ -98,8 +375,8 @@ class VprMap:
 
         None for a map too small to have places elsewhere.
         """
-        if NULL_KEY in self.manifest:
-            return NullSimilarity(tuple(self.manifest[NULL_KEY]))
+        if self.manifest.null_similarity is not None:
+            return NullSimilarity(self.manifest.null_similarity)
         xy = self.places.positions()[:, :2]
         return compute_null(self.index.search, np.asarray(self.descriptors), xy)
 
@@ -185,7 +462,7 @@ def write_map_into(
             "index": index.describe(),
             "place_count": len(places),
             "dim": int(descriptors.shape[1]),
-            "sources": sources,
+            "sources": list(sources),
             **({NULL_KEY: null.to_manifest()} if null is not None else {}),
             "files": {
                 **{
@@ -195,249 +472,12 @@ def write_map_into(
                 **(extra_files or {}),
             },
         }
-        manifest = with_checksum(manifest)
-        # a writer bug must not produce a map that never loads
-        validate_manifest(manifest, tmp / MANIFEST)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        # parsed as the loader parses it: a writer bug must not produce a map that never loads
+        manifest = Manifest.parse(with_checksum(manifest), tmp / MANIFEST).to_dict()
+        (tmp / MANIFEST).write_text(json.dumps(with_checksum(manifest), indent=2) + "\n")
 
 
-def manifest_checksum(manifest: dict) -> str:
-    """sha256 of the manifest's body (every key but the checksum) as canonical JSON."""
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    ).hexdigest()
-
-
-def with_checksum(manifest: dict) -> dict:
-    return {**manifest, MANIFEST_CHECKSUM: manifest_checksum(manifest)}
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and np.isfinite(v)
-
-
-def _is_relative_file(name: str) -> bool:
-    p = PurePosixPath(name)
-    return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
-
-
-def validate_manifest(manifest: Any, where: Path) -> None:
-    """
-    Check types and ranges of every field the loader uses.
-
-    MapManifestError names the first bad one.
-    """
-
-    def need(ok: bool, field: str, want: str) -> None:
-        if not ok:
-            raise MapManifestError(
-                f"{where}: field {field!r} must be {want}; the manifest is damaged:"
-                f" {_rebuild(where.parent)}"
-            )
-
-    def obj(parent: dict, key: str, field: str) -> dict:
-        need(key in parent, field, "present")
-        need(isinstance(parent[key], dict), field, "an object")
-        return parent[key]
-
-    def value(parent: dict, key: str, field: str, ok: Callable[[Any], bool], want: str) -> Any:
-        need(key in parent, field, "present")
-        need(ok(parent[key]), field, want)
-        return parent[key]
-
-    need(isinstance(manifest, dict), "(top level)", "an object")
-    text = lambda v: isinstance(v, str) and v != ""  # noqa: E731
-    positive = lambda v: _is_int(v) and v > 0  # noqa: E731
-    value(manifest, "format", "format", lambda v: v == FORMAT, repr(FORMAT))
-    value(
-        manifest,
-        "format_version",
-        "format_version",
-        lambda v: v == FORMAT_VERSION,
-        str(FORMAT_VERSION),
-    )
-    value(
-        manifest,
-        MANIFEST_CHECKSUM,
-        MANIFEST_CHECKSUM,
-        lambda v: isinstance(v, str) and _SHA256.fullmatch(v),
-        "a sha256 hex digest",
-    )
-    value(manifest, "map_id", "map_id", text, "a non-empty string")
-    value(
-        manifest,
-        "created",
-        "created",
-        lambda v: isinstance(v, str) and _iso_time(v),
-        "an ISO 8601 time",
-    )
-    model = obj(manifest, "model", "model")
-    value(model, "name", "model.name", text, "a non-empty string")
-    value(model, "fingerprint", "model.fingerprint", text, "a non-empty string")
-    value(
-        model,
-        "input_size",
-        "model.input_size",
-        lambda v: isinstance(v, list) and len(v) == 2 and all(map(positive, v)),
-        "[height, width] in positive pixels",
-    )
-    dim = value(model, "dim", "model.dim", positive, "a positive integer")
-    pre = obj(model, "preprocessing", "model.preprocessing")
-    value(
-        pre,
-        "resize",
-        "model.preprocessing.resize",
-        lambda v: isinstance(v, list) and len(v) == 2 and all(map(positive, v)),
-        "[height, width] in positive pixels",
-    )
-    for key in ("mean", "std"):
-        value(
-            pre,
-            key,
-            f"model.preprocessing.{key}",
-            lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)),
-            "3 numbers (one per RGB channel)",
-        )
-    index = obj(manifest, "index", "index")
-    kind = value(
-        index,
-        "type",
-        "index.type",
-        lambda v: isinstance(v, str) and v in INDEX_PARAMS,
-        f"one of {', '.join(INDEX_PARAMS)}",
-    )
-    params = obj(index, "params", "index.params")
-    for name in INDEX_PARAMS[kind]:
-        value(
-            params,
-            name,
-            f"index.params.{name}",
-            positive,
-            f"a positive integer (index type {kind})",
-        )
-    search_dim = value(index, "dim", "index.dim", positive, "a positive integer")
-    # the search space: PCA into it (or the model's dims) and float16 vectors re-scoring shortlists
-    index_files = []
-    if index.get("pca") is not None:
-        pca = obj(index, "pca", "index.pca")
-        value(
-            pca, "input_dim", "index.pca.input_dim", lambda v: v == dim, f"the model's dim ({dim})"
-        )
-        value(
-            pca,
-            "output_dim",
-            "index.pca.output_dim",
-            lambda v: v == search_dim,
-            f"index.dim ({search_dim})",
-        )
-        value(pca, "whiten", "index.pca.whiten", lambda v: isinstance(v, bool), "true or false")
-        index_files.append(value(pca, "file", "index.pca.file", text, "a file name"))
-    else:
-        need(search_dim == dim, "index.dim", f"the model's dim ({dim}) when there is no PCA")
-    if index.get("rescore") is not None:
-        rescore = obj(index, "rescore", "index.rescore")
-        value(rescore, "dtype", "index.rescore.dtype", lambda v: v == "float16", '"float16"')
-        index_files.append(value(rescore, "file", "index.rescore.file", text, "a file name"))
-    value(manifest, "place_count", "place_count", positive, "a positive integer")
-    value(manifest, "dim", "dim", lambda v: v == dim, f"the model's dim ({dim})")
-    value(
-        manifest,
-        "sources",
-        "sources",
-        lambda v: isinstance(v, list) and all(isinstance(s, dict) for s in v),
-        "a list of objects",
-    )
-    if NULL_KEY in manifest:
-        value(
-            manifest,
-            NULL_KEY,
-            NULL_KEY,
-            lambda v: isinstance(v, list) and len(v) >= 3 and all(map(_is_number, v))
-            and v == sorted(v),
-            "3 or more ascending numbers",
-        )
-    files = obj(manifest, "files", "files")
-    for name in (*REQUIRED_FILES, *index_files):
-        need(name in files, f"files.{name}", "present")
-    for name, digest in files.items():
-        need(
-            isinstance(name, str) and _is_relative_file(name),
-            f"files.{name}",
-            "a path inside the map directory",
-        )
-        need(
-            isinstance(digest, str) and _SHA256.fullmatch(digest) is not None,
-            f"files.{name}",
-            "a sha256 hex digest",
-        )
-
-
-def _iso_time(text: str) -> bool:
-    try:
-        dt.datetime.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
-
-
-def read_manifest(path: str | Path) -> dict:
-    path = Path(path)
-    mf = path / MANIFEST
-    if not path.exists():
-        raise MapNotFoundError(
-            f"no map at {path}: build one with `vpr-ros build-map --out {path} ...` or fix the map"
-            " path"
-        )
-    if not mf.is_file():
-        raise MapNotFoundError(
-            f"{path} is not a vpr_ros map (no {MANIFEST}); point the map path at a directory"
-            " written by `vpr-ros build-map`"
-        )
-    try:
-        manifest = json.loads(mf.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
-        raise MapManifestError(
-            f"{mf} is not valid JSON ({e}); the map is damaged: {_rebuild(path)}"
-        ) from None
-    except OSError as e:
-        raise MapManifestError(f"{mf} cannot be read ({e}); {_rebuild(path)}") from None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get("format") != FORMAT
-        or not _is_int(manifest.get("format_version"))
-    ):
-        raise MapManifestError(
-            f"{mf} is not a vpr_ros map manifest (no format {FORMAT!r} with an integer"
-            f" format_version); {_rebuild(path)}"
-        )
-    if manifest["format_version"] > FORMAT_VERSION:
-        raise MapError(
-            f"{path} has map format {manifest['format_version']}, newer than this vpr_ros reads"
-            f" ({FORMAT_VERSION}); upgrade vpr_ros"
-        )
-    if manifest["format_version"] < FORMAT_VERSION:
-        raise MapError(
-            f"{path} has old map format {manifest['format_version']} (this vpr_ros reads"
-            f" {FORMAT_VERSION}, which checksums and validates the manifest): {_rebuild(path)}"
-        )
-    if manifest.get(MANIFEST_CHECKSUM) != manifest_checksum(manifest):
-        raise MapManifestError(
-            f"{mf} was altered: its content does not match its {MANIFEST_CHECKSUM};"
-            f" {_rebuild(path)}"
-        )
-    validate_manifest(manifest, mf)
-    return manifest
-
-
-def verify_files(path: str | Path, manifest: dict) -> list[str]:
+def verify_files(path: str | Path, manifest: Manifest) -> list[str]:
     """
     Problems found comparing files with the manifest's checksums.
 
@@ -445,7 +485,7 @@ def verify_files(path: str | Path, manifest: dict) -> list[str]:
     """
     path = Path(path)
     problems = []
-    for name, digest in manifest["files"].items():
+    for name, digest in manifest.files.items():
         f = path / name
         if not f.is_file():
             problems.append(f"{name} is missing")
@@ -497,14 +537,14 @@ def load_map(path: str | Path, expected_model: dict | None = None, verify: bool 
             f"map {path} does not verify: {'; '.join(problems)}. {_rebuild(path)}"
         )
     if expected_model is not None and (
-        diff := model_differences(manifest["model"], expected_model)
+        diff := model_differences(manifest.to_dict()["model"], expected_model)
     ):
         raise MapModelMismatchError(
             f"map {path} was built with another model or weights ({'; '.join(diff)}). Run with the"
-            f" map's model ({manifest['model'].get('name')}) and the same weights, or rebuild the"
+            f" map's model ({manifest.model.name}) and the same weights, or rebuild the"
             " map with the current model"
         )
-    n, dim = manifest["place_count"], manifest["dim"]
+    n, dim = manifest.place_count, manifest.dim
     with _reading(path, DESCRIPTORS_FILE):
         descriptors = np.load(path / DESCRIPTORS_FILE, mmap_mode="r", allow_pickle=False)
     _consistent(
@@ -525,9 +565,9 @@ def load_map(path: str | Path, expected_model: dict | None = None, verify: bool 
         path,
         f"{PLACES_FILE} place ids are not 0..{n - 1} in order",
     )
-    kind, search_dim = manifest["index"]["type"], manifest["index"]["dim"]
+    kind, search_dim = manifest.index.type, manifest.index.dim
     with _reading(path, INDEX_FILE):
-        index = PlaceIndex.load(path, manifest["index"], dim)
+        index = PlaceIndex.load(path, manifest.to_dict()["index"], dim)
     raw = index.index
     _consistent(
         isinstance(raw, FAISS_CLASSES[kind]) and raw.metric_type == faiss.METRIC_INNER_PRODUCT,
@@ -555,13 +595,13 @@ def rebuild_index(path: str | Path, index_config: IndexConfig) -> Path:
     path = Path(path)
     kept = {
         name: digest
-        for name, digest in m.manifest["files"].items()
+        for name, digest in m.manifest.files.items()
         if name.startswith(LOCAL_PREFIX)
     }
     with write_errors(path, 2 * m.descriptors.nbytes), atomic_directory(path) as tmp:
         if kept:  # local features stay with the places they describe
             shutil.copytree(path / LOCAL_PREFIX, tmp / LOCAL_PREFIX)
         write_map_into(
-            tmp, path, m.descriptors, m.places, m.model, index_config, m.manifest["sources"], kept
+            tmp, path, m.descriptors, m.places, m.model, index_config, m.manifest.sources, kept
         )
     return path
