@@ -324,7 +324,8 @@ class Localizer:
         if on_map is not None:
             confidence *= on_map
         covariance_xy = self.pose_covariance(ranked.scores, ranked.ids)
-        actionable = len(ranked.ids) > 0 and confidence >= cfg.min_confidence and seen
+        actionable = (len(ranked.ids) > 0 and confidence >= cfg.min_confidence and seen
+                      and (applied is None or applied.settled))
         candidates = [self._candidate(ranked, j) for j in range(min(cfg.top_k, len(ranked.ids)))]
         return Match(
             stamp_ns=stamp_ns,

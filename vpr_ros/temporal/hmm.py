@@ -134,7 +134,7 @@ class TemporalConfig:
     trust_evidence: float = 2.0
     challenger_jump_prob: float = 0.2
     challenger_window: int = 2
-    switch_nats: float = 0.5
+    switch_nats: float = 0.75
     doubt_nats: float = 0.1
     jump_speed_floor: float = 0.1
 
@@ -263,6 +263,9 @@ class TemporalResult:
     stalled: bool = False  # the best place stayed put over recent frames while the track moved
     # the fresh track's log Bayes factor this frame (0 without one): coherent retrieval elsewhere
     fresh_log_bayes_factor: float = 0.0
+    # the track has earned the trust on its own since it last (re)started or took over from the
+    # fresh track (which passes on its ranking's trust, not this)
+    settled: bool = False
 
 
 class TemporalFilter:
@@ -302,6 +305,7 @@ class TemporalFilter:
         self._weights = np.zeros(0, np.float64)
         self._surprised = 0
         self._evidence = 0.0
+        self._earned = 0.0
         self._left_route = 0.0
         self._best: int | None = None
         self._path: collections.deque = collections.deque(maxlen=STALL_FRAMES)
@@ -341,7 +345,10 @@ class TemporalFilter:
         self._places, self._speed_idx, self._weights = (
             other._places.copy(), other._speed_idx.copy(), other._weights.copy()
         )
+        # its ranking is trusted at once (it explained the frames the old one missed); what is
+        # acted on waits until the new track has earned that trust on its own
         self._evidence, self._best, self._surprised = other._evidence, other._best, 0
+        self._earned = sum(other._recent)
         self._path = collections.deque(other._path, maxlen=STALL_FRAMES)
         self._recent = collections.deque(other._recent, maxlen=self.config.challenger_window)
 
@@ -386,11 +393,12 @@ class TemporalFilter:
             agreement = self._agreement(predicted, log_lik.max())
             log_bf = math.log(predicted / self._independent_likelihood(ids, log_lik))
             self._evidence = self.config.evidence_memory * self._evidence + log_bf
+            self._earned = self.config.evidence_memory * self._earned + log_bf
             self._surprised = self._surprised + 1 if agreement < self.config.lost_agreement else 0
             reset = self.config.lost_frames > 0 and self._surprised >= self.config.lost_frames
         if reset:  # a lost track keeps its speed belief: a kidnap moves the robot, not its speed
             places, speed_idx, weights = self._jump_prior(ids, keep_speed=not started)
-            self._surprised, self._evidence = 0, 0.0
+            self._surprised, self._evidence, self._earned = 0, 0.0, 0.0
         else:
             weights = weights * (1 - self.config.jump_prob)
             places, speed_idx, weights = _merge(
@@ -415,6 +423,7 @@ class TemporalFilter:
         result.log_bayes_factor = 0.0 if reset else log_bf
         result.left_route = 0.0 if started else self._left_route
         result.stalled = self._stalled(best, odometry, frames, result.reset)
+        result.settled = self._earned > self.config.trust_evidence
         self._best = best
         return result
 
