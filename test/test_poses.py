@@ -9,6 +9,7 @@ import pytest
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rosbags.typesys import Stores, get_typestore
+from keyframes import quaternion_to_yaw, select_keyframes
 from sensor_msgs.msg import NavSatFix, NavSatStatus
 
 from vpr_ros.maps.poses import (
@@ -18,10 +19,7 @@ from vpr_ros.maps.poses import (
     UtmProjector,
     fix_problem,
     header_stamp_ns,
-    navsatfix_is_valid,
     pose_from_msg,
-    quaternion_to_yaw,
-    select_keyframes,
     slerp,
     yaw_to_quaternion,
 )
@@ -56,9 +54,9 @@ def test_route_across_a_zone_border_stays_in_the_first_zone() -> None:
 
 
 def test_invalid_fixes_are_skipped() -> None:
-    assert navsatfix_is_valid(_fix(37.7, -122.5))
-    assert not navsatfix_is_valid(_fix(37.7, -122.5, status=NavSatStatus.STATUS_NO_FIX))
-    assert not navsatfix_is_valid(_fix(float("nan"), -122.5))
+    assert fix_problem(_fix(37.7, -122.5)) is None
+    assert fix_problem(_fix(37.7, -122.5, status=NavSatStatus.STATUS_NO_FIX)) is not None
+    assert fix_problem(_fix(float("nan"), -122.5)) is not None
     builder = PoseTrackBuilder()
     assert builder.add(0, _fix(37.7, -122.5))
     assert not builder.add(S, _fix(37.7, -122.5, status=-1))

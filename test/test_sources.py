@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 from conftest import SHARED, needs_shared
+from keyframes import quaternion_to_yaw, select_keyframes
 import utm
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_ros.errors import BagError, VprError
 from vpr_ros.imaging import rgb_to_compressed, rgb_to_image_fields
-from vpr_ros.maps.poses import quaternion_to_yaw, select_keyframes
 from vpr_ros.maps.sources import BagSource, FolderSource, parse_vpr_filename
 
 TS = get_typestore(Stores.ROS2_KILTED)

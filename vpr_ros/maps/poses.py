@@ -95,16 +95,6 @@ def fix_problem(msg: Any) -> str | None:
     return None
 
 
-def navsatfix_is_valid(msg: Any) -> bool:
-    """
-    Tell whether a NavSatFix has a usable position.
-
-    False for NO_FIX, NaN/inf, impossible and (0, 0) coordinates (drivers publish these while
-    searching).
-    """
-    return fix_problem(msg) is None
-
-
 def pose_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray]:
     """nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped -> (xyz, xyzw)."""
     pose = msg.pose
@@ -119,12 +109,6 @@ def yaw_to_quaternion(yaw: np.ndarray) -> np.ndarray:
     yaw = np.asarray(yaw, np.float64)
     zeros = np.zeros_like(yaw)
     return np.stack([zeros, zeros, np.sin(yaw / 2), np.cos(yaw / 2)], axis=-1)
-
-
-def quaternion_to_yaw(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, np.float64)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
 
 
 def slerp(q0: np.ndarray, q1: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -341,13 +325,3 @@ class KeyframeSelector:
         Its frame turned out unreadable, so the next frame may take its place.
         """
         self._last_kept_xy, self._counted = self._before_last
-
-
-def select_keyframes(
-    positions: Sequence[np.ndarray | None] | np.ndarray,
-    min_distance_m: float = 0.0,
-    every_n: int = 1,
-) -> list[int]:
-    """Return the indices of the frames KeyframeSelector keeps; a None or NaN row is "no pose"."""
-    selector = KeyframeSelector(min_distance_m, every_n)
-    return [i for i, position in enumerate(positions) if selector.keep(position)]
