@@ -85,7 +85,7 @@ def test_a_jump_gives_at_most_one_wrong_prior(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "not met yet: the fresh track takes over 6 frames after the jump, but the on-map probability,"
+    "not met yet: the fresh track takes over 7 frames after the jump, but the on-map probability,"
     " which fell while the answers were the retrieval's, needs until 15 frames after it to come"
     " back above the confidence threshold"))
 def test_right_priors_return_within_ten_frames_of_a_jump(tmp_path):
