@@ -86,8 +86,8 @@ def costs(localizer: Localizer, queries, n: int = 200) -> dict[str, float]:
             queries.descriptors[q], queries.local[q] if queries.local is not None else None
         )
         for stage in ("search", "rerank", "temporal"):
-            if stage in m.latency_ms:
-                stages.setdefault(stage, []).append(m.latency_ms[stage])
+            if getattr(m.latency_ms, stage) is not None:
+                stages.setdefault(stage, []).append(getattr(m.latency_ms, stage))
     return {stage: round(float(np.median(v)), 2) for stage, v in stages.items()}
 
 

@@ -128,7 +128,7 @@ def _node_vs_bare(receiver: MatchReceiver, node_log: Path, node, msg_cls, topic:
             # its "out: message + publish")
             bare_frames.append({"decode_ms": (t1 - t0) * 1e3, "localize_ms": (t2 - t1) * 1e3,
                                 "bare_ms": (t2 - t0) * 1e3,
-                                "unstaged_ms": (t2 - t1) * 1e3 - match.latency_ms["total"]})
+                                "unstaged_ms": (t2 - t1) * 1e3 - match.latency_ms.total})
     receiver.node.destroy_publisher(pub)
     return node_frames, bare_frames
 

@@ -165,7 +165,7 @@ def load_and_search(map_dir: Path, queries_file: Path) -> dict:
         "cpu_ms": [c * 1e3 for c in cpu],
         "top1": top1,
         "index": vpr_map.manifest.to_dict()["index"],
-        "temporal_ms": [m.latency_ms["temporal"] for m in walk],
+        "temporal_ms": [m.latency_ms.temporal for m in walk],
         "match_ms": [sum(m.latency_ms.values()) for m in walk],
         "temporal_applied": float(np.mean([m.temporal.applied for m in walk])),
     }

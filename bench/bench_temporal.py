@@ -280,7 +280,7 @@ def run(
             support[q] = m.temporal.support
             resets += m.temporal.reset
             applied[q] = m.temporal.applied
-            ms.append(m.latency_ms["temporal"])
+            ms.append(m.latency_ms.temporal)
     features = (
         {"margin": margin}
         if config.temporal == "none"

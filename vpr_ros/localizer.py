@@ -104,6 +104,32 @@ class TemporalState:
 
 
 @dataclass
+class StageLatency:
+    """
+    Milliseconds per stage of one frame: msg/StageLatency.msg, field for field (None: not run).
+
+    The node times age_at_receipt, take (both outside the total), queue and decode; ``localize``
+    the descriptor; ``match`` the rest and the total.
+    """
+
+    age_at_receipt: float | None = None
+    take: float | None = None
+    queue: float | None = None
+    decode: float | None = None
+    descriptor: float | None = None
+    search: float | None = None
+    rerank: float | None = None
+    temporal: float | None = None
+    total: float | None = None
+
+    def close(self) -> None:
+        """Set the total: every stage from the queue on that ran."""
+        stages = (self.queue, self.decode, self.descriptor, self.search, self.rerank,
+                  self.temporal)
+        self.total = sum(ms for ms in stages if ms is not None)
+
+
+@dataclass
 class Match:
     stamp_ns: int
     frame_id: str
@@ -111,7 +137,7 @@ class Match:
     model: str
     candidates: list[Candidate]
     confidence: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
+    latency_ms: StageLatency = field(default_factory=StageLatency)
     covariance_xy: list[list[float]] | None = None  # 2x2, metres^2, see Localizer.pose_covariance
     pose_prior: PosePrior | None = None  # set when the match is confident enough to act on
     rerank: str | None = None  # the re-ranker that ordered the candidates
@@ -245,29 +271,27 @@ class Localizer:
         rgb: np.ndarray,
         stamp_ns: int = 0,
         frame_id: str = "",
-        latency_ms: dict | None = None,
+        latency: StageLatency | None = None,
         travelled_m: float | None = None,
         frames: float = 1.0,
     ) -> Match:
         """
         One camera frame (RGB uint8).
 
+        ``latency``: the caller's stages so far (the node's queue and decode), completed here.
         ``travelled_m``: odometry distance since the previous frame (or None); ``frames``: camera
         frames since the previous call (more than 1 when frames were dropped).
         """
-        latency = dict(latency_ms or {})
+        latency = latency or StageLatency()
         t0 = time.perf_counter()
         query_local = None
         if self.reranker is not None:
             descriptor, query_local = self.reranker.extract_query(rgb, self.extractor)
         else:
             descriptor = self.extractor.extract([rgb])[0]
-        latency["descriptor"] = (time.perf_counter() - t0) * 1e3
-        match = self.match(descriptor, query_local, stamp_ns, frame_id, travelled_m, frames)
-        latency.update(match.latency_ms)
-        latency["total"] = sum(latency.values())
-        match.latency_ms = latency
-        return match
+        latency.descriptor = (time.perf_counter() - t0) * 1e3
+        return self.match(descriptor, query_local, stamp_ns, frame_id, travelled_m, frames,
+                          latency)
 
     def match(
         self,
@@ -277,24 +301,25 @@ class Localizer:
         frame_id: str = "",
         travelled_m: float | None = None,
         frames: float = 1.0,
+        latency: StageLatency | None = None,
     ) -> Match:
         """Run the pipeline after the descriptor: search, re-rank, filter, confidence, prior."""
         cfg = self.config
-        latency = {}
+        latency = latency or StageLatency()
         t0 = time.perf_counter()
         ranked = self._search(descriptor)
         # confidence, covariance and on-map evidence judge what the descriptor alone says
         retrieval = ranked
         t1 = time.perf_counter()
-        latency["search"] = (t1 - t0) * 1e3
+        latency.search = (t1 - t0) * 1e3
         if self.reranker is not None and query_local is not None:
             ranked = self._rerank(query_local, ranked)
-            latency["rerank"] = (time.perf_counter() - t1) * 1e3
+            latency.rerank = (time.perf_counter() - t1) * 1e3
         filtered, temporal = None, None
         if self.hmm is not None:
             t2 = time.perf_counter()
             ranked, filtered = self._follow(ranked, descriptor, travelled_m, frames)
-            latency["temporal"] = (time.perf_counter() - t2) * 1e3
+            latency.temporal = (time.perf_counter() - t2) * 1e3
             temporal = TemporalState("hmm", bool(filtered.reset), bool(filtered.applied),
                                      round(float(filtered.evidence), 3),
                                      round(float(filtered.agreement), 4),
@@ -327,6 +352,7 @@ class Localizer:
         actionable = (len(ranked.ids) > 0 and confidence >= cfg.min_confidence and seen
                       and (applied is None or applied.settled))
         candidates = [self._candidate(ranked, j) for j in range(min(cfg.top_k, len(ranked.ids)))]
+        latency.close()
         return Match(
             stamp_ns=stamp_ns,
             frame_id=frame_id,

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 from vpr_ros.stamps import ns_to_stamp_dict
 
 if TYPE_CHECKING:
-    from vpr_ros.localizer import Candidate, Match, TemporalState
+    from vpr_ros.localizer import Candidate, Match, StageLatency, TemporalState
 
 NAN = float("nan")
-# msg/TemporalState.msg (vpr_ros.localizer.TemporalState) and msg/StageLatency.msg, in their order
+# msg/TemporalState.msg and msg/StageLatency.msg (vpr_ros.localizer's dataclasses), in their order
 TEMPORAL_FIELDS = ("filter", "reset", "applied", "evidence", "agreement", "support")
 LATENCY_STAGES = (
     "age_at_receipt", "take", "queue", "decode", "descriptor", "search", "rerank", "temporal",
@@ -83,13 +83,8 @@ def _temporal(state: TemporalState | None) -> dict:
             **{k: _number(getattr(state, k)) for k in TEMPORAL_FIELDS[3:]}}
 
 
-def _latency(latency_ms: dict[str, float]) -> dict:
-    if unknown := set(latency_ms) - set(LATENCY_STAGES):
-        raise ValueError(
-            f"latency stages {sorted(unknown)} have no field in msg/StageLatency.msg: add them"
-            " there"
-        )
-    return {stage: _number(latency_ms.get(stage)) for stage in LATENCY_STAGES}
+def _latency(latency: StageLatency) -> dict:
+    return {stage: _number(getattr(latency, stage)) for stage in LATENCY_STAGES}
 
 
 def _number(value: float | None) -> float:

@@ -37,7 +37,7 @@ from vpr_ros import parameters
 from vpr_ros.errors import ConfigError, ImageDecodeError, VprError
 from vpr_ros.imaging import image_msg_to_rgb
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer, LocalizerConfig, Match
+from vpr_ros.localizer import Localizer, LocalizerConfig, Match, StageLatency
 from vpr_ros.logs import quiet_third_party_logs
 from vpr_ros.maps.mapdir import VprMap, load_map
 from vpr_ros.msg import PlaceMatch
@@ -334,14 +334,12 @@ class LocalizerNode(LifecycleNode):
         frames, self._dropped_seen = 1 + dropped - self._dropped_seen, dropped
         # queue: waiting in the slot for the worker; decode: message -> RGB.
         frame_id = msg.header.frame_id or self.params["camera_frame"]
-        match = localizer.localize(rgb, stamp_ns, frame_id,
-                                   {"queue": (t0 - received) * 1e3, "decode": (t1 - t0) * 1e3},
+        # age_at_receipt: how old the image was when it arrived (camera + transport delay); it and
+        # take are outside the node's total.
+        latency = StageLatency(age_at_receipt=(received_ns - stamp_ns) * 1e-6, take=take_ms,
+                               queue=(t0 - received) * 1e3, decode=(t1 - t0) * 1e3)
+        match = localizer.localize(rgb, stamp_ns, frame_id, latency,
                                    travelled_m=self._odom.take(), frames=frames)
-        # How old the image was when it arrived (camera + transport delay); not part of the node's
-        # total.
-        match.latency_ms["age_at_receipt"] = (received_ns - stamp_ns) * 1e-6
-        if take_ms is not None:
-            match.latency_ms["take"] = take_ms
         out, in_map = place_match_msg(match), Header(stamp=msg.header.stamp,
                                                      frame_id=self.params["map_frame"])
         with self._map_lock:  # not while cleanup withdraws the publishers
@@ -353,7 +351,7 @@ class LocalizerNode(LifecycleNode):
                 self.stats.count("pose_priors")
             self.viz.publish_match(match, in_map)
         self.stats.count("processed")
-        self.stats.latency(match.latency_ms["total"])
+        self.stats.latency(match.latency_ms.total)
         self._on_map = match.on_map
         if match.on_map is not None and match.on_map < OFF_MAP:
             self.stats.count("off_map")
