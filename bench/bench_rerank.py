@@ -58,7 +58,7 @@ from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer, Ranked
+from vpr_ros.localizer import HmmStage, Ranked
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.maps.sources import BagSource
 
@@ -185,7 +185,7 @@ def confidence_frames(
     Per-frame confidence features and rightness, as ``Localizer.match`` computes them.
 
     Re-ranking of the global top ``top_k``, then (row "hmm") the place filter with its
-    defaults and no odometry, fed ``Localizer._observed``. ``descriptors``: (map, query) global
+    defaults and no odometry, fed ``HmmStage.observed``. ``descriptors``: (map, query) global
     descriptors computed before. -> {"plain"|"hmm": [(features, right) per frame]}.
     """
     if isinstance(positives, dict):  # one ground truth per data set here
@@ -212,7 +212,7 @@ def confidence_frames(
         rerank_all = np.concatenate([head_scores, np.full(k - top_k, np.nan)])[order]
         ids_rr, scores_rr = ids[order], scores[order]
         by_id = dict(zip(ids_rr.tolist(), rerank_all.tolist()))
-        r = hmm.push(ids_rr, Localizer._observed(Ranked(ids_rr, scores_rr, rerank_all)), None, k=5)
+        r = hmm.push(ids_rr, HmmStage.observed(Ranked(ids_rr, scores_rr, rerank_all)), None, k=5)
         applied = r if r.applied else None
         for row, best in (("plain", int(ids_rr[0])), ("hmm", int(r.place_ids[0]))):
             features = frame_features(

@@ -10,7 +10,7 @@ from rosutil import build_test_map, perturb, place_images
 from vpr_ros.search.faiss_index import IndexConfig
 from vpr_ros.temporal.seqslam import SequenceConfig
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import Localizer, LocalizerConfig, Ranked
+from vpr_ros.localizer import HmmStage, Localizer, LocalizerConfig, Ranked
 from vpr_ros.place_match import place_match_json
 from vpr_ros.maps.mapdir import load_map, write_map
 from vpr_ros.maps.places import Place
@@ -96,12 +96,12 @@ def test_sequence_filter_ranks_by_path_scores(vpr_map, extractor, images):
 
 def test_temporal_filter_observes_the_rerankers_evidence_when_there_is_some():
     ids, scores = np.arange(3), np.array([0.9, 0.8, 0.7], np.float32)
-    assert Localizer._observed(Ranked(ids, scores)) is scores
+    assert HmmStage.observed(Ranked(ids, scores)) is scores
     # nothing verified (e.g. images too small for local features): the filter sees retrieval as it
     # was
     np.testing.assert_array_equal(
-        Localizer._observed(Ranked(ids, scores, np.array([0.0, 0.0, np.nan]))), scores
+        HmmStage.observed(Ranked(ids, scores, np.array([0.0, 0.0, np.nan]))), scores
     )
     np.testing.assert_array_equal(
-        Localizer._observed(Ranked(ids, scores, np.array([0.0, np.nan, 40.0]))), [0.0, 0.0, 40.0]
+        HmmStage.observed(Ranked(ids, scores, np.array([0.0, np.nan, 40.0]))), [0.0, 0.0, 40.0]
     )

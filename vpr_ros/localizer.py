@@ -195,6 +195,79 @@ class LocalizerConfig:
         return cls(**flat, sequence=SequenceConfig(**sequence))
 
 
+class HmmStage:
+    """
+    temporal: hmm. The place filter follows the robot along the map's route.
+
+    It looks at the (re-ranked) candidates of the map's search; ``search`` leaves that to faiss.
+    """
+
+    def __init__(self, vpr_map: VprMap, xy: np.ndarray | None, config: LocalizerConfig):
+        self.map = vpr_map
+        self.filter = TemporalFilter(Route.of_map(xy, len(vpr_map)), config.hmm)
+        self.candidates, self.top_k = config.hmm.candidates, max(config.top_k, 2)
+
+    def reset(self) -> None:
+        self.filter.reset()
+
+    def search(self, descriptor: np.ndarray, k: int) -> Ranked | None:
+        return None
+
+    def follow(self, ranked: Ranked, descriptor: np.ndarray, travelled_m: float | None,
+               frames: float) -> tuple[Ranked, TemporalState, TemporalResult]:
+        """Push the candidates through the filter; its answer with every score aligned."""
+        r = self.filter.push(ranked.ids, self.observed(ranked), travelled_m, k=self.top_k,
+                             frames=frames)
+        position = {int(i): j for j, i in enumerate(ranked.ids)}
+        rows = np.array([position.get(int(i), -1) for i in r.place_ids], dtype=np.int64)
+        seen = rows >= 0
+        scores = np.where(seen, ranked.scores[rows], 0.0).astype(np.float32)
+        # places the track predicts but the search did not return get their search-space cosine
+        if not seen.all():
+            scores[~seen] = self.map.index.similarity(descriptor, r.place_ids[~seen])
+        rerank = (None if ranked.rerank is None
+                  else np.where(seen, ranked.rerank[rows], np.nan))
+        state = TemporalState("hmm", bool(r.reset), bool(r.applied), round(float(r.evidence), 3),
+                              round(float(r.agreement), 4), round(float(r.support), 4))
+        return Ranked(r.place_ids, scores, rerank, r.scores), state, r
+
+    @staticmethod
+    def observed(ranked: Ranked) -> np.ndarray:
+        """
+        Return what the filter observes.
+
+        The re-ranker's scores when it found evidence in this frame (they separate true from false
+        places far better than global scores), else the global scores, so a frame where nothing
+        verified (e.g. images too small for local features) does not leave the filter blind.
+        """
+        if ranked.rerank is None:
+            return ranked.scores
+        evidence = np.nan_to_num(np.asarray(ranked.rerank, dtype=np.float64), nan=0.0)
+        return evidence if evidence.max() > 0 else ranked.scores
+
+
+class SeqslamStage:
+    """temporal: seqslam. Straight paths over every map place; their ranking is the search's."""
+
+    candidates = 0
+
+    def __init__(self, vpr_map: VprMap, config: SequenceConfig):
+        self.map = vpr_map
+        self.matcher = SequenceMatcher(len(vpr_map), config)
+
+    def reset(self) -> None:
+        self.matcher.reset()
+
+    def search(self, descriptor: np.ndarray, k: int) -> Ranked:
+        similarity = np.asarray(self.map.descriptors) @ descriptor
+        ids, path_scores = self.matcher.push(similarity, k)
+        return Ranked(ids, similarity[ids], temporal=path_scores)
+
+    def follow(self, ranked: Ranked, descriptor: np.ndarray, travelled_m: float | None,
+               frames: float) -> tuple[Ranked, TemporalState, None]:
+        return ranked, TemporalState("seqslam"), None
+
+
 class Localizer:
     """
     Localizes images against a map, one frame after another (the temporal filter keeps state).
@@ -231,13 +304,11 @@ class Localizer:
         xy = self._positions[:, :2]
         self._xy = None if np.isnan(xy).all() else xy
         self.reranker, self.local_store = self._open_reranker()
-        self.hmm = (
-            TemporalFilter(Route.of_map(self._xy, len(vpr_map)), config.hmm)
-            if config.temporal == "hmm"
-            else None
+        self.temporal = (
+            HmmStage(vpr_map, self._xy, config) if config.temporal == "hmm"
+            else SeqslamStage(vpr_map, config.sequence)
+            if config.temporal == "seqslam" and config.sequence.length > 1 else None
         )
-        self.sequence = (SequenceMatcher(len(vpr_map), config.sequence)
-                         if config.temporal == "seqslam" and config.sequence.length > 1 else None)
         self.confidence_models = confidence_models or {}
         self.null = vpr_map.null_similarity
         self.on_map = None if self.null is None else OnMapFilter(
@@ -246,7 +317,7 @@ class Localizer:
 
     def reset(self) -> None:
         """Forget what earlier frames said (a new run of queries, a time gap)."""
-        for state in (self.hmm, self.sequence, self.on_map):
+        for state in (self.temporal, self.on_map):
             if state is not None:
                 state.reset()
 
@@ -316,16 +387,12 @@ class Localizer:
             ranked = self._rerank(query_local, ranked)
             latency.rerank = (time.perf_counter() - t1) * 1e3
         filtered, temporal = None, None
-        if self.hmm is not None:
+        if self.temporal is not None:
             t2 = time.perf_counter()
-            ranked, filtered = self._follow(ranked, descriptor, travelled_m, frames)
-            latency.temporal = (time.perf_counter() - t2) * 1e3
-            temporal = TemporalState("hmm", bool(filtered.reset), bool(filtered.applied),
-                                     round(float(filtered.evidence), 3),
-                                     round(float(filtered.agreement), 4),
-                                     round(float(filtered.support), 4))
-        elif self.sequence is not None:
-            temporal = TemporalState("seqslam")
+            ranked, temporal, filtered = self.temporal.follow(ranked, descriptor, travelled_m,
+                                                              frames)
+            if filtered is not None:  # SeqSLAM's time is the search's
+                latency.temporal = (time.perf_counter() - t2) * 1e3
         # The filter's support counts only where its ranking is the answer: on frames it leaves
         # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
         applied = filtered if filtered is not None and filtered.applied else None
@@ -374,36 +441,18 @@ class Localizer:
 
     def _search(self, descriptor: np.ndarray) -> Ranked:
         """
-        Return the map's best places: faiss, or SeqSLAM's paths over every place.
+        Return the map's best places: faiss, or a temporal stage's own search (SeqSLAM).
 
         As many as the later stages look at (top_k, the re-ranker's and the filter's candidates).
         """
         cfg = self.config
         k = max(cfg.top_k, 2, cfg.rerank_top_k if self.reranker else 0,
-                cfg.hmm.candidates if self.hmm else 0)
-        if self.sequence is not None:
-            similarity = np.asarray(self.map.descriptors) @ descriptor
-            ids, path_scores = self.sequence.push(similarity, k)
-            return Ranked(ids, similarity[ids], temporal=path_scores)
+                self.temporal.candidates if self.temporal else 0)
+        if self.temporal is not None and (own := self.temporal.search(descriptor, k)) is not None:
+            return own
         scores, ids = self.map.index.search(descriptor[None], k)
         keep = ids[0] >= 0
         return Ranked(ids[0][keep], scores[0][keep])
-
-    def _follow(self, ranked: Ranked, descriptor: np.ndarray, travelled_m: float | None,
-                frames: float) -> tuple[Ranked, TemporalResult]:
-        """Push the candidates through the place filter; its answer with every score aligned."""
-        r = self.hmm.push(ranked.ids, self._observed(ranked), travelled_m,
-                          k=max(self.config.top_k, 2), frames=frames)
-        position = {int(i): j for j, i in enumerate(ranked.ids)}
-        rows = np.array([position.get(int(i), -1) for i in r.place_ids], dtype=np.int64)
-        seen = rows >= 0
-        scores = np.where(seen, ranked.scores[rows], 0.0).astype(np.float32)
-        # places the track predicts but the search did not return get their search-space cosine
-        if not seen.all():
-            scores[~seen] = self.map.index.similarity(descriptor, r.place_ids[~seen])
-        rerank = (None if ranked.rerank is None
-                  else np.where(seen, ranked.rerank[rows], np.nan))
-        return Ranked(r.place_ids, scores, rerank, r.scores), r
 
     def _on_map(self, retrieval_scores: np.ndarray, filtered: TemporalResult | None,
                 frames: float, track_missed: bool) -> float | None:
@@ -432,22 +481,9 @@ class Localizer:
         A track answers through frames where the retrieval misses; those answers are not acted on,
         since after a jump or off the map they are the old track's continuation.
         """
-        offsets = self.hmm.route.offset(int(best), np.asarray(retrieval_ids, dtype=np.int64))
+        offsets = self.temporal.filter.route.offset(int(best),
+                                                    np.asarray(retrieval_ids, dtype=np.int64))
         return bool(np.any(np.abs(offsets) <= 1.0))
-
-    @staticmethod
-    def _observed(ranked: Ranked) -> np.ndarray:
-        """
-        Return what the temporal filter observes.
-
-        The re-ranker's scores when it found evidence in this frame (they separate true from false
-        places far better than global scores), else the global scores, so a frame where nothing
-        verified (e.g. images too small for local features) does not leave the filter blind.
-        """
-        if ranked.rerank is None:
-            return ranked.scores
-        evidence = np.nan_to_num(np.asarray(ranked.rerank, dtype=np.float64), nan=0.0)
-        return evidence if evidence.max() > 0 else ranked.scores
 
     def _rerank(self, query: LocalFeatures, ranked: Ranked) -> Ranked:
         """
