@@ -25,12 +25,10 @@ minutes=M`.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 TRAIN_PLACES = 2500
 TINY = "64x4"
