@@ -437,7 +437,7 @@ class TemporalFilter:
         """
         if reset:
             self._path.clear()
-        mass = np.bincount(self._speed_idx, weights=self._weights, minlength=len(self._speeds))
+        mass = self._speed_mass()
         speed = float(np.abs(self._speeds) @ mass / max(mass.sum(), 1e-300))
         self._path.append((best, abs(odometry) if odometry is not None else speed * frames))
         if len(self._path) < self._path.maxlen:
@@ -467,8 +467,12 @@ class TemporalFilter:
         """Speeds holding at least 1 % of the belief (all of the grid before the first frame)."""
         if len(self._weights) == 0:
             return self._speeds
-        mass = np.bincount(self._speed_idx, weights=self._weights, minlength=len(self._speeds))
+        mass = self._speed_mass()
         return self._speeds[mass >= 0.01 * mass.sum()]
+
+    def _speed_mass(self) -> np.ndarray:
+        """Belief per speed of the grid (summed over places)."""
+        return np.bincount(self._speed_idx, weights=self._weights, minlength=len(self._speeds))
 
     def _jumped(
         self, best: int, odometry: float | None, frames: float, speeds: np.ndarray
@@ -547,7 +551,7 @@ class TemporalFilter:
         n = len(self._speeds)
         speed = np.full(n, 1.0 / n)
         if keep_speed and len(self._weights):
-            speed = np.bincount(self._speed_idx, weights=self._weights, minlength=n)
+            speed = self._speed_mass()
             speed = (1 - self.config.jump_speed_floor) * speed / speed.sum() + (
                 self.config.jump_speed_floor / n)
         unique = np.unique(ids)
