@@ -336,7 +336,8 @@ class TemporalFilter:
         apart = abs(self.route.offset(self._best, self._challenger._best)) > 3.0
         if apart and sum(self._challenger._recent) - sum(self._recent) > self.config.switch_nats:
             self._adopt(self._challenger)
-            fresh.reset = True
+            # the fresh track's answer, with this track's trust: earned only from the handover on
+            fresh.reset, fresh.settled = True, self._earned > self.config.trust_evidence
             return fresh
         return result
 
