@@ -21,9 +21,7 @@ Data (../shared/data beside the repository; the demo route is rendered here):
 - demo route: map bag keyframes every 2 m, every query frame, 10 m;
 - tokyo_pair: inliers of the true day/night pair and of wrong pairs (the pair's
   query against the Gardens Point images and the database image against them).
-- confidence (only with --only confidence): refits the confidence models with the re-ranking
-  feature (vpr_ros/confidence.py DEFAULT_MODELS) on the demo route in world seed 1 pooled with
-  Nordland and checks them on the demo route (seed 0) and Gardens Point.
+(The confidence model with the re-ranking feature is fitted by bench_rerank_confidence.py.)
 
 Timing on 640x480 demo frames, map-side features precomputed: per frame
 ``query_features`` + ``rerank`` of the top 10 stored candidates against
@@ -33,7 +31,6 @@ Timing on 640x480 demo frames, map-side features precomputed: per frame
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import tempfile
 import time
@@ -44,30 +41,16 @@ import torch
 from common import IMAGE_TOPIC, POSE_TOPIC, SHARED_DATA, print_machine, timed
 from tqdm import tqdm
 
-from vpr_ros.confidence import (
-    DEFAULT_MIN_CONFIDENCE,
-    FEATURES_TEMPORAL_RERANK,
-    default_model,
-    fit_confidence,
-    frame_features,
-)
 from vpr_harness.demo.route import write_demo_bags
-from vpr_ros.evaluation.precision import at_min_confidence, precision_recall
 from vpr_ros.evaluation.recall import positives_by_distance, rank_database, recall_at_n
-from vpr_ros.temporal.hmm import Route, TemporalConfig, TemporalFilter
 from vpr_ros.imaging import image_files, read_rgb
 from vpr_ros.rerank.xfeat import XFeatReranker
 from vpr_ros.inference.factory import create_extractor
-from vpr_ros.localizer import HmmStage, Ranked
 from vpr_ros.maps.local_features import LocalFeatureStore, LocalFeatureWriter
 from vpr_ros.maps.sources import BagSource
 
 DEMO_THRESHOLD_M = 10.0
 DEMO_KEYFRAME_M = 2.0  # build-map's default --min-distance
-# bench/bench_temporal.py's cache of the baseline descriptors of all of Nordland (same model)
-NORDLAND_DESCRIPTORS = (
-    Path.home() / ".cache" / "vpr_ros" / "bench_temporal" / "nordland_baseline.npz"
-)
 
 
 def describe_all(extractor, images: list[np.ndarray], batch: int = 32) -> np.ndarray:
@@ -143,9 +126,9 @@ def nordland(every: int):
     return map_images, [read_rgb(winter[i]) for i in picked], {"tol 1": positives}
 
 
-def demo_route(workdir: Path, frames: int, seed: int = 0):
-    """(map images, query images, positives, map xy) of the demo route in world ``seed``."""
-    map_bag, query_bag = write_demo_bags(workdir / f"bags_seed{seed}", frames=frames, seed=seed)
+def demo_route(workdir: Path, frames: int):
+    """(map images, query images, positives) of the demo route."""
+    map_bag, query_bag = write_demo_bags(workdir / "bags", frames=frames)
     map_frames = list(
         BagSource([map_bag], IMAGE_TOPIC, POSE_TOPIC, min_distance_m=DEMO_KEYFRAME_M)
     )
@@ -158,7 +141,6 @@ def demo_route(workdir: Path, frames: int, seed: int = 0):
         [f.image for f in map_frames],
         [f.image for f in query_frames],
         {f"{DEMO_THRESHOLD_M:g} m": positives},
-        map_xy - origin,
     )
 
 
@@ -175,113 +157,6 @@ def tokyo(reranker: XFeatReranker) -> None:
         f"mean {np.mean(wrong):.1f} (verified at >= {reranker.conf['min_inliers']})",
         flush=True,
     )
-
-
-def confidence_frames(
-    extractor, reranker: XFeatReranker, map_images, query_images, positives, map_xy, top_k: int,
-    workdir: Path, name: str, descriptors: tuple[np.ndarray, np.ndarray] | None = None,
-) -> dict[str, list[tuple[dict[str, float], bool]]]:
-    """
-    Per-frame confidence features and rightness, as ``Localizer.match`` computes them.
-
-    Re-ranking of the global top ``top_k``, then (row "hmm") the place filter with its
-    defaults and no odometry, fed ``HmmStage.observed``. ``descriptors``: (map, query) global
-    descriptors computed before. -> {"plain"|"hmm": [(features, right) per frame]}.
-    """
-    if isinstance(positives, dict):  # one ground truth per data set here
-        (positives,) = positives.values()
-    config = TemporalConfig()
-    k = max(top_k, config.candidates, 2)
-    map_descriptors, query_descriptors = descriptors or (
-        describe_all(extractor, map_images), describe_all(extractor, query_images)
-    )
-    ranked = rank_database(query_descriptors, map_descriptors, k)
-    global_scores = np.einsum("qd,qkd->qk", query_descriptors, map_descriptors[ranked])
-    needed = np.unique(ranked[:, :top_k])
-    store = packed_store(reranker, [map_images[i] for i in needed], workdir, name)
-    slot = {int(place): i for i, place in enumerate(needed)}
-    hmm = TemporalFilter(Route.of_map(map_xy, len(map_images)), config)
-    rows: dict[str, list] = {"plain": [], "hmm": []}
-    for q, image in enumerate(tqdm(query_images, desc=f"confidence ({name})", unit="query")):
-        ids, scores = ranked[q], global_scores[q].astype(np.float32)
-        order, head_scores = reranker.rerank(
-            reranker.query_features(image), [store[slot[int(p)]] for p in ids[:top_k]],
-            scores[:top_k],
-        )
-        order = np.concatenate([order, np.arange(top_k, k)])
-        rerank_all = np.concatenate([head_scores, np.full(k - top_k, np.nan)])[order]
-        ids_rr, scores_rr = ids[order], scores[order]
-        by_id = dict(zip(ids_rr.tolist(), rerank_all.tolist()))
-        r = hmm.push(ids_rr, HmmStage.observed(Ranked(ids_rr, scores_rr, rerank_all)), None, k=5)
-        applied = r if r.applied else None
-        for row, best in (("plain", int(ids_rr[0])), ("hmm", int(r.place_ids[0]))):
-            features = frame_features(
-                scores, ids, map_xy, applied if row == "hmm" else None,
-                by_id.get(best, np.nan),
-            )
-            rows[row].append((features, best in positives[q]))
-    # "hmm" frames where the filter did not answer have no "support": the plain+rerank model
-    # judges them, as in the Localizer
-    return rows
-
-
-def confidence(extractor, reranker: XFeatReranker, top_k: int, frames: int, workdir: Path):
-    """
-    Fit the +rerank confidence model; check it on the demo route (seed 0) and Gardens Point.
-
-    Fitted on the demo route in another world (seed 1) and on Nordland, where XFeat gets no
-    features (64x32) and the feature is 0 on every frame, as in the node: the demo alone has
-    too few wrong answers once re-ranked to learn what an unverified frame is worth.
-    """
-    fit = confidence_frames(
-        extractor, reranker, *demo_route(workdir, frames, seed=1), top_k, workdir, "demo seed 1"
-    )
-    summer, winter, nordland_positives = nordland(1)
-    cache = NORDLAND_DESCRIPTORS if NORDLAND_DESCRIPTORS.is_file() else None
-    with np.load(cache) if cache else contextlib.nullcontext() as cached:
-        nordland_fit = confidence_frames(
-            extractor, reranker, summer, winter, nordland_positives, None, top_k, workdir,
-            "nordland", None if cached is None else (cached["map"], cached["query"]),
-        )
-    pooled = [f for rows in (fit, nordland_fit) for row in rows.values() for f in row]
-    models = {}
-    for features in (FEATURES_TEMPORAL_RERANK,):
-        chosen = [(f, right) for f, right in pooled if tuple(f) == features]
-        models[features] = fit_confidence(
-            {n: np.array([f[n] for f, _ in chosen]) for n in features},
-            np.array([right for _, right in chosen]), features,
-        )
-        m = models[features]
-        print(
-            f"confidence model {features} fitted on demo seed 1 + nordland ({len(chosen)} frames):"
-            f" weights "
-            f"{tuple(round(w, 4) for w in m.weights)} bias {m.bias:.4f}", flush=True,
-        )
-    night, day, gardens_positives = gardens_point()
-    checks = {
-        "demo seed 0 (10 m)": demo_route(workdir, frames, seed=0),
-        "gardens (exact)": (night, day, gardens_positives["exact"], None),
-    }
-    print(
-        f"\n| data | row | frames | model | precision @ {DEFAULT_MIN_CONFIDENCE} |"
-        " prior fraction | AUC-PR |\n|---|---|---|---|---|---|---|"
-    )
-    for name, (map_images, query_images, positives, map_xy) in checks.items():
-        out = confidence_frames(
-            extractor, reranker, map_images, query_images, positives, map_xy, top_k, workdir, name
-        )
-        for row, frames_ in out.items():
-            right = np.array([r for _, r in frames_])
-            for label, fitted in (("fitted now", models), ("default", {})):
-                conf = np.array([
-                    fitted.get(tuple(f), default_model(f))(**f) for f, _ in frames_
-                ])
-                point = at_min_confidence(conf, right, DEFAULT_MIN_CONFIDENCE)
-                print(
-                    f"| {name} | {row} | {len(right)} | {label} | {point.precision:.3f} |"
-                    f" {point.accepted_fraction:.3f} | {precision_recall(conf, right).auc:.3f} |",
-                    flush=True,
-                )
 
 
 def timing(
@@ -355,10 +230,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=["gardens", "nordland", "demo", "tokyo", "timing", "confidence"],
+        choices=["gardens", "nordland", "demo", "tokyo", "timing"],
         action="append",
-        help="run only these parts (repeatable; default: all but confidence, which refits the"
-        " confidence models with the rerank feature)",
+        help="run only these parts (repeatable; default: all)",
     )
     for key, value in XFeatReranker.default_conf.items():
         parser.add_argument(
@@ -389,8 +263,6 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_rerank_") as tmp:
         workdir = Path(tmp)
-        if "confidence" in parts:
-            confidence(extractor, reranker, a.top_k, a.demo_frames, workdir)
         if "tokyo" in parts:
             tokyo(reranker)
         if "gardens" in parts:
@@ -407,7 +279,7 @@ def main() -> None:
                 workdir,
             )
         if "demo" in parts or "timing" in parts:
-            map_images, query_images, positives, _ = demo_route(workdir, a.demo_frames)
+            map_images, query_images, positives = demo_route(workdir, a.demo_frames)
             if "demo" in parts:
                 rows += evaluate(
                     "demo route",

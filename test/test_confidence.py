@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from vpr_ros.confidence import (
+    DEFAULT_MIN_CONFIDENCE,
     DEFAULT_MODELS,
     FEATURES_PLAIN,
     FEATURES_TEMPORAL,
@@ -56,7 +57,7 @@ def test_model_call_matches_batch_and_names_missing_features():
         ConfidenceModel(("margin",), (1.0, 2.0), 0.0)
 
 
-def test_rerank_feature_is_log1p_of_the_best_places_score_with_the_filters_answer_only():
+def test_rerank_feature_counts_the_best_places_inliers_in_hundreds_with_the_filters_answer_only():
     scores, ids = np.array([0.9, 0.8, 0.5]), np.array([4, 20, 40])
 
     class Track:
@@ -68,7 +69,7 @@ def test_rerank_feature_is_log1p_of_the_best_places_score_with_the_filters_answe
     assert default_model(alone) is DEFAULT_MODELS[FEATURES_PLAIN]
     verified = frame_features(scores, ids, None, Track(), rerank_score=60.0)
     assert tuple(verified) == FEATURES_TEMPORAL_RERANK
-    assert verified["rerank"] == pytest.approx(np.log1p(60.0))
+    assert verified["rerank"] == pytest.approx(0.6)
     assert default_model(verified) is DEFAULT_MODELS[FEATURES_TEMPORAL_RERANK]
     # not among the re-ranked candidates (NaN) or unverified: 0
     for score in (float("nan"), 0.0):
@@ -78,11 +79,11 @@ def test_rerank_feature_is_log1p_of_the_best_places_score_with_the_filters_answe
         default_model({"margin": 0.1, "rerank": 1.0})
 
 
-def test_rerank_model_trusts_verified_answers_more():
+def test_rerank_model_trusts_verified_answers_more_and_look_alikes_not_enough_to_act():
     model = DEFAULT_MODELS[FEATURES_TEMPORAL_RERANK]
-    values = [model(margin=0.0, support=0.2, rerank=np.log1p(n)) for n in (0, 15, 60, 200)]
+    values = [model(margin=0.0, support=0.2, rerank=n / 100) for n in (0, 15, 60, 200)]
     assert values == sorted(values) and values[-1] > values[0] + 0.2
-    # unverified: about what the model without the feature says
-    assert model(margin=0.1, support=0.6, rerank=0.0) == pytest.approx(
-        DEFAULT_MODELS[FEATURES_TEMPORAL](margin=0.1, support=0.6), abs=0.1
-    )
+    # On the fitting world's filtered frames, right answers verify with 160+ inliers (10th
+    # percentile) and look-alikes off the map with 40-90: only the first are acted on.
+    assert model(margin=0.05, support=0.6, rerank=1.6) >= DEFAULT_MIN_CONFIDENCE
+    assert model(margin=0.05, support=0.6, rerank=0.6) < DEFAULT_MIN_CONFIDENCE

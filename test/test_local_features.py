@@ -17,6 +17,7 @@ from vpr_ros.maps.local_features import (
     LOCAL_DIR,
     LocalFeatureStore,
     LocalFeatureWriter,
+    copy_first_places,
     stored_reranker,
 )
 
@@ -39,6 +40,22 @@ def write(map_dir, places: list[LocalFeatures], description=DESCRIPTION) -> dict
 def places() -> list[LocalFeatures]:
     rng = np.random.default_rng(0)
     return [LocalFeatures(unit_rows(rng, n)) for n in (5, 0, 12, 1)]
+
+
+def test_a_map_of_the_first_places_keeps_their_local_features(tmp_path, places) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "first").mkdir()
+    write(tmp_path / "full", places)
+    files = copy_first_places(tmp_path / "full", 3, tmp_path / "first")
+    store = LocalFeatureStore.open(tmp_path / "first", DESCRIPTION, place_count=3)
+    for i in range(3):
+        np.testing.assert_array_equal(store[i].descriptors,
+                                      places[i].descriptors.astype(np.float16))
+    assert set(files) == {f"{LOCAL_DIR}/{n}" for n in ("descriptors.bin", "offsets.npy",
+                                                        "meta.json")}
+    # a map without local features gives a map of its first places without them
+    (tmp_path / "plain").mkdir()
+    assert copy_first_places(tmp_path / "plain", 2, tmp_path / "first") == {}
 
 
 def test_round_trip_float_rows_are_fp16_without_padding(tmp_path, places) -> None:

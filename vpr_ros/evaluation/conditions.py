@@ -22,7 +22,9 @@ import numpy as np
 
 from vpr_ros.evaluation.calibration import expected_calibration_error, plot_reliability
 from vpr_ros.localizer import Localizer
-from vpr_ros.maps.mapdir import VprMap, load_map, write_map
+from vpr_ros.fileio import atomic_directory
+from vpr_ros.maps.local_features import copy_first_places
+from vpr_ros.maps.mapdir import VprMap, load_map, write_map_into
 from vpr_ros.search.faiss_index import IndexConfig
 
 CHUNKS = (10, 25)
@@ -134,17 +136,24 @@ def score(condition: Condition, frames: Frames) -> ConditionRow:
 
 
 def prefix_map(vpr_map: VprMap, places: int, work: Path) -> VprMap:
-    """Write the map's first ``places`` places as a map of their own (exact search, same model)."""
-    table = [vpr_map.places[i] for i in range(places)]
-    path = write_map(
-        work / f"first_{places}",
-        np.asarray(vpr_map.descriptors[:places]),
-        table,
-        vpr_map.model,
-        IndexConfig("flat", pca_dim=None),
-        [{"source": f"the first {places} places of map {vpr_map.map_id}"}],
-    )
-    return load_map(path)
+    """
+    Write the map's first ``places`` places as a map of their own (exact search, same model).
+
+    With their local features where the map holds some: the re-ranker runs off the map too.
+    """
+    target = work / f"first_{places}"
+    with atomic_directory(target) as tmp:
+        write_map_into(
+            tmp,
+            target,
+            np.asarray(vpr_map.descriptors[:places]),
+            [vpr_map.places[i] for i in range(places)],
+            vpr_map.model,
+            IndexConfig("flat", pca_dim=None),
+            [{"source": f"the first {places} places of map {vpr_map.map_id}"}],
+            extra_files=copy_first_places(vpr_map.path, places, tmp),
+        )
+    return load_map(target)
 
 
 def replay(
@@ -219,7 +228,7 @@ def run_conditions(
         )
         frames = replay(
             localizer, c, descriptors, positives, far_positives,
-            local if c.map_places is None else None, travelled_m,
+            local, travelled_m,
         )
         out.append((score(c, frames), frames))
     return out

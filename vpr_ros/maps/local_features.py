@@ -178,6 +178,26 @@ class FeatureSink(Protocol):
         """Take the next place's features."""
 
 
+def copy_first_places(map_dir: str | Path, places: int, into_dir: Path) -> dict[str, str]:
+    """
+    Write the first ``places`` places' local features of the map at ``map_dir`` into ``into_dir``.
+
+    For a map made of a map's first places (``conditions.prefix_map``); {} where the map holds
+    no local features, else the written files for the manifest (``LocalFeatureWriter.close``).
+    """
+    reranker = stored_reranker(map_dir)
+    if reranker is None:
+        return {}
+    meta = LocalFeatureStore._read_meta(Path(map_dir) / LOCAL_DIR, reranker)
+    store = LocalFeatureStore.open(map_dir, meta)
+    description = {k: v for k, v in meta.items()
+                   if k not in ("format", "format_version", "dtype", "places", "rows", "keypoints")}
+    with LocalFeatureWriter(into_dir, description) as writer:
+        for place in range(places):
+            writer.append(store[place])
+    return writer.files
+
+
 def resolve_rerank(rerank: str, map_dir: str | Path | None) -> str | None:
     """
     Name the re-ranker ``rerank`` (none | auto | a name) stands for at ``map_dir``; None for none.
