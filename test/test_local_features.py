@@ -51,8 +51,8 @@ def test_a_map_of_the_first_places_keeps_their_local_features(tmp_path, places) 
     for i in range(3):
         np.testing.assert_array_equal(store[i].descriptors,
                                       places[i].descriptors.astype(np.float16))
-    assert set(files) == {f"{LOCAL_DIR}/{n}" for n in ("descriptors.bin", "offsets.npy",
-                                                        "meta.json")}
+    names = ("descriptors.bin", "offsets.npy", "meta.json")
+    assert set(files) == {f"{LOCAL_DIR}/{n}" for n in names}
     # a map without local features gives a map of its first places without them
     (tmp_path / "plain").mkdir()
     assert copy_first_places(tmp_path / "plain", 2, tmp_path / "first") == {}

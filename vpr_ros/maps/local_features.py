@@ -190,8 +190,9 @@ def copy_first_places(map_dir: str | Path, places: int, into_dir: Path) -> dict[
         return {}
     meta = LocalFeatureStore._read_meta(Path(map_dir) / LOCAL_DIR, reranker)
     store = LocalFeatureStore.open(map_dir, meta)
-    description = {k: v for k, v in meta.items()
-                   if k not in ("format", "format_version", "dtype", "places", "rows", "keypoints")}
+    # the re-ranker's describe(), without what the writer adds
+    written = ("format", "format_version", "dtype", "places", "rows", "keypoints")
+    description = {k: v for k, v in meta.items() if k not in written}
     with LocalFeatureWriter(into_dir, description) as writer:
         for place in range(places):
             writer.append(store[place])
