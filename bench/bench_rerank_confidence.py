@@ -1,6 +1,5 @@
 """
-The re-ranking confidence model: fitted on every replay condition of the demo drive in one world,
-checked on the drive of another.
+The re-ranking confidence model: fitted on one world's demo drive, checked on another's.
 
     .venv/bin/python bench/bench_rerank_confidence.py [--fit-seed 1] [--check-seed 0] [--work DIR]
 
