@@ -119,3 +119,28 @@ def test_fol_on_a_map_without_local_features_is_refused_with_the_rebuild_command
         .confidence
     )
     assert np.isfinite(vpr_map.descriptors).all()
+
+
+def test_a_frame_too_small_for_local_features_is_judged_without_the_inlier_feature(tmp_path):
+    """
+    0 inliers on a frame that holds no local features says nothing about the answer.
+
+    (Nordland's 64x32 frames: the shipped re-ranking model would take them as unverified and give
+    no prior at all; the filter's model judges them.)
+    """
+    import cv2
+
+    from vpr_ros.confidence import FEATURES_TEMPORAL, FEATURES_TEMPORAL_RERANK
+    from vpr_ros.inference.factory import create_extractor
+
+    baseline = create_extractor("baseline", backend="torch")
+    route = place_images(30, seed=5)
+    path = build_map(frames(route), baseline, tmp_path / "map", IndexConfig("flat"),
+                     reranker=create_reranker("xfeat", baseline))
+    localizer = Localizer(load_map(path, baseline.describe()), baseline,
+                          LocalizerConfig(rerank="auto", temporal="hmm"))
+    features = [localizer.localize(perturb(route[i], i)).confidence_features for i in range(20)]
+    assert tuple(features[-1]) == FEATURES_TEMPORAL_RERANK, "the filter answers by now"
+    tiny = cv2.resize(perturb(route[20], 20), (64, 32), interpolation=cv2.INTER_AREA)
+    m = localizer.localize(tiny)
+    assert m.temporal.applied and tuple(m.confidence_features) == FEATURES_TEMPORAL

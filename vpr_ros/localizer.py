@@ -396,11 +396,15 @@ class Localizer:
         # The filter's support counts only where its ranking is the answer: on frames it leaves
         # to the retrieval (motion model not confirmed) the confidence is the retrieval's own.
         applied = filtered if filtered is not None and filtered.applied else None
-        # the re-ranker's score of the answer counts where the default models know its scale
+        # The re-ranker's score of the answer counts where the default models know its scale, and
+        # where the frame could be verified at all: a frame with fewer local features than the
+        # re-ranker's minimum of inliers (Nordland's 64x32 frames have none) is judged without it,
+        # not as an unverified answer.
         best_rerank = (
             ranked.rerank[0]
             if ranked.rerank is not None and len(ranked.ids)
             and self.reranker.name in FITTED_RERANKERS
+            and len(query_local.descriptors) >= self.reranker.conf["min_inliers"]
             else None
         )
         features = frame_features(retrieval.scores, retrieval.ids, self._xy, applied, best_rerank)
