@@ -144,6 +144,14 @@ BENCHMARKS = (
         full_only=True,
     ),
     Benchmark(
+        "rerank_confidence",
+        "bench_rerank_confidence.py",
+        (),
+        "the re-ranking confidence fitted on one world's demo drive, checked on another's",
+        1200,
+        full_only=True,
+    ),
+    Benchmark(
         "reliability",
         "bench_reliability.py",
         (),
