@@ -58,7 +58,7 @@ def test_demo_runs_end_to_end_and_reports(demo):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="not met yet by the pipeline: measured on 8 Dec 2026, on-map Recall@1 0.823 and pose"
+    reason="not met yet by the pipeline: measured on 8 Dec 2026, on-map Recall@1 0.819 and pose"
     " priors on 40.0 % of the on-map frames (all right)",
 )
 def test_on_the_map_recall_and_pose_priors_meet_the_goals(demo):
