@@ -409,9 +409,9 @@ class Localizer:
                                            self._xy)["margin"] > RETRIEVAL_STANDS_OUT:
             # The retrieval did not see the track's answer and its own best place stands out:
             # after a jump it points somewhere distinct, while a track bridging frames the
-            # retrieval fails on rarely meets a distinct retrieval answer (ratio margin over 0.05:
-            # 19 of 21 wrong answers on the jump frames of the demo route's chunks of 10 are gone,
-            # 1 of 324 right answers in order lost). The retrieval answers this frame.
+            # retrieval fails on rarely meets a distinct retrieval answer. The retrieval answers
+            # this frame. (Shuffled chunks of 10, Recall@1: demo route 0.695 -> 0.720, Nordland
+            # 0.542 -> 0.569, above plain; in order the demo route loses one frame of 357.)
             ranked, applied = unfiltered, None
             temporal = replace(temporal, applied=False)
         # The re-ranker's score of the answer counts where the default models know its scale, and
