@@ -8,7 +8,7 @@ import pytest
 from vpr_ros.evaluation.calibration import expected_calibration_error
 from vpr_ros.evaluation.conditions import Condition, conditions, prefix_map, replay, score
 from vpr_ros.evaluation.recall import positives_by_frame
-from vpr_ros.localizer import Localizer, LocalizerConfig
+from vpr_ros.localizer import RETRIEVAL_STANDS_OUT, Localizer, LocalizerConfig
 from vpr_ros.maps.mapdir import load_map, write_map
 from vpr_ros.maps.places import Place
 from vpr_ros.search.faiss_index import IndexConfig
@@ -82,6 +82,16 @@ def test_a_jump_gives_at_most_one_wrong_prior(tmp_path):
     assert frames.prior[:60].mean() > 0.5
     wrong = frames.prior[60:] & ~frames.right[60:]
     assert wrong.sum() <= 1, np.nonzero(wrong)[0]
+
+
+def test_on_the_frame_after_a_jump_a_retrieval_that_stands_out_answers(tmp_path):
+    """The trusted track continues where the robot was; the retrieval, distinct, is right."""
+    places, queries = _route(400, seed=2, noise=0.4)  # distinct places: wide ratio margins
+    localizer = Localizer(_map(tmp_path, places), None, LocalizerConfig())
+    c, frames = _replay(localizer, np.r_[np.arange(40, 100), np.arange(300, 360)], queries, 400)
+    assert c.jumps == [60] and frames.prior[58:60].all(), "a trusted track before the jump"
+    assert frames.confidence_features[60]["margin"] > RETRIEVAL_STANDS_OUT
+    assert frames.plain_right[60] and frames.right[60]
 
 
 @pytest.mark.xfail(strict=True, reason=(
