@@ -382,23 +382,27 @@ class TemporalFilter:
                 "no candidates: the filter needs at least one retrieval candidate per frame"
             )
         log_lik = self.config.sharpness * self._standardise(sims)
+        # each distinct candidate once (faiss may repeat one): its first row, ascending by id
+        _, first = np.unique(ids, return_index=True)
+        distinct, distinct_log_lik = ids[first], log_lik[first]
 
         started = len(self._weights) == 0
         reset, agreement, log_bf = started, 1.0, 0.0
         if not started:
-            jumped = self._jump_prior(ids, keep_speed=True)
+            jumped = self._jump_prior(distinct, keep_speed=True)
             places, speed_idx, weights = self._predict(odometry, frames)
             predicted = float(
-                np.dot(weights, np.exp(self._log_lik_of(places, ids, log_lik))) / weights.sum()
+                np.dot(weights, np.exp(self._log_lik_of(places, distinct, distinct_log_lik)))
+                / weights.sum()
             )
             agreement = self._agreement(predicted, log_lik.max())
-            log_bf = math.log(predicted / self._independent_likelihood(ids, log_lik))
+            log_bf = math.log(predicted / self._independent_likelihood(first, log_lik))
             self._evidence = self.config.evidence_memory * self._evidence + log_bf
             self._earned = self.config.evidence_memory * self._earned + log_bf
             self._surprised = self._surprised + 1 if agreement < self.config.lost_agreement else 0
             reset = self.config.lost_frames > 0 and self._surprised >= self.config.lost_frames
         if reset:  # a lost track keeps its speed belief: a kidnap moves the robot, not its speed
-            places, speed_idx, weights = self._jump_prior(ids, keep_speed=not started)
+            places, speed_idx, weights = self._jump_prior(distinct, keep_speed=not started)
             self._surprised, self._evidence, self._earned = 0, 0.0, 0.0
         else:
             weights = weights * (1 - self.config.jump_prob)
@@ -408,7 +412,8 @@ class TemporalFilter:
                 np.concatenate([weights, jumped[2] * self.config.jump_prob]),
                 len(self._speeds),
             )
-        log_post = np.log(np.maximum(weights, 1e-300)) + self._log_lik_of(places, ids, log_lik)
+        log_post = np.log(np.maximum(weights, 1e-300)) + self._log_lik_of(
+            places, distinct, distinct_log_lik)
         posterior = np.exp(log_post - log_post.max())
         posterior /= posterior.sum()
         self._keep(places, speed_idx, posterior)
@@ -418,8 +423,10 @@ class TemporalFilter:
         window = sum([*self._recent][1 - self.config.challenger_window:]) + log_bf
         doubt = (not reset and rival is not None and window <= self.config.doubt_nats
                  and rival > window + self.config.doubt_nats)
-        result = self._result(ids, k or len(ids), reset, agreement, doubt)
-        best = self._belief_best()
+        by_place = self._place_mass()
+        result = self._result(by_place, ids, np.sort(first), k or len(ids), reset, agreement,
+                              doubt)
+        best = int(by_place[0][by_place[2][0]])
         result.reset = reset or self._jumped(best, odometry, frames, speeds)
         result.log_bayes_factor = 0.0 if reset else log_bf
         result.left_route = 0.0 if started else self._left_route
@@ -515,38 +522,36 @@ class TemporalFilter:
             return 1.0  # candidates all alike: nothing to disagree with
         return (predicted - 1.0) / (math.exp(best) - 1.0)
 
-    def _independent_likelihood(self, ids: np.ndarray, log_lik: np.ndarray) -> float:
+    def _independent_likelihood(self, first: np.ndarray, log_lik: np.ndarray) -> float:
         """
         Compute the expected likelihood of the candidates were the robot at any place alike.
 
         The model of independent frames, under which the retrieval's ranking is the answer;
         places outside the candidates have the floor likelihood 1.
         """
-        _, first = np.unique(ids, return_index=True)
         return float((np.exp(log_lik[first]).sum() + self.size - len(first)) / self.size)
 
     @staticmethod
-    def _log_lik_of(places: np.ndarray, ids: np.ndarray, log_lik: np.ndarray) -> np.ndarray:
+    def _log_lik_of(places: np.ndarray, distinct: np.ndarray, log_lik: np.ndarray) -> np.ndarray:
         """
         Log-likelihood of each hypothesis' place.
 
-        Its candidate's, or 0 (the floor) for non-candidates.
+        Its candidate's (``distinct``: the candidates ascending, each once, with their
+        ``log_lik``), or 0 (the floor) for non-candidates.
         """
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        pos = np.clip(np.searchsorted(sorted_ids, places), 0, len(ids) - 1)
-        hit = sorted_ids[pos] == places
-        return np.where(hit, log_lik[order][pos], 0.0)
+        pos = np.minimum(np.searchsorted(distinct, places), len(distinct) - 1)
+        return np.where(distinct[pos] == places, log_lik[pos], 0.0)
 
     def _jump_prior(
-        self, ids: np.ndarray, keep_speed: bool
+        self, distinct: np.ndarray, keep_speed: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """
         Mass over this frame's candidates (uniform) times the belief's speed distribution.
 
-        The product sums to 1. A jump moves the robot, not its speed: were jumps drawn evenly at
-        every speed, a look-alike place that wins frame after frame would start a slow track there
-        each time and outvote a moving robot whose places the retrieval missed for a few frames.
+        ``distinct``: the candidates, ascending, each once. The product sums to 1. A jump moves
+        the robot, not its speed: were jumps drawn evenly at every speed, a look-alike place that
+        wins frame after frame would start a slow track there each time and outvote a moving
+        robot whose places the retrieval missed for a few frames.
         ``jump_speed_floor`` of it is spread evenly all the same, so a wrong speed belief heals.
         """
         n = len(self._speeds)
@@ -555,10 +560,9 @@ class TemporalFilter:
             speed = self._speed_mass()
             speed = (1 - self.config.jump_speed_floor) * speed / speed.sum() + (
                 self.config.jump_speed_floor / n)
-        unique = np.unique(ids)
-        places = np.repeat(unique, n)
-        speed_idx = np.tile(np.arange(n), len(unique))
-        return places, speed_idx, np.tile(speed, len(unique)) / len(unique)
+        places = np.repeat(distinct, n)
+        speed_idx = np.tile(np.arange(n), len(distinct))
+        return places, speed_idx, np.tile(speed, len(distinct)) / len(distinct)
 
     def _speed_transition(self) -> np.ndarray:
         """[V, V] probability of moving from one speed to another in a frame (neighbours only)."""
@@ -606,8 +610,9 @@ class TemporalFilter:
             self._left_route = float(w[beyond].sum() / max(w.sum(), 1e-300))
             if self._left_route < 1.0:
                 w = np.where(beyond, 0.0, w)
-            x = np.clip(x, ext[0], ext[-1])
-        right = np.clip(np.searchsorted(ext, x, side="right"), min(1, len(ext) - 1), len(ext) - 1)
+            x = np.minimum(np.maximum(x, ext[0]), ext[-1])  # np.clip's checks cost more here
+        right = np.minimum(np.maximum(np.searchsorted(ext, x, side="right"), min(1, len(ext) - 1)),
+                           len(ext) - 1)
         left = np.maximum(right - 1, 0)  # 0 only on a one-place map
         gap = ext[right] - ext[left]
         frac = np.where(gap > 0, (x - ext[left]) / np.where(gap > 0, gap, 1.0), 0.0)
@@ -637,29 +642,34 @@ class TemporalFilter:
             posterior / posterior.sum(),
         )
 
-    def _place_mass(self) -> tuple[np.ndarray, np.ndarray]:
-        """Belief per place (summed over speeds): (places ascending, mass)."""
+    def _place_mass(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """
+        Belief per place (summed over speeds): (places ascending, mass, heaviest first).
+
+        The last orders the first two; ties by place, so the answer is deterministic.
+        """
         unique, inverse = np.unique(self._places, return_inverse=True)
-        return unique, np.bincount(inverse, weights=self._weights)
+        mass = np.bincount(inverse, weights=self._weights)
+        return unique, mass, np.lexsort((unique, -mass))
 
-    def _belief_best(self) -> int:
-        unique, mass = self._place_mass()
-        return int(unique[np.lexsort((unique, -mass))[0]])
-
-    def _result(self, ids: np.ndarray, k: int, reset: bool, agreement: float,
+    def _result(self, by_place: tuple[np.ndarray, np.ndarray, np.ndarray], ids: np.ndarray,
+                first: np.ndarray, k: int, reset: bool, agreement: float,
                 doubt: bool = False) -> TemporalResult:
-        unique, mass = self._place_mass()
-        pos = np.clip(np.searchsorted(unique, ids), 0, len(unique) - 1)
-        candidate_scores = np.where(unique[pos] == ids, mass[pos], 0.0)
+        """
+        Rank from the belief per place (``_place_mass``) and this frame's candidates.
+
+        ``first``: the row of each distinct candidate's first appearance, in retrieval order.
+        """
+        unique, mass, order = by_place
+        pos = np.minimum(np.searchsorted(unique, ids), len(unique) - 1)
+        held = unique[pos] == ids  # the belief holds the candidate's place
+        candidate_scores = np.where(held, mass[pos], 0.0)
         applied = self._evidence > self.config.trust_evidence and not doubt
-        _, first = np.unique(ids, return_index=True)
-        first = np.sort(first)
         if applied:
-            order = np.lexsort((unique, -mass))  # heaviest first; ties by place (deterministic)
             ranked, ranked_mass = unique[order], mass[order]
             # Candidates the belief does not hold (pruned) follow in retrieval order with
             # probability 0.
-            extra = ids[first][~np.isin(ids[first], ranked)]
+            extra = ids[first][~held[first]]
             place_ids = np.concatenate([ranked, extra])[:k]
             scores = np.concatenate([ranked_mass, np.zeros(len(extra))])[:k]
         else:  # the retrieval's answer, scored by the belief
