@@ -426,7 +426,8 @@ class TemporalFilter:
         by_place = self._place_mass()
         result = self._result(by_place, ids, np.sort(first), k or len(ids), reset, agreement,
                               doubt)
-        best = int(by_place[0][by_place[2][0]])
+        unique, _, heaviest_first = by_place
+        best = int(unique[heaviest_first[0]])
         result.reset = reset or self._jumped(best, odometry, frames, speeds)
         result.log_bayes_factor = 0.0 if reset else log_bf
         result.left_route = 0.0 if started else self._left_route
